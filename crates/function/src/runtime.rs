@@ -1,0 +1,344 @@
+//! The pure instance runtime: applies stamped signals to a function's session table.
+//!
+//! No I/O happens here. The node feeds an [`Instance`] the signals of one instance in seq order
+//! and sends the outputs it returns; the simulator and the tests drive the same code directly.
+
+use crate::{
+    Classified, Function, MalformedSignal, Output, OutputClass, Ruleset, RulesetHandle,
+    SessionKey, SignalKind, Stamp,
+};
+use bytes::Bytes;
+use handoff_state::{RecordView, SessionTable};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// An output with the class the ruleset gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifiedOutput {
+    /// The output.
+    pub output: Output,
+    /// Immediate or Gated.
+    pub class: OutputClass,
+}
+
+/// What happened to one signal handed to [`Hosted::apply`]. Expected outcomes, not errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Processed; its outputs were pushed.
+    Processed,
+    /// Its seq was not above the last applied one: a duplicate delivery, ignored.
+    StaleSeq,
+    /// The payload did not parse (the steer classified it, so this means a bug or corruption).
+    Malformed,
+}
+
+/// Counters of one instance, readable at any time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceStats {
+    /// Signals processed.
+    pub processed: u64,
+    /// Signals ignored because their seq was not above the last applied.
+    pub stale: u64,
+    /// Signals that failed to parse.
+    pub malformed: u64,
+    /// Records that failed to decode (each is treated as an absent session and counted).
+    pub bad_records: u64,
+    /// Timers fired by ticks.
+    pub timers_fired: u64,
+    /// Outputs produced by timers (they have no client and are dropped).
+    pub timer_outputs: u64,
+    /// Timers that left their own deadline in the past (a function bug); disarmed.
+    pub timers_stuck: u64,
+    /// Last seq applied.
+    pub last_seq: u64,
+}
+
+/// One running copy of a function, with its session table and timer index.
+pub struct Instance<F: Function> {
+    function: Arc<F>,
+    table: Arc<SessionTable>,
+    ruleset: RulesetHandle,
+    /// (deadline, key) for every session with a timer; kept in step with the records.
+    timers: BTreeSet<(u64, SessionKey)>,
+    stats: InstanceStats,
+    scratch: Vec<Output>,
+    encode_buf: Vec<u8>,
+}
+
+impl<F: Function> Instance<F> {
+    /// An empty instance of `function`, classifying outputs with its default ruleset.
+    pub fn new(function: Arc<F>) -> Self {
+        let ruleset = RulesetHandle::new(function.default_ruleset());
+        Self {
+            function,
+            table: Arc::new(SessionTable::default()),
+            ruleset,
+            timers: BTreeSet::new(),
+            stats: InstanceStats::default(),
+            scratch: Vec::new(),
+            encode_buf: Vec::new(),
+        }
+    }
+
+    /// The function this instance runs.
+    pub fn function(&self) -> &Arc<F> {
+        &self.function
+    }
+
+    fn load(&mut self, key: &[u8]) -> Option<(F::Session, Bytes)> {
+        let rec = self.table.get(key)?;
+        match self.function.decode_session(&rec.bytes) {
+            Ok(s) => Some((s, rec.bytes)),
+            Err(_) => {
+                self.stats.bad_records += 1;
+                None
+            }
+        }
+    }
+
+    /// Writes `session` back under `key` after the signal stamped `stamp` (or removes it).
+    fn store(
+        &mut self,
+        key: &SessionKey,
+        before: Option<Bytes>,
+        session: Option<F::Session>,
+        stamp: Stamp,
+    ) {
+        match session {
+            Some(s) => {
+                self.encode_buf.clear();
+                self.function.encode_session(&s, &mut self.encode_buf);
+                let changed = before.as_deref() != Some(self.encode_buf.as_slice());
+                let bytes = if changed {
+                    Bytes::copy_from_slice(&self.encode_buf)
+                } else {
+                    before.unwrap_or_default()
+                };
+                let deadline = self.function.deadline_us(&s).unwrap_or(u64::MAX);
+                let replaced =
+                    self.table
+                        .put(key.clone(), stamp.seq, bytes, deadline, stamp.now_us, changed);
+                self.rearm(key, replaced.old_deadline_us, Some(deadline));
+            }
+            None => {
+                if let Some(old) = self.table.remove(key) {
+                    self.rearm(key, Some(old.deadline_us), None);
+                }
+            }
+        }
+    }
+
+    fn rearm(&mut self, key: &SessionKey, old: Option<u64>, new: Option<u64>) {
+        let old = old.filter(|d| *d != u64::MAX);
+        let new = new.filter(|d| *d != u64::MAX);
+        if old == new {
+            return;
+        }
+        if let Some(d) = old {
+            self.timers.remove(&(d, key.clone()));
+        }
+        if let Some(d) = new {
+            self.timers.insert((d, key.clone()));
+        }
+    }
+
+    /// Applies one signal: `kind` and `key` as the steer classified it, `payload` the datagram.
+    pub fn apply_signal(
+        &mut self,
+        stamp: Stamp,
+        kind: SignalKind,
+        key: &SessionKey,
+        payload: &[u8],
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Applied {
+        if stamp.seq <= self.stats.last_seq {
+            self.stats.stale += 1;
+            return Applied::StaleSeq;
+        }
+        if kind == SignalKind::Tick {
+            self.tick(stamp);
+            return Applied::Processed;
+        }
+        let prepared = match self.function.prepare(payload) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return Applied::Malformed;
+            }
+        };
+        self.stats.last_seq = stamp.seq;
+        self.stats.processed += 1;
+        let mut outputs = std::mem::take(&mut self.scratch);
+        outputs.clear();
+        if kind == SignalKind::Stateless {
+            self.function
+                .process(&mut None, &prepared, stamp, &mut outputs);
+        } else {
+            let loaded = self.load(key);
+            let (mut session, before) = match loaded {
+                Some((s, b)) => (Some(s), Some(b)),
+                None => (None, None),
+            };
+            self.function
+                .process(&mut session, &prepared, stamp, &mut outputs);
+            if session.is_some() || before.is_some() {
+                self.store(key, before, session, stamp);
+            }
+        }
+        out.extend(outputs.drain(..).map(|output| ClassifiedOutput {
+            class: self.ruleset.classify(output.msg_type),
+            output,
+        }));
+        self.scratch = outputs;
+        Applied::Processed
+    }
+
+    /// Fires every timer whose deadline is at or before the tick's time, in (deadline, key) order.
+    /// A session a timer changes takes the tick's seq.
+    fn tick(&mut self, stamp: Stamp) {
+        self.stats.last_seq = stamp.seq;
+        self.stats.processed += 1;
+        let mut outputs = std::mem::take(&mut self.scratch);
+        while let Some((deadline, key)) = self.timers.first().cloned() {
+            if deadline > stamp.now_us {
+                break;
+            }
+            let Some((session, before)) = self.load(&key) else {
+                self.timers.remove(&(deadline, key));
+                continue;
+            };
+            let mut session = Some(session);
+            outputs.clear();
+            self.function.on_timer(&mut session, stamp, &mut outputs);
+            self.stats.timers_fired += 1;
+            self.stats.timer_outputs += outputs.len() as u64;
+            self.store(&key, Some(before), session, stamp);
+            // A timer that leaves its deadline at or before now would fire forever: disarm it.
+            if let Some(rec) = self.table.get(&key) {
+                if rec.deadline_us <= stamp.now_us && self.timers.remove(&(rec.deadline_us, key)) {
+                    self.stats.timers_stuck += 1;
+                }
+            }
+        }
+        self.scratch = outputs;
+    }
+}
+
+/// The object-safe face of an [`Instance`], so a node can host instances of any function.
+pub trait Hosted: Send {
+    /// The function's name.
+    fn function_name(&self) -> &'static str;
+    /// See [`Instance::apply_signal`].
+    fn apply(
+        &mut self,
+        stamp: Stamp,
+        kind: SignalKind,
+        key: &SessionKey,
+        payload: &[u8],
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Applied;
+    /// The session table (shared with readers such as dumps).
+    fn table(&self) -> &Arc<SessionTable>;
+    /// Every record, sorted by key.
+    fn dump(&self) -> Vec<RecordView> {
+        self.table().dump()
+    }
+    /// Counters.
+    fn stats(&self) -> InstanceStats;
+    /// The output ruleset, replaceable at run time.
+    fn ruleset(&self) -> &RulesetHandle;
+}
+
+impl<F: Function> Hosted for Instance<F> {
+    fn function_name(&self) -> &'static str {
+        self.function.name()
+    }
+    fn apply(
+        &mut self,
+        stamp: Stamp,
+        kind: SignalKind,
+        key: &SessionKey,
+        payload: &[u8],
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Applied {
+        self.apply_signal(stamp, kind, key, payload, out)
+    }
+    fn table(&self) -> &Arc<SessionTable> {
+        &self.table
+    }
+    fn stats(&self) -> InstanceStats {
+        self.stats
+    }
+    fn ruleset(&self) -> &RulesetHandle {
+        &self.ruleset
+    }
+}
+
+/// The object-safe classifier the steer runs on the signal path.
+pub trait Classifier: Send + Sync {
+    /// The function's name.
+    fn function_name(&self) -> &'static str;
+    /// See [`Function::classify`].
+    fn classify(&self, datagram: &[u8]) -> Result<Classified, MalformedSignal>;
+}
+
+impl<F: Function> Classifier for F {
+    fn function_name(&self) -> &'static str {
+        self.name()
+    }
+    fn classify(&self, datagram: &[u8]) -> Result<Classified, MalformedSignal> {
+        Function::classify(self, datagram)
+    }
+}
+
+type Factory = Box<dyn Fn() -> Box<dyn Hosted> + Send + Sync>;
+
+/// The functions a process knows, by name: how the node creates instances and the steer finds
+/// classifiers without either depending on a particular function.
+#[derive(Default)]
+pub struct Catalog {
+    entries: Vec<(&'static str, Arc<dyn Classifier>, Factory)>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a function.
+    pub fn with<F: Function>(mut self, function: F) -> Self {
+        let function = Arc::new(function);
+        let name = function.name();
+        let f = function.clone();
+        self.entries.push((
+            name,
+            function,
+            Box::new(move || Box::new(Instance::new(f.clone())) as Box<dyn Hosted>),
+        ));
+        self
+    }
+
+    /// The classifier of a function.
+    pub fn classifier(&self, name: &str) -> Option<Arc<dyn Classifier>> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == name)
+            .map(|e| e.1.clone())
+    }
+
+    /// A new, empty instance of a function.
+    pub fn instantiate(&self, name: &str) -> Option<Box<dyn Hosted>> {
+        self.entries.iter().find(|e| e.0 == name).map(|e| (e.2)())
+    }
+
+    /// The names of the known functions.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|e| e.0).collect()
+    }
+
+    /// The default ruleset of a function.
+    pub fn ruleset(&self, name: &str) -> Option<Ruleset> {
+        self.instantiate(name).map(|i| i.ruleset().current())
+    }
+}

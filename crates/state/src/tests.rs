@@ -1,0 +1,83 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn key(i: u32) -> SessionKey {
+    Bytes::copy_from_slice(&i.to_be_bytes())
+}
+
+#[test]
+fn frequency_halves_every_half_life_and_counts_changes() {
+    let mut f = ChangeFrequency::default();
+    f.touch(0, 1_000);
+    f.touch(0, 1_000);
+    assert!((f.at(0, 1_000) - 2.0).abs() < 1e-6);
+    assert!((f.at(1_000, 1_000) - 1.0).abs() < 1e-6);
+    assert!((f.at(2_000, 1_000) - 0.5).abs() < 1e-6);
+    f.touch(1_000, 1_000);
+    assert!((f.at(1_000, 1_000) - 2.0).abs() < 1e-6);
+}
+
+#[test]
+fn hot_sessions_rank_above_cold_ones() {
+    let t = SessionTable::new(1_000_000);
+    for i in 0..100u64 {
+        t.put(key(1), i, Bytes::from_static(b"hot"), u64::MAX, i * 1_000, true);
+    }
+    t.put(key(2), 100, Bytes::from_static(b"cold"), u64::MAX, 0, true);
+    let now = 100_000;
+    let hot = t.get(&key(1)).unwrap().freq.at(now, t.half_life_us());
+    let cold = t.get(&key(2)).unwrap().freq.at(now, t.half_life_us());
+    assert!(hot > 50.0 * cold, "hot {hot} cold {cold}");
+}
+
+#[test]
+fn unchanged_put_updates_seq_but_not_frequency() {
+    let t = SessionTable::default();
+    t.put(key(1), 1, Bytes::from_static(b"a"), 5, 0, true);
+    let before = t.get(&key(1)).unwrap().freq;
+    let r = t.put(key(1), 2, Bytes::from_static(b"a"), 7, 0, false);
+    assert_eq!(r.old_deadline_us, Some(5));
+    let rec = t.get(&key(1)).unwrap();
+    assert_eq!((rec.seq, rec.deadline_us, rec.freq), (2, 7, before));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u64, Vec<u8>),
+    Remove(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (any::<u8>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..16))
+            .prop_map(|(k, s, b)| Op::Put(k, s, b)),
+        any::<u8>().prop_map(Op::Remove),
+    ]
+}
+
+proptest! {
+    /// The table behaves like a map from key to (seq, bytes), whatever the sharding.
+    #[test]
+    fn table_matches_a_btreemap_model(ops in proptest::collection::vec(op(), 0..200)) {
+        let t = SessionTable::default();
+        let mut model: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Put(k, s, b) => {
+                    t.put(Bytes::copy_from_slice(&[k]), s, Bytes::from(b.clone()), u64::MAX, 0, true);
+                    model.insert(vec![k], (s, b));
+                }
+                Op::Remove(k) => {
+                    prop_assert_eq!(t.remove(&[k]).map(|r| (r.seq, r.bytes.to_vec())), model.remove(&vec![k]));
+                }
+            }
+        }
+        prop_assert_eq!(t.len(), model.len());
+        let dump: Vec<(Vec<u8>, u64, Vec<u8>)> =
+            t.dump().into_iter().map(|r| (r.key.to_vec(), r.seq, r.bytes.to_vec())).collect();
+        let expected: Vec<(Vec<u8>, u64, Vec<u8>)> =
+            model.into_iter().map(|(k, (s, b))| (k, s, b)).collect();
+        prop_assert_eq!(dump, expected);
+    }
+}

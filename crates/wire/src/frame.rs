@@ -1,0 +1,442 @@
+//! Frame bodies and their byte layouts.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Magic bytes opening every frame: ASCII "hf".
+pub const MAGIC: u16 = 0x6866;
+/// The protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 8;
+/// Largest body accepted; larger frames are a protocol error (bounded buffers).
+pub const MAX_BODY: usize = 1 << 20;
+/// Largest key or payload carried in a signal or output frame.
+pub const MAX_FIELD: usize = u16::MAX as usize;
+
+/// Why a frame was rejected. The connection that sent it is closed: framing is lost.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The first two bytes are not [`MAGIC`].
+    #[error("bad magic {0:#06x}")]
+    Magic(u16),
+    /// The version is not [`VERSION`].
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    /// The kind byte is 0 or unknown.
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    /// The body is longer than [`MAX_BODY`].
+    #[error("frame body of {0} bytes exceeds the limit")]
+    TooLong(usize),
+    /// The body ends before its fields do.
+    #[error("frame body truncated in {0}")]
+    Truncated(&'static str),
+    /// A field holds an invalid value.
+    #[error("invalid field {0}")]
+    Invalid(&'static str),
+    /// Bytes remain after the body's last field.
+    #[error("{0} trailing bytes in frame body")]
+    Trailing(usize),
+    /// An I/O error on the connection.
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e.to_string())
+    }
+}
+
+/// Who opens a connection, said in [`Frame::Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// A steer that will send signals and receive outputs.
+    Steer = 1,
+    /// An operator tool (CLI, load generator's oracle) sending admin requests.
+    Admin = 2,
+}
+
+/// A signal on its way from the steer to the node hosting its instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalFrame {
+    /// The route id the steer bound to the instance on this connection.
+    pub route: u32,
+    /// The steer's seq for the instance.
+    pub seq: u64,
+    /// The steer's timestamp (µs since the Unix epoch).
+    pub now_us: u64,
+    /// `SignalKind` as its wire value.
+    pub kind: u8,
+    /// The client that sent it; outputs go back there.
+    pub client: SocketAddr,
+    /// The session key the classifier found (empty for stateless signals and ticks).
+    pub key: Bytes,
+    /// The datagram (empty for ticks).
+    pub payload: Bytes,
+}
+
+/// An output on its way from a node back to the steer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputFrame {
+    /// The route id of the instance.
+    pub route: u32,
+    /// Seq of the signal that produced it.
+    pub seq: u64,
+    /// `OutputClass` as its wire value.
+    pub class: u8,
+    /// Where the steer sends it.
+    pub client: SocketAddr,
+    /// The datagram.
+    pub payload: Bytes,
+}
+
+/// One frame of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Opens a connection: the sender's role and name, and the versions it accepts.
+    Hello {
+        /// The sender's role.
+        role: Role,
+        /// The sender's name (steer or tool id), for logs.
+        name: String,
+        /// Lowest protocol version accepted.
+        min_version: u8,
+        /// Highest protocol version accepted.
+        max_version: u8,
+    },
+    /// Accepts a connection: the node's name.
+    HelloAck {
+        /// The node's name.
+        node: String,
+    },
+    /// Binds a route id to an instance on this connection (steer → node).
+    Bind {
+        /// The route id signals will carry.
+        route: u32,
+        /// The instance name, e.g. `mme-1`.
+        instance: String,
+    },
+    /// The node hosts the instance and accepts the route; `last_seq` is the last seq it applied.
+    Bound {
+        /// The route id.
+        route: u32,
+        /// Last seq the instance applied (the steer continues above it).
+        last_seq: u64,
+    },
+    /// See [`SignalFrame`].
+    Signal(SignalFrame),
+    /// See [`OutputFrame`].
+    Output(OutputFrame),
+    /// An admin request, as JSON (the operator API; see `docs/wire.md`).
+    Admin(Bytes),
+    /// The answer to an admin request, as JSON.
+    AdminReply(Bytes),
+    /// One record of a state dump.
+    DumpRecord {
+        /// Session key.
+        key: Bytes,
+        /// Seq of the last signal applied.
+        seq: u64,
+        /// Serialised session.
+        bytes: Bytes,
+    },
+    /// The end of a state dump and its record count.
+    DumpEnd {
+        /// Records sent.
+        count: u64,
+    },
+    /// A request failed; `code` is stable, `message` is for people.
+    Error {
+        /// Stable error code.
+        code: u16,
+        /// Human-readable message.
+        message: String,
+    },
+}
+
+/// Frame kind bytes. 0 is invalid.
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const HELLO_ACK: u8 = 2;
+    pub const BIND: u8 = 3;
+    pub const BOUND: u8 = 4;
+    pub const SIGNAL: u8 = 5;
+    pub const OUTPUT: u8 = 6;
+    pub const ADMIN: u8 = 7;
+    pub const ADMIN_REPLY: u8 = 8;
+    pub const DUMP_RECORD: u8 = 9;
+    pub const DUMP_END: u8 = 10;
+    pub const ERROR: u8 = 11;
+}
+
+/// Stable error codes carried by [`Frame::Error`].
+pub mod code {
+    /// The named instance is not hosted here.
+    pub const UNKNOWN_INSTANCE: u16 = 1;
+    /// The request was not understood.
+    pub const BAD_REQUEST: u16 = 2;
+    /// The frame is not allowed for the connection's role or state.
+    pub const WRONG_FRAME: u16 = 3;
+    /// The peer's version range excludes ours.
+    pub const VERSION: u16 = 4;
+    /// The named function is not known to this process.
+    pub const UNKNOWN_FUNCTION: u16 = 5;
+    /// The instance already exists.
+    pub const EXISTS: u16 = 6;
+}
+
+impl Frame {
+    fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello { .. } => kind::HELLO,
+            Frame::HelloAck { .. } => kind::HELLO_ACK,
+            Frame::Bind { .. } => kind::BIND,
+            Frame::Bound { .. } => kind::BOUND,
+            Frame::Signal(_) => kind::SIGNAL,
+            Frame::Output(_) => kind::OUTPUT,
+            Frame::Admin(_) => kind::ADMIN,
+            Frame::AdminReply(_) => kind::ADMIN_REPLY,
+            Frame::DumpRecord { .. } => kind::DUMP_RECORD,
+            Frame::DumpEnd { .. } => kind::DUMP_END,
+            Frame::Error { .. } => kind::ERROR,
+        }
+    }
+
+    /// Appends the encoded frame (header and body) to `dst`.
+    ///
+    /// Fields longer than their length prefix allows are a caller bug; they are truncated so the
+    /// frame stays well formed, and the receiver's checks then reject the content.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.put_u16(MAGIC);
+        dst.put_u8(VERSION);
+        dst.put_u8(self.kind());
+        dst.put_u32(0);
+        match self {
+            Frame::Hello {
+                role,
+                name,
+                min_version,
+                max_version,
+            } => {
+                dst.put_u8(*role as u8);
+                put_str8(dst, name);
+                dst.put_u8(*min_version);
+                dst.put_u8(*max_version);
+            }
+            Frame::HelloAck { node } => put_str8(dst, node),
+            Frame::Bind { route, instance } => {
+                dst.put_u32(*route);
+                put_str8(dst, instance);
+            }
+            Frame::Bound { route, last_seq } => {
+                dst.put_u32(*route);
+                dst.put_u64(*last_seq);
+            }
+            Frame::Signal(s) => {
+                dst.put_u32(s.route);
+                dst.put_u64(s.seq);
+                dst.put_u64(s.now_us);
+                dst.put_u8(s.kind);
+                put_addr(dst, &s.client);
+                put_bytes16(dst, &s.key);
+                put_bytes16(dst, &s.payload);
+            }
+            Frame::Output(o) => {
+                dst.put_u32(o.route);
+                dst.put_u64(o.seq);
+                dst.put_u8(o.class);
+                put_addr(dst, &o.client);
+                put_bytes16(dst, &o.payload);
+            }
+            Frame::Admin(b) | Frame::AdminReply(b) => {
+                let n = b.len().min(MAX_BODY);
+                dst.put_slice(&b[..n]);
+            }
+            Frame::DumpRecord { key, seq, bytes } => {
+                put_bytes16(dst, key);
+                dst.put_u64(*seq);
+                let n = bytes.len().min(MAX_BODY - 32);
+                dst.put_u32(n as u32);
+                dst.put_slice(&bytes[..n]);
+            }
+            Frame::DumpEnd { count } => dst.put_u64(*count),
+            Frame::Error { code, message } => {
+                dst.put_u16(*code);
+                let m = truncate_str(message, u16::MAX as usize);
+                dst.put_u16(m.len() as u16);
+                dst.put_slice(m.as_bytes());
+            }
+        }
+        let body_len = (dst.len() - start - HEADER_LEN) as u32;
+        dst[start + 4..start + 8].copy_from_slice(&body_len.to_be_bytes());
+    }
+
+    /// Decodes a body of `kind` (the header has been checked by the codec). Never panics.
+    pub fn decode_body(kind: u8, mut b: Bytes) -> Result<Frame, FrameError> {
+        let r = &mut b;
+        let frame = match kind {
+            kind::HELLO => {
+                let role = match get_u8(r, "hello.role")? {
+                    1 => Role::Steer,
+                    2 => Role::Admin,
+                    _ => return Err(FrameError::Invalid("hello.role")),
+                };
+                Frame::Hello {
+                    role,
+                    name: get_str8(r, "hello.name")?,
+                    min_version: get_u8(r, "hello.min_version")?,
+                    max_version: get_u8(r, "hello.max_version")?,
+                }
+            }
+            kind::HELLO_ACK => Frame::HelloAck {
+                node: get_str8(r, "hello_ack.node")?,
+            },
+            kind::BIND => Frame::Bind {
+                route: get_u32(r, "bind.route")?,
+                instance: get_str8(r, "bind.instance")?,
+            },
+            kind::BOUND => Frame::Bound {
+                route: get_u32(r, "bound.route")?,
+                last_seq: get_u64(r, "bound.last_seq")?,
+            },
+            kind::SIGNAL => Frame::Signal(SignalFrame {
+                route: get_u32(r, "signal.route")?,
+                seq: get_u64(r, "signal.seq")?,
+                now_us: get_u64(r, "signal.now_us")?,
+                kind: get_u8(r, "signal.kind")?,
+                client: get_addr(r, "signal.client")?,
+                key: get_bytes16(r, "signal.key")?,
+                payload: get_bytes16(r, "signal.payload")?,
+            }),
+            kind::OUTPUT => Frame::Output(OutputFrame {
+                route: get_u32(r, "output.route")?,
+                seq: get_u64(r, "output.seq")?,
+                class: get_u8(r, "output.class")?,
+                client: get_addr(r, "output.client")?,
+                payload: get_bytes16(r, "output.payload")?,
+            }),
+            kind::ADMIN => Frame::Admin(r.split_off(0)),
+            kind::ADMIN_REPLY => Frame::AdminReply(r.split_off(0)),
+            kind::DUMP_RECORD => {
+                let key = get_bytes16(r, "dump_record.key")?;
+                let seq = get_u64(r, "dump_record.seq")?;
+                let n = get_u32(r, "dump_record.len")? as usize;
+                Frame::DumpRecord {
+                    key,
+                    seq,
+                    bytes: take(r, n, "dump_record.bytes")?,
+                }
+            }
+            kind::DUMP_END => Frame::DumpEnd {
+                count: get_u64(r, "dump_end.count")?,
+            },
+            kind::ERROR => {
+                let code = get_u16(r, "error.code")?;
+                let n = get_u16(r, "error.len")? as usize;
+                let m = take(r, n, "error.message")?;
+                Frame::Error {
+                    code,
+                    message: String::from_utf8_lossy(&m).into_owned(),
+                }
+            }
+            other => return Err(FrameError::Kind(other)),
+        };
+        if b.has_remaining() {
+            return Err(FrameError::Trailing(b.remaining()));
+        }
+        Ok(frame)
+    }
+}
+
+fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn put_str8(dst: &mut BytesMut, s: &str) {
+    let s = truncate_str(s, u8::MAX as usize);
+    dst.put_u8(s.len() as u8);
+    dst.put_slice(s.as_bytes());
+}
+
+fn put_bytes16(dst: &mut BytesMut, b: &[u8]) {
+    let n = b.len().min(MAX_FIELD);
+    dst.put_u16(n as u16);
+    dst.put_slice(&b[..n]);
+}
+
+fn put_addr(dst: &mut BytesMut, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            dst.put_u8(4);
+            dst.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            dst.put_u8(6);
+            dst.put_slice(&ip.octets());
+        }
+    }
+    dst.put_u16(a.port());
+}
+
+fn take(r: &mut Bytes, n: usize, what: &'static str) -> Result<Bytes, FrameError> {
+    if r.remaining() < n {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(r.split_to(n))
+}
+
+fn get_u8(r: &mut Bytes, what: &'static str) -> Result<u8, FrameError> {
+    r.try_get_u8().map_err(|_| FrameError::Truncated(what))
+}
+
+fn get_u16(r: &mut Bytes, what: &'static str) -> Result<u16, FrameError> {
+    r.try_get_u16().map_err(|_| FrameError::Truncated(what))
+}
+
+fn get_u32(r: &mut Bytes, what: &'static str) -> Result<u32, FrameError> {
+    r.try_get_u32().map_err(|_| FrameError::Truncated(what))
+}
+
+fn get_u64(r: &mut Bytes, what: &'static str) -> Result<u64, FrameError> {
+    r.try_get_u64().map_err(|_| FrameError::Truncated(what))
+}
+
+fn get_bytes16(r: &mut Bytes, what: &'static str) -> Result<Bytes, FrameError> {
+    let n = get_u16(r, what)? as usize;
+    take(r, n, what)
+}
+
+fn get_str8(r: &mut Bytes, what: &'static str) -> Result<String, FrameError> {
+    let n = get_u8(r, what)? as usize;
+    let b = take(r, n, what)?;
+    String::from_utf8(b.to_vec()).map_err(|_| FrameError::Invalid(what))
+}
+
+fn get_addr(r: &mut Bytes, what: &'static str) -> Result<SocketAddr, FrameError> {
+    let ip = match get_u8(r, what)? {
+        4 => {
+            let b = take(r, 4, what)?;
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+        6 => {
+            let b = take(r, 16, what)?;
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&b);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return Err(FrameError::Invalid(what)),
+    };
+    Ok(SocketAddr::new(ip, get_u16(r, what)?))
+}
+

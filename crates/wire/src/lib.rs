@@ -1,0 +1,27 @@
+//! The framed protocol spoken over TCP between the steer, nodes and operator tools.
+//!
+//! Every frame is an 8-byte header and a body (all integers big-endian):
+//!
+//! ```text
+//!  0       2       3       4               8
+//!  +-------+-------+-------+---------------+------------------+
+//!  | magic | vers  | kind  | body length   | body ...         |
+//!  | "hf"  | u8=1  | u8    | u32 (≤ 1 MiB) |                  |
+//!  +-------+-------+-------+---------------+------------------+
+//! ```
+//!
+//! Kind 0 is reserved as invalid, so a zeroed buffer is never taken for a frame. The version
+//! policy: a peer speaks exactly [`VERSION`] and names the range it accepts in [`Frame::Hello`];
+//! a frame with another version is rejected with [`FrameError::Version`], never guessed at.
+//! See `docs/wire.md` for each body's layout and the connection sequences.
+
+#![warn(missing_docs)]
+
+mod codec;
+mod frame;
+
+pub use codec::*;
+pub use frame::*;
+
+#[cfg(test)]
+mod tests;
