@@ -1,1 +1,89 @@
-fn main() {}
+//! `handoff`: one binary for every role. Thin glue over the library crates.
+
+mod bench;
+mod cluster;
+mod daemons;
+mod demo;
+mod report;
+
+use clap::{Parser, Subcommand};
+use handoff_function::runtime::Catalog;
+
+/// handoff: live migration and hot standby for stateful network functions.
+#[derive(Parser)]
+#[command(name = "handoff", version, about)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `handoff_steer=debug`.
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node agent that hosts instances.
+    Node(daemons::NodeArgs),
+    /// Run a steer in front of instances.
+    Steer(daemons::SteerArgs),
+    /// Start a steer, a node with `mme-1` and the load generator on loopback; report.
+    Demo(demo::DemoArgs),
+    /// Benchmarks that run contenders side by side and print ratios.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+/// Every function this binary can host or classify.
+pub(crate) fn catalog() -> Catalog {
+    Catalog::new().with(handoff_vmme::Vmme::default())
+}
+
+fn init_logging(filter: Option<&str>, default: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.cmd {
+        Cmd::Node(_) | Cmd::Steer(_) => "info",
+        Cmd::Demo(_) | Cmd::Bench(_) => "warn",
+    };
+    init_logging(cli.log.as_deref(), default_level, cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Node(a) => daemons::node(a).await,
+            Cmd::Steer(a) => daemons::steer(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Bench(b) => bench::run(b).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

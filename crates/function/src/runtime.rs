@@ -4,8 +4,8 @@
 //! and sends the outputs it returns; the simulator and the tests drive the same code directly.
 
 use crate::{
-    Classified, Function, MalformedSignal, Output, OutputClass, Ruleset, RulesetHandle,
-    SessionKey, SignalKind, Stamp,
+    Classified, Function, MalformedSignal, Output, OutputClass, Ruleset, RulesetHandle, SessionKey,
+    SignalKind, Stamp,
 };
 use bytes::Bytes;
 use handoff_state::{RecordView, SessionTable};
@@ -115,9 +115,14 @@ impl<F: Function> Instance<F> {
                     before.unwrap_or_default()
                 };
                 let deadline = self.function.deadline_us(&s).unwrap_or(u64::MAX);
-                let replaced =
-                    self.table
-                        .put(key.clone(), stamp.seq, bytes, deadline, stamp.now_us, changed);
+                let replaced = self.table.put(
+                    key.clone(),
+                    stamp.seq,
+                    bytes,
+                    deadline,
+                    stamp.now_us,
+                    changed,
+                );
                 self.rearm(key, replaced.old_deadline_us, Some(deadline));
             }
             None => {

@@ -1,1 +1,203 @@
-//! handoff-node
+//! The node agent: the process on each host that runs instances.
+//!
+//! A node accepts framed TCP connections (see `handoff-wire`). A steer connection binds route
+//! ids to instances and then streams signals; the node applies each instance's signals in seq
+//! order on that instance's own task (instances run in parallel) and streams the outputs back on
+//! the same connection. An admin connection asks for stats, state dumps, instance creation and
+//! ruleset changes. A node can also serve one instance directly on a UDP port with no steer (the
+//! *direct path*, the benchmark baseline).
+
+#![warn(missing_docs)]
+
+mod admin;
+pub mod client;
+mod conn;
+mod direct;
+mod instance;
+pub mod sys;
+
+pub use admin::{AdminRequest, InstanceInfo, NodeStats};
+pub use direct::serve_direct;
+pub use instance::{InstanceHandle, Reply};
+
+use handoff_function::runtime::Catalog;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Limits of a node (every queue is bounded).
+#[derive(Clone, Debug)]
+pub struct NodeLimits {
+    /// Batches of signals queued per instance before readers wait (backpressure to the steer).
+    pub instance_queue: usize,
+    /// Batches of frames queued per connection writer.
+    pub conn_queue: usize,
+    /// Concurrent connections accepted.
+    pub max_connections: usize,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            instance_queue: 1024,
+            conn_queue: 1024,
+            max_connections: 256,
+        }
+    }
+}
+
+/// Errors of node operations, each with a stable wire code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No instance of that name is hosted here.
+    #[error("instance {0} is not hosted on this node")]
+    UnknownInstance(String),
+    /// The function is not in this node's catalog.
+    #[error("function {0} is not known to this node")]
+    UnknownFunction(String),
+    /// An instance of that name already exists.
+    #[error("instance {0} already exists")]
+    Exists(String),
+}
+
+impl NodeError {
+    /// The stable code sent in `Frame::Error`.
+    pub fn code(&self) -> u16 {
+        use handoff_wire::code;
+        match self {
+            NodeError::UnknownInstance(_) => code::UNKNOWN_INSTANCE,
+            NodeError::UnknownFunction(_) => code::UNKNOWN_FUNCTION,
+            NodeError::Exists(_) => code::EXISTS,
+        }
+    }
+}
+
+/// A node: its name, catalog of functions and hosted instances.
+pub struct Node {
+    name: String,
+    catalog: Catalog,
+    limits: NodeLimits,
+    instances: Mutex<BTreeMap<String, InstanceHandle>>,
+    shutdown: CancellationToken,
+}
+
+impl Node {
+    /// A node with no instances.
+    pub fn new(name: impl Into<String>, catalog: Catalog, limits: NodeLimits) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            catalog,
+            limits,
+            instances: Mutex::new(BTreeMap::new()),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates an instance of `function` named `instance` and starts its task.
+    pub fn create_instance(&self, instance: &str, function: &str) -> Result<(), NodeError> {
+        let mut map = self.instances.lock();
+        if map.contains_key(instance) {
+            return Err(NodeError::Exists(instance.to_owned()));
+        }
+        let hosted = self
+            .catalog
+            .instantiate(function)
+            .ok_or_else(|| NodeError::UnknownFunction(function.to_owned()))?;
+        let handle = InstanceHandle::spawn(
+            instance.to_owned(),
+            hosted,
+            self.limits.instance_queue,
+            self.shutdown.child_token(),
+        );
+        tracing::info!(instance, function, "instance created");
+        map.insert(instance.to_owned(), handle);
+        Ok(())
+    }
+
+    /// The handle of a hosted instance.
+    pub fn instance(&self, instance: &str) -> Result<InstanceHandle, NodeError> {
+        self.instances
+            .lock()
+            .get(instance)
+            .cloned()
+            .ok_or_else(|| NodeError::UnknownInstance(instance.to_owned()))
+    }
+
+    /// The catalog's classifier for an instance's function.
+    pub fn classifier(
+        &self,
+        instance: &str,
+    ) -> Result<Arc<dyn handoff_function::runtime::Classifier>, NodeError> {
+        let h = self.instance(instance)?;
+        self.catalog
+            .classifier(h.function())
+            .ok_or_else(|| NodeError::UnknownFunction(h.function().to_owned()))
+    }
+
+    /// Stats of the node and each instance.
+    pub fn stats(&self) -> NodeStats {
+        let instances = self
+            .instances
+            .lock()
+            .values()
+            .map(InstanceHandle::info)
+            .collect();
+        NodeStats {
+            node: self.name.clone(),
+            rss_bytes: sys::rss_bytes(),
+            instances,
+        }
+    }
+
+    /// Stops every instance task and connection.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token cancelled when the node shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Accepts connections on `listener` until the node shuts down.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(node.limits.max_connections));
+    let stop = node.shutdown_token();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = conn::handle(node, stream).await {
+                        tracing::debug!(%peer, error = %e, "connection closed with error");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ pub use freq::ChangeFrequency;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// Name of a session (opaque to the framework).
 pub type SessionKey = Bytes;
@@ -68,9 +68,7 @@ impl BuildHasher for FixedState {
 
 /// Which shard (and, later, which digest bucket) a key belongs to. Stable across processes.
 pub fn key_hash(key: &[u8]) -> u64 {
-    let mut h = FixedState.build_hasher();
-    key.hash(&mut h);
-    h.finish()
+    FixedState.hash_one(key)
 }
 
 /// Sessions of one instance, sharded for concurrent readers.

@@ -22,7 +22,14 @@ fn frequency_halves_every_half_life_and_counts_changes() {
 fn hot_sessions_rank_above_cold_ones() {
     let t = SessionTable::new(1_000_000);
     for i in 0..100u64 {
-        t.put(key(1), i, Bytes::from_static(b"hot"), u64::MAX, i * 1_000, true);
+        t.put(
+            key(1),
+            i,
+            Bytes::from_static(b"hot"),
+            u64::MAX,
+            i * 1_000,
+            true,
+        );
     }
     t.put(key(2), 100, Bytes::from_static(b"cold"), u64::MAX, 0, true);
     let now = 100_000;
@@ -50,7 +57,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (any::<u8>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..16))
+        (
+            any::<u8>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..16)
+        )
             .prop_map(|(k, s, b)| Op::Put(k, s, b)),
         any::<u8>().prop_map(Op::Remove),
     ]

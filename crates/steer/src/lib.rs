@@ -1,1 +1,144 @@
-//! handoff-steer
+//! The steer: the flow switch in front of instances.
+//!
+//! For each *service* (a UDP address clients send signals to, bound to one instance) the steer
+//! classifies every datagram with the function's pure classifier, stamps it with the instance's
+//! next seq and the current time, and queues it on the framed TCP link to the node hosting the
+//! instance. Outputs come back on the same link and leave from the service address, so clients
+//! only ever see that address. A `Tick` is injected into every instance's stream at a fixed
+//! interval; ticks take seqs like any signal, so timers fire at the same point in every copy.
+//!
+//! Nothing here blocks the receive loop: when a node link's queue is full, the datagram is shed
+//! and counted (the client retransmits), and malformed or unknown datagrams are counted and
+//! dropped. A seq is only taken once the signal has a place in the queue, so seqs that reach the
+//! node are dense.
+
+#![warn(missing_docs)]
+
+mod link;
+mod service;
+
+pub use service::{ServiceConfig, SteerStats, SteerStatsSnapshot};
+
+use handoff_function::runtime::Classifier;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// Steer-wide settings.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SteerConfig {
+    /// Name used in hellos and logs.
+    pub name: String,
+    /// Interval between injected ticks, in milliseconds.
+    pub tick_ms: u64,
+    /// Signals queued per node link before new ones are shed.
+    pub link_queue: usize,
+    /// The services.
+    pub services: Vec<ServiceConfig>,
+}
+
+impl Default for SteerConfig {
+    fn default() -> Self {
+        Self {
+            name: "steer-1".into(),
+            tick_ms: 1000,
+            link_queue: 16_384,
+            services: Vec::new(),
+        }
+    }
+}
+
+/// Why the steer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    /// A service names a function the steer does not know.
+    #[error("service {service}: unknown function {function}")]
+    UnknownFunction {
+        /// The service's instance.
+        service: String,
+        /// The function named.
+        function: String,
+    },
+    /// A service address could not be bound.
+    #[error("service {service}: cannot bind {addr}: {source}")]
+    Bind {
+        /// The service's instance.
+        service: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running steer.
+pub struct Steer {
+    services: Vec<(String, SocketAddr, Arc<SteerStats>)>,
+    stop: CancellationToken,
+}
+
+impl Steer {
+    /// Binds every service address and starts serving. `classifier` looks a function up by name.
+    pub async fn start(
+        config: SteerConfig,
+        classifier: impl Fn(&str) -> Option<Arc<dyn Classifier>>,
+    ) -> Result<Self, SteerError> {
+        let stop = CancellationToken::new();
+        let mut services = Vec::new();
+        for svc in &config.services {
+            let cls = classifier(&svc.function).ok_or_else(|| SteerError::UnknownFunction {
+                service: svc.instance.clone(),
+                function: svc.function.clone(),
+            })?;
+            let socket = UdpSocket::bind(svc.listen)
+                .await
+                .map_err(|source| SteerError::Bind {
+                    service: svc.instance.clone(),
+                    addr: svc.listen,
+                    source,
+                })?;
+            let addr = socket.local_addr().unwrap_or(svc.listen);
+            let stats = Arc::new(SteerStats::default());
+            tokio::spawn(service::run(
+                svc.clone(),
+                config.name.clone(),
+                Duration::from_millis(config.tick_ms.max(1)),
+                config.link_queue.max(1),
+                cls,
+                socket,
+                stats.clone(),
+                stop.child_token(),
+            ));
+            tracing::info!(instance = %svc.instance, %addr, node = %svc.node, "service up");
+            services.push((svc.instance.clone(), addr, stats));
+        }
+        Ok(Self { services, stop })
+    }
+
+    /// The bound address of the service for `instance`.
+    pub fn service_addr(&self, instance: &str) -> Option<SocketAddr> {
+        self.services.iter().find(|s| s.0 == instance).map(|s| s.1)
+    }
+
+    /// The counters of the service for `instance`.
+    pub fn stats(&self, instance: &str) -> Option<Arc<SteerStats>> {
+        self.services
+            .iter()
+            .find(|s| s.0 == instance)
+            .map(|s| s.2.clone())
+    }
+
+    /// Stops every service.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Steer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

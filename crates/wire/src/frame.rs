@@ -439,4 +439,3 @@ fn get_addr(r: &mut Bytes, what: &'static str) -> Result<SocketAddr, FrameError>
     };
     Ok(SocketAddr::new(ip, get_u16(r, what)?))
 }
-

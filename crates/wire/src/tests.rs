@@ -1,8 +1,8 @@
 use super::*;
-use bytes::{Bytes, BytesMut};
-use std::net::SocketAddr;
 use crate::FrameCodec;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use std::net::SocketAddr;
 use tokio_util::codec::Decoder;
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
@@ -27,20 +27,47 @@ fn frame() -> impl Strategy<Value = Frame> {
             }
         }),
         "[a-z0-9-]{0,40}".prop_map(|node| Frame::HelloAck { node }),
-        (any::<u32>(), "[a-z0-9-]{0,40}").prop_map(|(route, instance)| Frame::Bind { route, instance }),
+        (any::<u32>(), "[a-z0-9-]{0,40}")
+            .prop_map(|(route, instance)| Frame::Bind { route, instance }),
         (any::<u32>(), any::<u64>()).prop_map(|(route, last_seq)| Frame::Bound { route, last_seq }),
-        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u8>(), addr(), bytes(20), bytes(300))
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u8>(),
+            addr(),
+            bytes(20),
+            bytes(300)
+        )
             .prop_map(|(route, seq, now_us, kind, client, key, payload)| {
-                Frame::Signal(SignalFrame { route, seq, now_us, kind, client, key, payload })
+                Frame::Signal(SignalFrame {
+                    route,
+                    seq,
+                    now_us,
+                    kind,
+                    client,
+                    key,
+                    payload,
+                })
             }),
         (any::<u32>(), any::<u64>(), any::<u8>(), addr(), bytes(300)).prop_map(
             |(route, seq, class, client, payload)| {
-                Frame::Output(OutputFrame { route, seq, class, client, payload })
+                Frame::Output(OutputFrame {
+                    route,
+                    seq,
+                    class,
+                    client,
+                    payload,
+                })
             }
         ),
         bytes(100).prop_map(Frame::Admin),
         bytes(100).prop_map(Frame::AdminReply),
-        (bytes(20), any::<u64>(), bytes(2000)).prop_map(|(key, seq, bytes)| Frame::DumpRecord { key, seq, bytes }),
+        (bytes(20), any::<u64>(), bytes(2000)).prop_map(|(key, seq, bytes)| Frame::DumpRecord {
+            key,
+            seq,
+            bytes
+        }),
         any::<u64>().prop_map(|count| Frame::DumpEnd { count }),
         (any::<u16>(), ".{0,50}").prop_map(|(code, message)| Frame::Error { code, message }),
     ]
@@ -84,7 +111,10 @@ proptest! {
 
 #[test]
 fn frames_split_across_reads_are_reassembled() {
-    let f = Frame::Bind { route: 7, instance: "mme-1".into() };
+    let f = Frame::Bind {
+        route: 7,
+        instance: "mme-1".into(),
+    };
     let mut whole = BytesMut::new();
     f.encode(&mut whole);
     let mut codec = FrameCodec;
@@ -103,7 +133,10 @@ fn frames_split_across_reads_are_reassembled() {
 fn oversized_and_foreign_frames_are_refused_before_buffering() {
     let mut codec = FrameCodec;
     let mut buf = BytesMut::from(&[0x68, 0x66, 1, 5, 0xff, 0xff, 0xff, 0xff][..]);
-    assert_eq!(codec.decode(&mut buf), Err(FrameError::TooLong(u32::MAX as usize)));
+    assert_eq!(
+        codec.decode(&mut buf),
+        Err(FrameError::TooLong(u32::MAX as usize))
+    );
     let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
     assert!(matches!(codec.decode(&mut buf), Err(FrameError::Magic(_))));
     let mut buf = BytesMut::from(&[0x68, 0x66, 9, 5, 0, 0, 0, 0][..]);

@@ -1,0 +1,192 @@
+//! `handoff node` and `handoff steer`: the long-running processes.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use handoff_node::{Node, NodeLimits};
+use handoff_steer::{ServiceConfig, Steer, SteerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// The node's name.
+    #[arg(long, default_value = "node-a")]
+    pub name: String,
+    /// TCP address for steer and admin connections (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    pub listen: SocketAddr,
+    /// An instance to host, as NAME:FUNCTION (repeatable), e.g. `mme-1:vmme`.
+    #[arg(long = "instance", value_name = "NAME:FUNCTION")]
+    pub instances: Vec<String>,
+    /// Serve an instance directly on a UDP address with no steer, as NAME@ADDR.
+    #[arg(long, value_name = "NAME@ADDR")]
+    pub direct: Option<String>,
+    /// Tick interval of the direct path, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub tick_ms: u64,
+    /// Print one JSON line with the bound addresses on stdout once serving.
+    #[arg(long)]
+    pub ready: bool,
+}
+
+pub async fn node(a: NodeArgs) -> anyhow::Result<ExitCode> {
+    let node = Node::new(a.name.clone(), crate::catalog(), NodeLimits::default());
+    for spec in &a.instances {
+        let Some((name, function)) = spec.split_once(':') else {
+            bail!("--instance {spec}: expected NAME:FUNCTION");
+        };
+        node.create_instance(name, function)?;
+    }
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let listen = listener.local_addr()?;
+    let mut direct_addr = None;
+    if let Some(spec) = &a.direct {
+        let Some((name, addr)) = spec.split_once('@') else {
+            bail!("--direct {spec}: expected NAME@ADDR");
+        };
+        let addr: SocketAddr = addr.parse().with_context(|| format!("--direct {spec}"))?;
+        let handle = node.instance(name)?;
+        let classifier = node.classifier(name)?;
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        direct_addr = Some(socket.local_addr()?);
+        tokio::spawn(handoff_node::serve_direct(
+            handle,
+            classifier,
+            socket,
+            Duration::from_millis(a.tick_ms.max(1)),
+            node.shutdown_token(),
+            Arc::new(Default::default()),
+        ));
+    }
+    tracing::info!(node = %a.name, %listen, direct = ?direct_addr, "node serving");
+    if a.ready {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "ready", "listen": listen, "direct": direct_addr })
+        );
+    }
+    let serving = tokio::spawn(handoff_node::serve(node.clone(), listener));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SteerArgs {
+    /// A TOML file with the steer's settings and services (see `docs/steer.example.toml`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A service, as INSTANCE:FUNCTION@LISTEN=NODE (repeatable), e.g.
+    /// `mme-1:vmme@127.0.0.1:36412=127.0.0.1:7600`.
+    #[arg(long = "service", value_name = "SPEC")]
+    pub services: Vec<String>,
+    /// Print one JSON line with the bound service addresses on stdout once serving.
+    #[arg(long)]
+    pub ready: bool,
+}
+
+pub fn parse_service(spec: &str) -> anyhow::Result<ServiceConfig> {
+    let err = || anyhow::anyhow!("--service {spec}: expected INSTANCE:FUNCTION@LISTEN=NODE");
+    let (head, node) = spec.split_once('=').ok_or_else(err)?;
+    let (names, listen) = head.split_once('@').ok_or_else(err)?;
+    let (instance, function) = names.split_once(':').ok_or_else(err)?;
+    Ok(ServiceConfig {
+        instance: instance.to_owned(),
+        function: function.to_owned(),
+        listen: listen
+            .parse()
+            .with_context(|| format!("--service {spec}: listen"))?,
+        node: node
+            .parse()
+            .with_context(|| format!("--service {spec}: node"))?,
+    })
+}
+
+pub fn load_steer_config(a: &SteerArgs) -> anyhow::Result<SteerConfig> {
+    let mut cfg = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<SteerConfig>(&text)
+                .with_context(|| format!("invalid steer config {}", path.display()))?
+        }
+        None => SteerConfig::default(),
+    };
+    for s in &a.services {
+        cfg.services.push(parse_service(s)?);
+    }
+    if cfg.services.is_empty() {
+        bail!("no service configured: give --service or a --config with [[services]]");
+    }
+    Ok(cfg)
+}
+
+pub async fn steer(a: SteerArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_steer_config(&a)?;
+    let names: Vec<String> = cfg.services.iter().map(|s| s.instance.clone()).collect();
+    let catalog = crate::catalog();
+    let steer = Steer::start(cfg, |f| catalog.classifier(f)).await?;
+    if a.ready {
+        let addrs: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .map(|n| (n.clone(), serde_json::json!(steer.service_addr(n))))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "event": "ready", "services": addrs })
+        );
+    }
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.tick().await;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = every.tick() => {
+                for n in &names {
+                    if let Some(s) = steer.stats(n) {
+                        let s = s.snapshot();
+                        tracing::info!(instance = %n, admitted = s.admitted, malformed = s.malformed,
+                            shed = s.shed, no_link = s.no_link, relayed = s.outputs_relayed, "steer counters");
+                    }
+                }
+            }
+        }
+    }
+    steer.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,583 @@
+//! The event loop: attach phase, open-loop measured phase, drain; retransmissions and counting.
+
+use crate::ue::{answers, Transaction, Ue, UeHistory};
+use bytes::Bytes;
+use handoff_vmme::{peek_header, Response, Signal};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Zipf};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// What to run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadConfig {
+    /// The service address (steer or direct path).
+    pub target: SocketAddr,
+    /// Number of UEs.
+    pub sessions: u32,
+    /// New procedures started per second in the measured phase (open loop). Continuation steps
+    /// of a procedure (an attach's challenge answer, say) follow their answer at once.
+    pub rate: f64,
+    /// Length of the measured phase.
+    pub duration: Duration,
+    /// Zipf exponent of UE popularity.
+    pub zipf: f64,
+    /// Seed of the UE choice and signal mix.
+    pub seed: u64,
+    /// First IMSI; UE `i` has `imsi_base + i`.
+    pub imsi_base: u64,
+    /// First retransmission timeout; each retry doubles it.
+    pub timeout: Duration,
+    /// Retransmissions before a transaction counts as lost.
+    pub retries: u32,
+    /// UEs attaching at once in the attach phase.
+    pub attach_window: usize,
+    /// Longest the attach phase may take.
+    pub attach_deadline: Duration,
+    /// Skip the attach phase (the UEs start detached and attach when picked).
+    pub skip_attach: bool,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            target: SocketAddr::from(([127, 0, 0, 1], 36_412)),
+            sessions: 1000,
+            rate: 1000.0,
+            duration: Duration::from_secs(5),
+            zipf: 1.1,
+            seed: 1,
+            imsi_base: 1_010_000_000_001,
+            timeout: Duration::from_millis(250),
+            retries: 5,
+            attach_window: 512,
+            attach_deadline: Duration::from_secs(600),
+            skip_attach: false,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LatencyReport {
+    /// Answers measured.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: u64,
+}
+
+impl LatencyReport {
+    fn from(h: &Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean() as u64,
+        }
+    }
+}
+
+/// What happened, counted over the whole run (attach phase included).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LoadReport {
+    /// UEs simulated.
+    pub sessions: u32,
+    /// Transactions started (each unique signal once, however often retransmitted).
+    pub signals_sent: u64,
+    /// Transactions answered at least once.
+    pub answered: u64,
+    /// Transactions never answered after all retransmissions.
+    pub lost: u64,
+    /// Answers beyond one per datagram sent for a transaction (the system answered twice).
+    pub duplicated: u64,
+    /// Answers that reached a UE after it had given up on them and moved on.
+    pub reordered: u64,
+    /// Answers of a type that cannot answer the signal sent.
+    pub wrong_answers: u64,
+    /// Datagrams received that are not a decodable answer to a known UE.
+    pub stray: u64,
+    /// Retransmitted datagrams.
+    pub retransmissions: u64,
+    /// Extra answers explained by retransmissions (one per datagram: not duplicates).
+    pub late_answers: u64,
+    /// Schedule slots skipped because every UE drawn had a transaction outstanding.
+    pub skipped_busy: u64,
+    /// UEs registered when the attach phase ended.
+    pub attached: u64,
+    /// Attach phase length.
+    pub attach_ms: u64,
+    /// Measured phase length.
+    pub measured_ms: u64,
+    /// Transactions started in the measured phase, per second.
+    pub measured_rate: f64,
+    /// Latency of first answers to transactions started in the measured phase.
+    pub latency_us: LatencyReport,
+    /// Latency of the attach phase.
+    pub attach_latency_us: LatencyReport,
+    /// Largest gap between consecutive answers seen by clients in the measured phase (ms).
+    pub max_response_gap_ms: f64,
+}
+
+/// Live counters, handed to the progress callback.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// `"attach"`, `"measure"` or `"drain"`.
+    pub phase: &'static str,
+    /// Transactions started.
+    pub sent: u64,
+    /// Transactions answered.
+    pub answered: u64,
+    /// Transactions lost so far.
+    pub lost: u64,
+    /// UEs registered.
+    pub attached: u64,
+    /// Time in the phase.
+    pub elapsed: Duration,
+}
+
+struct Outstanding {
+    txn_id: u32,
+    signal: Signal,
+    bytes: Bytes,
+    started: Instant,
+    measured: bool,
+    attempts: u32,
+}
+
+/// A recent transaction, to tell late answers to retransmissions from duplicates.
+#[derive(Clone, Copy, Default)]
+struct Recent {
+    txn_id: u32,
+    attempts: u32,
+    answers: u32,
+}
+
+const RECENT: usize = 4;
+
+struct Slot {
+    ue: Ue,
+    outstanding: Option<Outstanding>,
+    recent: [Recent; RECENT],
+    recent_next: usize,
+}
+
+impl Slot {
+    fn remember(&mut self, r: Recent) {
+        self.recent[self.recent_next] = r;
+        self.recent_next = (self.recent_next + 1) % RECENT;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Attach,
+    Measure,
+    Drain,
+}
+
+struct Driver {
+    cfg: LoadConfig,
+    socket: UdpSocket,
+    slots: Vec<Slot>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    rng: SmallRng,
+    report: LoadReport,
+    hist: Histogram<u64>,
+    attach_hist: Histogram<u64>,
+    phase: Phase,
+    last_answer: Option<Instant>,
+    max_gap: Duration,
+    registered: u64,
+    /// UEs with a transaction outstanding.
+    in_flight: usize,
+}
+
+/// Runs the load and returns the report and every UE's history, for the oracle.
+pub async fn run(
+    cfg: LoadConfig,
+    mut progress: impl FnMut(Progress),
+) -> std::io::Result<(LoadReport, Vec<UeHistory>)> {
+    let bind: SocketAddr = if cfg.target.is_ipv6() {
+        "[::1]:0".parse().expect("literal address")
+    } else {
+        "127.0.0.1:0".parse().expect("literal address")
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    let slots = (0..cfg.sessions)
+        .map(|i| Slot {
+            ue: Ue::new(cfg.imsi_base + u64::from(i), i),
+            outstanding: None,
+            recent: [Recent::default(); RECENT],
+            recent_next: 0,
+        })
+        .collect();
+    let hist = || Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+    let mut d = Driver {
+        rng: SmallRng::seed_from_u64(cfg.seed),
+        report: LoadReport {
+            sessions: cfg.sessions,
+            ..LoadReport::default()
+        },
+        cfg,
+        socket,
+        slots,
+        timers: BinaryHeap::new(),
+        hist: hist(),
+        attach_hist: hist(),
+        phase: Phase::Attach,
+        last_answer: None,
+        max_gap: Duration::ZERO,
+        registered: 0,
+        in_flight: 0,
+    };
+    d.attach_phase(&mut progress).await?;
+    d.measure_phase(&mut progress).await?;
+    d.drain_phase(&mut progress).await?;
+    let mut report = d.report;
+    report.latency_us = LatencyReport::from(&d.hist);
+    report.attach_latency_us = LatencyReport::from(&d.attach_hist);
+    report.max_response_gap_ms = d.max_gap.as_secs_f64() * 1e3;
+    let histories = d.slots.into_iter().map(|s| s.ue.history).collect();
+    Ok((report, histories))
+}
+
+impl Driver {
+    fn progress(&self, phase: &'static str, since: Instant) -> Progress {
+        Progress {
+            phase,
+            sent: self.report.signals_sent,
+            answered: self.report.answered,
+            lost: self.report.lost,
+            attached: self.registered,
+            elapsed: since.elapsed(),
+        }
+    }
+
+    /// The longest a transaction can stay outstanding: every retransmission timeout.
+    fn give_up_span(&self) -> Duration {
+        (0..=self.cfg.retries).map(|i| self.retry_timeout(i)).sum()
+    }
+
+    fn retry_timeout(&self, attempt: u32) -> Duration {
+        self.cfg.timeout * 2u32.saturating_pow(attempt.min(16))
+    }
+
+    async fn attach_phase(&mut self, progress: &mut impl FnMut(Progress)) -> std::io::Result<()> {
+        let start = Instant::now();
+        if self.cfg.skip_attach {
+            self.phase = Phase::Measure;
+            return Ok(());
+        }
+        let deadline = start + self.cfg.attach_deadline;
+        let mut next_ue = 0usize;
+        let mut buf = vec![0u8; 65_536];
+        let mut last_progress = start;
+        while Instant::now() < deadline {
+            // Keep the window full of attaching UEs.
+            while self.in_flight < self.cfg.attach_window.max(1) && next_ue < self.slots.len() {
+                self.start(next_ue, Instant::now(), false).await?;
+                next_ue += 1;
+            }
+            if next_ue >= self.slots.len() && self.in_flight == 0 {
+                break;
+            }
+            self.wait_and_handle(&mut buf, Some(deadline)).await?;
+            if last_progress.elapsed() >= Duration::from_millis(500) {
+                last_progress = Instant::now();
+                progress(self.progress("attach", start));
+            }
+        }
+        self.report.attached = self.registered;
+        self.report.attach_ms = start.elapsed().as_millis() as u64;
+        progress(self.progress("attach", start));
+        self.phase = Phase::Measure;
+        Ok(())
+    }
+
+    async fn measure_phase(&mut self, progress: &mut impl FnMut(Progress)) -> std::io::Result<()> {
+        let n = self.slots.len() as u64;
+        if n == 0 || self.cfg.rate <= 0.0 {
+            return Ok(());
+        }
+        let zipf = Zipf::new(n, self.cfg.zipf.max(0.0))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let start = Instant::now();
+        let end = start + self.cfg.duration;
+        let interval = Duration::from_secs_f64(1.0 / self.cfg.rate);
+        let mut next_slot = start;
+        let mut slots_started = 0u64;
+        let mut buf = vec![0u8; 65_536];
+        let mut last_progress = start;
+        self.last_answer = None;
+        while next_slot < end {
+            // Send every slot that is due (catching up if late: no coordinated omission).
+            let now = Instant::now();
+            while next_slot <= now && next_slot < end {
+                let mut picked = None;
+                for _ in 0..8 {
+                    let rank = zipf.sample(&mut self.rng) as usize;
+                    let i = rank.saturating_sub(1).min(self.slots.len() - 1);
+                    if self.slots[i].outstanding.is_none() {
+                        picked = Some(i);
+                        break;
+                    }
+                }
+                match picked {
+                    Some(i) => {
+                        self.start(i, next_slot, true).await?;
+                        slots_started += 1;
+                    }
+                    None => self.report.skipped_busy += 1,
+                }
+                next_slot += interval;
+            }
+            self.wait_and_handle(&mut buf, Some(next_slot)).await?;
+            if last_progress.elapsed() >= Duration::from_millis(500) {
+                last_progress = Instant::now();
+                progress(self.progress("measure", start));
+            }
+        }
+        let elapsed = start.elapsed();
+        self.report.measured_ms = elapsed.as_millis() as u64;
+        self.report.measured_rate = slots_started as f64 / elapsed.as_secs_f64().max(1e-9);
+        self.phase = Phase::Drain;
+        Ok(())
+    }
+
+    async fn drain_phase(&mut self, progress: &mut impl FnMut(Progress)) -> std::io::Result<()> {
+        let start = Instant::now();
+        let end = start + self.give_up_span() + Duration::from_millis(500);
+        let mut buf = vec![0u8; 65_536];
+        while Instant::now() < end {
+            if self.in_flight == 0 {
+                // Give late duplicates a moment to show up before counting.
+                let grace = Instant::now() + Duration::from_millis(100);
+                while Instant::now() < grace {
+                    self.wait_and_handle(&mut buf, Some(grace)).await?;
+                }
+                break;
+            }
+            self.wait_and_handle(&mut buf, Some(end)).await?;
+        }
+        for s in &mut self.slots {
+            if s.outstanding.take().is_some() {
+                self.in_flight -= 1;
+                self.report.lost += 1;
+                s.ue.on_lost();
+            }
+        }
+        progress(self.progress("drain", start));
+        Ok(())
+    }
+
+    /// Starts the next transaction of UE `i`; `intended` is when it should have left.
+    async fn start(&mut self, i: usize, intended: Instant, measured: bool) -> std::io::Result<()> {
+        let slot = &mut self.slots[i];
+        let signal = slot.ue.next_signal(&mut self.rng);
+        let bytes = Bytes::from(signal.to_bytes());
+        let txn_id = signal.header.txn_id;
+        slot.outstanding = Some(Outstanding {
+            txn_id,
+            signal,
+            bytes: bytes.clone(),
+            started: intended,
+            measured: measured && self.phase == Phase::Measure,
+            attempts: 1,
+        });
+        self.report.signals_sent += 1;
+        self.in_flight += 1;
+        self.send(&bytes).await;
+        self.timers.push(Reverse((
+            Instant::now() + self.retry_timeout(0),
+            i as u32,
+            txn_id,
+        )));
+        Ok(())
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        // A failed send is a lost datagram: the retransmission timer covers it.
+        let _ = self.socket.send_to(bytes, self.cfg.target).await;
+    }
+
+    /// Waits for an answer, a due timer or `until`; handles what arrived.
+    async fn wait_and_handle(
+        &mut self,
+        buf: &mut [u8],
+        until: Option<Instant>,
+    ) -> std::io::Result<()> {
+        let timer_at = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let wake = match (timer_at, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep_until = wake.unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+        tokio::select! {
+            r = self.socket.recv_from(buf) => {
+                if let Ok((n, _)) = r {
+                    let datagram = buf[..n].to_vec();
+                    self.on_datagram(&datagram).await;
+                    // Take whatever else is already queued without waiting.
+                    while let Ok((n, _)) = self.socket.try_recv_from(buf) {
+                        let datagram = buf[..n].to_vec();
+                        self.on_datagram(&datagram).await;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until) => {}
+        }
+        self.fire_timers().await;
+        Ok(())
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, i, txn))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let i = i as usize;
+            let retries = self.cfg.retries;
+            let Some(out) = self.slots[i].outstanding.as_mut() else {
+                continue;
+            };
+            if out.txn_id != txn {
+                continue;
+            }
+            if out.attempts <= retries {
+                out.attempts += 1;
+                let attempt = out.attempts;
+                let bytes = out.bytes.clone();
+                self.report.retransmissions += 1;
+                self.send(&bytes).await;
+                self.timers.push(Reverse((
+                    Instant::now() + self.retry_timeout(attempt - 1),
+                    i as u32,
+                    txn,
+                )));
+            } else {
+                let slot = &mut self.slots[i];
+                if let Some(out) = slot.outstanding.take() {
+                    slot.remember(Recent {
+                        txn_id: out.txn_id,
+                        attempts: out.attempts,
+                        answers: 0,
+                    });
+                }
+                slot.ue.on_lost();
+                self.report.lost += 1;
+                self.in_flight -= 1;
+            }
+        }
+    }
+
+    async fn on_datagram(&mut self, datagram: &[u8]) {
+        let now = Instant::now();
+        let Ok((_, header)) = peek_header(datagram) else {
+            self.report.stray += 1;
+            return;
+        };
+        let Some(i) = header
+            .imsi
+            .checked_sub(self.cfg.imsi_base)
+            .filter(|i| *i < self.slots.len() as u64)
+            .map(|i| i as usize)
+        else {
+            self.report.stray += 1;
+            return;
+        };
+        let Ok(answer) = Response::decode(datagram) else {
+            self.report.stray += 1;
+            return;
+        };
+        if self.phase == Phase::Measure {
+            if let Some(last) = self.last_answer {
+                self.max_gap = self.max_gap.max(now - last);
+            }
+            self.last_answer = Some(now);
+        }
+        let slot = &mut self.slots[i];
+        let current = slot
+            .outstanding
+            .as_ref()
+            .is_some_and(|o| o.txn_id == header.txn_id);
+        if !current {
+            match slot
+                .recent
+                .iter_mut()
+                .find(|r| r.txn_id == header.txn_id && r.txn_id != 0)
+            {
+                Some(r) => {
+                    if r.answers == 0 {
+                        // The UE gave up on it and moved on: it arrived out of order.
+                        self.report.reordered += 1;
+                    }
+                    r.answers += 1;
+                    if r.answers > r.attempts {
+                        self.report.duplicated += 1;
+                    } else if r.answers > 1 {
+                        self.report.late_answers += 1;
+                    }
+                }
+                None => self.report.duplicated += 1,
+            }
+            return;
+        }
+        let Some(out) = slot.outstanding.take() else {
+            return;
+        };
+        self.in_flight -= 1;
+        let latency = now.saturating_duration_since(out.started).as_micros() as u64;
+        if out.measured {
+            let _ = self.hist.record(latency.max(1));
+        } else {
+            let _ = self.attach_hist.record(latency.max(1));
+        }
+        self.report.answered += 1;
+        if !answers(out.signal.msg_type(), answer.msg_type()) {
+            self.report.wrong_answers += 1;
+        }
+        slot.remember(Recent {
+            txn_id: out.txn_id,
+            attempts: out.attempts,
+            answers: 1,
+        });
+        slot.ue.history.txns.push(Transaction {
+            txn_id: out.txn_id,
+            signal: out.bytes.to_vec(),
+            answer: datagram.to_vec(),
+        });
+        let was_registered = matches!(slot.ue.state, crate::ue::UeState::Registered { .. });
+        slot.ue.on_answer(&out.signal, &answer);
+        let is_registered = matches!(slot.ue.state, crate::ue::UeState::Registered { .. });
+        match (was_registered, is_registered) {
+            (false, true) => self.registered += 1,
+            (true, false) => self.registered = self.registered.saturating_sub(1),
+            _ => {}
+        }
+        if slot.ue.state.mid_procedure() && self.phase != Phase::Drain {
+            let measured = self.phase == Phase::Measure;
+            let _ = self.start(i, now, measured).await;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Admin requests (JSON in `Frame::Admin`) and their replies.
+
+use crate::conn::{error, send, Reader};
+use crate::instance::TaskStats;
+use crate::Node;
+use futures::StreamExt;
+use handoff_function::Ruleset;
+use handoff_wire::{code, Frame, FrameError};
+use tokio::sync::mpsc;
+
+/// Records per frame batch in a dump.
+const DUMP_BATCH: usize = 256;
+
+/// An operator's request to a node.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdminRequest {
+    /// Node and instance counters.
+    Stats,
+    /// Creates an instance.
+    CreateInstance {
+        /// Its name.
+        instance: String,
+        /// Its function.
+        function: String,
+    },
+    /// Streams every record of an instance (`DumpRecord`… `DumpEnd`).
+    Dump {
+        /// The instance.
+        instance: String,
+    },
+    /// The instance's output ruleset.
+    GetRuleset {
+        /// The instance.
+        instance: String,
+    },
+    /// Replaces the instance's output ruleset; takes effect with the next output.
+    SetRuleset {
+        /// The instance.
+        instance: String,
+        /// The new ruleset.
+        ruleset: Ruleset,
+    },
+}
+
+/// One instance in a stats reply.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceInfo {
+    /// Name.
+    pub instance: String,
+    /// Function.
+    pub function: String,
+    /// Sessions held.
+    pub sessions: u64,
+    /// Counters.
+    pub stats: TaskStats,
+}
+
+/// The reply to [`AdminRequest::Stats`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeStats {
+    /// Node name.
+    pub node: String,
+    /// Resident set size of the node process.
+    pub rss_bytes: u64,
+    /// Hosted instances.
+    pub instances: Vec<InstanceInfo>,
+}
+
+fn reply(v: &impl serde::Serialize) -> Frame {
+    Frame::AdminReply(serde_json::to_vec(v).unwrap_or_default().into())
+}
+
+pub(crate) async fn session(
+    node: &Node,
+    mut reader: Reader,
+    tx: &mpsc::Sender<Vec<Frame>>,
+) -> Result<(), FrameError> {
+    while let Some(frame) = reader.next().await {
+        let Frame::Admin(body) = frame? else {
+            send(
+                tx,
+                vec![error(code::WRONG_FRAME, "expected an admin request")],
+            )
+            .await?;
+            return Ok(());
+        };
+        let req: AdminRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                send(tx, vec![error(code::BAD_REQUEST, e.to_string())]).await?;
+                continue;
+            }
+        };
+        match req {
+            AdminRequest::Stats => send(tx, vec![reply(&node.stats())]).await?,
+            AdminRequest::CreateInstance { instance, function } => {
+                let f = match node.create_instance(&instance, &function) {
+                    Ok(()) => reply(&serde_json::json!({ "created": instance })),
+                    Err(e) => error(e.code(), e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::Dump { instance } => match node.instance(&instance) {
+                Ok(h) => {
+                    let records = h.table().dump();
+                    let count = records.len() as u64;
+                    let mut it = records.into_iter().peekable();
+                    while it.peek().is_some() {
+                        let frames = it
+                            .by_ref()
+                            .take(DUMP_BATCH)
+                            .map(|r| Frame::DumpRecord {
+                                key: r.key,
+                                seq: r.seq,
+                                bytes: r.bytes,
+                            })
+                            .collect();
+                        send(tx, frames).await?;
+                    }
+                    send(tx, vec![Frame::DumpEnd { count }]).await?;
+                }
+                Err(e) => send(tx, vec![error(e.code(), e.to_string())]).await?,
+            },
+            AdminRequest::GetRuleset { instance } => {
+                let f = match node.instance(&instance) {
+                    Ok(h) => reply(&h.ruleset().current()),
+                    Err(e) => error(e.code(), e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::SetRuleset { instance, ruleset } => {
+                let f = match node.instance(&instance) {
+                    Ok(h) => {
+                        h.ruleset().replace(ruleset);
+                        tracing::info!(instance, "output ruleset replaced");
+                        reply(&serde_json::json!({ "replaced": instance }))
+                    }
+                    Err(e) => error(e.code(), e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+        }
+    }
+    Ok(())
+}

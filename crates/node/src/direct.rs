@@ -1,0 +1,97 @@
+//! The direct path: one instance served on the node's own UDP port, with no steer.
+//!
+//! The node stamps seq and time itself and answers clients straight from its socket. This is
+//! the baseline the steer is benchmarked against; it has no move or standby support.
+
+use crate::instance::{Batch, InstanceHandle, Reply};
+use bytes::Bytes;
+use handoff_function::runtime::Classifier;
+use handoff_function::SignalKind;
+use handoff_wire::SignalFrame;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// Counters of the direct path.
+#[derive(Debug, Default)]
+pub struct DirectStats {
+    /// Datagrams admitted.
+    pub admitted: AtomicU64,
+    /// Datagrams dropped as malformed.
+    pub malformed: AtomicU64,
+}
+
+/// Microseconds since the Unix epoch: the time the steer (here, the direct path) stamps.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Serves `instance` on `socket` until `stop` is cancelled; injects a tick every `tick`.
+pub async fn serve_direct(
+    instance: InstanceHandle,
+    classifier: Arc<dyn Classifier>,
+    socket: UdpSocket,
+    tick: Duration,
+    stop: CancellationToken,
+    stats: Arc<DirectStats>,
+) {
+    let socket = Arc::new(socket);
+    let mut seq = instance.stats().runtime.last_seq;
+    let mut buf = vec![0u8; 65_536];
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    loop {
+        let signal = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                seq += 1;
+                SignalFrame {
+                    route: 0,
+                    seq,
+                    now_us: now_us(),
+                    kind: SignalKind::Tick as u8,
+                    client: local,
+                    key: Bytes::new(),
+                    payload: Bytes::new(),
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, client)) = r else { continue };
+                let datagram = &buf[..n];
+                match classifier.classify(datagram) {
+                    Ok(c) => {
+                        seq += 1;
+                        stats.admitted.fetch_add(1, Ordering::Relaxed);
+                        SignalFrame {
+                            route: 0,
+                            seq,
+                            now_us: now_us(),
+                            kind: c.kind as u8,
+                            client,
+                            key: c.key,
+                            payload: Bytes::copy_from_slice(datagram),
+                        }
+                    }
+                    Err(_) => {
+                        stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            }
+        };
+        let batch = Batch {
+            signals: vec![signal],
+            reply: Reply::Udp(socket.clone()),
+        };
+        if !instance.submit(batch).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The task that runs one instance: applies its signals in seq order and emits outputs.
+
+use bytes::Bytes;
+use handoff_function::runtime::{Applied, ClassifiedOutput, Hosted, InstanceStats};
+use handoff_function::{RulesetHandle, SignalKind, Stamp};
+use handoff_state::SessionTable;
+use handoff_wire::{Frame, OutputFrame, SignalFrame};
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Where the outputs of a batch of signals go.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Back over the steer connection that sent the signals, as output frames.
+    Tcp(mpsc::Sender<Vec<Frame>>),
+    /// Straight to the clients from a UDP socket (the direct path).
+    Udp(Arc<UdpSocket>),
+}
+
+/// A batch of signals of one instance and where their outputs go.
+#[derive(Debug)]
+pub struct Batch {
+    /// Signals in seq order.
+    pub signals: Vec<SignalFrame>,
+    /// Output destination.
+    pub reply: Reply,
+}
+
+/// Counters the instance task adds to those of the runtime.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct TaskStats {
+    /// Runtime counters.
+    #[serde(flatten)]
+    pub runtime: InstanceStats,
+    /// Signal frames whose kind byte was invalid.
+    pub bad_kind: u64,
+    /// Outputs sent.
+    pub outputs: u64,
+    /// Outputs that could not be delivered (reply channel closed or UDP send error).
+    pub outputs_undeliverable: u64,
+}
+
+/// A cheap, cloneable handle to a running instance.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    name: Arc<str>,
+    function: &'static str,
+    tx: mpsc::Sender<Batch>,
+    table: Arc<SessionTable>,
+    ruleset: RulesetHandle,
+    stats: Arc<Mutex<TaskStats>>,
+}
+
+impl InstanceHandle {
+    pub(crate) fn spawn(
+        name: String,
+        hosted: Box<dyn Hosted>,
+        queue: usize,
+        stop: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let handle = Self {
+            name: name.into(),
+            function: hosted.function_name(),
+            tx,
+            table: hosted.table().clone(),
+            ruleset: hosted.ruleset().clone(),
+            stats: Arc::new(Mutex::new(TaskStats::default())),
+        };
+        tokio::spawn(run(hosted, rx, handle.stats.clone(), stop));
+        handle
+    }
+
+    /// The instance's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The function it runs.
+    pub fn function(&self) -> &'static str {
+        self.function
+    }
+
+    /// Queues a batch; waits while the queue is full (backpressure). `false` if the task ended.
+    pub async fn submit(&self, batch: Batch) -> bool {
+        self.tx.send(batch).await.is_ok()
+    }
+
+    /// The session table (for dumps; the task is its only writer).
+    pub fn table(&self) -> &Arc<SessionTable> {
+        &self.table
+    }
+
+    /// The output ruleset.
+    pub fn ruleset(&self) -> &RulesetHandle {
+        &self.ruleset
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> TaskStats {
+        *self.stats.lock()
+    }
+
+    /// A summary for admin replies.
+    pub fn info(&self) -> crate::InstanceInfo {
+        crate::InstanceInfo {
+            instance: self.name.to_string(),
+            function: self.function.to_owned(),
+            sessions: self.table.len() as u64,
+            stats: self.stats(),
+        }
+    }
+}
+
+async fn run(
+    mut hosted: Box<dyn Hosted>,
+    mut rx: mpsc::Receiver<Batch>,
+    shared: Arc<Mutex<TaskStats>>,
+    stop: CancellationToken,
+) {
+    let mut outputs: Vec<ClassifiedOutput> = Vec::new();
+    let mut local = TaskStats::default();
+    loop {
+        let batch = tokio::select! {
+            _ = stop.cancelled() => break,
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        let mut frames = Vec::new();
+        let mut datagrams: Vec<(Bytes, SocketAddr)> = Vec::new();
+        for s in &batch.signals {
+            let Some(kind) = SignalKind::from_u8(s.kind) else {
+                local.bad_kind += 1;
+                continue;
+            };
+            outputs.clear();
+            let stamp = Stamp {
+                seq: s.seq,
+                now_us: s.now_us,
+            };
+            if hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) != Applied::Processed {
+                continue;
+            }
+            for o in outputs.drain(..) {
+                match &batch.reply {
+                    Reply::Tcp(_) => frames.push(Frame::Output(OutputFrame {
+                        route: s.route,
+                        seq: s.seq,
+                        class: o.class as u8,
+                        client: s.client,
+                        payload: o.output.bytes,
+                    })),
+                    Reply::Udp(_) => datagrams.push((o.output.bytes, s.client)),
+                }
+            }
+        }
+        let produced = (frames.len() + datagrams.len()) as u64;
+        let delivered = match &batch.reply {
+            Reply::Tcp(tx) => {
+                if frames.is_empty() || tx.send(frames).await.is_ok() {
+                    produced
+                } else {
+                    0
+                }
+            }
+            Reply::Udp(sock) => {
+                let mut ok = 0;
+                for (payload, client) in datagrams {
+                    if sock.send_to(&payload, client).await.is_ok() {
+                        ok += 1;
+                    }
+                }
+                ok
+            }
+        };
+        local.outputs += delivered;
+        local.outputs_undeliverable += produced - delivered;
+        local.runtime = hosted.stats();
+        *shared.lock() = local;
+    }
+    tracing::debug!("instance task stopped");
+}
