@@ -56,7 +56,7 @@ impl Default for LoadConfig {
             imsi_base: 1_010_000_000_001,
             timeout: Duration::from_millis(250),
             retries: 5,
-            attach_window: 512,
+            attach_window: 128,
             attach_deadline: Duration::from_secs(600),
             skip_attach: false,
         }
@@ -222,6 +222,9 @@ pub async fn run(
         "127.0.0.1:0".parse().expect("literal address")
     };
     let socket = UdpSocket::bind(bind).await?;
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
     let slots = (0..cfg.sessions)
         .map(|i| Slot {
             ue: Ue::new(cfg.imsi_base + u64::from(i), i),

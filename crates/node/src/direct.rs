@@ -14,6 +14,9 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+/// Datagrams taken into one batch at most.
+const DIRECT_BATCH: usize = 256;
+
 /// Counters of the direct path.
 #[derive(Debug, Default)]
 pub struct DirectStats {
@@ -39,6 +42,9 @@ pub async fn serve_direct(
     stop: CancellationToken,
     stats: Arc<DirectStats>,
 ) {
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
     let socket = Arc::new(socket);
     let mut seq = instance.stats().runtime.last_seq;
     let mut buf = vec![0u8; 65_536];
@@ -48,11 +54,12 @@ pub async fn serve_direct(
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     loop {
-        let signal = tokio::select! {
+        let mut signals = Vec::new();
+        tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {
                 seq += 1;
-                SignalFrame {
+                signals.push(SignalFrame {
                     route: 0,
                     seq,
                     now_us: now_us(),
@@ -60,34 +67,43 @@ pub async fn serve_direct(
                     client: local,
                     key: Bytes::new(),
                     payload: Bytes::new(),
-                }
+                });
             }
             r = socket.recv_from(&mut buf) => {
-                let Ok((n, client)) = r else { continue };
-                let datagram = &buf[..n];
-                match classifier.classify(datagram) {
-                    Ok(c) => {
-                        seq += 1;
-                        stats.admitted.fetch_add(1, Ordering::Relaxed);
-                        SignalFrame {
-                            route: 0,
-                            seq,
-                            now_us: now_us(),
-                            kind: c.kind as u8,
-                            client,
-                            key: c.key,
-                            payload: Bytes::copy_from_slice(datagram),
+                let mut next = r.ok();
+                // Take what is already queued too: one batch per wakeup, as the steer does.
+                while let Some((n, client)) = next {
+                    let datagram = &buf[..n];
+                    match classifier.classify(datagram) {
+                        Ok(c) => {
+                            seq += 1;
+                            stats.admitted.fetch_add(1, Ordering::Relaxed);
+                            signals.push(SignalFrame {
+                                route: 0,
+                                seq,
+                                now_us: now_us(),
+                                kind: c.kind as u8,
+                                client,
+                                key: c.key,
+                                payload: Bytes::copy_from_slice(datagram),
+                            });
+                        }
+                        Err(_) => {
+                            stats.malformed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(_) => {
-                        stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    if signals.len() >= DIRECT_BATCH {
+                        break;
                     }
+                    next = socket.try_recv_from(&mut buf).ok();
                 }
             }
         };
+        if signals.is_empty() {
+            continue;
+        }
         let batch = Batch {
-            signals: vec![signal],
+            signals,
             reply: Reply::Udp(socket.clone()),
         };
         if !instance.submit(batch).await {

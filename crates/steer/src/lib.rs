@@ -100,6 +100,7 @@ impl Steer {
                     addr: svc.listen,
                     source,
                 })?;
+            size_buffers(&socket);
             let addr = socket.local_addr().unwrap_or(svc.listen);
             let stats = Arc::new(SteerStats::default());
             tokio::spawn(service::run(
@@ -135,6 +136,17 @@ impl Steer {
     pub fn shutdown(&self) {
         self.stop.cancel();
     }
+}
+
+/// Socket buffers of service sockets: a burst of this many bytes queues instead of dropping.
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Asks for [`UDP_BUFFER_BYTES`] of kernel buffer each way (the kernel may cap it; a smaller
+/// buffer only means earlier drops under bursts, which clients retransmit).
+pub fn size_buffers(socket: &UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(UDP_BUFFER_BYTES);
 }
 
 impl Drop for Steer {
