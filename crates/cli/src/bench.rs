@@ -89,8 +89,7 @@ impl Bench {
         target: SocketAddr,
         rate: f64,
     ) -> anyhow::Result<Trial> {
-        self.pb
-            .set_message(format!("{contender} at {rate:.0}/s"));
+        self.pb.set_message(format!("{contender} at {rate:.0}/s"));
         let cfg = LoadConfig {
             target,
             sessions: self.args.sessions,
@@ -125,7 +124,11 @@ impl Bench {
     }
 
     /// The highest rate `target` sustains: a doubling ladder, then bisection.
-    async fn max_rate(&mut self, contender: &'static str, target: SocketAddr) -> anyhow::Result<f64> {
+    async fn max_rate(
+        &mut self,
+        contender: &'static str,
+        target: SocketAddr,
+    ) -> anyhow::Result<f64> {
         let mut good = 0.0;
         let mut bad = None;
         let mut rate = self.args.start_rate;
@@ -167,7 +170,9 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
         Some("mme-direct"),
     )
     .await?;
-    let direct = node.direct.context("the node did not report its direct address")?;
+    let direct = node
+        .direct
+        .context("the node did not report its direct address")?;
     let (steer, via_steer) = start_steer("mme-steer", node.addr).await?;
     let pb = progress_bar(0, "{spinner} trial {pos} {msg} [{elapsed_precise}]");
     pb.enable_steady_tick(Duration::from_millis(200));
@@ -188,7 +193,11 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
     let report = SteerBenchReport {
         via_steer_rate,
         direct_rate,
-        ratio: if direct_rate > 0.0 { via_steer_rate / direct_rate } else { 0.0 },
+        ratio: if direct_rate > 0.0 {
+            via_steer_rate / direct_rate
+        } else {
+            0.0
+        },
         p99_bound_ms: args.p99_bound_ms,
         common_rate,
         via_steer_latency_us: s.latency_us,
@@ -205,7 +214,10 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("handoff bench steer  (sustained = no loss, p99 <= {} ms)", args.p99_bound_ms);
+        println!(
+            "handoff bench steer  (sustained = no loss, p99 <= {} ms)",
+            args.p99_bound_ms
+        );
         println!("  via steer   {:>9.0} procedures/s", report.via_steer_rate);
         println!("  direct      {:>9.0} procedures/s", report.direct_rate);
         println!("  ratio       {:>9.2}", report.ratio);

@@ -347,3 +347,6 @@ impl Catalog {
         self.instantiate(name).map(|i| i.ruleset().current())
     }
 }
+
+#[cfg(test)]
+mod tests;

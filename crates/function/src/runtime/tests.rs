@@ -1,0 +1,239 @@
+//! The runtime against a toy function: a per-key counter with an expiry timer.
+//!
+//! Signal bytes: `[op, key]`; op 1 = create (counter 0), 2 = add one, 3 = delete, 4 = stateless
+//! ping, 5 = no-op update (answers, changes nothing). The session is the counter (u32) and the
+//! time of its last change; its timer fires 1000 µs after that and deletes it.
+
+use super::*;
+use crate::{BadRecord, MalformedSignal, Output, OutputClass, Ruleset};
+use proptest::prelude::*;
+
+struct Counter;
+
+impl Function for Counter {
+    type Session = (u32, u64);
+    type Prepared = (u8, u8);
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+    fn classify(&self, d: &[u8]) -> Result<Classified, MalformedSignal> {
+        let (op, key) = self.prepare(d)?;
+        let kind = match op {
+            1 => SignalKind::Create,
+            2 | 5 => SignalKind::Update,
+            3 => SignalKind::Delete,
+            _ => SignalKind::Stateless,
+        };
+        let key = if kind == SignalKind::Stateless {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&[key])
+        };
+        Ok(Classified { kind, key })
+    }
+    fn prepare(&self, d: &[u8]) -> Result<(u8, u8), MalformedSignal> {
+        match d {
+            [op @ 1..=5, key] => Ok((*op, *key)),
+            [_, _] => Err(MalformedSignal::InvalidField { field: "op" }),
+            _ => Err(MalformedSignal::Truncated {
+                needed: 2,
+                had: d.len(),
+            }),
+        }
+    }
+    fn process(
+        &self,
+        s: &mut Option<(u32, u64)>,
+        p: &(u8, u8),
+        stamp: Stamp,
+        out: &mut Vec<Output>,
+    ) {
+        match p.0 {
+            1 => *s = Some((0, stamp.now_us)),
+            2 => {
+                if let Some(v) = s.as_mut() {
+                    *v = (v.0 + 1, stamp.now_us);
+                }
+            }
+            3 => *s = None,
+            _ => {}
+        }
+        let value = s.map_or(u32::MAX, |v| v.0);
+        out.push(Output {
+            msg_type: u16::from(p.0),
+            bytes: Bytes::copy_from_slice(&value.to_be_bytes()),
+        });
+    }
+    fn deadline_us(&self, s: &(u32, u64)) -> Option<u64> {
+        Some(s.1 + 1000)
+    }
+    fn on_timer(&self, s: &mut Option<(u32, u64)>, _stamp: Stamp, out: &mut Vec<Output>) {
+        *s = None;
+        out.push(Output {
+            msg_type: 99,
+            bytes: Bytes::new(),
+        });
+    }
+    fn encode_session(&self, s: &(u32, u64), buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&s.0.to_be_bytes());
+        buf.extend_from_slice(&s.1.to_be_bytes());
+    }
+    fn decode_session(&self, b: &[u8]) -> Result<(u32, u64), BadRecord> {
+        let b: &[u8; 12] = b.try_into().map_err(|_| BadRecord {
+            reason: "length".into(),
+        })?;
+        let (v, t) = b.split_at(4);
+        Ok((
+            u32::from_be_bytes(v.try_into().unwrap_or_default()),
+            u64::from_be_bytes(t.try_into().unwrap_or_default()),
+        ))
+    }
+    fn default_ruleset(&self) -> Ruleset {
+        Ruleset::default().with(4, OutputClass::Immediate, "ping")
+    }
+    fn msg_type_name(&self, _: u16) -> &'static str {
+        "counter"
+    }
+}
+
+fn apply(
+    i: &mut Instance<Counter>,
+    seq: u64,
+    now_us: u64,
+    d: [u8; 2],
+) -> (Applied, Vec<ClassifiedOutput>) {
+    let c = Function::classify(&Counter, &d).unwrap();
+    let mut out = Vec::new();
+    let a = i.apply_signal(Stamp { seq, now_us }, c.kind, &c.key, &d, &mut out);
+    (a, out)
+}
+
+fn tick(i: &mut Instance<Counter>, seq: u64, now_us: u64) {
+    let mut out = Vec::new();
+    i.apply_signal(
+        Stamp { seq, now_us },
+        SignalKind::Tick,
+        &Bytes::new(),
+        &[],
+        &mut out,
+    );
+    assert!(out.is_empty(), "timer outputs have no client");
+}
+
+#[test]
+fn records_carry_the_seq_of_the_last_signal_applied() {
+    let mut i = Instance::new(Arc::new(Counter));
+    apply(&mut i, 1, 0, [1, 7]);
+    apply(&mut i, 2, 0, [2, 7]);
+    let (_, out) = apply(&mut i, 3, 0, [2, 7]);
+    assert_eq!(out[0].output.bytes.as_ref(), &2u32.to_be_bytes());
+    assert_eq!(out[0].class, OutputClass::Gated);
+    let rec = i.table.get(&[7]).unwrap();
+    assert_eq!((rec.seq, rec.deadline_us), (3, 1000));
+    apply(&mut i, 4, 0, [3, 7]);
+    assert!(i.table.is_empty());
+}
+
+#[test]
+fn a_seq_at_or_below_the_last_applied_is_ignored() {
+    let mut i = Instance::new(Arc::new(Counter));
+    apply(&mut i, 5, 0, [1, 1]);
+    let (a, out) = apply(&mut i, 5, 0, [2, 1]);
+    assert_eq!(a, Applied::StaleSeq);
+    assert!(out.is_empty());
+    let (a, _) = apply(&mut i, 4, 0, [2, 1]);
+    assert_eq!(a, Applied::StaleSeq);
+    assert_eq!(i.stats.stale, 2);
+    assert_eq!(i.table.get(&[1]).unwrap().bytes[..4], 0u32.to_be_bytes());
+}
+
+#[test]
+fn stateless_signals_see_no_session_and_use_the_ruleset() {
+    let mut i = Instance::new(Arc::new(Counter));
+    apply(&mut i, 1, 0, [1, 1]);
+    let (_, out) = apply(&mut i, 2, 0, [4, 1]);
+    assert_eq!(out[0].output.bytes.as_ref(), &u32::MAX.to_be_bytes());
+    assert_eq!(out[0].class, OutputClass::Immediate);
+    i.ruleset.replace(Ruleset::default());
+    let (_, out) = apply(&mut i, 3, 0, [4, 1]);
+    assert_eq!(
+        out[0].class,
+        OutputClass::Gated,
+        "a replaced ruleset applies to the next output"
+    );
+}
+
+#[test]
+fn ticks_fire_due_timers_only_and_take_the_ticks_seq() {
+    let mut i = Instance::new(Arc::new(Counter));
+    apply(&mut i, 1, 0, [1, 1]);
+    apply(&mut i, 2, 500, [1, 2]);
+    tick(&mut i, 3, 999);
+    assert_eq!(i.table.len(), 2);
+    tick(&mut i, 4, 1000);
+    assert!(i.table.get(&[1]).is_none(), "deadline 1000 reached");
+    assert!(i.table.get(&[2]).is_some());
+    // An update moves the deadline; the old one must not fire.
+    apply(&mut i, 5, 1400, [2, 2]);
+    tick(&mut i, 6, 1600);
+    assert_eq!(i.table.get(&[2]).unwrap().seq, 5);
+    tick(&mut i, 7, 2400);
+    assert!(i.table.is_empty());
+    assert_eq!(i.stats.timers_fired, 2);
+    assert_eq!(i.stats.timer_outputs, 2);
+    assert!(i.timers.is_empty());
+}
+
+#[test]
+fn an_unchanged_session_updates_its_seq_but_not_its_change_frequency() {
+    let mut i = Instance::new(Arc::new(Counter));
+    apply(&mut i, 1, 0, [1, 1]);
+    let before = i.table.get(&[1]).unwrap();
+    apply(&mut i, 2, 0, [5, 1]);
+    let after = i.table.get(&[1]).unwrap();
+    assert_eq!(after.seq, 2);
+    assert_eq!(after.freq, before.freq);
+    assert_eq!(after.bytes, before.bytes);
+}
+
+#[test]
+fn malformed_payloads_are_counted_not_applied() {
+    let mut i = Instance::new(Arc::new(Counter));
+    let mut out = Vec::new();
+    let a = i.apply_signal(
+        Stamp { seq: 1, now_us: 0 },
+        SignalKind::Update,
+        &Bytes::from_static(&[1]),
+        &[9],
+        &mut out,
+    );
+    assert_eq!(a, Applied::Malformed);
+    assert_eq!(i.stats.malformed, 1);
+    assert_eq!(i.stats.last_seq, 0);
+}
+
+proptest! {
+    /// Two instances fed the same stamped signals end in byte-identical tables, with the timer
+    /// index in step with the records.
+    #[test]
+    fn two_copies_fed_the_same_signals_agree(ops in proptest::collection::vec((0u8..6, 0u8..4, 0u64..300), 1..200)) {
+        let mut a = Instance::new(Arc::new(Counter));
+        let mut b = Instance::new(Arc::new(Counter));
+        let mut now = 0;
+        for (seq, (op, key, dt)) in ops.into_iter().enumerate() {
+            now += dt;
+            let seq = seq as u64 + 1;
+            for i in [&mut a, &mut b] {
+                if op == 0 {
+                    tick(i, seq, now);
+                } else {
+                    apply(i, seq, now, [op, key]);
+                }
+            }
+        }
+        prop_assert_eq!(a.table.dump(), b.table.dump());
+        let armed: BTreeSet<(u64, SessionKey)> =
+            (0..handoff_state::SHARDS).flat_map(|s| a.table.shard_snapshot(s)).map(|(k, r)| (r.deadline_us, k)).collect();
+        prop_assert_eq!(&armed, &a.timers);
+    }
+}
