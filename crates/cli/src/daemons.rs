@@ -190,3 +190,33 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_steer_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../../../docs/steer.example.toml");
+        let cfg: SteerConfig = toml::from_str(text).expect("example config parses");
+        let d = SteerConfig::default();
+        assert_eq!((cfg.name.as_str(), cfg.tick_ms, cfg.link_queue), (d.name.as_str(), d.tick_ms, d.link_queue));
+        assert_eq!(cfg.services.len(), 1);
+        assert_eq!(cfg.services[0].instance, "mme-1");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_rejected() {
+        let err = toml::from_str::<SteerConfig>("tick_msec = 5").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn service_specs_parse() {
+        let s = parse_service("mme-1:vmme@127.0.0.1:36412=127.0.0.1:7600").unwrap();
+        assert_eq!((s.instance.as_str(), s.function.as_str()), ("mme-1", "vmme"));
+        assert_eq!(s.listen.port(), 36412);
+        assert_eq!(s.node.port(), 7600);
+        assert!(parse_service("mme-1@127.0.0.1:1=127.0.0.1:2").is_err());
+    }
+}
