@@ -200,7 +200,10 @@ mod tests {
         let text = include_str!("../../../docs/steer.example.toml");
         let cfg: SteerConfig = toml::from_str(text).expect("example config parses");
         let d = SteerConfig::default();
-        assert_eq!((cfg.name.as_str(), cfg.tick_ms, cfg.link_queue), (d.name.as_str(), d.tick_ms, d.link_queue));
+        assert_eq!(
+            (cfg.name.as_str(), cfg.tick_ms, cfg.link_queue),
+            (d.name.as_str(), d.tick_ms, d.link_queue)
+        );
         assert_eq!(cfg.services.len(), 1);
         assert_eq!(cfg.services[0].instance, "mme-1");
     }
@@ -214,7 +217,10 @@ mod tests {
     #[test]
     fn service_specs_parse() {
         let s = parse_service("mme-1:vmme@127.0.0.1:36412=127.0.0.1:7600").unwrap();
-        assert_eq!((s.instance.as_str(), s.function.as_str()), ("mme-1", "vmme"));
+        assert_eq!(
+            (s.instance.as_str(), s.function.as_str()),
+            ("mme-1", "vmme")
+        );
         assert_eq!(s.listen.port(), 36412);
         assert_eq!(s.node.port(), 7600);
         assert!(parse_service("mme-1@127.0.0.1:1=127.0.0.1:2").is_err());

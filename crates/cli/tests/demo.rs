@@ -6,7 +6,16 @@ use std::process::Command;
 #[test]
 fn demo_json_report_is_clean_and_has_the_contracted_fields() {
     let out = Command::new(env!("CARGO_BIN_EXE_handoff"))
-        .args(["demo", "--sessions", "300", "--rate", "400", "--duration", "1", "--json"])
+        .args([
+            "demo",
+            "--sessions",
+            "300",
+            "--rate",
+            "400",
+            "--duration",
+            "1",
+            "--json",
+        ])
         .output()
         .expect("run handoff demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -31,7 +40,10 @@ fn demo_json_report_is_clean_and_has_the_contracted_fields() {
     assert!(n("/latency_us/max") >= n("/latency_us/p99"));
     assert_eq!(n("/oracle/checked"), 300);
     assert_eq!(n("/oracle/mismatches"), 0);
-    assert!(n("/node_rss_bytes") > 1 << 20, "RSS of the node process, not zero");
+    assert!(
+        n("/node_rss_bytes") > 1 << 20,
+        "RSS of the node process, not zero"
+    );
 }
 
 #[test]
@@ -42,12 +54,24 @@ fn bad_flags_and_bad_service_specs_are_clear_errors() {
         .expect("run handoff steer");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("expected INSTANCE:FUNCTION@LISTEN=NODE"), "{err}");
+    assert!(
+        err.contains("expected INSTANCE:FUNCTION@LISTEN=NODE"),
+        "{err}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_handoff"))
-        .args(["node", "--instance", "mme-1:nosuchfunction", "--listen", "127.0.0.1:0"])
+        .args([
+            "node",
+            "--instance",
+            "mme-1:nosuchfunction",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .expect("run handoff node");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("function nosuchfunction is not known"), "{err}");
+    assert!(
+        err.contains("function nosuchfunction is not known"),
+        "{err}"
+    );
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use handoff_function::runtime::Classifier;
 use handoff_function::SignalKind;
 use handoff_wire::SignalFrame;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub struct DirectStats {
     pub admitted: AtomicU64,
     /// Datagrams dropped as malformed.
     pub malformed: AtomicU64,
+    /// Answers the socket refused to send.
+    pub send_failed: AtomicU64,
 }
 
 /// Microseconds since the Unix epoch: the time the steer (here, the direct path) stamps.
@@ -46,6 +49,19 @@ pub async fn serve_direct(
     let _ = sock.set_recv_buffer_size(4 << 20);
     let _ = sock.set_send_buffer_size(4 << 20);
     let socket = Arc::new(socket);
+    // Sending runs on its own task, as the steer's relay does: processing never waits on it.
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<(Bytes, SocketAddr)>>(1024);
+    let sender_socket = socket.clone();
+    let sender_stats = stats.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = out_rx.recv().await {
+            for (payload, client) in batch {
+                if sender_socket.send_to(&payload, client).await.is_err() {
+                    sender_stats.send_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
     let mut seq = instance.stats().runtime.last_seq;
     let mut buf = vec![0u8; 65_536];
     let mut ticker = tokio::time::interval(tick);
@@ -104,7 +120,7 @@ pub async fn serve_direct(
         }
         let batch = Batch {
             signals,
-            reply: Reply::Udp(socket.clone()),
+            reply: Reply::Udp(out_tx.clone()),
         };
         if !instance.submit(batch).await {
             return;

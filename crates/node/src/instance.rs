@@ -8,7 +8,6 @@ use handoff_wire::{Frame, OutputFrame, SignalFrame};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -17,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Reply {
     /// Back over the steer connection that sent the signals, as output frames.
     Tcp(mpsc::Sender<Vec<Frame>>),
-    /// Straight to the clients from a UDP socket (the direct path).
-    Udp(Arc<UdpSocket>),
+    /// Straight to the clients, through the direct path's sender task and its UDP socket.
+    Udp(mpsc::Sender<Vec<(Bytes, SocketAddr)>>),
 }
 
 /// A batch of signals of one instance and where their outputs go.
@@ -169,14 +168,12 @@ async fn run(
                     0
                 }
             }
-            Reply::Udp(sock) => {
-                let mut ok = 0;
-                for (payload, client) in datagrams {
-                    if sock.send_to(&payload, client).await.is_ok() {
-                        ok += 1;
-                    }
+            Reply::Udp(tx) => {
+                if datagrams.is_empty() || tx.send(datagrams).await.is_ok() {
+                    produced
+                } else {
+                    0
                 }
-                ok
             }
         };
         local.outputs += delivered;

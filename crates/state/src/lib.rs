@@ -12,7 +12,10 @@
 
 #![warn(missing_docs)]
 
+mod digest;
 mod freq;
+
+pub use digest::{bucket_of, Digest, BUCKETS};
 
 pub use freq::ChangeFrequency;
 
