@@ -164,6 +164,19 @@ pub async fn run(b: BenchCmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
+    let finite_pos = |v: f64| v.is_finite() && v > 0.0;
+    if !(finite_pos(args.start_rate)
+        && finite_pos(args.max_rate)
+        && args.start_rate <= args.max_rate)
+    {
+        anyhow::bail!("--start-rate and --max-rate must be positive with start <= max");
+    }
+    if !(finite_pos(args.trial_secs) && args.trial_secs <= 3600.0) {
+        anyhow::bail!("--trial-secs must be within (0, 3600]");
+    }
+    if !finite_pos(args.p99_bound_ms) {
+        anyhow::bail!("--p99-bound-ms must be positive");
+    }
     let node = NodeProcess::spawn(
         "node-bench",
         &["mme-steer:vmme", "mme-direct:vmme"],

@@ -58,18 +58,22 @@ struct DemoConfig {
 }
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !(a.duration.is_finite() && (0.0..=86_400.0).contains(&a.duration)) {
+        anyhow::bail!("--duration must be within 0..=86400 seconds");
+    }
     let node = NodeProcess::spawn("node-a", &["mme-1:vmme"], None).await?;
     let (steer, service) = start_steer("mme-1", node.addr).await?;
     let cfg = LoadConfig {
         target: service,
         sessions: a.sessions,
         rate: a.rate,
-        duration: Duration::from_secs_f64(a.duration.max(0.0)),
+        duration: Duration::from_secs_f64(a.duration),
         zipf: a.zipf,
         seed: a.seed,
         timeout: Duration::from_millis(a.timeout_ms.max(1)),
         ..LoadConfig::default()
     };
+    cfg.validate().map_err(anyhow::Error::msg)?;
     let pb = progress_bar(u64::from(a.sessions), "{spinner} {msg} [{elapsed_precise}]");
     pb.enable_steady_tick(Duration::from_millis(200));
     let (load, histories) = handoff_loadgen::run(cfg, |p: Progress| {
@@ -112,8 +116,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let clean = report.load.lost == 0
         && report.load.duplicated == 0
         && report.load.reordered == 0
+        && report.load.wrong_answers == 0
+        && report.load.stray == 0
+        && report.oracle.checked == u64::from(a.sessions)
         && report.oracle.mismatches == 0
-        && report.oracle.answer_mismatches == 0;
+        && report.oracle.answer_mismatches == 0
+        && report.oracle.unknown_records == 0;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -63,6 +63,37 @@ impl Default for LoadConfig {
     }
 }
 
+impl LoadConfig {
+    /// Checks that every setting is finite and within bounds; says which one is not.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.rate.is_finite() && (0.0..=10_000_000.0).contains(&self.rate)) {
+            return Err(format!(
+                "rate {} must be within 0..=10000000 per second",
+                self.rate
+            ));
+        }
+        if self.duration > Duration::from_secs(86_400) {
+            return Err("duration must be at most a day".into());
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return Err("timeout must be within 1 ms..=60 s".into());
+        }
+        if self.retries > 10 {
+            return Err("retries must be at most 10".into());
+        }
+        if !(self.zipf.is_finite() && self.zipf >= 0.0) {
+            return Err(format!(
+                "zipf exponent {} must be finite and >= 0",
+                self.zipf
+            ));
+        }
+        if self.imsi_base.saturating_add(u64::from(self.sessions)) > handoff_vmme::MAX_IMSI {
+            return Err("IMSIs would exceed 15 digits".into());
+        }
+        Ok(())
+    }
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LatencyReport {
@@ -113,7 +144,8 @@ pub struct LoadReport {
     pub reordered: u64,
     /// Answers of a type that cannot answer the signal sent.
     pub wrong_answers: u64,
-    /// Datagrams received that are not a decodable answer to a known UE.
+    /// Datagrams received that are not a decodable answer to a known UE's recent transaction,
+    /// or that came from another address than the service's.
     pub stray: u64,
     /// Retransmitted datagrams.
     pub retransmissions: u64,
@@ -171,7 +203,7 @@ struct Recent {
     answers: u32,
 }
 
-const RECENT: usize = 4;
+const RECENT: usize = 8;
 
 struct Slot {
     ue: Ue,
@@ -216,6 +248,8 @@ pub async fn run(
     cfg: LoadConfig,
     mut progress: impl FnMut(Progress),
 ) -> std::io::Result<(LoadReport, Vec<UeHistory>)> {
+    cfg.validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let bind: SocketAddr = if cfg.target.is_ipv6() {
         "[::1]:0".parse().expect("literal address")
     } else {
@@ -325,7 +359,7 @@ impl Driver {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let start = Instant::now();
         let end = start + self.cfg.duration;
-        let interval = Duration::from_secs_f64(1.0 / self.cfg.rate);
+        let interval = Duration::from_secs_f64(1.0 / self.cfg.rate).max(Duration::from_nanos(1));
         let mut next_slot = start;
         let mut slots_started = 0u64;
         let mut buf = vec![0u8; 65_536];
@@ -436,14 +470,17 @@ impl Driver {
         let sleep_until = wake.unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
         tokio::select! {
             r = self.socket.recv_from(buf) => {
-                if let Ok((n, _)) = r {
-                    let datagram = buf[..n].to_vec();
-                    self.on_datagram(&datagram).await;
-                    // Take whatever else is already queued without waiting.
-                    while let Ok((n, _)) = self.socket.try_recv_from(buf) {
+                let mut next = r.ok();
+                // Take whatever else is already queued without waiting.
+                while let Some((n, from)) = next {
+                    if from == self.cfg.target {
                         let datagram = buf[..n].to_vec();
                         self.on_datagram(&datagram).await;
+                    } else {
+                        // Clients must only ever hear from the service address.
+                        self.report.stray += 1;
                     }
+                    next = self.socket.try_recv_from(buf).ok();
                 }
             }
             _ = tokio::time::sleep_until(sleep_until) => {}
@@ -542,7 +579,8 @@ impl Driver {
                         self.report.late_answers += 1;
                     }
                 }
-                None => self.report.duplicated += 1,
+                // Older than the UE remembers: an answer nobody is waiting for.
+                None => self.report.stray += 1,
             }
             return;
         }

@@ -122,7 +122,12 @@ async fn steer_session(
                     flush(&routes, pending.take(), tx).await?;
                     match node.instance(&instance) {
                         Ok(h) => {
-                            let last_seq = h.stats().runtime.last_seq;
+                            // Answer only after everything queued before is applied: the
+                            // steer resumes above this seq.
+                            let Some(last_seq) = h.drained_last_seq(Reply::Tcp(tx.clone())).await
+                            else {
+                                return Err(FrameError::Io(format!("instance {instance} stopped")));
+                            };
                             routes.insert(route, h);
                             tracing::info!(route, instance, last_seq, "route bound");
                             send(tx, vec![Frame::Bound { route, last_seq }]).await?;
@@ -170,6 +175,7 @@ async fn flush(
     let batch = Batch {
         signals,
         reply: Reply::Tcp(tx.clone()),
+        drained: None,
     };
     if h.submit(batch).await {
         Ok(())

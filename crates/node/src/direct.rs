@@ -121,6 +121,7 @@ pub async fn serve_direct(
         let batch = Batch {
             signals,
             reply: Reply::Udp(out_tx.clone()),
+            drained: None,
         };
         if !instance.submit(batch).await {
             return;

@@ -27,6 +27,8 @@ pub struct Batch {
     pub signals: Vec<SignalFrame>,
     /// Output destination.
     pub reply: Reply,
+    /// Answered with the last seq applied once this batch (and all before it) is done.
+    pub drained: Option<tokio::sync::oneshot::Sender<u64>>,
 }
 
 /// Counters the instance task adds to those of the runtime.
@@ -97,6 +99,21 @@ impl InstanceHandle {
     /// The output ruleset.
     pub fn ruleset(&self) -> &RulesetHandle {
         &self.ruleset
+    }
+
+    /// The last seq applied once every batch queued so far has been applied (`None` if the
+    /// instance task has stopped).
+    pub async fn drained_last_seq(&self, reply: Reply) -> Option<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let batch = Batch {
+            signals: Vec::new(),
+            reply,
+            drained: Some(tx),
+        };
+        if !self.submit(batch).await {
+            return None;
+        }
+        rx.await.ok()
     }
 
     /// Current counters.
@@ -180,6 +197,9 @@ async fn run(
         local.outputs_undeliverable += produced - delivered;
         local.runtime = hosted.stats();
         *shared.lock() = local;
+        if let Some(ack) = batch.drained {
+            let _ = ack.send(local.runtime.last_seq);
+        }
     }
     tracing::debug!("instance task stopped");
 }

@@ -4,7 +4,9 @@ use crate::service::SteerStats;
 use futures::{SinkExt, StreamExt};
 use handoff_wire::{Frame, FrameCodec, FrameError, Role, SignalFrame, VERSION};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -19,6 +21,8 @@ pub(crate) const ROUTE: u32 = 1;
 const WRITE_BATCH_BYTES: usize = 128 * 1024;
 /// Longest wait for a connection or a handshake answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a write to the node may take before the link is declared stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -57,12 +61,12 @@ impl Link {
 
     /// Whether the link is connected and the route bound.
     pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Relaxed)
+        self.up.load(Acquire)
     }
 
     /// The last seq the node had applied when the route was last bound.
     pub(crate) fn base_seq(&self) -> u64 {
-        self.base.load(Relaxed)
+        self.base.load(Acquire)
     }
 }
 
@@ -87,8 +91,8 @@ async fn maintain(
         match attempt {
             Ok((stream, last_seq)) => {
                 backoff = Duration::from_millis(50);
-                base.store(last_seq, Relaxed);
-                up.store(true, Relaxed);
+                base.store(last_seq, Release);
+                up.store(true, Release);
                 stats.link_connects.fetch_add(1, Relaxed);
                 tracing::info!(%node, instance, last_seq, "node link up");
                 let reason = serve(stream, &mut rx, &socket, &stats, &stop).await;
@@ -194,14 +198,27 @@ async fn serve(
             },
         };
         Frame::Signal(first).encode(&mut buf);
+        let mut frames = 1u64;
         while buf.len() < WRITE_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(s) => Frame::Signal(s).encode(&mut buf),
+                Ok(s) => {
+                    Frame::Signal(s).encode(&mut buf);
+                    frames += 1;
+                }
                 Err(_) => break,
             }
         }
-        if let Err(e) = writer.get_mut().write_all(&buf).await {
-            break e.to_string();
+        let failed = tokio::select! {
+            _ = stop.cancelled() => Some("stopping".to_owned()),
+            r = tokio::time::timeout(WRITE_TIMEOUT, writer.get_mut().write_all(&buf)) => match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("node stopped reading (write timed out)".to_owned()),
+            },
+        };
+        if let Some(reason) = failed {
+            stats.lost_in_link.fetch_add(frames, Relaxed);
+            break reason;
         }
         buf.clear();
     };

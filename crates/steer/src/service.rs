@@ -46,6 +46,8 @@ pub struct SteerStats {
     pub outputs_failed: AtomicU64,
     /// Error frames received from the node.
     pub node_errors: AtomicU64,
+    /// Stamped signals lost because the link failed while writing them (clients retransmit).
+    pub lost_in_link: AtomicU64,
     /// Successful (re)connections to the node.
     pub link_connects: AtomicU64,
     /// Last seq stamped.
@@ -64,6 +66,7 @@ pub struct SteerStatsSnapshot {
     pub outputs_relayed: u64,
     pub outputs_failed: u64,
     pub node_errors: u64,
+    pub lost_in_link: u64,
     pub link_connects: u64,
     pub last_seq: u64,
 }
@@ -80,6 +83,7 @@ impl SteerStats {
             outputs_relayed: self.outputs_relayed.load(Relaxed),
             outputs_failed: self.outputs_failed.load(Relaxed),
             node_errors: self.node_errors.load(Relaxed),
+            lost_in_link: self.lost_in_link.load(Relaxed),
             link_connects: self.link_connects.load(Relaxed),
             last_seq: self.last_seq.load(Relaxed),
         }
@@ -154,7 +158,12 @@ pub(crate) async fn run(
             }
             Err(TrySendError::Closed(())) => return,
         };
-        seq = seq.max(link.base_seq()) + 1;
+        let Some(next) = seq.max(link.base_seq()).checked_add(1) else {
+            // The node claims to have applied u64::MAX: refuse to wrap, drop and count.
+            stats.no_link.fetch_add(1, Relaxed);
+            continue;
+        };
+        seq = next;
         permit.send(SignalFrame {
             route: crate::link::ROUTE,
             seq,

@@ -91,8 +91,19 @@ proptest! {
 
     /// Arbitrary bytes never panic the decoder: they decode, wait for more, or are refused.
     #[test]
-    fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..600)) {
-        let mut buf = BytesMut::from(&raw[..]);
+    fn arbitrary_bytes_never_panic(
+        raw in proptest::collection::vec(any::<u8>(), 0..600),
+        header in any::<bool>(),
+        kind in 0u8..16,
+    ) {
+        // Half the cases start with a valid magic, version and a plausible length, so the body
+        // decoders see the arbitrary bytes too.
+        let mut buf = BytesMut::new();
+        if header {
+            buf.extend_from_slice(&[0x68, 0x66, 1, kind]);
+            buf.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        }
+        buf.extend_from_slice(&raw);
         let mut codec = FrameCodec;
         for _ in 0..raw.len() + 1 {
             match codec.decode(&mut buf) {
