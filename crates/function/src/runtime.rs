@@ -12,6 +12,8 @@ use handoff_state::{RecordView, SessionTable};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+pub mod shadow;
+
 /// An output with the class the ruleset gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClassifiedOutput {
@@ -172,12 +174,26 @@ impl<F: Function> Instance<F> {
             }
         };
         self.stats.last_seq = stamp.seq;
+        self.apply_prepared(stamp, kind, key, &prepared, out);
+        Applied::Processed
+    }
+
+    /// Applies one prepared, non-tick signal to its session, whatever the instance's last seq
+    /// (the caller keeps order: the move's destination replays buffered updates with this).
+    pub fn apply_prepared(
+        &mut self,
+        stamp: Stamp,
+        kind: SignalKind,
+        key: &SessionKey,
+        prepared: &F::Prepared,
+        out: &mut Vec<ClassifiedOutput>,
+    ) {
         self.stats.processed += 1;
         let mut outputs = std::mem::take(&mut self.scratch);
         outputs.clear();
         if kind == SignalKind::Stateless {
             self.function
-                .process(&mut None, &prepared, stamp, &mut outputs);
+                .process(&mut None, prepared, stamp, &mut outputs);
         } else {
             let loaded = self.load(key);
             let (mut session, before) = match loaded {
@@ -185,7 +201,7 @@ impl<F: Function> Instance<F> {
                 None => (None, None),
             };
             self.function
-                .process(&mut session, &prepared, stamp, &mut outputs);
+                .process(&mut session, prepared, stamp, &mut outputs);
             if session.is_some() || before.is_some() {
                 self.store(key, before, session, stamp);
             }
@@ -195,7 +211,90 @@ impl<F: Function> Instance<F> {
             output,
         }));
         self.scratch = outputs;
-        Applied::Processed
+    }
+
+    /// Parses a signal (the preprocessing step); counts a failure.
+    pub fn prepare(&mut self, payload: &[u8]) -> Option<F::Prepared> {
+        match self.function.prepare(payload) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.stats.malformed += 1;
+                None
+            }
+        }
+    }
+
+    /// Fires one session's timer for a tick stamped `stamp`, if its deadline has come.
+    /// The move's destination replays ticks on a session that arrived after them with this.
+    pub fn fire_timer(&mut self, key: &SessionKey, stamp: Stamp) {
+        let Some(rec) = self.table.get(key) else {
+            return;
+        };
+        if rec.deadline_us > stamp.now_us {
+            return;
+        }
+        let Some((session, before)) = self.load(key) else {
+            return;
+        };
+        let mut session = Some(session);
+        let mut outputs = std::mem::take(&mut self.scratch);
+        outputs.clear();
+        self.function.on_timer(&mut session, stamp, &mut outputs);
+        self.stats.timers_fired += 1;
+        self.stats.timer_outputs += outputs.len() as u64;
+        self.store(key, Some(before), session, stamp);
+        self.scratch = outputs;
+    }
+
+    /// Inserts a copied record as it is, arming its timer. A record that does not decode is
+    /// refused (and nothing changes).
+    pub fn import_record(
+        &mut self,
+        key: SessionKey,
+        seq: u64,
+        bytes: Bytes,
+    ) -> Result<(), crate::BadRecord> {
+        let session = self.function.decode_session(&bytes)?;
+        let deadline = self.function.deadline_us(&session).unwrap_or(u64::MAX);
+        let old = self.table.insert_record(
+            key.clone(),
+            handoff_state::Record {
+                seq,
+                bytes,
+                deadline_us: deadline,
+                freq: handoff_state::ChangeFrequency::default(),
+            },
+        );
+        self.rearm(&key, old.map(|r| r.deadline_us), Some(deadline));
+        Ok(())
+    }
+
+    /// Removes a session (a tombstone from a copy), disarming its timer.
+    pub fn remove_session(&mut self, key: &SessionKey) {
+        if let Some(old) = self.table.remove(key) {
+            self.rearm(key, Some(old.deadline_us), None);
+        }
+    }
+
+    /// Seq of the record of `key`, if present.
+    pub fn record_seq(&self, key: &[u8]) -> Option<u64> {
+        self.table.get(key).map(|r| r.seq)
+    }
+
+    /// Notes that every signal up to `seq` has been applied (ticks and signals handled
+    /// outside [`Instance::apply_signal`]).
+    pub fn advance_seq(&mut self, seq: u64) {
+        self.stats.last_seq = self.stats.last_seq.max(seq);
+    }
+
+    /// The session table.
+    pub fn table(&self) -> &Arc<SessionTable> {
+        &self.table
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> InstanceStats {
+        self.stats
     }
 
     /// Fires every timer whose deadline is at or before the tick's time, in (deadline, key) order.

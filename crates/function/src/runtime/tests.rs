@@ -7,6 +7,7 @@
 use super::*;
 use crate::{BadRecord, MalformedSignal, Output, OutputClass, Ruleset};
 use proptest::prelude::*;
+use std::collections::HashMap;
 
 struct Counter;
 
@@ -235,5 +236,241 @@ proptest! {
         let armed: BTreeSet<(u64, SessionKey)> =
             (0..handoff_state::SHARDS).flat_map(|s| a.table.shard_snapshot(s)).map(|(k, r)| (r.deadline_us, k)).collect();
         prop_assert_eq!(&armed, &a.timers);
+    }
+}
+
+mod shadow {
+    use super::*;
+    use crate::runtime::shadow::{Shadow, ShadowLimits};
+    use std::collections::HashSet;
+
+    /// One step of a run: a signal `(op, key)` (op 0 = tick) after `dt` µs; then the source
+    /// works through up to `src` of the signals queued for it (it may lag behind the
+    /// destination, as the two copies run apart), then `copy` records are streamed from the
+    /// source as it stands.
+    type Step = (u8, u8, u64, usize, usize);
+
+    fn steps(n: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Step>> {
+        // Copies are slow next to signals (mostly zero records per step), so timers fire and
+        // sessions change many times while their records are still on the way.
+        let copy = (0usize..10).prop_map(|c| c.saturating_sub(7));
+        let src = (0usize..6).prop_map(|c| c.saturating_sub(2));
+        proptest::collection::vec((0u8..6, 0u8..10, 0u64..600, copy, src), n)
+    }
+
+    /// Runs `before` on a source alone, then starts a move (manifest = the source's keys,
+    /// copied in the order `order` gives), runs `during` with the steer's move-mode routing,
+    /// streaming records as the steps say, and returns the destination's and a reference
+    /// instance's tables (the reference applied every signal in seq order).
+    fn run(before: &[Step], during: &[Step], order: u64) -> (Shadow<Counter>, Instance<Counter>) {
+        let mut reference = Instance::new(Arc::new(Counter));
+        let mut source = Instance::new(Arc::new(Counter));
+        let mut now = 0;
+        let mut seq = 0;
+        for &(op, key, dt, _, _) in before {
+            now += dt;
+            seq += 1;
+            for i in [&mut reference, &mut source] {
+                if op == 0 {
+                    tick(i, seq, now)
+                } else {
+                    apply(i, seq, now, [op, key]);
+                }
+            }
+        }
+        let mut queue: Vec<SessionKey> = source.table.dump().into_iter().map(|r| r.key).collect();
+        // A deterministic shuffle stands in for hot-first, random or key order.
+        let n = queue.len().max(1);
+        for i in 0..queue.len() {
+            queue.swap(
+                i,
+                (order as usize)
+                    .wrapping_mul(i + 3)
+                    .wrapping_add(order as usize >> 7)
+                    % n,
+            );
+        }
+        let mut shadow = Shadow::new(
+            Instance::new(Arc::new(Counter)),
+            queue.clone(),
+            ShadowLimits::default(),
+        );
+        let mut queue = std::collections::VecDeque::from(queue);
+        let mut created: HashSet<SessionKey> = HashSet::new();
+        let mut tombstones: HashMap<SessionKey, u64> = HashMap::new();
+        let mut out = Vec::new();
+        let stream = |n: usize,
+                      queue: &mut std::collections::VecDeque<SessionKey>,
+                      source: &Instance<Counter>,
+                      tombstones: &HashMap<SessionKey, u64>,
+                      shadow: &mut Shadow<Counter>| {
+            for _ in 0..n {
+                let Some(key) = queue.pop_front() else { return };
+                let mut out = Vec::new();
+                match source.table.get(&key) {
+                    Some(r) => shadow
+                        .on_record(key, r.seq, Some(r.bytes), &mut out)
+                        .unwrap(),
+                    None => {
+                        let seq = tombstones[&key];
+                        shadow.on_record(key, seq, None, &mut out).unwrap()
+                    }
+                };
+            }
+        };
+        // Signals routed to the source, applied when the source catches up.
+        let mut backlog: std::collections::VecDeque<(u64, u64, u8, u8)> = Default::default();
+        let catch_up = |n: usize,
+                        backlog: &mut std::collections::VecDeque<(u64, u64, u8, u8)>,
+                        source: &mut Instance<Counter>,
+                        tombstones: &mut HashMap<SessionKey, u64>| {
+            for _ in 0..n {
+                let Some((seq, now, op, key)) = backlog.pop_front() else {
+                    return;
+                };
+                let present: Vec<SessionKey> =
+                    source.table.dump().into_iter().map(|r| r.key).collect();
+                if op == 0 {
+                    tick(source, seq, now);
+                } else {
+                    apply(source, seq, now, [op, key]);
+                }
+                for k in present {
+                    if source.table.get(&k).is_none() {
+                        tombstones.insert(k, seq);
+                    }
+                }
+            }
+        };
+        for &(op, key, dt, copy, src) in during {
+            now += dt;
+            seq += 1;
+            let stamp = Stamp { seq, now_us: now };
+            let d = [op, key];
+            if op == 0 {
+                tick(&mut reference, seq, now);
+                backlog.push_back((seq, now, 0, 0));
+                shadow
+                    .on_signal(stamp, SignalKind::Tick, &Bytes::new(), &[], &mut out)
+                    .unwrap();
+            } else {
+                apply(&mut reference, seq, now, d);
+                let c = Function::classify(&Counter, &d).unwrap();
+                // The steer's move-mode routing.
+                let (to_source, to_dest) = match c.kind {
+                    SignalKind::Create => {
+                        created.insert(c.key.clone());
+                        (false, true)
+                    }
+                    SignalKind::Stateless => (true, false),
+                    _ if created.contains(&c.key) => (false, true),
+                    _ => (true, true),
+                };
+                if to_source {
+                    backlog.push_back((seq, now, op, key));
+                }
+                if to_dest {
+                    shadow
+                        .on_signal(stamp, c.kind, &c.key, &d, &mut out)
+                        .unwrap();
+                }
+            }
+            catch_up(src, &mut backlog, &mut source, &mut tombstones);
+            stream(copy, &mut queue, &source, &tombstones, &mut shadow);
+        }
+        let pending = backlog.len();
+        catch_up(pending, &mut backlog, &mut source, &mut tombstones);
+        let rest = queue.len();
+        stream(rest, &mut queue, &source, &tombstones, &mut shadow);
+        (shadow, reference)
+    }
+
+    proptest! {
+        /// The heart of the move: whatever the interleaving of copied records with signals, the
+        /// copy order and the timers firing meanwhile, the destination ends with exactly the
+        /// sessions (bytes and seqs) of an instance that applied every signal in seq order.
+        #[test]
+        fn destination_equals_the_reference(before in steps(0..60), during in steps(0..150), order in any::<u64>()) {
+            let (shadow, reference) = run(&before, &during, order);
+            prop_assert!(shadow.is_settled(), "{:?}", shadow.stats());
+            prop_assert_eq!(shadow.instance().table.dump(), reference.table.dump());
+            prop_assert_eq!(shadow.stats().unexpected_records, 0);
+        }
+    }
+
+    #[test]
+    fn updates_wait_for_their_record_and_a_record_including_one_skips_it() {
+        let mut source = Instance::new(Arc::new(Counter));
+        apply(&mut source, 1, 0, [1, 1]);
+        let key = Bytes::from_static(&[1]);
+        let mut shadow = Shadow::new(
+            Instance::new(Arc::new(Counter)),
+            [key.clone()],
+            ShadowLimits::default(),
+        );
+        let mut out = Vec::new();
+        // Seq 2 reaches the destination before the record: buffered.
+        shadow
+            .on_signal(
+                Stamp { seq: 2, now_us: 0 },
+                SignalKind::Update,
+                &key,
+                &[2, 1],
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(shadow.stats().buffered, 1);
+        assert!(!shadow.is_settled());
+        apply(&mut source, 2, 0, [2, 1]);
+        apply(&mut source, 3, 0, [2, 1]);
+        // The record already includes seqs 2 and 3.
+        let r = source.table.get(&key).unwrap();
+        shadow
+            .on_record(key.clone(), r.seq, Some(r.bytes.clone()), &mut out)
+            .unwrap();
+        assert_eq!(shadow.stats().discarded, 1);
+        // Seq 3 arrives late from the steer: skipped, not applied twice.
+        shadow
+            .on_signal(
+                Stamp { seq: 3, now_us: 0 },
+                SignalKind::Update,
+                &key,
+                &[2, 1],
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(shadow.stats().skipped, 1);
+        assert_eq!(shadow.instance().table.get(&key).unwrap().bytes, r.bytes);
+        assert!(shadow.is_settled());
+    }
+
+    #[test]
+    fn the_buffer_limit_aborts_instead_of_growing() {
+        let key = Bytes::from_static(&[1]);
+        let limits = ShadowLimits {
+            max_buffered: 2,
+            max_ticks: 10,
+        };
+        let mut shadow = Shadow::new(Instance::new(Arc::new(Counter)), [key.clone()], limits);
+        let mut out = Vec::new();
+        for seq in 1..=2 {
+            shadow
+                .on_signal(
+                    Stamp { seq, now_us: 0 },
+                    SignalKind::Update,
+                    &key,
+                    &[2, 1],
+                    &mut out,
+                )
+                .unwrap();
+        }
+        let err = shadow.on_signal(
+            Stamp { seq: 3, now_us: 0 },
+            SignalKind::Update,
+            &key,
+            &[2, 1],
+            &mut out,
+        );
+        assert!(err.is_err());
     }
 }

@@ -1,0 +1,271 @@
+//! The destination of a live move: DESIGN.md "Live move", step 4 (the apply rule).
+//!
+//! At move start the source sends the *manifest*: the keys of every session it held, each of
+//! which it will stream exactly once (a record, or a tombstone if the session was deleted
+//! meanwhile). From then on the steer sends the destination, in seq order, the creates, the
+//! updates of sessions created during the move, copies of every other update and delete, and
+//! every tick. The [`Shadow`] applies them so that, once every manifest key has arrived, each
+//! session is exactly what one instance applying every signal in seq order would hold:
+//!
+//! - A signal for a key outside the manifest, or whose record has arrived, applies at once
+//!   if its seq is above the record's (a record may already include an update the steer
+//!   duplicated to both copies).
+//! - A signal for a manifest key whose record has not arrived is parsed (preprocessed) and
+//!   buffered per key. Creates are buffered too: a create may read the session it replaces
+//!   (a retransmitted Attach answered from the old context's transaction cache).
+//! - When a record with seq `s` arrives, the key's buffered signals with seq > `s` and every
+//!   tick with seq > `s` are applied on it, merged in seq order; the rest are discarded. A
+//!   tombstone does the same on an absent session.
+//!
+//! Outputs produced here are those the steer routed to the destination alone (creates and
+//! updates of new sessions) and shadow outputs; the caller knows which is which by route and
+//! never lets a shadow output reach a client.
+
+use super::{Applied, ClassifiedOutput, Instance};
+use crate::{Function, SessionKey, SignalKind, Stamp};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Limits of a shadow: a move that would exceed one is aborted, never left to grow memory.
+#[derive(Clone, Copy, Debug)]
+pub struct ShadowLimits {
+    /// Buffered signals in all, across keys.
+    pub max_buffered: usize,
+    /// Ticks remembered for replay (one per tick interval of the copy's duration).
+    pub max_ticks: usize,
+}
+
+impl Default for ShadowLimits {
+    fn default() -> Self {
+        Self {
+            max_buffered: 1_000_000,
+            max_ticks: 100_000,
+        }
+    }
+}
+
+/// Why the shadow cannot go on; the move must abort.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShadowError {
+    /// More signals wait for their sessions than [`ShadowLimits::max_buffered`].
+    #[error("buffered updates exceed the limit of {0}")]
+    BufferFull(usize),
+    /// The copy outlasted [`ShadowLimits::max_ticks`] ticks.
+    #[error("tick log exceeds the limit of {0}")]
+    TickLogFull(usize),
+    /// A record from the source does not decode.
+    #[error("record for a session does not decode: {0}")]
+    BadRecord(String),
+}
+
+/// What happened to one copied record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Imported (or, for a tombstone, the session removed), then `replayed` signals and ticks
+    /// applied on it and `discarded` buffered signals dropped as already included.
+    Applied {
+        /// Buffered signals and ticks applied after the record.
+        replayed: usize,
+        /// Buffered signals the record already included.
+        discarded: usize,
+    },
+    /// The key is not in the manifest, or its record already arrived: ignored and counted.
+    Unexpected,
+}
+
+/// Counters of a shadow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShadowStats {
+    /// Signals buffered now.
+    pub buffered: usize,
+    /// Most signals buffered at once.
+    pub buffered_peak: usize,
+    /// Records and tombstones imported.
+    pub records: u64,
+    /// Records for keys not in the manifest or already received.
+    pub unexpected_records: u64,
+    /// Buffered signals discarded because their record already included them.
+    pub discarded: u64,
+    /// Signals skipped because the session's record already included them.
+    pub skipped: u64,
+    /// Manifest keys whose record has not arrived.
+    pub awaiting: usize,
+}
+
+struct Buffered<P> {
+    stamp: Stamp,
+    kind: SignalKind,
+    prepared: P,
+}
+
+enum Later<P> {
+    Signal(Buffered<P>),
+    Tick(Stamp),
+}
+
+/// An instance being filled by a move.
+pub struct Shadow<F: Function> {
+    instance: Instance<F>,
+    awaiting: HashSet<SessionKey>,
+    buffers: HashMap<SessionKey, Vec<Buffered<F::Prepared>>>,
+    ticks: Vec<Stamp>,
+    limits: ShadowLimits,
+    stats: ShadowStats,
+}
+
+impl<F: Function> Shadow<F> {
+    /// A shadow over `instance` (normally empty) expecting one record per manifest key.
+    pub fn new(
+        instance: Instance<F>,
+        manifest: impl IntoIterator<Item = SessionKey>,
+        limits: ShadowLimits,
+    ) -> Self {
+        let awaiting: HashSet<SessionKey> = manifest.into_iter().collect();
+        let stats = ShadowStats {
+            awaiting: awaiting.len(),
+            ..ShadowStats::default()
+        };
+        Self {
+            instance,
+            awaiting,
+            buffers: HashMap::new(),
+            ticks: Vec::new(),
+            limits,
+            stats,
+        }
+    }
+
+    /// Applies or buffers one signal from the steer (seq order).
+    pub fn on_signal(
+        &mut self,
+        stamp: Stamp,
+        kind: SignalKind,
+        key: &SessionKey,
+        payload: &[u8],
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Result<Applied, ShadowError> {
+        if stamp.seq <= self.instance.stats.last_seq {
+            self.instance.stats.stale += 1;
+            return Ok(Applied::StaleSeq);
+        }
+        if kind == SignalKind::Tick {
+            if !self.awaiting.is_empty() {
+                if self.ticks.len() >= self.limits.max_ticks {
+                    return Err(ShadowError::TickLogFull(self.limits.max_ticks));
+                }
+                self.ticks.push(stamp);
+            }
+            return Ok(self.instance.apply_signal(stamp, kind, key, payload, out));
+        }
+        let Some(prepared) = self.instance.prepare(payload) else {
+            return Ok(Applied::Malformed);
+        };
+        self.instance.advance_seq(stamp.seq);
+        if kind != SignalKind::Stateless && self.awaiting.contains(key) {
+            if self.stats.buffered >= self.limits.max_buffered {
+                return Err(ShadowError::BufferFull(self.limits.max_buffered));
+            }
+            self.buffers.entry(key.clone()).or_default().push(Buffered {
+                stamp,
+                kind,
+                prepared,
+            });
+            self.stats.buffered += 1;
+            self.stats.buffered_peak = self.stats.buffered_peak.max(self.stats.buffered);
+            return Ok(Applied::Processed);
+        }
+        if self
+            .instance
+            .record_seq(key)
+            .is_some_and(|s| s >= stamp.seq)
+        {
+            self.stats.skipped += 1;
+            return Ok(Applied::Processed);
+        }
+        self.instance
+            .apply_prepared(stamp, kind, key, &prepared, out);
+        Ok(Applied::Processed)
+    }
+
+    /// Imports one copied record (`bytes = None`: a tombstone) with the seq of the last signal
+    /// the source applied to it, then replays what the record does not include.
+    pub fn on_record(
+        &mut self,
+        key: SessionKey,
+        seq: u64,
+        bytes: Option<Bytes>,
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Result<RecordOutcome, ShadowError> {
+        if !self.awaiting.contains(&key) {
+            self.stats.unexpected_records += 1;
+            return Ok(RecordOutcome::Unexpected);
+        }
+        match bytes {
+            Some(b) => self
+                .instance
+                .import_record(key.clone(), seq, b)
+                .map_err(|e| ShadowError::BadRecord(e.reason))?,
+            None => self.instance.remove_session(&key),
+        }
+        self.awaiting.remove(&key);
+        self.stats.awaiting = self.awaiting.len();
+        self.stats.records += 1;
+        let buffered = self.buffers.remove(&key).unwrap_or_default();
+        self.stats.buffered -= buffered.len();
+        // Merge the key's later signals with later ticks, in seq order.
+        // Ticks are logged in seq order: those after the record are a suffix.
+        let first_later = self.ticks.partition_point(|t| t.seq <= seq);
+        let mut later: BTreeMap<u64, Later<F::Prepared>> = self.ticks[first_later..]
+            .iter()
+            .map(|t| (t.seq, Later::Tick(*t)))
+            .collect();
+        let mut discarded = 0;
+        for b in buffered {
+            if b.stamp.seq > seq {
+                later.insert(b.stamp.seq, Later::Signal(b));
+            } else {
+                discarded += 1;
+            }
+        }
+        self.stats.discarded += discarded as u64;
+        let mut replayed = 0;
+        for item in later.into_values() {
+            match item {
+                Later::Signal(b) => {
+                    self.instance
+                        .apply_prepared(b.stamp, b.kind, &key, &b.prepared, out);
+                }
+                Later::Tick(t) => self.instance.fire_timer(&key, t),
+            }
+            replayed += 1;
+        }
+        if self.awaiting.is_empty() {
+            self.ticks.clear();
+        }
+        Ok(RecordOutcome::Applied {
+            replayed,
+            discarded,
+        })
+    }
+
+    /// Whether every manifest key has arrived and nothing is buffered: the destination's part
+    /// of the cutover condition.
+    pub fn is_settled(&self) -> bool {
+        self.awaiting.is_empty() && self.stats.buffered == 0
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ShadowStats {
+        self.stats
+    }
+
+    /// The instance (for digests and dumps).
+    pub fn instance(&self) -> &Instance<F> {
+        &self.instance
+    }
+
+    /// The instance, once the move is done with it.
+    pub fn into_instance(self) -> Instance<F> {
+        self.instance
+    }
+}
