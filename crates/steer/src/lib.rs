@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod link;
+pub mod route;
 mod service;
 
 pub use service::{ServiceConfig, SteerStats, SteerStatsSnapshot};

@@ -1,0 +1,337 @@
+//! The steer's routing decision for one instance: the pure core of move mode (DESIGN.md
+//! "Live move", steps 2 and 6). No I/O; the service loop asks it where each stamped signal goes.
+//!
+//! ```text
+//!            begin_move(seq)                cutover(C)
+//!  Serving ─────────────────▶ Moving ──────────────────▶ CutOver{C} ──finish──▶ Serving (dest)
+//!                               │ abort()
+//!                               └──────────▶ Serving (source) + the keys created meanwhile
+//! ```
+
+use bytes::Bytes;
+use handoff_function::SignalKind;
+use std::collections::HashSet;
+
+/// Where a signal goes and which copy's outputs reach the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The instance's current owner only (outside a move; the source during one).
+    Source,
+    /// The destination only; its outputs reach the client.
+    Destination,
+    /// Both copies: the source is authoritative, the destination's outputs are shadow outputs
+    /// that never reach a client.
+    Both,
+}
+
+/// Why a route refused a step (the move must abort or the command is refused).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The command does not fit the route's phase.
+    #[error("route is {actual}, expected {expected}")]
+    WrongPhase {
+        /// The phase the command needs.
+        expected: &'static str,
+        /// The phase the route is in.
+        actual: &'static str,
+    },
+    /// More sessions were created during the move than the steer may remember.
+    #[error("more than {0} sessions created during the move")]
+    TooManyCreated(usize),
+    /// The cutover boundary is not above every seq already stamped.
+    #[error("cutover boundary {boundary} is not above the last seq stamped ({last})")]
+    BoundaryInPast {
+        /// The boundary asked for.
+        boundary: u64,
+        /// The last seq stamped.
+        last: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Serving,
+    Moving {
+        created: HashSet<Bytes>,
+        abort_safe: bool,
+    },
+    CutOver {
+        boundary: u64,
+    },
+}
+
+/// The route of one instance.
+#[derive(Clone, Debug)]
+pub struct Route {
+    phase: Phase,
+    max_created: usize,
+    move_started_at: u64,
+}
+
+impl Route {
+    /// A route serving from the instance's current owner; a move may remember at most
+    /// `max_created` sessions created during it.
+    pub fn new(max_created: usize) -> Self {
+        Self {
+            phase: Phase::Serving,
+            max_created,
+            move_started_at: 0,
+        }
+    }
+
+    fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Serving => "serving",
+            Phase::Moving { .. } => "moving",
+            Phase::CutOver { .. } => "cut over",
+        }
+    }
+
+    /// Enters move mode; `first_seq` is the first seq stamped under it (reported to the
+    /// controller: replication must not start before it). In `abort_safe` mode creates and
+    /// every update go to both copies, so an abort loses nothing without moving sessions back.
+    pub fn begin_move(&mut self, first_seq: u64, abort_safe: bool) -> Result<(), RouteError> {
+        match self.phase {
+            Phase::Serving => {
+                self.phase = Phase::Moving {
+                    created: HashSet::new(),
+                    abort_safe,
+                };
+                self.move_started_at = first_seq;
+                Ok(())
+            }
+            _ => Err(RouteError::WrongPhase {
+                expected: "serving",
+                actual: self.phase_name(),
+            }),
+        }
+    }
+
+    /// Where the signal stamped `seq` goes.
+    pub fn decide(
+        &mut self,
+        seq: u64,
+        kind: SignalKind,
+        key: &Bytes,
+    ) -> Result<Delivery, RouteError> {
+        let max_created = self.max_created;
+        Ok(match &mut self.phase {
+            Phase::Serving => Delivery::Source,
+            Phase::CutOver { boundary } => {
+                if seq >= *boundary {
+                    Delivery::Destination
+                } else {
+                    // Seqs are stamped in order, so this is unreachable in the service loop;
+                    // kept total so a replayed decision cannot misroute.
+                    Delivery::Source
+                }
+            }
+            Phase::Moving {
+                created,
+                abort_safe,
+            } => match kind {
+                SignalKind::Tick => Delivery::Both,
+                SignalKind::Stateless => Delivery::Source,
+                _ if *abort_safe => Delivery::Both,
+                SignalKind::Create => {
+                    if created.len() >= max_created && !created.contains(key) {
+                        return Err(RouteError::TooManyCreated(max_created));
+                    }
+                    created.insert(key.clone());
+                    Delivery::Destination
+                }
+                _ if created.contains(key) => Delivery::Destination,
+                _ => Delivery::Both,
+            },
+        })
+    }
+
+    /// Flips the route at `boundary`: signals stamped at or after it go to the destination only.
+    /// `last_stamped` is the last seq already given out; the boundary must lie above it, so no
+    /// signal is held back or re-routed.
+    pub fn cutover(&mut self, boundary: u64, last_stamped: u64) -> Result<(), RouteError> {
+        if !matches!(self.phase, Phase::Moving { .. }) {
+            return Err(RouteError::WrongPhase {
+                expected: "moving",
+                actual: self.phase_name(),
+            });
+        }
+        if boundary <= last_stamped {
+            return Err(RouteError::BoundaryInPast {
+                boundary,
+                last: last_stamped,
+            });
+        }
+        self.phase = Phase::CutOver { boundary };
+        Ok(())
+    }
+
+    /// Ends a move that was cut over: the destination is now the owner (`Source` from here on
+    /// means it).
+    pub fn finish(&mut self) -> Result<(), RouteError> {
+        match self.phase {
+            Phase::CutOver { .. } => {
+                self.phase = Phase::Serving;
+                Ok(())
+            }
+            _ => Err(RouteError::WrongPhase {
+                expected: "cut over",
+                actual: self.phase_name(),
+            }),
+        }
+    }
+
+    /// Abandons a move before cutover: the route returns to the source. Returns the keys of
+    /// sessions created on the destination meanwhile, which must be moved back (empty in
+    /// abort-safe mode, where the source processed them too).
+    pub fn abort(&mut self) -> Result<Vec<Bytes>, RouteError> {
+        match std::mem::replace(&mut self.phase, Phase::Serving) {
+            Phase::Moving {
+                created,
+                abort_safe,
+            } => {
+                let mut keys: Vec<Bytes> = if abort_safe {
+                    Vec::new()
+                } else {
+                    created.into_iter().collect()
+                };
+                keys.sort();
+                Ok(keys)
+            }
+            other => {
+                self.phase = other;
+                Err(RouteError::WrongPhase {
+                    expected: "moving",
+                    actual: self.phase_name(),
+                })
+            }
+        }
+    }
+
+    /// Sessions created during the current move.
+    pub fn created_during_move(&self) -> usize {
+        match &self.phase {
+            Phase::Moving { created, .. } => created.len(),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: u8) -> Bytes {
+        Bytes::copy_from_slice(&[k])
+    }
+
+    #[test]
+    fn move_mode_sends_creates_ahead_and_duplicates_old_sessions() {
+        let mut r = Route::new(10);
+        assert_eq!(
+            r.decide(1, SignalKind::Update, &key(1)).unwrap(),
+            Delivery::Source
+        );
+        r.begin_move(2, false).unwrap();
+        assert_eq!(
+            r.decide(2, SignalKind::Update, &key(1)).unwrap(),
+            Delivery::Both
+        );
+        assert_eq!(
+            r.decide(3, SignalKind::Create, &key(2)).unwrap(),
+            Delivery::Destination
+        );
+        assert_eq!(
+            r.decide(4, SignalKind::Update, &key(2)).unwrap(),
+            Delivery::Destination
+        );
+        assert_eq!(
+            r.decide(5, SignalKind::Delete, &key(2)).unwrap(),
+            Delivery::Destination
+        );
+        // A re-attach of an old session: the destination gets it (and buffers it until the
+        // old record arrives); from then on the session is the destination's.
+        assert_eq!(
+            r.decide(6, SignalKind::Create, &key(1)).unwrap(),
+            Delivery::Destination
+        );
+        assert_eq!(
+            r.decide(7, SignalKind::Update, &key(1)).unwrap(),
+            Delivery::Destination
+        );
+        assert_eq!(
+            r.decide(8, SignalKind::Tick, &Bytes::new()).unwrap(),
+            Delivery::Both
+        );
+        assert_eq!(
+            r.decide(9, SignalKind::Stateless, &Bytes::new()).unwrap(),
+            Delivery::Source
+        );
+    }
+
+    #[test]
+    fn cutover_is_a_flip_at_a_boundary_above_everything_stamped() {
+        let mut r = Route::new(10);
+        assert!(r.cutover(5, 4).is_err(), "no cutover outside a move");
+        r.begin_move(1, false).unwrap();
+        assert_eq!(
+            r.cutover(4, 4),
+            Err(RouteError::BoundaryInPast {
+                boundary: 4,
+                last: 4
+            })
+        );
+        r.cutover(5, 4).unwrap();
+        for (seq, kind) in [
+            (5, SignalKind::Update),
+            (6, SignalKind::Stateless),
+            (7, SignalKind::Tick),
+        ] {
+            assert_eq!(r.decide(seq, kind, &key(1)).unwrap(), Delivery::Destination);
+        }
+        assert!(r.abort().is_err(), "no abort after cutover");
+        r.finish().unwrap();
+        assert_eq!(
+            r.decide(8, SignalKind::Update, &key(1)).unwrap(),
+            Delivery::Source
+        );
+    }
+
+    #[test]
+    fn abort_returns_the_sessions_to_move_back_unless_abort_safe() {
+        let mut r = Route::new(10);
+        r.begin_move(1, false).unwrap();
+        r.decide(1, SignalKind::Create, &key(3)).unwrap();
+        r.decide(2, SignalKind::Create, &key(1)).unwrap();
+        assert_eq!(r.abort().unwrap(), vec![key(1), key(3)]);
+        assert_eq!(
+            r.decide(3, SignalKind::Update, &key(1)).unwrap(),
+            Delivery::Source
+        );
+
+        r.begin_move(4, true).unwrap();
+        assert_eq!(
+            r.decide(4, SignalKind::Create, &key(5)).unwrap(),
+            Delivery::Both
+        );
+        assert_eq!(
+            r.decide(5, SignalKind::Update, &key(5)).unwrap(),
+            Delivery::Both
+        );
+        assert_eq!(r.abort().unwrap(), Vec::<Bytes>::new());
+    }
+
+    #[test]
+    fn the_created_set_is_bounded() {
+        let mut r = Route::new(2);
+        r.begin_move(1, false).unwrap();
+        r.decide(1, SignalKind::Create, &key(1)).unwrap();
+        r.decide(2, SignalKind::Create, &key(2)).unwrap();
+        r.decide(3, SignalKind::Create, &key(2)).unwrap();
+        assert_eq!(
+            r.decide(4, SignalKind::Create, &key(3)),
+            Err(RouteError::TooManyCreated(2))
+        );
+        assert_eq!(r.created_during_move(), 2);
+    }
+}
