@@ -12,9 +12,11 @@
 
 #![warn(missing_docs)]
 
+mod copy;
 mod digest;
 mod freq;
 
+pub use copy::{manifest, CopyOrder, CopyPlan, Infeasible, Manifest, Pacer};
 pub use digest::{bucket_of, Digest, BUCKETS};
 
 pub use freq::ChangeFrequency;
