@@ -97,7 +97,7 @@ async fn steer_session(
     reader: Reader,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
-    let mut routes: HashMap<u32, InstanceHandle> = HashMap::new();
+    let mut routes: HashMap<u32, (InstanceHandle, u64)> = HashMap::new();
     let mut chunks = reader.ready_chunks(READ_BATCH);
     let stop = node.shutdown_token();
     loop {
@@ -124,11 +124,12 @@ async fn steer_session(
                         Ok(h) => {
                             // Answer only after everything queued before is applied: the
                             // steer resumes above this seq.
-                            let Some(last_seq) = h.drained_last_seq(Reply::Tcp(tx.clone())).await
+                            // This binding fences off any earlier one of the instance.
+                            let Some((binding, last_seq)) = h.bind(Reply::Tcp(tx.clone())).await
                             else {
                                 return Err(FrameError::Io(format!("instance {instance} stopped")));
                             };
-                            routes.insert(route, h);
+                            routes.insert(route, (h, binding));
                             tracing::info!(route, instance, last_seq, "route bound");
                             send(tx, vec![Frame::Bound { route, last_seq }]).await?;
                         }
@@ -153,14 +154,14 @@ async fn steer_session(
 }
 
 async fn flush(
-    routes: &HashMap<u32, InstanceHandle>,
+    routes: &HashMap<u32, (InstanceHandle, u64)>,
     pending: Option<(u32, Vec<SignalFrame>)>,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
     let Some((route, signals)) = pending else {
         return Ok(());
     };
-    let Some(h) = routes.get(&route) else {
+    let Some((h, binding)) = routes.get(&route) else {
         let n = signals.len();
         send(
             tx,
@@ -176,6 +177,7 @@ async fn flush(
         signals,
         reply: Reply::Tcp(tx.clone()),
         drained: None,
+        binding: Some(*binding),
     };
     if h.submit(batch).await {
         Ok(())

@@ -80,6 +80,7 @@ pub async fn serve_direct(
                     seq,
                     now_us: now_us(),
                     kind: SignalKind::Tick as u8,
+                    flags: 0,
                     client: local,
                     key: Bytes::new(),
                     payload: Bytes::new(),
@@ -99,6 +100,7 @@ pub async fn serve_direct(
                                 seq,
                                 now_us: now_us(),
                                 kind: c.kind as u8,
+                                flags: 0,
                                 client,
                                 key: c.key,
                                 payload: Bytes::copy_from_slice(datagram),
@@ -122,6 +124,7 @@ pub async fn serve_direct(
             signals,
             reply: Reply::Udp(out_tx.clone()),
             drained: None,
+            binding: None,
         };
         if !instance.submit(batch).await {
             return;

@@ -4,9 +4,10 @@ use bytes::Bytes;
 use handoff_function::runtime::{Applied, ClassifiedOutput, Hosted, InstanceStats};
 use handoff_function::{RulesetHandle, SignalKind, Stamp};
 use handoff_state::SessionTable;
-use handoff_wire::{Frame, OutputFrame, SignalFrame};
+use handoff_wire::{Frame, OutputFrame, SignalFrame, SIGNAL_SHADOW};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,9 @@ pub struct Batch {
     pub reply: Reply,
     /// Answered with the last seq applied once this batch (and all before it) is done.
     pub drained: Option<tokio::sync::oneshot::Sender<u64>>,
+    /// The steer binding that sent it (`None`: the direct path). Batches of an older binding
+    /// than the instance's current one are fenced off: dropped and counted.
+    pub binding: Option<u64>,
 }
 
 /// Counters the instance task adds to those of the runtime.
@@ -41,6 +45,10 @@ pub struct TaskStats {
     pub bad_kind: u64,
     /// Outputs sent.
     pub outputs: u64,
+    /// Signals dropped because a newer steer binding fenced off the connection that sent them.
+    pub fenced: u64,
+    /// Outputs of shadow signals, never sent (the authoritative copy answers).
+    pub shadow_suppressed: u64,
     /// Outputs that could not be delivered (reply channel closed or UDP send error).
     pub outputs_undeliverable: u64,
 }
@@ -54,6 +62,7 @@ pub struct InstanceHandle {
     table: Arc<SessionTable>,
     ruleset: RulesetHandle,
     stats: Arc<Mutex<TaskStats>>,
+    binding: Arc<AtomicU64>,
 }
 
 impl InstanceHandle {
@@ -71,8 +80,15 @@ impl InstanceHandle {
             table: hosted.table().clone(),
             ruleset: hosted.ruleset().clone(),
             stats: Arc::new(Mutex::new(TaskStats::default())),
+            binding: Arc::new(AtomicU64::new(0)),
         };
-        tokio::spawn(run(hosted, rx, handle.stats.clone(), stop));
+        tokio::spawn(run(
+            hosted,
+            rx,
+            handle.stats.clone(),
+            handle.binding.clone(),
+            stop,
+        ));
         handle
     }
 
@@ -101,19 +117,23 @@ impl InstanceHandle {
         &self.ruleset
     }
 
-    /// The last seq applied once every batch queued so far has been applied (`None` if the
-    /// instance task has stopped).
-    pub async fn drained_last_seq(&self, reply: Reply) -> Option<u64> {
+    /// Makes a new steer binding current, fencing off every earlier one, and returns it with
+    /// the last seq applied once everything queued before is done (`None` if the instance task
+    /// has stopped). Signals an older binding still delivers are dropped, so the new steer
+    /// resumes exactly above the returned seq.
+    pub async fn bind(&self, reply: Reply) -> Option<(u64, u64)> {
+        let binding = self.binding.fetch_add(1, Ordering::AcqRel) + 1;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let batch = Batch {
             signals: Vec::new(),
             reply,
             drained: Some(tx),
+            binding: Some(binding),
         };
         if !self.submit(batch).await {
             return None;
         }
-        rx.await.ok()
+        rx.await.ok().map(|seq| (binding, seq))
     }
 
     /// Current counters.
@@ -136,6 +156,7 @@ async fn run(
     mut hosted: Box<dyn Hosted>,
     mut rx: mpsc::Receiver<Batch>,
     shared: Arc<Mutex<TaskStats>>,
+    binding: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     let mut outputs: Vec<ClassifiedOutput> = Vec::new();
@@ -150,7 +171,13 @@ async fn run(
         };
         let mut frames = Vec::new();
         let mut datagrams: Vec<(Bytes, SocketAddr)> = Vec::new();
-        for s in &batch.signals {
+        let fenced = batch
+            .binding
+            .is_some_and(|b| b != binding.load(Ordering::Acquire));
+        if fenced {
+            local.fenced += batch.signals.len() as u64;
+        }
+        for s in batch.signals.iter().filter(|_| !fenced) {
             let Some(kind) = SignalKind::from_u8(s.kind) else {
                 local.bad_kind += 1;
                 continue;
@@ -161,6 +188,11 @@ async fn run(
                 now_us: s.now_us,
             };
             if hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) != Applied::Processed {
+                continue;
+            }
+            if s.flags & SIGNAL_SHADOW != 0 {
+                // A shadow copy applies the signal; the authoritative copy answers the client.
+                local.shadow_suppressed += outputs.len() as u64;
                 continue;
             }
             for o in outputs.drain(..) {

@@ -49,6 +49,53 @@ async fn steer_conn(addr: SocketAddr, instance: &str) -> (Framed<TcpStream, Fram
     (f, bound)
 }
 
+fn attach(seq: u64, imsi: u64, flags: u8) -> Frame {
+    let s = Signal {
+        header: Header { imsi, txn_id: 1 },
+        body: SignalBody::AttachRequest {
+            msisdn: 1,
+            imeisv: 1,
+            ue_network_capability: 0x0F0E,
+            ms_network_capability: 0,
+            drx: 0,
+            tai: handoff_vmme::Tai {
+                mcc_mnc: 1001,
+                tac: 1,
+            },
+            ecgi: 1,
+            apn: "internet".into(),
+            pdn_type: handoff_vmme::PdnType::Ipv4,
+        },
+    };
+    Frame::Signal(SignalFrame {
+        route: 1,
+        seq,
+        now_us: 1,
+        kind: SignalKind::Create as u8,
+        flags,
+        client: "127.0.0.1:9".parse().unwrap(),
+        key: handoff_vmme::session_key(imsi),
+        payload: s.to_bytes().into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_signals_change_state_but_emit_nothing() {
+    let (node, addr) = node().await;
+    let (mut f, _) = steer_conn(addr, "mme-1").await;
+    f.send(attach(1, 1_010_000_000_001, handoff_wire::SIGNAL_SHADOW))
+        .await
+        .unwrap();
+    f.send(attach(2, 1_010_000_000_002, 0)).await.unwrap();
+    match f.next().await.unwrap().unwrap() {
+        Frame::Output(o) => assert_eq!(o.seq, 2, "only the authoritative signal is answered"),
+        other => panic!("{other:?}"),
+    }
+    let h = node.instance("mme-1").unwrap();
+    assert_eq!(h.table().len(), 2, "the shadow signal was applied");
+    assert_eq!(h.stats().shadow_suppressed, 1);
+}
+
 fn echo(seq: u64) -> Frame {
     let s = Signal {
         header: Header {
@@ -62,6 +109,7 @@ fn echo(seq: u64) -> Frame {
         seq,
         now_us: 1,
         kind: SignalKind::Stateless as u8,
+        flags: 0,
         client: "127.0.0.1:9".parse().unwrap(),
         key: bytes::Bytes::new(),
         payload: s.to_bytes().into(),
@@ -69,8 +117,8 @@ fn echo(seq: u64) -> Frame {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebind_reports_the_last_seq_applied_including_batches_still_queued() {
-    let (_node, addr) = node().await;
+async fn a_rebind_fences_the_old_connection_and_reports_the_exact_resume_point() {
+    let (node, addr) = node().await;
     let (mut f, bound) = steer_conn(addr, "mme-1").await;
     assert_eq!(
         bound,
@@ -83,22 +131,41 @@ async fn a_rebind_reports_the_last_seq_applied_including_batches_still_queued() 
         f.feed(echo(seq)).await.unwrap();
     }
     SinkExt::<Frame>::flush(&mut f).await.unwrap();
-    drop(f); // the steer goes away with outputs unread
+    // A second steer binds while the first one's signals may still be in flight.
     let (mut g, bound) = steer_conn(addr, "mme-1").await;
-    assert_eq!(
-        bound,
-        Frame::Bound {
-            route: 1,
-            last_seq: 300
-        }
-    );
-    // A seq at or below it is ignored (no output); the next one is answered.
-    g.send(echo(300)).await.unwrap();
-    g.send(echo(301)).await.unwrap();
+    let Frame::Bound { last_seq, .. } = bound else {
+        panic!("{bound:?}")
+    };
+    assert!(last_seq <= 300);
+    // Whatever the old connection still delivers is fenced off: the new steer's next seq is
+    // the next applied, and a seq at or below the resume point is ignored.
+    g.send(echo(last_seq)).await.unwrap();
+    g.send(echo(last_seq + 1)).await.unwrap();
     match g.next().await.unwrap().unwrap() {
-        Frame::Output(o) => assert_eq!(o.seq, 301),
-        other => panic!("expected the output of seq 301, got {other:?}"),
+        Frame::Output(o) => assert_eq!(o.seq, last_seq + 1),
+        other => panic!("expected the output of seq {}, got {other:?}", last_seq + 1),
     }
+    drop(f);
+    let h = node.instance("mme-1").unwrap();
+    for _ in 0..200 {
+        let s = h.stats();
+        if s.runtime.processed + s.fenced >= 301 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let s = h.stats();
+    assert_eq!(
+        s.runtime.last_seq,
+        last_seq + 1,
+        "nothing of the old binding applied after"
+    );
+    assert_eq!(s.runtime.processed, last_seq + 1);
+    assert_eq!(
+        s.fenced,
+        300 - last_seq,
+        "every signal of the old binding past the resume point"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

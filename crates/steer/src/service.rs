@@ -169,6 +169,7 @@ pub(crate) async fn run(
             seq,
             now_us: now_us(),
             kind: kind as u8,
+            flags: 0,
             client,
             key,
             payload,

@@ -11,6 +11,10 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Largest body accepted; larger frames are a protocol error (bounded buffers).
 pub const MAX_BODY: usize = 1 << 20;
+/// Most keys in one manifest frame.
+pub const MAX_MANIFEST_KEYS: usize = 16_384;
+/// Most digest buckets in a copy-end frame.
+pub const MAX_DIGEST_BUCKETS: usize = 4_096;
 /// Largest key or payload carried in a signal or output frame.
 pub const MAX_FIELD: usize = u16::MAX as usize;
 
@@ -70,6 +74,8 @@ pub struct SignalFrame {
     pub now_us: u64,
     /// `SignalKind` as its wire value.
     pub kind: u8,
+    /// [`SIGNAL_SHADOW`] and future bits; unknown bits are an error.
+    pub flags: u8,
     /// The client that sent it; outputs go back there.
     pub client: SocketAddr,
     /// The session key the classifier found (empty for stateless signals and ticks).
@@ -77,6 +83,11 @@ pub struct SignalFrame {
     /// The datagram (empty for ticks).
     pub payload: Bytes,
 }
+
+/// Signal flag: the receiving copy is a shadow (a move's destination while the source is
+/// authoritative). It applies the signal but must not emit its outputs.
+pub const SIGNAL_SHADOW: u8 = 0x01;
+const SIGNAL_FLAGS_KNOWN: u8 = SIGNAL_SHADOW;
 
 /// An output on its way from a node back to the steer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,6 +159,38 @@ pub enum Frame {
         /// Records sent.
         count: u64,
     },
+    /// Part of a move's manifest (source → destination): keys in copy order.
+    Manifest {
+        /// The instance being moved.
+        instance: String,
+        /// Keys, in the order their records will follow.
+        keys: Vec<Bytes>,
+        /// Whether this is the manifest's last part.
+        last: bool,
+    },
+    /// A copied session (source → destination) with the seq of the last signal applied to it.
+    CopyRecord {
+        /// Session key.
+        key: Bytes,
+        /// Seq of the last signal the source applied to it.
+        seq: u64,
+        /// Serialised session.
+        bytes: Bytes,
+    },
+    /// A manifest session the source deleted during the move, and the seq that deleted it.
+    Tombstone {
+        /// Session key.
+        key: Bytes,
+        /// Seq of the deleting signal.
+        seq: u64,
+    },
+    /// The end of a copy: how many records and tombstones were sent, and their digest buckets.
+    CopyEnd {
+        /// Records and tombstones sent.
+        records: u64,
+        /// The digest's buckets (see `handoff_state::Digest`).
+        digest: Vec<u128>,
+    },
     /// A request failed; `code` is stable, `message` is for people.
     Error {
         /// Stable error code.
@@ -170,6 +213,10 @@ mod kind {
     pub const DUMP_RECORD: u8 = 9;
     pub const DUMP_END: u8 = 10;
     pub const ERROR: u8 = 11;
+    pub const MANIFEST: u8 = 12;
+    pub const COPY_RECORD: u8 = 13;
+    pub const TOMBSTONE: u8 = 14;
+    pub const COPY_END: u8 = 15;
 }
 
 /// Stable error codes carried by [`Frame::Error`].
@@ -202,6 +249,10 @@ impl Frame {
             Frame::DumpRecord { .. } => kind::DUMP_RECORD,
             Frame::DumpEnd { .. } => kind::DUMP_END,
             Frame::Error { .. } => kind::ERROR,
+            Frame::Manifest { .. } => kind::MANIFEST,
+            Frame::CopyRecord { .. } => kind::COPY_RECORD,
+            Frame::Tombstone { .. } => kind::TOMBSTONE,
+            Frame::CopyEnd { .. } => kind::COPY_END,
         }
     }
 
@@ -241,6 +292,7 @@ impl Frame {
                 dst.put_u64(s.seq);
                 dst.put_u64(s.now_us);
                 dst.put_u8(s.kind);
+                dst.put_u8(s.flags);
                 put_addr(dst, &s.client);
                 put_bytes16(dst, &s.key);
                 put_bytes16(dst, &s.payload);
@@ -264,6 +316,34 @@ impl Frame {
                 dst.put_slice(&bytes[..n]);
             }
             Frame::DumpEnd { count } => dst.put_u64(*count),
+            Frame::Manifest {
+                instance,
+                keys,
+                last,
+            } => {
+                put_str8(dst, instance);
+                dst.put_u8(u8::from(*last));
+                let n = keys.len().min(MAX_MANIFEST_KEYS);
+                dst.put_u32(n as u32);
+                keys[..n].iter().for_each(|k| put_bytes16(dst, k));
+            }
+            Frame::CopyRecord { key, seq, bytes } => {
+                put_bytes16(dst, key);
+                dst.put_u64(*seq);
+                let n = bytes.len().min(MAX_BODY / 2);
+                dst.put_u32(n as u32);
+                dst.put_slice(&bytes[..n]);
+            }
+            Frame::Tombstone { key, seq } => {
+                put_bytes16(dst, key);
+                dst.put_u64(*seq);
+            }
+            Frame::CopyEnd { records, digest } => {
+                dst.put_u64(*records);
+                let n = digest.len().min(MAX_DIGEST_BUCKETS);
+                dst.put_u32(n as u32);
+                digest[..n].iter().for_each(|b| dst.put_u128(*b));
+            }
             Frame::Error { code, message } => {
                 dst.put_u16(*code);
                 let m = truncate_str(message, u16::MAX as usize);
@@ -308,6 +388,10 @@ impl Frame {
                 seq: get_u64(r, "signal.seq")?,
                 now_us: get_u64(r, "signal.now_us")?,
                 kind: get_u8(r, "signal.kind")?,
+                flags: match get_u8(r, "signal.flags")? {
+                    f if f & !SIGNAL_FLAGS_KNOWN == 0 => f,
+                    _ => return Err(FrameError::Invalid("signal.flags")),
+                },
                 client: get_addr(r, "signal.client")?,
                 key: get_bytes16(r, "signal.key")?,
                 payload: get_bytes16(r, "signal.payload")?,
@@ -342,6 +426,54 @@ impl Frame {
                     code,
                     message: String::from_utf8_lossy(&m).into_owned(),
                 }
+            }
+            kind::MANIFEST => {
+                let instance = get_str8(r, "manifest.instance")?;
+                let last = match get_u8(r, "manifest.last")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FrameError::Invalid("manifest.last")),
+                };
+                let n = get_u32(r, "manifest.count")? as usize;
+                if n > MAX_MANIFEST_KEYS || n * 2 > r.remaining() {
+                    return Err(FrameError::Invalid("manifest.count"));
+                }
+                let keys = (0..n)
+                    .map(|_| get_bytes16(r, "manifest.key"))
+                    .collect::<Result<_, _>>()?;
+                Frame::Manifest {
+                    instance,
+                    keys,
+                    last,
+                }
+            }
+            kind::COPY_RECORD => {
+                let key = get_bytes16(r, "copy_record.key")?;
+                let seq = get_u64(r, "copy_record.seq")?;
+                let n = get_u32(r, "copy_record.len")? as usize;
+                Frame::CopyRecord {
+                    key,
+                    seq,
+                    bytes: take(r, n, "copy_record.bytes")?,
+                }
+            }
+            kind::TOMBSTONE => Frame::Tombstone {
+                key: get_bytes16(r, "tombstone.key")?,
+                seq: get_u64(r, "tombstone.seq")?,
+            },
+            kind::COPY_END => {
+                let records = get_u64(r, "copy_end.records")?;
+                let n = get_u32(r, "copy_end.buckets")? as usize;
+                if n > MAX_DIGEST_BUCKETS || n * 16 > r.remaining() {
+                    return Err(FrameError::Invalid("copy_end.buckets"));
+                }
+                let digest = (0..n)
+                    .map(|_| {
+                        r.try_get_u128()
+                            .map_err(|_| FrameError::Truncated("copy_end.digest"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Frame::CopyEnd { records, digest }
             }
             other => return Err(FrameError::Kind(other)),
         };

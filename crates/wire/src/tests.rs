@@ -31,25 +31,52 @@ fn frame() -> impl Strategy<Value = Frame> {
             .prop_map(|(route, instance)| Frame::Bind { route, instance }),
         (any::<u32>(), any::<u64>()).prop_map(|(route, last_seq)| Frame::Bound { route, last_seq }),
         (
-            any::<u32>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u8>(),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u8>(),
+                any::<bool>()
+            ),
             addr(),
             bytes(20),
             bytes(300)
         )
-            .prop_map(|(route, seq, now_us, kind, client, key, payload)| {
-                Frame::Signal(SignalFrame {
-                    route,
-                    seq,
-                    now_us,
-                    kind,
-                    client,
-                    key,
-                    payload,
-                })
+            .prop_map(
+                |((route, seq, now_us, kind, shadow), client, key, payload)| {
+                    Frame::Signal(SignalFrame {
+                        route,
+                        seq,
+                        now_us,
+                        kind,
+                        flags: if shadow { SIGNAL_SHADOW } else { 0 },
+                        client,
+                        key,
+                        payload,
+                    })
+                }
+            ),
+        (
+            "[a-z0-9-]{0,40}",
+            proptest::collection::vec(bytes(12), 0..20),
+            any::<bool>()
+        )
+            .prop_map(|(instance, keys, last)| Frame::Manifest {
+                instance,
+                keys,
+                last
             }),
+        (bytes(20), any::<u64>(), bytes(2000)).prop_map(|(key, seq, bytes)| Frame::CopyRecord {
+            key,
+            seq,
+            bytes
+        }),
+        (bytes(20), any::<u64>()).prop_map(|(key, seq)| Frame::Tombstone { key, seq }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<u128>(), 0..300)
+        )
+            .prop_map(|(records, digest)| Frame::CopyEnd { records, digest }),
         (any::<u32>(), any::<u64>(), any::<u8>(), addr(), bytes(300)).prop_map(
             |(route, seq, class, client, payload)| {
                 Frame::Output(OutputFrame {
@@ -94,7 +121,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(
         raw in proptest::collection::vec(any::<u8>(), 0..600),
         header in any::<bool>(),
-        kind in 0u8..16,
+        kind in 0u8..20,
     ) {
         // Half the cases start with a valid magic, version and a plausible length, so the body
         // decoders see the arbitrary bytes too.
@@ -115,7 +142,7 @@ proptest! {
 
     /// A valid header over an arbitrary body never panics either (exercises every body decoder).
     #[test]
-    fn arbitrary_bodies_never_panic(kind in 0u8..16, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn arbitrary_bodies_never_panic(kind in 0u8..20, body in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = Frame::decode_body(kind, Bytes::from(body));
     }
 }
