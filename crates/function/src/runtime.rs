@@ -9,7 +9,7 @@ use crate::{
 };
 use bytes::Bytes;
 use handoff_state::{RecordView, SessionTable};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 pub mod shadow;
@@ -65,6 +65,39 @@ pub struct Instance<F: Function> {
     stats: InstanceStats,
     scratch: Vec<Output>,
     encode_buf: Vec<u8>,
+    deletions: Option<DeletionLog>,
+}
+
+/// Most deletions a [`DeletionLog`] remembers; past it the log is marked overflowed and the
+/// move using it must abort.
+pub const MAX_LOGGED_DELETIONS: usize = 1_000_000;
+
+/// The seqs at which sessions were deleted while a move's copy runs: the source's tombstones.
+/// Shared between the instance (writer) and the copy stream (reader). A deletion is logged
+/// before the record disappears, so a reader that finds a record absent finds its tombstone.
+#[derive(Clone, Debug, Default)]
+pub struct DeletionLog(Arc<std::sync::Mutex<(HashMap<SessionKey, u64>, bool)>>);
+
+impl DeletionLog {
+    fn record(&self, key: &SessionKey, seq: u64) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0.len() >= MAX_LOGGED_DELETIONS && !g.0.contains_key(key) {
+            g.1 = true;
+            return;
+        }
+        g.0.insert(key.clone(), seq);
+    }
+
+    /// The seq that deleted `key`, if logged.
+    pub fn seq_of(&self, key: &[u8]) -> Option<u64> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(key).copied()
+    }
+
+    /// Whether deletions were dropped for lack of room.
+    pub fn overflowed(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
 }
 
 impl<F: Function> Instance<F> {
@@ -79,7 +112,13 @@ impl<F: Function> Instance<F> {
             stats: InstanceStats::default(),
             scratch: Vec::new(),
             encode_buf: Vec::new(),
+            deletions: None,
         }
+    }
+
+    /// Starts (`Some`) or stops (`None`) logging deletions for a copy stream.
+    pub fn set_deletion_log(&mut self, log: Option<DeletionLog>) {
+        self.deletions = log;
     }
 
     /// The function this instance runs.
@@ -128,6 +167,9 @@ impl<F: Function> Instance<F> {
                 self.rearm(key, replaced.old_deadline_us, Some(deadline));
             }
             None => {
+                if let Some(log) = &self.deletions {
+                    log.record(key, stamp.seq);
+                }
                 if let Some(old) = self.table.remove(key) {
                     self.rearm(key, Some(old.deadline_us), None);
                 }
@@ -328,11 +370,68 @@ impl<F: Function> Instance<F> {
     }
 }
 
-/// The object-safe face of an [`Instance`], so a node can host instances of any function.
+/// Why a move step was refused by a hosted instance.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MoveStepError {
+    /// The instance is not in the state the step needs.
+    #[error("instance is {actual}, expected {expected}")]
+    WrongPhase {
+        /// What the step needs.
+        expected: &'static str,
+        /// What the instance is.
+        actual: &'static str,
+    },
+    /// A shadow must start empty.
+    #[error("a shadow must start empty; this instance holds {0} sessions")]
+    NotEmpty(usize),
+    /// The shadow cannot go on.
+    #[error(transparent)]
+    Shadow(#[from] shadow::ShadowError),
+    /// The shadow still waits for records or holds buffered signals.
+    #[error("shadow not settled: {awaiting} records awaited, {buffered} signals buffered")]
+    NotSettled {
+        /// Records still awaited.
+        awaiting: usize,
+        /// Signals still buffered.
+        buffered: usize,
+    },
+}
+
+/// An instance as a node hosts it: serving, or being filled as a move's destination.
+pub enum Hosting<F: Function> {
+    /// Serving (or a move's source).
+    Serving(Instance<F>),
+    /// A move's destination.
+    Shadow(shadow::Shadow<F>),
+}
+
+impl<F: Function> Hosting<F> {
+    /// A new, empty, serving instance.
+    pub fn new(function: Arc<F>) -> Self {
+        Self::Serving(Instance::new(function))
+    }
+
+    fn instance(&self) -> &Instance<F> {
+        match self {
+            Self::Serving(i) => i,
+            Self::Shadow(s) => s.instance(),
+        }
+    }
+
+    fn phase(&self) -> &'static str {
+        match self {
+            Self::Serving(_) => "serving",
+            Self::Shadow(_) => "shadow",
+        }
+    }
+}
+
+/// The object-safe face of a hosted instance, so a node can host instances of any function.
 pub trait Hosted: Send {
     /// The function's name.
     fn function_name(&self) -> &'static str;
-    /// See [`Instance::apply_signal`].
+    /// Applies one signal (see [`Instance::apply_signal`]; a shadow applies the move's
+    /// destination rule). A shadow that cannot go on returns the error: abort the move.
     fn apply(
         &mut self,
         stamp: Stamp,
@@ -340,7 +439,7 @@ pub trait Hosted: Send {
         key: &SessionKey,
         payload: &[u8],
         out: &mut Vec<ClassifiedOutput>,
-    ) -> Applied;
+    ) -> Result<Applied, MoveStepError>;
     /// The session table (shared with readers such as dumps).
     fn table(&self) -> &Arc<SessionTable>;
     /// Every record, sorted by key.
@@ -351,11 +450,27 @@ pub trait Hosted: Send {
     fn stats(&self) -> InstanceStats;
     /// The output ruleset, replaceable at run time.
     fn ruleset(&self) -> &RulesetHandle;
+    /// Starts or stops logging deletions (a move's source, while its copy runs).
+    fn set_deletion_log(&mut self, log: Option<DeletionLog>);
+    /// Becomes a move's destination expecting one record per manifest key. Must be empty.
+    fn begin_shadow(&mut self, manifest: Vec<SessionKey>, limits: shadow::ShadowLimits) -> Result<(), MoveStepError>;
+    /// Takes one copied record (`None`: a tombstone).
+    fn on_record(
+        &mut self,
+        key: SessionKey,
+        seq: u64,
+        bytes: Option<Bytes>,
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Result<shadow::RecordOutcome, MoveStepError>;
+    /// The shadow's counters, if this is a shadow.
+    fn shadow_stats(&self) -> Option<shadow::ShadowStats>;
+    /// Ends shadow mode once settled: the instance serves from here on.
+    fn finish_shadow(&mut self) -> Result<(), MoveStepError>;
 }
 
-impl<F: Function> Hosted for Instance<F> {
+impl<F: Function> Hosted for Hosting<F> {
     fn function_name(&self) -> &'static str {
-        self.function.name()
+        self.instance().function.name()
     }
     fn apply(
         &mut self,
@@ -364,17 +479,71 @@ impl<F: Function> Hosted for Instance<F> {
         key: &SessionKey,
         payload: &[u8],
         out: &mut Vec<ClassifiedOutput>,
-    ) -> Applied {
-        self.apply_signal(stamp, kind, key, payload, out)
+    ) -> Result<Applied, MoveStepError> {
+        match self {
+            Self::Serving(i) => Ok(i.apply_signal(stamp, kind, key, payload, out)),
+            Self::Shadow(s) => Ok(s.on_signal(stamp, kind, key, payload, out)?),
+        }
     }
     fn table(&self) -> &Arc<SessionTable> {
-        &self.table
+        &self.instance().table
     }
     fn stats(&self) -> InstanceStats {
-        self.stats
+        self.instance().stats
     }
     fn ruleset(&self) -> &RulesetHandle {
-        &self.ruleset
+        &self.instance().ruleset
+    }
+    fn set_deletion_log(&mut self, log: Option<DeletionLog>) {
+        if let Self::Serving(i) = self {
+            i.set_deletion_log(log);
+        }
+    }
+    fn begin_shadow(&mut self, manifest: Vec<SessionKey>, limits: shadow::ShadowLimits) -> Result<(), MoveStepError> {
+        let Self::Serving(i) = self else {
+            return Err(MoveStepError::WrongPhase { expected: "serving", actual: self.phase() });
+        };
+        if !i.table.is_empty() {
+            return Err(MoveStepError::NotEmpty(i.table.len()));
+        }
+        let fresh = Instance::new(i.function.clone());
+        let old = std::mem::replace(i, fresh);
+        *self = Self::Shadow(shadow::Shadow::new(old, manifest, limits));
+        Ok(())
+    }
+    fn on_record(
+        &mut self,
+        key: SessionKey,
+        seq: u64,
+        bytes: Option<Bytes>,
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Result<shadow::RecordOutcome, MoveStepError> {
+        match self {
+            Self::Shadow(s) => Ok(s.on_record(key, seq, bytes, out)?),
+            Self::Serving(_) => Err(MoveStepError::WrongPhase { expected: "shadow", actual: "serving" }),
+        }
+    }
+    fn shadow_stats(&self) -> Option<shadow::ShadowStats> {
+        match self {
+            Self::Shadow(s) => Some(s.stats()),
+            Self::Serving(_) => None,
+        }
+    }
+    fn finish_shadow(&mut self) -> Result<(), MoveStepError> {
+        let Self::Shadow(s) = self else {
+            return Err(MoveStepError::WrongPhase { expected: "shadow", actual: "serving" });
+        };
+        if !s.is_settled() {
+            let st = s.stats();
+            return Err(MoveStepError::NotSettled { awaiting: st.awaiting, buffered: st.buffered });
+        }
+        // Swap in a placeholder to take the shadow by value.
+        let function = s.instance().function.clone();
+        let Self::Shadow(s) = std::mem::replace(self, Self::new(function)) else {
+            return Ok(());
+        };
+        *self = Self::Serving(s.into_instance());
+        Ok(())
     }
 }
 
@@ -418,7 +587,7 @@ impl Catalog {
         self.entries.push((
             name,
             function,
-            Box::new(move || Box::new(Instance::new(f.clone())) as Box<dyn Hosted>),
+            Box::new(move || Box::new(Hosting::new(f.clone())) as Box<dyn Hosted>),
         ));
         self
     }

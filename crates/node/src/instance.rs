@@ -1,7 +1,12 @@
 //! The task that runs one instance: applies its signals in seq order and emits outputs.
 
 use bytes::Bytes;
-use handoff_function::runtime::{Applied, ClassifiedOutput, Hosted, InstanceStats};
+use handoff_function::runtime::shadow::{ShadowLimits, ShadowStats};
+use handoff_function::runtime::{
+    Applied, ClassifiedOutput, DeletionLog, Hosted, InstanceStats, MoveStepError,
+};
+use handoff_function::SessionKey;
+use tokio::sync::oneshot;
 use handoff_function::{RulesetHandle, SignalKind, Stamp};
 use handoff_state::SessionTable;
 use handoff_wire::{Frame, OutputFrame, SignalFrame, SIGNAL_SHADOW};
@@ -35,6 +40,30 @@ pub struct Batch {
     pub binding: Option<u64>,
 }
 
+/// A command for an instance task, queued in order with its signals.
+pub enum Control {
+    /// Start (`Some`) or stop logging deletions for a copy stream.
+    DeletionLog(Option<DeletionLog>),
+    /// Become a move's destination.
+    BeginShadow {
+        /// The source's manifest.
+        manifest: Vec<SessionKey>,
+        /// The answer.
+        done: oneshot::Sender<Result<(), MoveStepError>>,
+    },
+    /// Copied records (`None` bytes: a tombstone).
+    Records(Vec<(SessionKey, u64, Option<Bytes>)>),
+    /// Shadow counters, once everything queued before is applied.
+    ShadowStats(oneshot::Sender<Option<ShadowStats>>),
+    /// Leave shadow mode (when settled).
+    FinishShadow(oneshot::Sender<Result<(), MoveStepError>>),
+}
+
+enum Work {
+    Batch(Batch),
+    Control(Control),
+}
+
 /// Counters the instance task adds to those of the runtime.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct TaskStats {
@@ -47,6 +76,8 @@ pub struct TaskStats {
     pub outputs: u64,
     /// Signals dropped because a newer steer binding fenced off the connection that sent them.
     pub fenced: u64,
+    /// Signals a move's destination could not take (the move must abort).
+    pub move_errors: u64,
     /// Outputs of shadow signals, never sent (the authoritative copy answers).
     pub shadow_suppressed: u64,
     /// Outputs that could not be delivered (reply channel closed or UDP send error).
@@ -58,7 +89,7 @@ pub struct TaskStats {
 pub struct InstanceHandle {
     name: Arc<str>,
     function: &'static str,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Work>,
     table: Arc<SessionTable>,
     ruleset: RulesetHandle,
     stats: Arc<Mutex<TaskStats>>,
@@ -104,7 +135,12 @@ impl InstanceHandle {
 
     /// Queues a batch; waits while the queue is full (backpressure). `false` if the task ended.
     pub async fn submit(&self, batch: Batch) -> bool {
-        self.tx.send(batch).await.is_ok()
+        self.tx.send(Work::Batch(batch)).await.is_ok()
+    }
+
+    /// Queues a command behind everything queued so far. `false` if the task ended.
+    pub async fn control(&self, control: Control) -> bool {
+        self.tx.send(Work::Control(control)).await.is_ok()
     }
 
     /// The session table (for dumps; the task is its only writer).
@@ -152,9 +188,37 @@ impl InstanceHandle {
     }
 }
 
+fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) {
+    match c {
+        Control::DeletionLog(log) => hosted.set_deletion_log(log),
+        Control::BeginShadow { manifest, done } => {
+            let r = hosted.begin_shadow(manifest, ShadowLimits::default());
+            let _ = done.send(r);
+        }
+        Control::Records(records) => {
+            // Outputs of replayed signals are shadow outputs: the source answered them.
+            let mut out = Vec::new();
+            for (key, seq, bytes) in records {
+                out.clear();
+                if let Err(e) = hosted.on_record(key, seq, bytes, &mut out) {
+                    local.move_errors += 1;
+                    tracing::error!(error = %e, "copied record refused; the move must abort");
+                }
+                local.shadow_suppressed += out.len() as u64;
+            }
+        }
+        Control::ShadowStats(done) => {
+            let _ = done.send(hosted.shadow_stats());
+        }
+        Control::FinishShadow(done) => {
+            let _ = done.send(hosted.finish_shadow());
+        }
+    }
+}
+
 async fn run(
     mut hosted: Box<dyn Hosted>,
-    mut rx: mpsc::Receiver<Batch>,
+    mut rx: mpsc::Receiver<Work>,
     shared: Arc<Mutex<TaskStats>>,
     binding: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -162,12 +226,21 @@ async fn run(
     let mut outputs: Vec<ClassifiedOutput> = Vec::new();
     let mut local = TaskStats::default();
     loop {
-        let batch = tokio::select! {
+        let work = tokio::select! {
             _ = stop.cancelled() => break,
             b = rx.recv() => match b {
                 Some(b) => b,
                 None => break,
             },
+        };
+        let batch = match work {
+            Work::Batch(b) => b,
+            Work::Control(c) => {
+                control(hosted.as_mut(), c, &mut local);
+                local.runtime = hosted.stats();
+                *shared.lock() = local;
+                continue;
+            }
         };
         let mut frames = Vec::new();
         let mut datagrams: Vec<(Bytes, SocketAddr)> = Vec::new();
@@ -187,8 +260,15 @@ async fn run(
                 seq: s.seq,
                 now_us: s.now_us,
             };
-            if hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) != Applied::Processed {
-                continue;
+            match hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) {
+                Ok(Applied::Processed) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    // The shadow cannot go on: the move must abort. Counted and reported.
+                    local.move_errors += 1;
+                    tracing::error!(error = %e, "move destination failed; the move must abort");
+                    continue;
+                }
             }
             if s.flags & SIGNAL_SHADOW != 0 {
                 // A shadow copy applies the signal; the authoritative copy answers the client.
