@@ -453,7 +453,11 @@ pub trait Hosted: Send {
     /// Starts or stops logging deletions (a move's source, while its copy runs).
     fn set_deletion_log(&mut self, log: Option<DeletionLog>);
     /// Becomes a move's destination expecting one record per manifest key. Must be empty.
-    fn begin_shadow(&mut self, manifest: Vec<SessionKey>, limits: shadow::ShadowLimits) -> Result<(), MoveStepError>;
+    fn begin_shadow(
+        &mut self,
+        manifest: Vec<SessionKey>,
+        limits: shadow::ShadowLimits,
+    ) -> Result<(), MoveStepError>;
     /// Takes one copied record (`None`: a tombstone).
     fn on_record(
         &mut self,
@@ -499,9 +503,16 @@ impl<F: Function> Hosted for Hosting<F> {
             i.set_deletion_log(log);
         }
     }
-    fn begin_shadow(&mut self, manifest: Vec<SessionKey>, limits: shadow::ShadowLimits) -> Result<(), MoveStepError> {
+    fn begin_shadow(
+        &mut self,
+        manifest: Vec<SessionKey>,
+        limits: shadow::ShadowLimits,
+    ) -> Result<(), MoveStepError> {
         let Self::Serving(i) = self else {
-            return Err(MoveStepError::WrongPhase { expected: "serving", actual: self.phase() });
+            return Err(MoveStepError::WrongPhase {
+                expected: "serving",
+                actual: self.phase(),
+            });
         };
         if !i.table.is_empty() {
             return Err(MoveStepError::NotEmpty(i.table.len()));
@@ -520,7 +531,10 @@ impl<F: Function> Hosted for Hosting<F> {
     ) -> Result<shadow::RecordOutcome, MoveStepError> {
         match self {
             Self::Shadow(s) => Ok(s.on_record(key, seq, bytes, out)?),
-            Self::Serving(_) => Err(MoveStepError::WrongPhase { expected: "shadow", actual: "serving" }),
+            Self::Serving(_) => Err(MoveStepError::WrongPhase {
+                expected: "shadow",
+                actual: "serving",
+            }),
         }
     }
     fn shadow_stats(&self) -> Option<shadow::ShadowStats> {
@@ -531,11 +545,17 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn finish_shadow(&mut self) -> Result<(), MoveStepError> {
         let Self::Shadow(s) = self else {
-            return Err(MoveStepError::WrongPhase { expected: "shadow", actual: "serving" });
+            return Err(MoveStepError::WrongPhase {
+                expected: "shadow",
+                actual: "serving",
+            });
         };
         if !s.is_settled() {
             let st = s.stats();
-            return Err(MoveStepError::NotSettled { awaiting: st.awaiting, buffered: st.buffered });
+            return Err(MoveStepError::NotSettled {
+                awaiting: st.awaiting,
+                buffered: st.buffered,
+            });
         }
         // Swap in a placeholder to take the shadow by value.
         let function = s.instance().function.clone();

@@ -34,6 +34,30 @@ pub enum AdminRequest {
         /// The instance.
         instance: String,
     },
+    /// Streams the instance's sessions to another node hosting an empty instance of the same
+    /// name (a move's copy); answers with the copy report.
+    CopyTo {
+        /// The instance.
+        instance: String,
+        /// The destination node's address.
+        destination: std::net::SocketAddr,
+        /// Copy order (default hot-first).
+        #[serde(default = "default_order")]
+        order: handoff_state::CopyOrder,
+        /// Limits (default none).
+        #[serde(default)]
+        plan: handoff_state::CopyPlan,
+    },
+    /// A move destination's counters (null when the instance is not a shadow).
+    ShadowStats {
+        /// The instance.
+        instance: String,
+    },
+    /// Ends a move destination's shadow mode once settled; it serves from then on.
+    FinishShadow {
+        /// The instance.
+        instance: String,
+    },
     /// Replaces the instance's output ruleset; takes effect with the next output.
     SetRuleset {
         /// The instance.
@@ -65,6 +89,10 @@ pub struct NodeStats {
     pub rss_bytes: u64,
     /// Hosted instances.
     pub instances: Vec<InstanceInfo>,
+}
+
+fn default_order() -> handoff_state::CopyOrder {
+    handoff_state::CopyOrder::HotFirst
 }
 
 fn reply(v: &impl serde::Serialize) -> Frame {
@@ -122,6 +150,56 @@ pub(crate) async fn session(
                 }
                 Err(e) => send(tx, vec![error(e.code(), e.to_string())]).await?,
             },
+            AdminRequest::CopyTo {
+                instance,
+                destination,
+                order,
+                plan,
+            } => {
+                let now = crate::direct::now_us();
+                let f = match crate::copy::copy_to(node, &instance, destination, order, plan, now)
+                    .await
+                {
+                    Ok(r) => reply(&r),
+                    Err(e) => error(code::BAD_REQUEST, e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::ShadowStats { instance } => {
+                let f = match node.instance(&instance) {
+                    Ok(h) => {
+                        let (done, answer) = tokio::sync::oneshot::channel();
+                        if h.control(crate::instance::Control::ShadowStats(done)).await {
+                            reply(&answer.await.ok().flatten())
+                        } else {
+                            error(code::UNKNOWN_INSTANCE, "instance stopped")
+                        }
+                    }
+                    Err(e) => error(e.code(), e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::FinishShadow { instance } => {
+                let f = match node.instance(&instance) {
+                    Ok(h) => {
+                        let (done, answer) = tokio::sync::oneshot::channel();
+                        if !h
+                            .control(crate::instance::Control::FinishShadow(done))
+                            .await
+                        {
+                            error(code::UNKNOWN_INSTANCE, "instance stopped")
+                        } else {
+                            match answer.await {
+                                Ok(Ok(())) => reply(&serde_json::json!({ "serving": instance })),
+                                Ok(Err(e)) => error(code::WRONG_FRAME, e.to_string()),
+                                Err(_) => error(code::UNKNOWN_INSTANCE, "instance stopped"),
+                            }
+                        }
+                    }
+                    Err(e) => error(e.code(), e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
             AdminRequest::GetRuleset { instance } => {
                 let f = match node.instance(&instance) {
                     Ok(h) => reply(&h.ruleset().current()),

@@ -67,6 +67,7 @@ pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), Fra
         match role {
             Role::Steer => steer_session(&node, reader, &tx).await,
             Role::Admin => admin::session(&node, reader, &tx).await,
+            Role::Peer => crate::copy::peer_session(&node, reader, &tx).await,
         }
     }
     .await;

@@ -6,7 +6,6 @@ use handoff_function::runtime::{
     Applied, ClassifiedOutput, DeletionLog, Hosted, InstanceStats, MoveStepError,
 };
 use handoff_function::SessionKey;
-use tokio::sync::oneshot;
 use handoff_function::{RulesetHandle, SignalKind, Stamp};
 use handoff_state::SessionTable;
 use handoff_wire::{Frame, OutputFrame, SignalFrame, SIGNAL_SHADOW};
@@ -15,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// Where the outputs of a batch of signals go.

@@ -12,6 +12,7 @@
 mod admin;
 pub mod client;
 mod conn;
+pub mod copy;
 mod direct;
 mod instance;
 pub mod sys;

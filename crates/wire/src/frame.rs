@@ -61,6 +61,8 @@ pub enum Role {
     Steer = 1,
     /// An operator tool (CLI, load generator's oracle) sending admin requests.
     Admin = 2,
+    /// Another node streaming a move's copy.
+    Peer = 3,
 }
 
 /// A signal on its way from the steer to the node hosting its instance.
@@ -363,6 +365,7 @@ impl Frame {
                 let role = match get_u8(r, "hello.role")? {
                     1 => Role::Steer,
                     2 => Role::Admin,
+                    3 => Role::Peer,
                     _ => return Err(FrameError::Invalid("hello.role")),
                 };
                 Frame::Hello {

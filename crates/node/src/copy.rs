@@ -1,0 +1,377 @@
+//! A move's copy stream between nodes (DESIGN.md "Live move", steps 3 and 5).
+//!
+//! The source sends the manifest (every session it held when the copy began, in copy order),
+//! then exactly one record per manifest key (a tombstone, with the deleting seq, if the session
+//! was deleted meanwhile), then `CopyEnd` with the count and digest of exactly what it sent.
+//! The destination hands everything to its instance in order (the shadow's apply rule does
+//! the rest), digests what it received, and answers whether the digests match.
+
+use crate::conn::{error, send, Reader};
+use crate::instance::Control;
+use crate::{Node, NodeError};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use handoff_function::runtime::DeletionLog;
+use handoff_function::SessionKey;
+use handoff_state::{manifest, CopyOrder, CopyPlan, Digest, Infeasible, Pacer};
+use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, MAX_MANIFEST_KEYS, VERSION};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+/// Records handed to the destination instance at once.
+const RECORD_BATCH: usize = 256;
+/// What one core is taken to copy per second when planning (bytes/s); conservative.
+pub const CORE_COPY_BPS: u64 = 200_000_000;
+
+/// The outcome of a copy, as the source saw it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct CopyReport {
+    /// Keys in the manifest.
+    pub sessions_at_start: u64,
+    /// Records sent (records and tombstones; equals `sessions_at_start`).
+    pub records_copied: u64,
+    /// Of which tombstones.
+    pub tombstones: u64,
+    /// Record bytes sent (keys and values).
+    pub bytes_copied: u64,
+    /// Whether the destination's digest of what it received equals the source's.
+    pub digest_match: bool,
+    /// Digest buckets that differ (empty when they match).
+    pub differing_buckets: Vec<usize>,
+    /// Time from the manifest to the destination's answer.
+    pub elapsed_ms: u64,
+    /// The rate the copy was paced at (bytes/s).
+    pub paced_bps: u64,
+}
+
+/// Why a copy failed (the move aborts).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The instance is not hosted here.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The plan cannot be met; refused before anything was sent.
+    #[error(transparent)]
+    Infeasible(#[from] Infeasible),
+    /// The destination could not be reached or failed.
+    #[error("destination {addr}: {reason}")]
+    Destination {
+        /// Its address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A manifest session vanished without a logged deletion (or the log overflowed).
+    #[error("session deleted during the copy without a tombstone; the copy cannot be exact")]
+    MissingTombstone,
+}
+
+fn tombstone_digest_bytes() -> &'static [u8] {
+    // Tombstones enter the digest as a record with this marker body (no real record is empty:
+    // every function's encoding carries at least a version byte).
+    &[]
+}
+
+/// Streams `instance`'s sessions to the node at `destination`, which must host an empty
+/// instance of the same name.
+pub async fn copy_to(
+    node: &Node,
+    instance: &str,
+    destination: SocketAddr,
+    order: CopyOrder,
+    plan: CopyPlan,
+    now_us: u64,
+) -> Result<CopyReport, CopyError> {
+    let h = node.instance(instance)?;
+    let dest_err = |reason: String| CopyError::Destination {
+        addr: destination,
+        reason,
+    };
+    // Log deletions before taking the manifest: a listed session deleted later has a tombstone.
+    let log = DeletionLog::default();
+    if !h.control(Control::DeletionLog(Some(log.clone()))).await {
+        return Err(NodeError::UnknownInstance(instance.to_owned()).into());
+    }
+    let result = async {
+        let m = manifest(h.table(), order, now_us);
+        let rate = plan.check(m.bytes, CORE_COPY_BPS)?;
+        let start = Instant::now();
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(destination))
+            .await
+            .map_err(|_| dest_err("connect timed out".into()))?
+            .map_err(|e| dest_err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let mut f = Framed::new(stream, FrameCodec);
+        let io = |e: FrameError| dest_err(e.to_string());
+        f.send(Frame::Hello {
+            role: Role::Peer,
+            name: node.name().to_owned(),
+            min_version: VERSION,
+            max_version: VERSION,
+        })
+        .await
+        .map_err(io)?;
+        let chunks: Vec<&[SessionKey]> = m.keys.chunks(MAX_MANIFEST_KEYS).collect();
+        if chunks.is_empty() {
+            f.feed(Frame::Manifest {
+                instance: instance.to_owned(),
+                keys: Vec::new(),
+                last: true,
+            })
+            .await
+            .map_err(io)?;
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            f.feed(Frame::Manifest {
+                instance: instance.to_owned(),
+                keys: c.to_vec(),
+                last: i + 1 == chunks.len(),
+            })
+            .await
+            .map_err(io)?;
+        }
+        // The destination answers the manifest once its shadow is ready (or refuses).
+        SinkExt::<Frame>::flush(&mut f).await.map_err(io)?;
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match f.next().await {
+                    Some(Ok(Frame::HelloAck { .. })) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .map_err(|_| dest_err("no answer to the manifest".into()))?;
+        match ready {
+            Some(Ok(Frame::AdminReply(_))) => {}
+            Some(Ok(Frame::Error { code, message })) => {
+                return Err(dest_err(format!("refused ({code}): {message}")))
+            }
+            other => return Err(dest_err(format!("unexpected answer {other:?}"))),
+        }
+        let mut digest = Digest::default();
+        let mut report = CopyReport {
+            sessions_at_start: m.keys.len() as u64,
+            paced_bps: rate,
+            ..CopyReport::default()
+        };
+        let mut pacer = Pacer::new(rate, 256 * 1024, 0);
+        let epoch = Instant::now();
+        for key in &m.keys {
+            let frame = match h.table().get(key) {
+                Some(r) => {
+                    digest.add(key, r.seq, &r.bytes);
+                    report.bytes_copied += (key.len() + r.bytes.len()) as u64;
+                    Frame::CopyRecord {
+                        key: key.clone(),
+                        seq: r.seq,
+                        bytes: r.bytes,
+                    }
+                }
+                None => {
+                    let seq = log.seq_of(key).ok_or(CopyError::MissingTombstone)?;
+                    digest.add(key, seq, tombstone_digest_bytes());
+                    report.tombstones += 1;
+                    Frame::Tombstone {
+                        key: key.clone(),
+                        seq,
+                    }
+                }
+            };
+            let size = match &frame {
+                Frame::CopyRecord { key, bytes, .. } => (key.len() + bytes.len()) as u64,
+                _ => key.len() as u64,
+            };
+            let wait = pacer.delay_us(size, epoch.elapsed().as_micros() as u64);
+            if wait > 0 {
+                SinkExt::<Frame>::flush(&mut f).await.map_err(io)?;
+                tokio::time::sleep(Duration::from_micros(wait)).await;
+                pacer.delay_us(size, epoch.elapsed().as_micros() as u64);
+            }
+            f.feed(frame).await.map_err(io)?;
+            report.records_copied += 1;
+        }
+        if log.overflowed() {
+            return Err(CopyError::MissingTombstone);
+        }
+        f.send(Frame::CopyEnd {
+            records: report.records_copied,
+            digest: digest.buckets().to_vec(),
+        })
+        .await
+        .map_err(io)?;
+        let answer = tokio::time::timeout(Duration::from_secs(60), f.next())
+            .await
+            .map_err(|_| dest_err("no answer to the copy's end".into()))?;
+        match answer {
+            Some(Ok(Frame::AdminReply(b))) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&b).map_err(|e| dest_err(e.to_string()))?;
+                report.digest_match = v["digest_match"].as_bool().unwrap_or(false);
+                report.differing_buckets =
+                    serde_json::from_value(v["differing_buckets"].clone()).unwrap_or_default();
+            }
+            Some(Ok(Frame::Error { code, message })) => {
+                return Err(dest_err(format!("refused ({code}): {message}")))
+            }
+            other => return Err(dest_err(format!("unexpected answer {other:?}"))),
+        }
+        report.elapsed_ms = start.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+    .await;
+    let _ = h.control(Control::DeletionLog(None)).await;
+    result
+}
+
+/// The destination side: a peer connection carrying one copy.
+pub(crate) async fn peer_session(
+    node: &Node,
+    mut reader: Reader,
+    tx: &mpsc::Sender<Vec<Frame>>,
+) -> Result<(), FrameError> {
+    let mut manifest: Vec<SessionKey> = Vec::new();
+    let mut target = None;
+    let mut digest = Digest::default();
+    let mut received = 0u64;
+    let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::new();
+    while let Some(frame) = reader.next().await {
+        match frame? {
+            Frame::Manifest {
+                instance,
+                keys,
+                last,
+            } => {
+                if target.is_some() {
+                    send(
+                        tx,
+                        vec![error(code::WRONG_FRAME, "manifest after the copy began")],
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                manifest.extend(keys);
+                if last {
+                    let h = match node.instance(&instance) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            send(tx, vec![error(e.code(), e.to_string())]).await?;
+                            return Ok(());
+                        }
+                    };
+                    let (done, answer) = oneshot::channel();
+                    let keys = std::mem::take(&mut manifest);
+                    let count = keys.len();
+                    if !h
+                        .control(Control::BeginShadow {
+                            manifest: keys,
+                            done,
+                        })
+                        .await
+                    {
+                        return Err(FrameError::Io("instance stopped".into()));
+                    }
+                    match answer.await {
+                        Ok(Ok(())) => {
+                            tracing::info!(instance, sessions = count, "move destination ready");
+                            let body = serde_json::json!({ "ready": instance, "sessions": count });
+                            send(
+                                tx,
+                                vec![Frame::AdminReply(
+                                    serde_json::to_vec(&body).unwrap_or_default().into(),
+                                )],
+                            )
+                            .await?;
+                        }
+                        Ok(Err(e)) => {
+                            send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await?;
+                            return Ok(());
+                        }
+                        Err(_) => return Err(FrameError::Io("instance stopped".into())),
+                    }
+                    target = Some(h);
+                }
+            }
+            Frame::CopyRecord { key, seq, bytes } => {
+                digest.add(&key, seq, &bytes);
+                received += 1;
+                batch.push((key, seq, Some(bytes)));
+            }
+            Frame::Tombstone { key, seq } => {
+                digest.add(&key, seq, tombstone_digest_bytes());
+                received += 1;
+                batch.push((key, seq, None));
+            }
+            Frame::CopyEnd {
+                records,
+                digest: theirs,
+            } => {
+                let Some(h) = &target else {
+                    send(
+                        tx,
+                        vec![error(code::WRONG_FRAME, "copy end before the manifest")],
+                    )
+                    .await?;
+                    return Ok(());
+                };
+                if !batch.is_empty()
+                    && !h
+                        .control(Control::Records(std::mem::take(&mut batch)))
+                        .await
+                {
+                    return Err(FrameError::Io("instance stopped".into()));
+                }
+                let differing = match Digest::from_parts(theirs, records) {
+                    Some(theirs) => theirs.differing_buckets(&digest),
+                    None => (0..handoff_state::BUCKETS).collect(),
+                };
+                let matched = differing.is_empty() && records == received;
+                tracing::info!(records, received, digest_match = matched, "copy received");
+                let body = serde_json::json!({
+                    "records": received,
+                    "digest_match": matched,
+                    "differing_buckets": differing,
+                });
+                send(
+                    tx,
+                    vec![Frame::AdminReply(
+                        serde_json::to_vec(&body).unwrap_or_default().into(),
+                    )],
+                )
+                .await?;
+                return Ok(());
+            }
+            other => {
+                send(
+                    tx,
+                    vec![error(
+                        code::WRONG_FRAME,
+                        format!("frame not allowed on a peer connection: {other:?}"),
+                    )],
+                )
+                .await?;
+                return Ok(());
+            }
+        }
+        if batch.len() >= RECORD_BATCH {
+            let Some(h) = &target else {
+                send(
+                    tx,
+                    vec![error(code::WRONG_FRAME, "records before the manifest")],
+                )
+                .await?;
+                return Ok(());
+            };
+            if !h
+                .control(Control::Records(std::mem::take(&mut batch)))
+                .await
+            {
+                return Err(FrameError::Io("instance stopped".into()));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! A move's copy between two nodes on loopback: manifest, records, tombstones, digest.
+
+use futures::{SinkExt, StreamExt};
+use handoff_function::runtime::Catalog;
+use handoff_function::SignalKind;
+use handoff_node::client::{AdminClient, ClientError};
+use handoff_node::{AdminRequest, Node, NodeLimits};
+use handoff_vmme::{Header, Signal, SignalBody, Vmme};
+use handoff_wire::{Frame, FrameCodec, Role, SignalFrame, VERSION};
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+async fn node(name: &str) -> SocketAddr {
+    let node = Node::new(
+        name,
+        Catalog::new().with(Vmme::default()),
+        NodeLimits::default(),
+    );
+    node.create_instance("mme-1", "vmme").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(handoff_node::serve(node, listener));
+    addr
+}
+
+fn signal(seq: u64, imsi: u64, kind: SignalKind, body: SignalBody) -> Frame {
+    let s = Signal {
+        header: Header {
+            imsi,
+            txn_id: seq as u32,
+        },
+        body,
+    };
+    Frame::Signal(SignalFrame {
+        route: 1,
+        seq,
+        now_us: seq * 1000,
+        kind: kind as u8,
+        flags: 0,
+        client: "127.0.0.1:9".parse().unwrap(),
+        key: handoff_vmme::session_key(imsi),
+        payload: s.to_bytes().into(),
+    })
+}
+
+fn attach() -> SignalBody {
+    SignalBody::AttachRequest {
+        msisdn: 1,
+        imeisv: 1,
+        ue_network_capability: 0x0F0E,
+        ms_network_capability: 0,
+        drx: 0,
+        tai: handoff_vmme::Tai {
+            mcc_mnc: 1001,
+            tac: 1,
+        },
+        ecgi: 1,
+        apn: "internet".into(),
+        pdn_type: handoff_vmme::PdnType::Ipv4,
+    }
+}
+
+/// Attaches `n` UEs on the node, then detaches every tenth; waits for every answer.
+async fn populate(addr: SocketAddr, n: u64) {
+    let mut f = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec);
+    f.send(Frame::Hello {
+        role: Role::Steer,
+        name: "t".into(),
+        min_version: VERSION,
+        max_version: VERSION,
+    })
+    .await
+    .unwrap();
+    f.send(Frame::Bind {
+        route: 1,
+        instance: "mme-1".into(),
+    })
+    .await
+    .unwrap();
+    let mut seq = 0;
+    let mut sent = 0;
+    for i in 0..n {
+        seq += 1;
+        f.feed(signal(
+            seq,
+            1_010_000_000_000 + i,
+            SignalKind::Create,
+            attach(),
+        ))
+        .await
+        .unwrap();
+        sent += 1;
+    }
+    for i in (0..n).step_by(10) {
+        seq += 1;
+        let body = SignalBody::DetachRequest { switch_off: false };
+        f.feed(signal(seq, 1_010_000_000_000 + i, SignalKind::Delete, body))
+            .await
+            .unwrap();
+        sent += 1;
+    }
+    SinkExt::<Frame>::flush(&mut f).await.unwrap();
+    let mut outputs = 0;
+    while outputs < sent {
+        if let Frame::Output(_) = f.next().await.unwrap().unwrap() {
+            outputs += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_delivers_every_session_once_and_the_digests_match() {
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    populate(a, 500).await;
+    let mut admin_a = AdminClient::connect(a, "t").await.unwrap();
+    let mut admin_b = AdminClient::connect(b, "t").await.unwrap();
+    let copy = AdminRequest::CopyTo {
+        instance: "mme-1".into(),
+        destination: b,
+        order: handoff_state::CopyOrder::HotFirst,
+        plan: handoff_state::CopyPlan::default(),
+    };
+    let r = admin_a.request(&copy).await.unwrap();
+    assert_eq!(r["sessions_at_start"], 450);
+    assert_eq!(r["records_copied"], 450);
+    assert_eq!(r["digest_match"], true, "{r}");
+    let stats = admin_b
+        .request(&AdminRequest::ShadowStats {
+            instance: "mme-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats["awaiting"].as_u64(), stats["buffered"].as_u64()),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    admin_b
+        .request(&AdminRequest::FinishShadow {
+            instance: "mme-1".into(),
+        })
+        .await
+        .unwrap();
+    let (da, db) = (
+        admin_a.dump("mme-1").await.unwrap(),
+        admin_b.dump("mme-1").await.unwrap(),
+    );
+    assert_eq!(da.len(), 450);
+    assert_eq!(da, db, "the destination holds exactly the source's records");
+
+    // A second copy onto a destination that is no longer empty is refused.
+    let err = admin_a.request(&copy).await.unwrap_err();
+    assert!(matches!(err, ClientError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("must start empty"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infeasible_plan_is_refused_before_anything_is_sent() {
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    populate(a, 100).await;
+    let mut admin_a = AdminClient::connect(a, "t").await.unwrap();
+    let copy = AdminRequest::CopyTo {
+        instance: "mme-1".into(),
+        destination: b,
+        order: handoff_state::CopyOrder::Key,
+        plan: handoff_state::CopyPlan {
+            max_bandwidth_bps: Some(1_000),
+            max_cpu_percent: None,
+            deadline_ms: Some(1_000),
+        },
+    };
+    let err = admin_a.request(&copy).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot be copied within 1000 ms"),
+        "{err}"
+    );
+    let mut admin_b = AdminClient::connect(b, "t").await.unwrap();
+    let stats = admin_b
+        .request(&AdminRequest::ShadowStats {
+            instance: "mme-1".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        stats.is_null(),
+        "the destination never became a shadow: {stats}"
+    );
+}
