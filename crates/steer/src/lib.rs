@@ -18,7 +18,7 @@ mod link;
 pub mod route;
 mod service;
 
-pub use service::{ServiceConfig, SteerStats, SteerStatsSnapshot};
+pub use service::{MoveCommand, ServiceConfig, SteerStats, SteerStatsSnapshot};
 
 use handoff_function::runtime::Classifier;
 use std::net::SocketAddr;
@@ -77,7 +77,12 @@ pub enum SteerError {
 
 /// A running steer.
 pub struct Steer {
-    services: Vec<(String, SocketAddr, Arc<SteerStats>)>,
+    services: Vec<(
+        String,
+        SocketAddr,
+        Arc<SteerStats>,
+        tokio::sync::mpsc::Sender<MoveCommand>,
+    )>,
     stop: CancellationToken,
 }
 
@@ -104,6 +109,7 @@ impl Steer {
             size_buffers(&socket);
             let addr = socket.local_addr().unwrap_or(svc.listen);
             let stats = Arc::new(SteerStats::default());
+            let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
             tokio::spawn(service::run(
                 svc.clone(),
                 config.name.clone(),
@@ -112,10 +118,11 @@ impl Steer {
                 cls,
                 socket,
                 stats.clone(),
+                cmd_rx,
                 stop.child_token(),
             ));
             tracing::info!(instance = %svc.instance, %addr, node = %svc.node, "service up");
-            services.push((svc.instance.clone(), addr, stats));
+            services.push((svc.instance.clone(), addr, stats, cmd_tx));
         }
         Ok(Self { services, stop })
     }
@@ -131,6 +138,58 @@ impl Steer {
             .iter()
             .find(|s| s.0 == instance)
             .map(|s| s.2.clone())
+    }
+
+    /// Sends a move command to the service of `instance`; `false` if there is none.
+    pub async fn command(&self, instance: &str, command: MoveCommand) -> bool {
+        match self.services.iter().find(|s| s.0 == instance) {
+            Some(s) => s.3.send(command).await.is_ok(),
+            None => false,
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        instance: &str,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> MoveCommand,
+    ) -> Result<T, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.command(instance, make(tx)).await {
+            return Err(format!("no service for instance {instance}"));
+        }
+        rx.await.map_err(|_| "the service stopped".to_owned())?
+    }
+
+    /// Enters move mode towards `destination`; returns the first seq under it.
+    pub async fn begin_move(
+        &self,
+        instance: &str,
+        destination: SocketAddr,
+        abort_safe: bool,
+    ) -> Result<u64, String> {
+        self.ask(instance, |done| MoveCommand::Begin {
+            destination,
+            abort_safe,
+            done,
+        })
+        .await
+    }
+
+    /// Flips the route; returns the boundary seq.
+    pub async fn cutover(&self, instance: &str) -> Result<u64, String> {
+        self.ask(instance, |done| MoveCommand::Cutover { done })
+            .await
+    }
+
+    /// Makes the destination the owner.
+    pub async fn finish_move(&self, instance: &str) -> Result<(), String> {
+        self.ask(instance, |done| MoveCommand::Finish { done })
+            .await
+    }
+
+    /// Returns the route to the source; returns the sessions created on the destination.
+    pub async fn abort_move(&self, instance: &str) -> Result<Vec<bytes::Bytes>, String> {
+        self.ask(instance, |done| MoveCommand::Abort { done }).await
     }
 
     /// Stops every service.

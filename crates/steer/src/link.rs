@@ -30,6 +30,7 @@ pub(crate) struct Link {
     pub(crate) tx: mpsc::Sender<SignalFrame>,
     up: Arc<AtomicBool>,
     base: Arc<AtomicU64>,
+    stop: CancellationToken,
 }
 
 impl Link {
@@ -42,6 +43,7 @@ impl Link {
         stats: Arc<SteerStats>,
         stop: CancellationToken,
     ) -> Self {
+        let stop = stop.child_token();
         let (tx, rx) = mpsc::channel(queue);
         let up = Arc::new(AtomicBool::new(false));
         let base = Arc::new(AtomicU64::new(0));
@@ -54,9 +56,14 @@ impl Link {
             stats,
             up.clone(),
             base.clone(),
-            stop,
+            stop.clone(),
         ));
-        Self { tx, up, base }
+        Self { tx, up, base, stop }
+    }
+
+    /// Closes the link (its queue is dropped; outputs still in flight are lost).
+    pub(crate) fn close(&self) {
+        self.stop.cancel();
     }
 
     /// Whether the link is connected and the route bound.

@@ -146,6 +146,27 @@ impl Route {
         })
     }
 
+    /// Where the signal stamped `seq` would go, without recording anything (so the caller can
+    /// reserve queue room first and then [`Route::decide`]).
+    pub fn preview(&self, seq: u64, kind: SignalKind, key: &Bytes) -> Delivery {
+        match &self.phase {
+            Phase::Serving => Delivery::Source,
+            Phase::CutOver { boundary } if seq >= *boundary => Delivery::Destination,
+            Phase::CutOver { .. } => Delivery::Source,
+            Phase::Moving {
+                created,
+                abort_safe,
+            } => match kind {
+                SignalKind::Tick => Delivery::Both,
+                SignalKind::Stateless => Delivery::Source,
+                _ if *abort_safe => Delivery::Both,
+                SignalKind::Create => Delivery::Destination,
+                _ if created.contains(key) => Delivery::Destination,
+                _ => Delivery::Both,
+            },
+        }
+    }
+
     /// Flips the route at `boundary`: signals stamped at or after it go to the destination only.
     /// `last_stamped` is the last seq already given out; the boundary must lie above it, so no
     /// signal is held back or re-routed.

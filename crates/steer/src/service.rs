@@ -1,16 +1,18 @@
 //! One service: its UDP receive loop, seq stamping and tick injection.
 
 use crate::link::Link;
+use crate::route::{Delivery, Route};
 use bytes::Bytes;
 use handoff_function::runtime::Classifier;
 use handoff_function::SignalKind;
-use handoff_wire::SignalFrame;
+use handoff_wire::{SignalFrame, SIGNAL_SHADOW};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// One service address and the instance behind it.
@@ -97,6 +99,51 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// A move command for one service, answered once the service loop has carried it out.
+#[derive(Debug)]
+pub enum MoveCommand {
+    /// Opens a link to the destination node (which must host an empty instance of the same
+    /// name) and enters move mode once it is up; answers with the first seq under move mode.
+    Begin {
+        /// The destination node.
+        destination: SocketAddr,
+        /// Duplicate creates and every update to both copies.
+        abort_safe: bool,
+        /// The answer.
+        done: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Flips the route at the next seq; answers with the boundary.
+    Cutover {
+        /// The answer.
+        done: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Makes the destination the owner; the source link closes after a grace period that
+    /// lets the source's last outputs through.
+    Finish {
+        /// The answer.
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Returns the route to the source; answers with the sessions created on the
+    /// destination meanwhile (to be moved back; none in abort-safe mode).
+    Abort {
+        /// The answer.
+        done: oneshot::Sender<Result<Vec<Bytes>, String>>,
+    },
+}
+
+/// How long a retired source link stays open for its last outputs.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+/// How long a destination link may take to come up before `Begin` fails.
+const DEST_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sessions a move may create before the steer forces an abort.
+const MAX_CREATED_DURING_MOVE: usize = 10_000_000;
+
+struct PendingBegin {
+    abort_safe: bool,
+    since: tokio::time::Instant,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     cfg: ServiceConfig,
@@ -106,28 +153,64 @@ pub(crate) async fn run(
     classifier: Arc<dyn Classifier>,
     socket: UdpSocket,
     stats: Arc<SteerStats>,
+    mut commands: mpsc::Receiver<MoveCommand>,
     stop: CancellationToken,
 ) {
     let socket = Arc::new(socket);
     let local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let link = Link::spawn(
-        cfg.node,
-        cfg.instance.clone(),
-        steer_name,
-        queue,
-        socket.clone(),
-        stats.clone(),
-        stop.clone(),
-    );
+    let spawn_link = |node: SocketAddr| {
+        Link::spawn(
+            node,
+            cfg.instance.clone(),
+            steer_name.clone(),
+            queue,
+            socket.clone(),
+            stats.clone(),
+            stop.clone(),
+        )
+    };
+    let mut source = spawn_link(cfg.node);
+    let mut dest: Option<Link> = None;
+    let mut pending: Option<PendingBegin> = None;
+    let mut retiring: Vec<(Link, tokio::time::Instant)> = Vec::new();
+    let mut route = Route::new(MAX_CREATED_DURING_MOVE);
     let mut seq: u64 = 0;
     let mut buf = vec![0u8; 65_536];
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(5));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (kind, key, payload, client) = tokio::select! {
             _ = stop.cancelled() => return,
+            c = commands.recv() => {
+                if let Some(c) = c {
+                    command(c, &mut route, &mut source, &mut dest, &mut pending, &mut retiring, seq, &spawn_link);
+                }
+                continue;
+            }
+            _ = housekeeping.tick(), if pending.is_some() || !retiring.is_empty() => {
+                let now = tokio::time::Instant::now();
+                retiring.retain(|(l, until)| if now >= *until { l.close(); false } else { true });
+                if let Some(p) = pending.take() {
+                    if dest.as_ref().is_some_and(Link::is_up) {
+                        let first = seq + 1;
+                        let r = route.begin_move(first, p.abort_safe).map(|()| first).map_err(|e| e.to_string());
+                        tracing::info!(instance = %cfg.instance, first_seq = first, "move mode on");
+                        let _ = p.done.send(r);
+                    } else if now - p.since > DEST_UP_TIMEOUT {
+                        if let Some(d) = dest.take() {
+                            d.close();
+                        }
+                        let _ = p.done.send(Err("the destination node did not accept the route in time".into()));
+                    } else {
+                        pending = Some(p);
+                    }
+                }
+                continue;
+            }
             _ = ticker.tick() => (SignalKind::Tick, Bytes::new(), Bytes::new(), local),
             r = socket.recv_from(&mut buf) => {
                 let Ok((n, client)) = r else { continue };
@@ -142,29 +225,58 @@ pub(crate) async fn run(
                 }
             }
         };
-        if !link.is_up() {
+        let Some(next) = seq.max(source.base_seq()).checked_add(1) else {
+            // The node claims to have applied u64::MAX: refuse to wrap, drop and count.
+            stats.no_link.fetch_add(1, Relaxed);
+            continue;
+        };
+        let delivery = route.preview(next, kind, &key);
+        let (to_source, to_dest) = match delivery {
+            Delivery::Source => (true, false),
+            Delivery::Destination => (false, true),
+            Delivery::Both => (true, true),
+        };
+        let dest_link = dest.as_ref().filter(|_| to_dest);
+        if (to_source && !source.is_up()) || (to_dest && !dest_link.is_some_and(Link::is_up)) {
             // A tick with no link reaches no instance; only datagrams count as dropped.
             if kind != SignalKind::Tick {
                 stats.no_link.fetch_add(1, Relaxed);
             }
             continue;
         }
-        // Take a seq only once the signal has a place in the queue: seqs stay dense.
-        let permit = match link.tx.try_reserve() {
-            Ok(p) => p,
-            Err(TrySendError::Full(())) => {
-                stats.shed.fetch_add(1, Relaxed);
-                continue;
+        // Take a seq only once the signal has a place in every queue it goes to: seqs stay
+        // dense on each copy.
+        let src_permit = if to_source {
+            match source.tx.try_reserve() {
+                Ok(p) => Some(p),
+                Err(TrySendError::Full(())) => {
+                    stats.shed.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Err(TrySendError::Closed(())) => return,
             }
-            Err(TrySendError::Closed(())) => return,
+        } else {
+            None
         };
-        let Some(next) = seq.max(link.base_seq()).checked_add(1) else {
-            // The node claims to have applied u64::MAX: refuse to wrap, drop and count.
-            stats.no_link.fetch_add(1, Relaxed);
+        let dst_permit = match dest_link {
+            Some(d) => match d.tx.try_reserve() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    stats.shed.fetch_add(1, Relaxed);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        if let Err(e) = route.decide(next, kind, &key) {
+            // Too many sessions created during the move: refuse the create (the operator's
+            // controller aborts the move on this counter).
+            stats.shed.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "move route refused a signal");
             continue;
-        };
+        }
         seq = next;
-        permit.send(SignalFrame {
+        let frame = SignalFrame {
             route: crate::link::ROUTE,
             seq,
             now_us: now_us(),
@@ -173,12 +285,86 @@ pub(crate) async fn run(
             client,
             key,
             payload,
-        });
+        };
+        match (src_permit, dst_permit) {
+            (Some(s), Some(d)) => {
+                d.send(SignalFrame {
+                    flags: SIGNAL_SHADOW,
+                    ..frame.clone()
+                });
+                s.send(frame);
+            }
+            (Some(s), None) => s.send(frame),
+            (None, Some(d)) => d.send(frame),
+            (None, None) => {}
+        }
         stats.last_seq.store(seq, Relaxed);
         if kind == SignalKind::Tick {
             stats.ticks.fetch_add(1, Relaxed);
         } else {
             stats.admitted.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn command(
+    c: MoveCommand,
+    route: &mut Route,
+    source: &mut Link,
+    dest: &mut Option<Link>,
+    pending: &mut Option<PendingBegin>,
+    retiring: &mut Vec<(Link, tokio::time::Instant)>,
+    last_seq: u64,
+    spawn_link: &impl Fn(SocketAddr) -> Link,
+) {
+    match c {
+        MoveCommand::Begin {
+            destination,
+            abort_safe,
+            done,
+        } => {
+            if dest.is_some() || pending.is_some() {
+                let _ = done.send(Err("a move is already in progress".into()));
+                return;
+            }
+            *dest = Some(spawn_link(destination));
+            *pending = Some(PendingBegin {
+                abort_safe,
+                since: tokio::time::Instant::now(),
+                done,
+            });
+        }
+        MoveCommand::Cutover { done } => {
+            let boundary = last_seq + 1;
+            let r = route
+                .cutover(boundary, last_seq)
+                .map(|()| boundary)
+                .map_err(|e| e.to_string());
+            if r.is_ok() {
+                tracing::info!(boundary, "cutover");
+            }
+            let _ = done.send(r);
+        }
+        MoveCommand::Finish { done } => {
+            let r = route.finish().map_err(|e| e.to_string());
+            if r.is_ok() {
+                if let Some(d) = dest.take() {
+                    let old = std::mem::replace(source, d);
+                    retiring.push((old, tokio::time::Instant::now() + RETIRE_GRACE));
+                }
+            }
+            let _ = done.send(r);
+        }
+        MoveCommand::Abort { done } => {
+            if let Some(p) = pending.take() {
+                let _ = p.done.send(Err("aborted".into()));
+            }
+            let r = route.abort().map_err(|e| e.to_string());
+            if let Some(d) = dest.take() {
+                retiring.push((d, tokio::time::Instant::now() + RETIRE_GRACE));
+            }
+            let _ = done.send(r);
         }
     }
 }
