@@ -30,9 +30,48 @@ pub struct DemoArgs {
     /// First retransmission timeout in milliseconds (doubles per retry).
     #[arg(long, default_value_t = 250)]
     pub timeout_ms: u64,
+    /// Serve from one node only, with no move.
+    #[arg(long)]
+    pub no_move: bool,
+    /// When to start the move, as a fraction of the measured phase.
+    #[arg(long, default_value_t = 0.3)]
+    pub move_at: f64,
+    /// Copy order of the move: hot-first, key or random.
+    #[arg(long, default_value = "hot-first")]
+    pub order: String,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the mid-run move did.
+#[derive(Debug, Default, serde::Serialize)]
+struct MoveReport {
+    instance: String,
+    from: String,
+    to: String,
+    sessions_at_start: u64,
+    records_copied: u64,
+    tombstones: u64,
+    bytes_copied: u64,
+    digest_match: bool,
+    buffered_peak: u64,
+    first_seq: u64,
+    cutover_seq: u64,
+    phases_ms: PhasesMs,
+    total_ms: u64,
+    max_response_gap_ms: f64,
+    baseline_response_gap_ms: f64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct PhasesMs {
+    prepare: u64,
+    steer: u64,
+    copy: u64,
+    verify: u64,
+    cutover: u64,
+    retire: u64,
 }
 
 /// The demo's report. Field names are relied on by later checks: keep them.
@@ -44,6 +83,8 @@ struct DemoReport {
     node_rss_bytes: u64,
     records_bytes: u64,
     steer: SteerStatsSnapshot,
+    #[serde(rename = "move", skip_serializing_if = "Option::is_none")]
+    move_: Option<MoveReport>,
     config: DemoConfig,
     machine: Machine,
 }
@@ -57,12 +98,139 @@ struct DemoConfig {
     seed: u64,
 }
 
+fn parse_order(s: &str, seed: u64) -> anyhow::Result<handoff_state::CopyOrder> {
+    Ok(match s {
+        "hot-first" => handoff_state::CopyOrder::HotFirst,
+        "key" => handoff_state::CopyOrder::Key,
+        "random" => handoff_state::CopyOrder::Random { seed },
+        other => anyhow::bail!("--order {other}: expected hot-first, key or random"),
+    })
+}
+
+fn ms(since: std::time::Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+/// Moves `mme-1` from `a` to `b` through the steer (DESIGN.md "Live move"), timing each phase.
+async fn live_move(
+    steer: &handoff_steer::Steer,
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    order: handoff_state::CopyOrder,
+) -> anyhow::Result<MoveReport> {
+    use handoff_node::AdminRequest;
+    let instance = "mme-1";
+    let mut admin_a = AdminClient::connect(a, "demo").await?;
+    let mut admin_b = AdminClient::connect(b, "demo").await?;
+    let start = std::time::Instant::now();
+    let t = std::time::Instant::now();
+    // Prepare: an empty shadow that buffers what the steer sends until the manifest arrives.
+    admin_b
+        .request(&AdminRequest::PrepareShadow {
+            instance: instance.into(),
+            function: "vmme".into(),
+        })
+        .await?;
+    let prepare = ms(t);
+    let t = std::time::Instant::now();
+    let first_seq = steer
+        .begin_move(instance, b, false)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let steer_ms = ms(t);
+    let t = std::time::Instant::now();
+    let copy: handoff_node::copy::CopyReport = serde_json::from_value(
+        admin_a
+            .request(&AdminRequest::CopyTo {
+                instance: instance.into(),
+                destination: b,
+                order,
+                plan: handoff_state::CopyPlan::default(),
+                after_seq: first_seq - 1,
+            })
+            .await?,
+    )?;
+    let copy_ms = ms(t);
+    if !copy.digest_match {
+        let _ = steer.abort_move(instance).await;
+        anyhow::bail!(
+            "digests differ in buckets {:?}: move aborted",
+            copy.differing_buckets
+        );
+    }
+    // Verify: the destination holds every record and nothing waits in its buffers.
+    let t = std::time::Instant::now();
+    let shadow = loop {
+        let s = admin_b
+            .request(&AdminRequest::ShadowStats {
+                instance: instance.into(),
+            })
+            .await?;
+        if s["awaiting"] == 0 && s["buffered"] == 0 {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = steer.abort_move(instance).await;
+            anyhow::bail!("destination did not settle: {s}: move aborted");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let verify = ms(t);
+    let t = std::time::Instant::now();
+    let cutover_seq = steer.cutover(instance).await.map_err(anyhow::Error::msg)?;
+    let cutover = ms(t);
+    let t = std::time::Instant::now();
+    admin_b
+        .request(&AdminRequest::FinishShadow {
+            instance: instance.into(),
+        })
+        .await?;
+    steer
+        .finish_move(instance)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let retire = ms(t);
+    Ok(MoveReport {
+        instance: instance.into(),
+        from: a.to_string(),
+        to: b.to_string(),
+        sessions_at_start: copy.sessions_at_start,
+        records_copied: copy.records_copied,
+        tombstones: copy.tombstones,
+        bytes_copied: copy.bytes_copied,
+        digest_match: copy.digest_match,
+        buffered_peak: shadow["buffered_peak"].as_u64().unwrap_or(0),
+        first_seq,
+        cutover_seq,
+        phases_ms: PhasesMs {
+            prepare,
+            steer: steer_ms,
+            copy: copy_ms,
+            verify,
+            cutover,
+            retire,
+        },
+        total_ms: ms(start),
+        ..MoveReport::default()
+    })
+}
+
 pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if !(a.duration.is_finite() && (0.0..=86_400.0).contains(&a.duration)) {
         anyhow::bail!("--duration must be within 0..=86400 seconds");
     }
-    let node = NodeProcess::spawn("node-a", &["mme-1:vmme"], None).await?;
-    let (steer, service) = start_steer("mme-1", node.addr).await?;
+    if !(a.move_at.is_finite() && (0.0..1.0).contains(&a.move_at)) {
+        anyhow::bail!("--move-at must be within [0, 1)");
+    }
+    let order = parse_order(&a.order, a.seed)?;
+    let node_a = NodeProcess::spawn("node-a", &["mme-1:vmme"], None).await?;
+    let node_b = if a.no_move {
+        None
+    } else {
+        Some(NodeProcess::spawn("node-b", &[], None).await?)
+    };
+    let (steer, service) = start_steer("mme-1", node_a.addr).await?;
+    let window = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cfg = LoadConfig {
         target: service,
         sessions: a.sessions,
@@ -71,39 +239,68 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         zipf: a.zipf,
         seed: a.seed,
         timeout: Duration::from_millis(a.timeout_ms.max(1)),
+        move_window: Some(window.clone()),
         ..LoadConfig::default()
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     let pb = progress_bar(u64::from(a.sessions), "{spinner} {msg} [{elapsed_precise}]");
     pb.enable_steady_tick(Duration::from_millis(200));
-    let (load, histories) = handoff_loadgen::run(cfg, |p: Progress| {
-        pb.set_message(format!(
+    let (phase_tx, mut phase_rx) = tokio::sync::watch::channel("attach");
+    let pb2 = pb.clone();
+    let load = tokio::spawn(handoff_loadgen::run(cfg, move |p: Progress| {
+        pb2.set_message(format!(
             "{}: sent {} answered {} lost {} attached {}",
             p.phase, p.sent, p.answered, p.lost, p.attached
         ));
-    })
-    .await?;
+        let _ = phase_tx.send(p.phase);
+    }));
+    let mut moved = None;
+    if let Some(b) = &node_b {
+        // Wait for the measured phase, let it run, then move.
+        while *phase_rx.borrow() == "attach" {
+            if phase_rx.changed().await.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs_f64(a.duration * a.move_at)).await;
+        pb.println("moving mme-1 from node-a to node-b");
+        window.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = live_move(&steer, node_a.addr, b.addr, order).await;
+        window.store(false, std::sync::atomic::Ordering::Relaxed);
+        moved = Some(r?);
+    }
+    let (load, histories) = load.await??;
     pb.finish_and_clear();
-    let mut admin = AdminClient::connect(node.addr, "demo").await?;
+    let owner = node_b.as_ref().unwrap_or(&node_a);
+    let mut admin = AdminClient::connect(owner.addr, "demo").await?;
     let dump = admin.dump("mme-1").await?;
     let records_bytes = dump
         .iter()
         .map(|r| (r.key.len() + r.bytes.len()) as u64)
         .sum();
     let oracle = oracle::check(&handoff_vmme::Vmme::default(), &histories, &dump);
-    let node_rss_bytes = node.rss_bytes().await?;
+    let node_rss_bytes = owner.rss_bytes().await?;
     let steer_stats = steer
         .stats("mme-1")
         .map(|s| s.snapshot())
         .unwrap_or_default();
     steer.shutdown();
-    node.stop().await;
+    node_a.stop().await;
+    if let Some(b) = node_b {
+        b.stop().await;
+    }
+    let move_ = moved.map(|mut m| {
+        m.max_response_gap_ms = load.move_response_gap_ms;
+        m.baseline_response_gap_ms = load.baseline_response_gap_ms;
+        m
+    });
     let report = DemoReport {
         load,
         oracle,
         node_rss_bytes,
         records_bytes,
         steer: steer_stats,
+        move_,
         config: DemoConfig {
             sessions: a.sessions,
             rate: a.rate,
@@ -121,7 +318,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         && report.oracle.checked == u64::from(a.sessions)
         && report.oracle.mismatches == 0
         && report.oracle.answer_mismatches == 0
-        && report.oracle.unknown_records == 0;
+        && report.oracle.unknown_records == 0
+        && report
+            .move_
+            .as_ref()
+            .is_none_or(|m| m.digest_match && m.records_copied == m.sessions_at_start);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -171,6 +372,21 @@ fn print_human(r: &DemoReport) {
         "  steer          admitted {}  malformed {}  shed {}  relayed {}",
         r.steer.admitted, r.steer.malformed, r.steer.shed, r.steer.outputs_relayed
     );
+    if let Some(m) = &r.move_ {
+        println!(
+            "  move           {} -> {}: {} sessions at start, {} records copied ({}), digest match {}, buffered peak {}",
+            m.from, m.to, m.sessions_at_start, m.records_copied, human_bytes(m.bytes_copied), m.digest_match, m.buffered_peak
+        );
+        let p = &m.phases_ms;
+        println!(
+            "                 phases ms: prepare {} steer {} copy {} verify {} cutover {} retire {} (total {})",
+            p.prepare, p.steer, p.copy, p.verify, p.cutover, p.retire, m.total_ms
+        );
+        println!(
+            "                 max response gap {:.2} ms during the move, {:.2} ms outside it",
+            m.max_response_gap_ms, m.baseline_response_gap_ms
+        );
+    }
     println!(
         "  node RSS       {} (records {})",
         human_bytes(r.node_rss_bytes),

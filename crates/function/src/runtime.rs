@@ -452,12 +452,21 @@ pub trait Hosted: Send {
     fn ruleset(&self) -> &RulesetHandle;
     /// Starts or stops logging deletions (a move's source, while its copy runs).
     fn set_deletion_log(&mut self, log: Option<DeletionLog>);
-    /// Becomes a move's destination expecting one record per manifest key. Must be empty.
+    /// Becomes a move's destination. Must be empty. With `None` the manifest follows later
+    /// ([`Hosted::set_manifest`]); until then stateful signals are buffered.
     fn begin_shadow(
         &mut self,
-        manifest: Vec<SessionKey>,
+        manifest: Option<Vec<SessionKey>>,
         limits: shadow::ShadowLimits,
     ) -> Result<(), MoveStepError>;
+    /// Gives a shadow that was begun without one its manifest.
+    fn set_manifest(
+        &mut self,
+        manifest: Vec<SessionKey>,
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Result<(), MoveStepError>;
+    /// Whether this is a shadow still waiting for its manifest.
+    fn awaits_manifest(&self) -> bool;
     /// Takes one copied record (`None`: a tombstone).
     fn on_record(
         &mut self,
@@ -505,7 +514,7 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn begin_shadow(
         &mut self,
-        manifest: Vec<SessionKey>,
+        manifest: Option<Vec<SessionKey>>,
         limits: shadow::ShadowLimits,
     ) -> Result<(), MoveStepError> {
         let Self::Serving(i) = self else {
@@ -519,8 +528,34 @@ impl<F: Function> Hosted for Hosting<F> {
         }
         let fresh = Instance::new(i.function.clone());
         let old = std::mem::replace(i, fresh);
-        *self = Self::Shadow(shadow::Shadow::new(old, manifest, limits));
+        *self = Self::Shadow(match manifest {
+            Some(m) => shadow::Shadow::new(old, m, limits),
+            None => shadow::Shadow::pending(old, limits),
+        });
         Ok(())
+    }
+    fn set_manifest(
+        &mut self,
+        manifest: Vec<SessionKey>,
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Result<(), MoveStepError> {
+        match self {
+            Self::Shadow(s) if !s.manifest_known() => {
+                s.set_manifest(manifest, out);
+                Ok(())
+            }
+            Self::Shadow(_) => Err(MoveStepError::WrongPhase {
+                expected: "shadow awaiting its manifest",
+                actual: "shadow with a manifest",
+            }),
+            Self::Serving(_) => Err(MoveStepError::WrongPhase {
+                expected: "shadow",
+                actual: "serving",
+            }),
+        }
+    }
+    fn awaits_manifest(&self) -> bool {
+        matches!(self, Self::Shadow(s) if !s.manifest_known())
     }
     fn on_record(
         &mut self,

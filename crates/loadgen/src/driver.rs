@@ -42,6 +42,10 @@ pub struct LoadConfig {
     pub attach_deadline: Duration,
     /// Skip the attach phase (the UEs start detached and attach when picked).
     pub skip_attach: bool,
+    /// While this flag is set (by whoever runs a move), response gaps count towards
+    /// `move_response_gap_ms`; otherwise towards `baseline_response_gap_ms`.
+    #[serde(skip)]
+    pub move_window: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for LoadConfig {
@@ -59,6 +63,7 @@ impl Default for LoadConfig {
             attach_window: 128,
             attach_deadline: Duration::from_secs(600),
             skip_attach: false,
+            move_window: None,
         }
     }
 }
@@ -167,6 +172,10 @@ pub struct LoadReport {
     pub attach_latency_us: LatencyReport,
     /// Largest gap between consecutive answers seen by clients in the measured phase (ms).
     pub max_response_gap_ms: f64,
+    /// The same statistic outside the move window.
+    pub baseline_response_gap_ms: f64,
+    /// The same statistic inside the move window (0 without one).
+    pub move_response_gap_ms: f64,
 }
 
 /// Live counters, handed to the progress callback.
@@ -238,6 +247,8 @@ struct Driver {
     phase: Phase,
     last_answer: Option<Instant>,
     max_gap: Duration,
+    baseline_gap: Duration,
+    move_gap: Duration,
     registered: u64,
     /// UEs with a transaction outstanding.
     in_flight: usize,
@@ -283,6 +294,8 @@ pub async fn run(
         phase: Phase::Attach,
         last_answer: None,
         max_gap: Duration::ZERO,
+        baseline_gap: Duration::ZERO,
+        move_gap: Duration::ZERO,
         registered: 0,
         in_flight: 0,
     };
@@ -293,6 +306,8 @@ pub async fn run(
     report.latency_us = LatencyReport::from(&d.hist);
     report.attach_latency_us = LatencyReport::from(&d.attach_hist);
     report.max_response_gap_ms = d.max_gap.as_secs_f64() * 1e3;
+    report.baseline_response_gap_ms = d.baseline_gap.as_secs_f64() * 1e3;
+    report.move_response_gap_ms = d.move_gap.as_secs_f64() * 1e3;
     let histories = d.slots.into_iter().map(|s| s.ue.history).collect();
     Ok((report, histories))
 }
@@ -552,7 +567,18 @@ impl Driver {
         };
         if self.phase == Phase::Measure {
             if let Some(last) = self.last_answer {
-                self.max_gap = self.max_gap.max(now - last);
+                let gap = now - last;
+                self.max_gap = self.max_gap.max(gap);
+                let moving = self
+                    .cfg
+                    .move_window
+                    .as_ref()
+                    .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed));
+                if moving {
+                    self.move_gap = self.move_gap.max(gap);
+                } else {
+                    self.baseline_gap = self.baseline_gap.max(gap);
+                }
             }
             self.last_answer = Some(now);
         }

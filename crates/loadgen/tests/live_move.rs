@@ -11,7 +11,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 async fn node(name: &str, host: bool) -> SocketAddr {
-    let node = Node::new(name, Catalog::new().with(Vmme::default()), NodeLimits::default());
+    let node = Node::new(
+        name,
+        Catalog::new().with(Vmme::default()),
+        NodeLimits::default(),
+    );
     if host {
         node.create_instance("mme-1", "vmme").unwrap();
     }
@@ -58,7 +62,10 @@ async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_refer
     let mut admin_a = AdminClient::connect(a, "t").await.unwrap();
     let mut admin_b = AdminClient::connect(b, "t").await.unwrap();
     admin_b
-        .request(&AdminRequest::CreateInstance { instance: "mme-1".into(), function: "vmme".into() })
+        .request(&AdminRequest::CreateInstance {
+            instance: "mme-1".into(),
+            function: "vmme".into(),
+        })
         .await
         .unwrap();
     let first = steer.begin_move("mme-1", b, false).await.unwrap();
@@ -69,29 +76,53 @@ async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_refer
             destination: b,
             order: handoff_state::CopyOrder::HotFirst,
             plan: handoff_state::CopyPlan::default(),
+            after_seq: first - 1,
         })
         .await
         .unwrap();
     assert_eq!(copy["digest_match"], true, "{copy}");
     assert_eq!(copy["records_copied"], copy["sessions_at_start"]);
-    let shadow = admin_b.request(&AdminRequest::ShadowStats { instance: "mme-1".into() }).await.unwrap();
+    let shadow = admin_b
+        .request(&AdminRequest::ShadowStats {
+            instance: "mme-1".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(shadow["awaiting"], 0, "{shadow}");
     assert_eq!(shadow["buffered"], 0, "{shadow}");
     let boundary = steer.cutover("mme-1").await.unwrap();
     assert!(boundary > first);
-    admin_b.request(&AdminRequest::FinishShadow { instance: "mme-1".into() }).await.unwrap();
+    admin_b
+        .request(&AdminRequest::FinishShadow {
+            instance: "mme-1".into(),
+        })
+        .await
+        .unwrap();
     steer.finish_move("mme-1").await.unwrap();
 
     let (report, histories) = load.await.unwrap().unwrap();
     assert_eq!(report.answered, report.signals_sent, "{report:?}");
-    assert_eq!((report.lost, report.duplicated, report.reordered), (0, 0, 0), "{report:?}");
+    assert_eq!(
+        (report.lost, report.duplicated, report.reordered),
+        (0, 0, 0),
+        "{report:?}"
+    );
     assert_eq!((report.wrong_answers, report.stray), (0, 0), "{report:?}");
 
     let dump = admin_b.dump("mme-1").await.unwrap();
     let r = oracle::check(&Vmme::default(), &histories, &dump);
     assert_eq!(r.checked, 600, "{r:?}");
-    assert_eq!((r.mismatches, r.answer_mismatches, r.unknown_records), (0, 0, 0), "{r:?}");
+    assert_eq!(
+        (r.mismatches, r.answer_mismatches, r.unknown_records),
+        (0, 0, 0),
+        "{r:?}"
+    );
     // Signals kept flowing to the destination after the cutover.
     let b_stats = admin_b.request(&AdminRequest::Stats).await.unwrap();
-    assert!(b_stats["instances"][0]["stats"]["last_seq"].as_u64().unwrap() >= boundary);
+    assert!(
+        b_stats["instances"][0]["stats"]["last_seq"]
+            .as_u64()
+            .unwrap()
+            >= boundary
+    );
 }

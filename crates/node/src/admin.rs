@@ -47,6 +47,18 @@ pub enum AdminRequest {
         /// Limits (default none).
         #[serde(default)]
         plan: handoff_state::CopyPlan,
+        /// The manifest is taken only once every seq up to this one is applied (the last seq
+        /// the steer stamped before switching to move mode).
+        #[serde(default)]
+        after_seq: u64,
+    },
+    /// Makes an empty instance (created if absent) a move's destination, before the steer
+    /// switches: it buffers stateful signals until the source's manifest arrives.
+    PrepareShadow {
+        /// The instance.
+        instance: String,
+        /// Its function.
+        function: String,
     },
     /// A move destination's counters (null when the instance is not a shadow).
     ShadowStats {
@@ -155,13 +167,49 @@ pub(crate) async fn session(
                 destination,
                 order,
                 plan,
+                after_seq,
             } => {
                 let now = crate::direct::now_us();
-                let f = match crate::copy::copy_to(node, &instance, destination, order, plan, now)
-                    .await
+                let f = match crate::copy::copy_to(
+                    node,
+                    &instance,
+                    destination,
+                    order,
+                    plan,
+                    after_seq,
+                    now,
+                )
+                .await
                 {
                     Ok(r) => reply(&r),
                     Err(e) => error(code::BAD_REQUEST, e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::PrepareShadow { instance, function } => {
+                if node.instance(&instance).is_err() {
+                    if let Err(e) = node.create_instance(&instance, &function) {
+                        send(tx, vec![error(e.code(), e.to_string())]).await?;
+                        continue;
+                    }
+                }
+                let f = match node.instance(&instance) {
+                    Ok(h) => {
+                        let (done, answer) = tokio::sync::oneshot::channel();
+                        if !h
+                            .control(crate::instance::Control::PrepareShadow(done))
+                            .await
+                        {
+                            error(code::UNKNOWN_INSTANCE, "instance stopped")
+                        } else {
+                            match answer.await {
+                                Ok(Ok(())) => reply(&serde_json::json!({ "prepared": instance })),
+                                Ok(Err(e)) => error(code::WRONG_FRAME, e.to_string()),
+                                Err(_) => error(code::UNKNOWN_INSTANCE, "instance stopped"),
+                            }
+                        }
+                    }
+                    Err(e) => error(e.code(), e.to_string()),
                 };
                 send(tx, vec![f]).await?;
             }

@@ -77,15 +77,32 @@ fn tombstone_digest_bytes() -> &'static [u8] {
 
 /// Streams `instance`'s sessions to the node at `destination`, which must host an empty
 /// instance of the same name.
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_to(
     node: &Node,
     instance: &str,
     destination: SocketAddr,
     order: CopyOrder,
     plan: CopyPlan,
+    after_seq: u64,
     now_us: u64,
 ) -> Result<CopyReport, CopyError> {
     let h = node.instance(instance)?;
+    // The manifest must include every session created before the steer switched to move mode:
+    // wait until every signal stamped before the switch (seq <= after_seq) is applied.
+    let waited = std::time::Instant::now();
+    while h.stats().runtime.last_seq < after_seq {
+        if waited.elapsed() > Duration::from_secs(10) {
+            return Err(CopyError::Destination {
+                addr: destination,
+                reason: format!(
+                    "the source never applied seq {after_seq} (at {})",
+                    h.stats().runtime.last_seq
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let dest_err = |reason: String| CopyError::Destination {
         addr: destination,
         reason,
@@ -266,7 +283,7 @@ pub(crate) async fn peer_session(
                     let keys = std::mem::take(&mut manifest);
                     let count = keys.len();
                     if !h
-                        .control(Control::BeginShadow {
+                        .control(Control::Manifest {
                             manifest: keys,
                             done,
                         })

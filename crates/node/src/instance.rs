@@ -44,8 +44,11 @@ pub struct Batch {
 pub enum Control {
     /// Start (`Some`) or stop logging deletions for a copy stream.
     DeletionLog(Option<DeletionLog>),
-    /// Become a move's destination.
-    BeginShadow {
+    /// Become a move's destination, before the manifest is known (prepare phase).
+    PrepareShadow(oneshot::Sender<Result<(), MoveStepError>>),
+    /// The source's manifest arrived: a prepared shadow takes it; a serving (empty) instance
+    /// becomes a shadow with it.
+    Manifest {
         /// The source's manifest.
         manifest: Vec<SessionKey>,
         /// The answer.
@@ -191,8 +194,18 @@ impl InstanceHandle {
 fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) {
     match c {
         Control::DeletionLog(log) => hosted.set_deletion_log(log),
-        Control::BeginShadow { manifest, done } => {
-            let r = hosted.begin_shadow(manifest, ShadowLimits::default());
+        Control::PrepareShadow(done) => {
+            let _ = done.send(hosted.begin_shadow(None, ShadowLimits::default()));
+        }
+        Control::Manifest { manifest, done } => {
+            let r = if hosted.awaits_manifest() {
+                let mut out = Vec::new();
+                let r = hosted.set_manifest(manifest, &mut out);
+                local.shadow_suppressed += out.len() as u64;
+                r
+            } else {
+                hosted.begin_shadow(Some(manifest), ShadowLimits::default())
+            };
             let _ = done.send(r);
         }
         Control::Records(records) => {

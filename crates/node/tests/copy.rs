@@ -120,6 +120,7 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
         destination: b,
         order: handoff_state::CopyOrder::HotFirst,
         plan: handoff_state::CopyPlan::default(),
+        after_seq: 0,
     };
     let r = admin_a.request(&copy).await.unwrap();
     assert_eq!(r["sessions_at_start"], 450);
@@ -169,6 +170,7 @@ async fn an_infeasible_plan_is_refused_before_anything_is_sent() {
             max_cpu_percent: None,
             deadline_ms: Some(1_000),
         },
+        after_seq: 0,
     };
     let err = admin_a.request(&copy).await.unwrap_err();
     assert!(

@@ -106,6 +106,8 @@ enum Later<P> {
 /// An instance being filled by a move.
 pub struct Shadow<F: Function> {
     instance: Instance<F>,
+    /// Whether the manifest has arrived; until then every stateful signal is buffered.
+    manifest_known: bool,
     awaiting: HashSet<SessionKey>,
     buffers: HashMap<SessionKey, Vec<Buffered<F::Prepared>>>,
     ticks: Vec<Stamp>,
@@ -120,18 +122,54 @@ impl<F: Function> Shadow<F> {
         manifest: impl IntoIterator<Item = SessionKey>,
         limits: ShadowLimits,
     ) -> Self {
-        let awaiting: HashSet<SessionKey> = manifest.into_iter().collect();
-        let stats = ShadowStats {
-            awaiting: awaiting.len(),
-            ..ShadowStats::default()
-        };
+        let mut s = Self::pending(instance, limits);
+        let mut out = Vec::new();
+        s.set_manifest(manifest, &mut out);
+        s
+    }
+
+    /// A shadow that does not know its manifest yet: the steer may already route signals to
+    /// it (the source takes its manifest only after the switch), so until
+    /// [`Shadow::set_manifest`] every stateful signal is buffered and every tick logged.
+    pub fn pending(instance: Instance<F>, limits: ShadowLimits) -> Self {
         Self {
             instance,
-            awaiting,
+            manifest_known: false,
+            awaiting: HashSet::new(),
             buffers: HashMap::new(),
             ticks: Vec::new(),
             limits,
-            stats,
+            stats: ShadowStats::default(),
+        }
+    }
+
+    /// Whether the manifest has arrived.
+    pub fn manifest_known(&self) -> bool {
+        self.manifest_known
+    }
+
+    /// Takes the source's manifest. Buffered signals of keys outside it will never get a record:
+    /// they are applied now, on absent sessions, with the ticks since, in seq order.
+    pub fn set_manifest(
+        &mut self,
+        manifest: impl IntoIterator<Item = SessionKey>,
+        out: &mut Vec<ClassifiedOutput>,
+    ) {
+        self.manifest_known = true;
+        self.awaiting = manifest.into_iter().collect();
+        self.stats.awaiting = self.awaiting.len();
+        let mut outside: Vec<SessionKey> = self
+            .buffers
+            .keys()
+            .filter(|k| !self.awaiting.contains(*k))
+            .cloned()
+            .collect();
+        outside.sort();
+        for key in outside {
+            self.replay(&key, 0, out);
+        }
+        if self.awaiting.is_empty() {
+            self.ticks.clear();
         }
     }
 
@@ -149,7 +187,7 @@ impl<F: Function> Shadow<F> {
             return Ok(Applied::StaleSeq);
         }
         if kind == SignalKind::Tick {
-            if !self.awaiting.is_empty() {
+            if !self.manifest_known || !self.awaiting.is_empty() {
                 if self.ticks.len() >= self.limits.max_ticks {
                     return Err(ShadowError::TickLogFull(self.limits.max_ticks));
                 }
@@ -161,7 +199,7 @@ impl<F: Function> Shadow<F> {
             return Ok(Applied::Malformed);
         };
         self.instance.advance_seq(stamp.seq);
-        if kind != SignalKind::Stateless && self.awaiting.contains(key) {
+        if kind != SignalKind::Stateless && (!self.manifest_known || self.awaiting.contains(key)) {
             if self.stats.buffered >= self.limits.max_buffered {
                 return Err(ShadowError::BufferFull(self.limits.max_buffered));
             }
@@ -210,9 +248,27 @@ impl<F: Function> Shadow<F> {
         self.awaiting.remove(&key);
         self.stats.awaiting = self.awaiting.len();
         self.stats.records += 1;
-        let buffered = self.buffers.remove(&key).unwrap_or_default();
+        let (replayed, discarded) = self.replay(&key, seq, out);
+        if self.awaiting.is_empty() {
+            self.ticks.clear();
+        }
+        Ok(RecordOutcome::Applied {
+            replayed,
+            discarded,
+        })
+    }
+
+    /// Applies the key's buffered signals with seq above `seq` and the ticks above it, merged
+    /// in seq order, on the session as it now stands; discards the rest. Returns (replayed,
+    /// discarded).
+    fn replay(
+        &mut self,
+        key: &SessionKey,
+        seq: u64,
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> (usize, usize) {
+        let buffered = self.buffers.remove(key).unwrap_or_default();
         self.stats.buffered -= buffered.len();
-        // Merge the key's later signals with later ticks, in seq order.
         // Ticks are logged in seq order: those after the record are a suffix.
         let first_later = self.ticks.partition_point(|t| t.seq <= seq);
         let mut later: BTreeMap<u64, Later<F::Prepared>> = self.ticks[first_later..]
@@ -233,25 +289,19 @@ impl<F: Function> Shadow<F> {
             match item {
                 Later::Signal(b) => {
                     self.instance
-                        .apply_prepared(b.stamp, b.kind, &key, &b.prepared, out);
+                        .apply_prepared(b.stamp, b.kind, key, &b.prepared, out);
                 }
-                Later::Tick(t) => self.instance.fire_timer(&key, t),
+                Later::Tick(t) => self.instance.fire_timer(key, t),
             }
             replayed += 1;
         }
-        if self.awaiting.is_empty() {
-            self.ticks.clear();
-        }
-        Ok(RecordOutcome::Applied {
-            replayed,
-            discarded,
-        })
+        (replayed, discarded)
     }
 
     /// Whether every manifest key has arrived and nothing is buffered: the destination's part
     /// of the cutover condition.
     pub fn is_settled(&self) -> bool {
-        self.awaiting.is_empty() && self.stats.buffered == 0
+        self.manifest_known && self.awaiting.is_empty() && self.stats.buffered == 0
     }
 
     /// Counters.
