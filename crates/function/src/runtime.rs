@@ -66,6 +66,9 @@ pub struct Instance<F: Function> {
     scratch: Vec<Output>,
     encode_buf: Vec<u8>,
     deletions: Option<DeletionLog>,
+    /// Sessions handed over to a move's destination (a create for the key went there): no
+    /// timer fires on them here any more, so their record stays as it was at the hand-over.
+    frozen: std::collections::HashSet<SessionKey>,
 }
 
 /// Most deletions a [`DeletionLog`] remembers; past it the log is marked overflowed and the
@@ -113,11 +116,27 @@ impl<F: Function> Instance<F> {
             scratch: Vec::new(),
             encode_buf: Vec::new(),
             deletions: None,
+            frozen: std::collections::HashSet::new(),
         }
     }
 
-    /// Starts (`Some`) or stops (`None`) logging deletions for a copy stream.
+    /// A move's destination took over `key` at `seq` (the steer routed a create for it there):
+    /// the session here is frozen as it is (its timer disarmed), so the copy streams its state
+    /// from before the create and the destination applies the create on top.
+    pub fn hand_over(&mut self, key: &SessionKey, seq: u64) {
+        self.stats.last_seq = self.stats.last_seq.max(seq);
+        if let Some(rec) = self.table.get(key) {
+            self.timers.remove(&(rec.deadline_us, key.clone()));
+        }
+        self.frozen.insert(key.clone());
+    }
+
+    /// Starts (`Some`) or stops (`None`) logging deletions for a copy stream. Stopping also
+    /// forgets the sessions handed over (their records have been streamed).
     pub fn set_deletion_log(&mut self, log: Option<DeletionLog>) {
+        if log.is_none() {
+            self.frozen.clear();
+        }
         self.deletions = log;
     }
 
@@ -349,6 +368,10 @@ impl<F: Function> Instance<F> {
             if deadline > stamp.now_us {
                 break;
             }
+            if self.frozen.contains(&key) {
+                self.timers.remove(&(deadline, key));
+                continue;
+            }
             let Some((session, before)) = self.load(&key) else {
                 self.timers.remove(&(deadline, key));
                 continue;
@@ -467,6 +490,8 @@ pub trait Hosted: Send {
     ) -> Result<(), MoveStepError>;
     /// Whether this is a shadow still waiting for its manifest.
     fn awaits_manifest(&self) -> bool;
+    /// See [`Instance::hand_over`] (a move's source; ignored by a shadow).
+    fn hand_over(&mut self, key: &SessionKey, seq: u64);
     /// Takes one copied record (`None`: a tombstone).
     fn on_record(
         &mut self,
@@ -556,6 +581,11 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn awaits_manifest(&self) -> bool {
         matches!(self, Self::Shadow(s) if !s.manifest_known())
+    }
+    fn hand_over(&mut self, key: &SessionKey, seq: u64) {
+        if let Self::Serving(i) = self {
+            i.hand_over(key, seq);
+        }
     }
     fn on_record(
         &mut self,

@@ -248,7 +248,7 @@ mod shadow {
     /// works through up to `src` of the signals queued for it (it may lag behind the
     /// destination, as the two copies run apart), then `copy` records are streamed from the
     /// source as it stands.
-    type Step = (u8, u8, u64, usize, usize);
+    pub(super) type Step = (u8, u8, u64, usize, usize);
 
     fn steps(n: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Step>> {
         // Copies are slow next to signals (mostly zero records per step), so timers fire and
@@ -262,6 +262,14 @@ mod shadow {
     /// copied in the order `order` gives), runs `during` with the steer's move-mode routing,
     /// streaming records as the steps say, and returns the destination's and a reference
     /// instance's tables (the reference applied every signal in seq order).
+    pub(super) fn run_for_test(
+        before: &[Step],
+        during: &[Step],
+        order: u64,
+    ) -> (Shadow<Counter>, Instance<Counter>) {
+        run(before, during, order)
+    }
+
     fn run(before: &[Step], during: &[Step], order: u64) -> (Shadow<Counter>, Instance<Counter>) {
         let mut reference = Instance::new(Arc::new(Counter));
         let mut source = Instance::new(Arc::new(Counter));
@@ -319,6 +327,8 @@ mod shadow {
             }
         };
         // Signals routed to the source, applied when the source catches up.
+        // (seq, now, op, key); op 0 = tick, op 255 = hand-over marker for a create routed to
+        // the destination.
         let mut backlog: std::collections::VecDeque<(u64, u64, u8, u8)> = Default::default();
         let catch_up = |n: usize,
                         backlog: &mut std::collections::VecDeque<(u64, u64, u8, u8)>,
@@ -330,10 +340,12 @@ mod shadow {
                 };
                 let present: Vec<SessionKey> =
                     source.table.dump().into_iter().map(|r| r.key).collect();
-                if op == 0 {
-                    tick(source, seq, now);
-                } else {
-                    apply(source, seq, now, [op, key]);
+                match op {
+                    0 => tick(source, seq, now),
+                    255 => source.hand_over(&Bytes::copy_from_slice(&[key]), seq),
+                    _ => {
+                        apply(source, seq, now, [op, key]);
+                    }
                 }
                 for k in present {
                     if source.table.get(&k).is_none() {
@@ -368,6 +380,9 @@ mod shadow {
                 };
                 if to_source {
                     backlog.push_back((seq, now, op, key));
+                } else if c.kind == SignalKind::Create {
+                    // The steer tells the source the session is handed over at this seq.
+                    backlog.push_back((seq, now, 255, key));
                 }
                 if to_dest {
                     shadow
@@ -473,4 +488,21 @@ mod shadow {
         );
         assert!(err.is_err());
     }
+}
+
+/// Found by the property below: a re-attach (create) of a session the source still holds,
+/// routed to the destination, followed by a tick that expires the source's stale copy. Without
+/// the hand-over the source streamed a tombstone newer than the create and the destination
+/// discarded the create.
+#[test]
+fn r_reattach_then_source_timer_keeps_the_create() {
+    let before = [(1, 5, 0, 0, 0)];
+    let during = [
+        (0, 0, 169, 0, 0),
+        (1, 5, 6, 0, 0),
+        (0, 0, 308, 0, 0),
+        (0, 0, 517, 0, 0),
+    ];
+    let (shadow, reference) = shadow::run_for_test(&before, &during, 0);
+    assert_eq!(shadow.instance().table.dump(), reference.table.dump());
 }
