@@ -8,7 +8,7 @@ use handoff_function::runtime::{
 use handoff_function::SessionKey;
 use handoff_function::{RulesetHandle, SignalKind, Stamp};
 use handoff_state::SessionTable;
-use handoff_wire::{Frame, OutputFrame, SignalFrame, SIGNAL_SHADOW};
+use handoff_wire::{Frame, OutputFrame, SignalFrame, SIGNAL_HANDOVER, SIGNAL_SHADOW};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +79,8 @@ pub struct TaskStats {
     pub outputs: u64,
     /// Signals dropped because a newer steer binding fenced off the connection that sent them.
     pub fenced: u64,
+    /// Sessions handed over to a move's destination (frozen here).
+    pub handovers: u64,
     /// Signals a move's destination could not take (the move must abort).
     pub move_errors: u64,
     /// Outputs of shadow signals, never sent (the authoritative copy answers).
@@ -273,6 +275,11 @@ async fn run(
                 seq: s.seq,
                 now_us: s.now_us,
             };
+            if s.flags & SIGNAL_HANDOVER != 0 {
+                hosted.hand_over(&s.key, s.seq);
+                local.handovers += 1;
+                continue;
+            }
             match hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) {
                 Ok(Applied::Processed) => {}
                 Ok(_) => continue,

@@ -22,6 +22,10 @@ pub enum Delivery {
     /// Both copies: the source is authoritative, the destination's outputs are shadow outputs
     /// that never reach a client.
     Both,
+    /// A create during a move: the destination processes it and answers; the source gets only
+    /// a hand-over marker, freezing any session it holds under the key so the copy streams it
+    /// as it was before the create.
+    HandOver,
 }
 
 /// Why a route refused a step (the move must abort or the command is refused).
@@ -138,7 +142,7 @@ impl Route {
                         return Err(RouteError::TooManyCreated(max_created));
                     }
                     created.insert(key.clone());
-                    Delivery::Destination
+                    Delivery::HandOver
                 }
                 _ if created.contains(key) => Delivery::Destination,
                 _ => Delivery::Both,
@@ -160,7 +164,7 @@ impl Route {
                 SignalKind::Tick => Delivery::Both,
                 SignalKind::Stateless => Delivery::Source,
                 _ if *abort_safe => Delivery::Both,
-                SignalKind::Create => Delivery::Destination,
+                SignalKind::Create => Delivery::HandOver,
                 _ if created.contains(key) => Delivery::Destination,
                 _ => Delivery::Both,
             },
@@ -260,7 +264,7 @@ mod tests {
         );
         assert_eq!(
             r.decide(3, SignalKind::Create, &key(2)).unwrap(),
-            Delivery::Destination
+            Delivery::HandOver
         );
         assert_eq!(
             r.decide(4, SignalKind::Update, &key(2)).unwrap(),
@@ -274,7 +278,7 @@ mod tests {
         // old record arrives); from then on the session is the destination's.
         assert_eq!(
             r.decide(6, SignalKind::Create, &key(1)).unwrap(),
-            Delivery::Destination
+            Delivery::HandOver
         );
         assert_eq!(
             r.decide(7, SignalKind::Update, &key(1)).unwrap(),

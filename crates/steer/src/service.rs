@@ -5,7 +5,7 @@ use crate::route::{Delivery, Route};
 use bytes::Bytes;
 use handoff_function::runtime::Classifier;
 use handoff_function::SignalKind;
-use handoff_wire::{SignalFrame, SIGNAL_SHADOW};
+use handoff_wire::{SignalFrame, SIGNAL_HANDOVER, SIGNAL_SHADOW};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -234,7 +234,7 @@ pub(crate) async fn run(
         let (to_source, to_dest) = match delivery {
             Delivery::Source => (true, false),
             Delivery::Destination => (false, true),
-            Delivery::Both => (true, true),
+            Delivery::Both | Delivery::HandOver => (true, true),
         };
         let dest_link = dest.as_ref().filter(|_| to_dest);
         if (to_source && !source.is_up()) || (to_dest && !dest_link.is_some_and(Link::is_up)) {
@@ -287,6 +287,14 @@ pub(crate) async fn run(
             payload,
         };
         match (src_permit, dst_permit) {
+            (Some(s), Some(d)) if delivery == Delivery::HandOver => {
+                s.send(SignalFrame {
+                    flags: SIGNAL_HANDOVER,
+                    payload: Bytes::new(),
+                    ..frame.clone()
+                });
+                d.send(frame);
+            }
             (Some(s), Some(d)) => {
                 d.send(SignalFrame {
                     flags: SIGNAL_SHADOW,

@@ -89,7 +89,10 @@ pub struct SignalFrame {
 /// Signal flag: the receiving copy is a shadow (a move's destination while the source is
 /// authoritative). It applies the signal but must not emit its outputs.
 pub const SIGNAL_SHADOW: u8 = 0x01;
-const SIGNAL_FLAGS_KNOWN: u8 = SIGNAL_SHADOW;
+/// Signal flag: not a signal to apply but a marker to a move's source that the session named by
+/// the key was handed over to the destination at this seq (a create for it went there).
+pub const SIGNAL_HANDOVER: u8 = 0x02;
+const SIGNAL_FLAGS_KNOWN: u8 = SIGNAL_SHADOW | SIGNAL_HANDOVER;
 
 /// An output on its way from a node back to the steer.
 #[derive(Clone, Debug, PartialEq, Eq)]
