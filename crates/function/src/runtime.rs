@@ -17,6 +17,9 @@ pub mod shadow;
 /// An output with the class the ruleset gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClassifiedOutput {
+    /// Seq of the signal that produced it (a buffered signal's outputs appear only when it is
+    /// replayed, so callers match them to their client by this).
+    pub seq: u64,
     /// The output.
     pub output: Output,
     /// Immediate or Gated.
@@ -32,6 +35,9 @@ pub enum Applied {
     StaleSeq,
     /// The payload did not parse (the steer classified it, so this means a bug or corruption).
     Malformed,
+    /// A move's destination buffered it until its session's record arrives; its outputs
+    /// appear when it is replayed, tagged with its seq.
+    Buffered,
 }
 
 /// Counters of one instance, readable at any time.
@@ -268,6 +274,7 @@ impl<F: Function> Instance<F> {
             }
         }
         out.extend(outputs.drain(..).map(|output| ClassifiedOutput {
+            seq: stamp.seq,
             class: self.ruleset.classify(output.msg_type),
             output,
         }));

@@ -81,6 +81,9 @@ pub struct TaskStats {
     pub fenced: u64,
     /// Sessions handed over to a move's destination (frozen here).
     pub handovers: u64,
+    /// Whether the instance is a settled shadow (internal: lets answer bookkeeping be pruned).
+    #[serde(skip)]
+    pub settled_hint: bool,
     /// Signals a move's destination could not take (the move must abort).
     pub move_errors: u64,
     /// Outputs of shadow signals, never sent (the authoritative copy answers).
@@ -193,7 +196,19 @@ impl InstanceHandle {
     }
 }
 
-fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) {
+/// Where the answer of a signal a move's destination buffered goes once it is replayed.
+struct PendingReply {
+    route: u32,
+    client: SocketAddr,
+    reply: mpsc::Sender<Vec<Frame>>,
+}
+
+/// Most buffered authoritative signals whose answers a destination keeps track of.
+const MAX_PENDING_REPLIES: usize = 1_000_000;
+
+/// Runs a command; returns the outputs of signals it replayed (a move destination's).
+fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<ClassifiedOutput> {
+    let mut replayed = Vec::new();
     match c {
         Control::DeletionLog(log) => hosted.set_deletion_log(log),
         Control::PrepareShadow(done) => {
@@ -201,25 +216,18 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) {
         }
         Control::Manifest { manifest, done } => {
             let r = if hosted.awaits_manifest() {
-                let mut out = Vec::new();
-                let r = hosted.set_manifest(manifest, &mut out);
-                local.shadow_suppressed += out.len() as u64;
-                r
+                hosted.set_manifest(manifest, &mut replayed)
             } else {
                 hosted.begin_shadow(Some(manifest), ShadowLimits::default())
             };
             let _ = done.send(r);
         }
         Control::Records(records) => {
-            // Outputs of replayed signals are shadow outputs: the source answered them.
-            let mut out = Vec::new();
             for (key, seq, bytes) in records {
-                out.clear();
-                if let Err(e) = hosted.on_record(key, seq, bytes, &mut out) {
+                if let Err(e) = hosted.on_record(key, seq, bytes, &mut replayed) {
                     local.move_errors += 1;
                     tracing::error!(error = %e, "copied record refused; the move must abort");
                 }
-                local.shadow_suppressed += out.len() as u64;
             }
         }
         Control::ShadowStats(done) => {
@@ -228,6 +236,45 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) {
         Control::FinishShadow(done) => {
             let _ = done.send(hosted.finish_shadow());
         }
+    }
+    replayed
+}
+
+/// Sends the replayed outputs of buffered authoritative signals to their clients; the rest
+/// (replayed shadow signals, answered by the source) are suppressed.
+async fn deliver_replayed(
+    replayed: Vec<ClassifiedOutput>,
+    pending: &mut std::collections::HashMap<u64, PendingReply>,
+    local: &mut TaskStats,
+) {
+    let mut answered = Vec::new();
+    for o in replayed {
+        answered.push(o.seq);
+        match pending.get(&o.seq) {
+            Some(p) => {
+                let frame = Frame::Output(OutputFrame {
+                    route: p.route,
+                    seq: o.seq,
+                    class: o.class as u8,
+                    client: p.client,
+                    payload: o.output.bytes,
+                });
+                if p.reply.send(vec![frame]).await.is_ok() {
+                    local.outputs += 1;
+                } else {
+                    local.outputs_undeliverable += 1;
+                }
+            }
+            None => local.shadow_suppressed += 1,
+        }
+    }
+    // One answer stream per signal: a replayed signal's entry is done once replayed; a settled
+    // shadow has replayed or discarded everything it buffered.
+    for seq in answered {
+        pending.remove(&seq);
+    }
+    if local.settled_hint {
+        pending.clear();
     }
 }
 
@@ -240,6 +287,8 @@ async fn run(
 ) {
     let mut outputs: Vec<ClassifiedOutput> = Vec::new();
     let mut local = TaskStats::default();
+    let mut pending: std::collections::HashMap<u64, PendingReply> =
+        std::collections::HashMap::new();
     loop {
         let work = tokio::select! {
             _ = stop.cancelled() => break,
@@ -251,8 +300,12 @@ async fn run(
         let batch = match work {
             Work::Batch(b) => b,
             Work::Control(c) => {
-                control(hosted.as_mut(), c, &mut local);
+                let replayed = control(hosted.as_mut(), c, &mut local);
                 local.runtime = hosted.stats();
+                local.settled_hint = hosted
+                    .shadow_stats()
+                    .is_some_and(|s| s.awaiting == 0 && s.buffered == 0);
+                deliver_replayed(replayed, &mut pending, &mut local).await;
                 *shared.lock() = local;
                 continue;
             }
@@ -282,6 +335,23 @@ async fn run(
             }
             match hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) {
                 Ok(Applied::Processed) => {}
+                Ok(Applied::Buffered) => {
+                    // An authoritative signal buffered by a move's destination: answer it
+                    // when it is replayed.
+                    if let (Reply::Tcp(tx), true) = (&batch.reply, s.flags & SIGNAL_SHADOW == 0) {
+                        if pending.len() < MAX_PENDING_REPLIES {
+                            pending.insert(
+                                s.seq,
+                                PendingReply {
+                                    route: s.route,
+                                    client: s.client,
+                                    reply: tx.clone(),
+                                },
+                            );
+                        }
+                    }
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     // The shadow cannot go on: the move must abort. Counted and reported.

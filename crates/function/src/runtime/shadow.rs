@@ -210,7 +210,7 @@ impl<F: Function> Shadow<F> {
             });
             self.stats.buffered += 1;
             self.stats.buffered_peak = self.stats.buffered_peak.max(self.stats.buffered);
-            return Ok(Applied::Processed);
+            return Ok(Applied::Buffered);
         }
         if self
             .instance
