@@ -111,43 +111,23 @@ impl Route {
         }
     }
 
-    /// Where the signal stamped `seq` goes.
+    /// Where the signal stamped `seq` goes; records the sessions created during a move.
     pub fn decide(
         &mut self,
         seq: u64,
         kind: SignalKind,
         key: &Bytes,
     ) -> Result<Delivery, RouteError> {
-        let max_created = self.max_created;
-        Ok(match &mut self.phase {
-            Phase::Serving => Delivery::Source,
-            Phase::CutOver { boundary } => {
-                if seq >= *boundary {
-                    Delivery::Destination
-                } else {
-                    // Seqs are stamped in order, so this is unreachable in the service loop;
-                    // kept total so a replayed decision cannot misroute.
-                    Delivery::Source
+        let delivery = self.preview(seq, kind, key);
+        if delivery == Delivery::HandOver {
+            if let Phase::Moving { created, .. } = &mut self.phase {
+                if created.len() >= self.max_created && !created.contains(key) {
+                    return Err(RouteError::TooManyCreated(self.max_created));
                 }
+                created.insert(key.clone());
             }
-            Phase::Moving {
-                created,
-                abort_safe,
-            } => match kind {
-                SignalKind::Tick => Delivery::Both,
-                SignalKind::Stateless => Delivery::Source,
-                _ if *abort_safe => Delivery::Both,
-                SignalKind::Create => {
-                    if created.len() >= max_created && !created.contains(key) {
-                        return Err(RouteError::TooManyCreated(max_created));
-                    }
-                    created.insert(key.clone());
-                    Delivery::HandOver
-                }
-                _ if created.contains(key) => Delivery::Destination,
-                _ => Delivery::Both,
-            },
-        })
+        }
+        Ok(delivery)
     }
 
     /// Where the signal stamped `seq` would go, without recording anything (so the caller can
