@@ -1,51 +1,17 @@
 //! A live move of `mme-1` from node A to node B while the load generator signals: nothing lost,
 //! duplicated or reordered, and the destination's state equals the reference.
 
-use handoff_function::runtime::Catalog;
 use handoff_loadgen::{oracle, LoadConfig};
 use handoff_node::client::AdminClient;
-use handoff_node::{AdminRequest, Node, NodeLimits};
-use handoff_steer::{ServiceConfig, Steer, SteerConfig};
+use handoff_node::AdminRequest;
 use handoff_vmme::Vmme;
-use std::net::SocketAddr;
 use std::time::Duration;
-
-async fn node(name: &str, host: bool) -> SocketAddr {
-    let node = Node::new(
-        name,
-        Catalog::new().with(Vmme::default()),
-        NodeLimits::default(),
-    );
-    if host {
-        node.create_instance("mme-1", "vmme").unwrap();
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(handoff_node::serve(node, listener));
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_reference() {
-    let a = node("node-a", true).await;
-    let b = node("node-b", false).await;
-    let cfg = SteerConfig {
-        tick_ms: 20,
-        services: vec![ServiceConfig {
-            instance: "mme-1".into(),
-            function: "vmme".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node: a,
-        }],
-        ..SteerConfig::default()
-    };
-    let catalog = Catalog::new().with(Vmme::default());
-    let steer = Steer::start(cfg, |f| catalog.classifier(f)).await.unwrap();
-    let service = steer.service_addr("mme-1").unwrap();
-    let stats = steer.stats("mme-1").unwrap();
-    while stats.snapshot().link_connects == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (_a, a) = handoff_testkit::must_start_node("node-a", true).await;
+    let (_b, b) = handoff_testkit::must_start_node("node-b", false).await;
+    let (steer, service) = handoff_testkit::must_start_steer(a, 20).await;
     let load = tokio::spawn(handoff_loadgen::run(
         LoadConfig {
             target: service,

@@ -1,45 +1,15 @@
 //! End to end on loopback: load generator → steer → node, then the oracle on the node's dump.
 
 use bytes::Bytes;
-use handoff_function::runtime::Catalog;
 use handoff_loadgen::{oracle, LoadConfig};
 use handoff_node::client::AdminClient;
-use handoff_node::{Node, NodeLimits};
-use handoff_steer::{ServiceConfig, Steer, SteerConfig};
 use handoff_vmme::{UeContext, Vmme};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-async fn cluster() -> (SocketAddr, Steer, SocketAddr) {
-    let node = Node::new(
-        "node-t",
-        Catalog::new().with(Vmme::default()),
-        NodeLimits::default(),
-    );
-    node.create_instance("mme-1", "vmme").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node_addr = listener.local_addr().unwrap();
-    tokio::spawn(handoff_node::serve(node, listener));
-    let cfg = SteerConfig {
-        tick_ms: 20,
-        services: vec![ServiceConfig {
-            instance: "mme-1".into(),
-            function: "vmme".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node: node_addr,
-        }],
-        ..SteerConfig::default()
-    };
-    let catalog = Catalog::new().with(Vmme::default());
-    let steer = Steer::start(cfg, |f| catalog.classifier(f)).await.unwrap();
-    let service = steer.service_addr("mme-1").unwrap();
-    let stats = steer.stats("mme-1").unwrap();
-    for _ in 0..500 {
-        if stats.snapshot().link_connects > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn cluster() -> (SocketAddr, handoff_steer::Steer, SocketAddr) {
+    let (_node, node_addr) = handoff_testkit::must_start_node("node-t", true).await;
+    let (steer, service) = handoff_testkit::must_start_steer(node_addr, 20).await;
     (node_addr, steer, service)
 }
 

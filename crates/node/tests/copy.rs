@@ -1,27 +1,17 @@
 //! A move's copy between two nodes on loopback: manifest, records, tombstones, digest.
 
 use futures::{SinkExt, StreamExt};
-use handoff_function::runtime::Catalog;
 use handoff_function::SignalKind;
 use handoff_node::client::{AdminClient, ClientError};
-use handoff_node::{AdminRequest, Node, NodeLimits};
-use handoff_vmme::{Header, Signal, SignalBody, Vmme};
+use handoff_node::AdminRequest;
+use handoff_vmme::{Header, Signal, SignalBody};
 use handoff_wire::{Frame, FrameCodec, Role, SignalFrame, VERSION};
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 async fn node(name: &str) -> SocketAddr {
-    let node = Node::new(
-        name,
-        Catalog::new().with(Vmme::default()),
-        NodeLimits::default(),
-    );
-    node.create_instance("mme-1", "vmme").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(handoff_node::serve(node, listener));
-    addr
+    handoff_testkit::must_start_node(name, true).await.1
 }
 
 fn signal(seq: u64, imsi: u64, kind: SignalKind, body: SignalBody) -> Frame {

@@ -1,11 +1,10 @@
 //! The node's connection protocol: binding, resuming after a reconnect, admin errors.
 
 use futures::{SinkExt, StreamExt};
-use handoff_function::runtime::Catalog;
 use handoff_function::SignalKind;
 use handoff_node::client::{AdminClient, ClientError};
-use handoff_node::{AdminRequest, Node, NodeLimits};
-use handoff_vmme::{Header, Signal, SignalBody, Vmme};
+use handoff_node::{AdminRequest, Node};
+use handoff_vmme::{Header, Signal, SignalBody};
 use handoff_wire::{code, Frame, FrameCodec, Role, SignalFrame, VERSION};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,16 +12,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 async fn node() -> (Arc<Node>, SocketAddr) {
-    let node = Node::new(
-        "node-t",
-        Catalog::new().with(Vmme::default()),
-        NodeLimits::default(),
-    );
-    node.create_instance("mme-1", "vmme").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(handoff_node::serve(node.clone(), listener));
-    (node, addr)
+    handoff_testkit::must_start_node("node-t", true).await
 }
 
 async fn steer_conn(addr: SocketAddr, instance: &str) -> (Framed<TcpStream, FrameCodec>, Frame) {

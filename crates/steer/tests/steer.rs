@@ -1,46 +1,17 @@
 //! The steer against a real node on loopback: malformed input is counted and dropped while
 //! valid traffic keeps being answered.
 
-use handoff_function::runtime::Catalog;
-use handoff_node::{Node, NodeLimits};
-use handoff_steer::{ServiceConfig, Steer, SteerConfig};
-use handoff_vmme::{Header, Response, ResponseBody, Signal, SignalBody, Vmme};
+use handoff_node::Node;
+use handoff_steer::Steer;
+use handoff_vmme::{Header, Response, ResponseBody, Signal, SignalBody};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
 async fn cluster() -> (Arc<Node>, Steer, SocketAddr) {
-    let catalog = Catalog::new().with(Vmme::default());
-    let node = Node::new("node-t", catalog, NodeLimits::default());
-    node.create_instance("mme-1", "vmme").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node_addr = listener.local_addr().unwrap();
-    tokio::spawn(handoff_node::serve(node.clone(), listener));
-    let cfg = SteerConfig {
-        services: vec![ServiceConfig {
-            instance: "mme-1".into(),
-            function: "vmme".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node: node_addr,
-        }],
-        ..SteerConfig::default()
-    };
-    let catalog = Catalog::new().with(Vmme::default());
-    let steer = Steer::start(cfg, |f| catalog.classifier(f)).await.unwrap();
-    let addr = steer.service_addr("mme-1").unwrap();
-    let stats = steer.stats("mme-1").unwrap();
-    for _ in 0..500 {
-        if stats.snapshot().link_connects > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        stats.snapshot().link_connects,
-        1,
-        "steer never reached the node"
-    );
+    let (node, node_addr) = handoff_testkit::must_start_node("node-t", true).await;
+    let (steer, addr) = handoff_testkit::must_start_steer(node_addr, 1000).await;
     (node, steer, addr)
 }
 

@@ -1,0 +1,57 @@
+//! In-process clusters on loopback for integration tests: the same `serve` and `Steer::start`
+//! the binary runs, with the vMME function.
+
+use handoff_function::runtime::Catalog;
+use handoff_node::{Node, NodeLimits};
+use handoff_steer::{ServiceConfig, Steer, SteerConfig};
+use handoff_vmme::Vmme;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The functions test clusters know.
+pub fn catalog() -> Catalog {
+    Catalog::new().with(Vmme::default())
+}
+
+/// Starts a node on a loopback port, hosting `mme-1` when `host` is set.
+pub async fn must_start_node(name: &str, host: bool) -> (Arc<Node>, SocketAddr) {
+    let node = Node::new(name, catalog(), NodeLimits::default());
+    if host {
+        node.create_instance("mme-1", "vmme").expect("create mme-1");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(handoff_node::serve(node.clone(), listener));
+    (node, addr)
+}
+
+/// Starts a steer serving `mme-1` from `node` with ticks every `tick_ms`, and waits until its
+/// link to the node is up. Returns the steer and its service address.
+pub async fn must_start_steer(node: SocketAddr, tick_ms: u64) -> (Steer, SocketAddr) {
+    let cfg = SteerConfig {
+        tick_ms,
+        services: vec![ServiceConfig {
+            instance: "mme-1".into(),
+            function: "vmme".into(),
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            node,
+        }],
+        ..SteerConfig::default()
+    };
+    let catalog = catalog();
+    let steer = Steer::start(cfg, |f| catalog.classifier(f))
+        .await
+        .expect("start the steer");
+    let addr = steer.service_addr("mme-1").expect("service address");
+    let stats = steer.stats("mme-1").expect("service stats");
+    for _ in 0..1000 {
+        if stats.snapshot().link_connects > 0 {
+            return (steer, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the steer never reached node {node}");
+}
