@@ -21,6 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+/// Most sessions a move's manifest may name (bounds the destination's memory).
+const MAX_MANIFEST_TOTAL: usize = 50_000_000;
 /// Records handed to the destination instance at once.
 const RECORD_BATCH: usize = 256;
 /// What one core is taken to copy per second when planning (bytes/s); conservative.
@@ -266,6 +268,17 @@ pub(crate) async fn peer_session(
                     send(
                         tx,
                         vec![error(code::WRONG_FRAME, "manifest after the copy began")],
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                if manifest.len() + keys.len() > MAX_MANIFEST_TOTAL {
+                    send(
+                        tx,
+                        vec![error(
+                            code::BAD_REQUEST,
+                            "manifest larger than the node accepts",
+                        )],
                     )
                     .await?;
                     return Ok(());
