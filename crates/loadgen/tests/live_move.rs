@@ -28,7 +28,7 @@ async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_refer
     let mut admin_a = AdminClient::connect(a, "t").await.unwrap();
     let mut admin_b = AdminClient::connect(b, "t").await.unwrap();
     admin_b
-        .request(&AdminRequest::CreateInstance {
+        .request(&AdminRequest::PrepareShadow {
             instance: "mme-1".into(),
             function: "vmme".into(),
         })
