@@ -35,20 +35,7 @@ fn signal(seq: u64, imsi: u64, kind: SignalKind, body: SignalBody) -> Frame {
 }
 
 fn attach() -> SignalBody {
-    SignalBody::AttachRequest {
-        msisdn: 1,
-        imeisv: 1,
-        ue_network_capability: 0x0F0E,
-        ms_network_capability: 0,
-        drx: 0,
-        tai: handoff_vmme::Tai {
-            mcc_mnc: 1001,
-            tac: 1,
-        },
-        ecgi: 1,
-        apn: "internet".into(),
-        pdn_type: handoff_vmme::PdnType::Ipv4,
-    }
+    handoff_testkit::attach_body()
 }
 
 /// Attaches `n` UEs on the node, then detaches every tenth; waits for every answer.

@@ -42,20 +42,7 @@ async fn steer_conn(addr: SocketAddr, instance: &str) -> (Framed<TcpStream, Fram
 fn attach(seq: u64, imsi: u64, flags: u8) -> Frame {
     let s = Signal {
         header: Header { imsi, txn_id: 1 },
-        body: SignalBody::AttachRequest {
-            msisdn: 1,
-            imeisv: 1,
-            ue_network_capability: 0x0F0E,
-            ms_network_capability: 0,
-            drx: 0,
-            tai: handoff_vmme::Tai {
-                mcc_mnc: 1001,
-                tac: 1,
-            },
-            ecgi: 1,
-            apn: "internet".into(),
-            pdn_type: handoff_vmme::PdnType::Ipv4,
-        },
+        body: handoff_testkit::attach_body(),
     };
     Frame::Signal(SignalFrame {
         route: 1,

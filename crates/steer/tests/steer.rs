@@ -84,20 +84,7 @@ async fn malformed_datagrams_are_counted_and_dropped_while_valid_ones_are_answer
             imsi: 1_010_000_000_002,
             txn_id: 1,
         },
-        body: SignalBody::AttachRequest {
-            msisdn: 46_700_000_001,
-            imeisv: 3_534_900_000_000_001,
-            ue_network_capability: 0x0F0E,
-            ms_network_capability: 0,
-            drx: 0,
-            tai: handoff_vmme::Tai {
-                mcc_mnc: 1001,
-                tac: 1,
-            },
-            ecgi: 1,
-            apn: "internet".into(),
-            pdn_type: handoff_vmme::PdnType::Ipv4,
-        },
+        body: handoff_testkit::attach_body(),
     };
     let r = ask(&client, service, &attach).await;
     assert!(

@@ -4,7 +4,7 @@
 use handoff_function::runtime::Catalog;
 use handoff_node::{Node, NodeLimits};
 use handoff_steer::{ServiceConfig, Steer, SteerConfig};
-use handoff_vmme::Vmme;
+use handoff_vmme::{PdnType, SignalBody, Tai, Vmme};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,4 +54,22 @@ pub async fn must_start_steer(node: SocketAddr, tick_ms: u64) -> (Steer, SocketA
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("the steer never reached node {node}");
+}
+
+/// A valid Attach Request body (a UE offering EIA1–3 and EEA0–3, on the default APN).
+pub fn attach_body() -> SignalBody {
+    SignalBody::AttachRequest {
+        msisdn: 46_700_000_001,
+        imeisv: 3_534_900_000_000_001,
+        ue_network_capability: 0x0F0E,
+        ms_network_capability: 0,
+        drx: 0,
+        tai: Tai {
+            mcc_mnc: 1001,
+            tac: 1,
+        },
+        ecgi: 1,
+        apn: "internet".into(),
+        pdn_type: PdnType::Ipv4,
+    }
 }
