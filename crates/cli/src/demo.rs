@@ -338,8 +338,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
 fn print_human(r: &DemoReport) {
     let l = &r.load;
     println!(
-        "handoff demo: steer -> node-a/mme-1 (vmme), {} UEs, zipf {}",
-        l.sessions, r.config.zipf
+        "handoff demo: steer -> mme-1 (vmme) on node-a{}, {} UEs, zipf {}",
+        if r.move_.is_some() {
+            ", moved live to node-b mid-run"
+        } else {
+            ""
+        },
+        l.sessions,
+        r.config.zipf
     );
     println!(
         "  attach phase   {} UEs registered in {} ms (p50 {} us, p99 {} us)",
