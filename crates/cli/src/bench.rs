@@ -225,16 +225,16 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let path = write_json(&args.out, "bench-steer", &report)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        out!(
             "handoff bench steer  (sustained = no loss, p99 <= {} ms)",
             args.p99_bound_ms
         );
-        println!("  via steer   {:>9.0} procedures/s", report.via_steer_rate);
-        println!("  direct      {:>9.0} procedures/s", report.direct_rate);
-        println!("  ratio       {:>9.2}", report.ratio);
-        println!(
+        out!("  via steer   {:>9.0} procedures/s", report.via_steer_rate);
+        out!("  direct      {:>9.0} procedures/s", report.direct_rate);
+        out!("  ratio       {:>9.2}", report.ratio);
+        out!(
             "  at {:.0}/s   p50/p99/max us: steer {}/{}/{}  direct {}/{}/{}",
             common_rate,
             s.latency_us.p50,
@@ -244,7 +244,7 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
             d.latency_us.p99,
             d.latency_us.max
         );
-        println!("  report: {}", path.display());
+        out!("  report: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -67,7 +67,7 @@ pub async fn node(a: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(node = %a.name, %listen, direct = ?direct_addr, "node serving");
     if a.ready {
-        println!(
+        out!(
             "{}",
             serde_json::json!({ "event": "ready", "listen": listen, "direct": direct_addr })
         );
@@ -140,7 +140,7 @@ pub async fn steer(a: SteerArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|n| (n.clone(), serde_json::json!(steer.service_addr(n))))
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::json!({ "event": "ready", "services": addrs })
         );

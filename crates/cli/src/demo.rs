@@ -324,7 +324,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .is_none_or(|m| m.digest_match && m.records_copied == m.sessions_at_start);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_human(&report);
     }
@@ -337,7 +337,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
 
 fn print_human(r: &DemoReport) {
     let l = &r.load;
-    println!(
+    out!(
         "handoff demo: steer -> mme-1 (vmme) on node-a{}, {} UEs, zipf {}",
         if r.move_.is_some() {
             ", moved live to node-b mid-run"
@@ -347,23 +347,36 @@ fn print_human(r: &DemoReport) {
         l.sessions,
         r.config.zipf
     );
-    println!(
+    out!(
         "  attach phase   {} UEs registered in {} ms (p50 {} us, p99 {} us)",
-        l.attached, l.attach_ms, l.attach_latency_us.p50, l.attach_latency_us.p99
+        l.attached,
+        l.attach_ms,
+        l.attach_latency_us.p50,
+        l.attach_latency_us.p99
     );
-    println!(
+    out!(
         "  measured phase {:.0} procedures/s for {} ms",
-        l.measured_rate, l.measured_ms
+        l.measured_rate,
+        l.measured_ms
     );
-    println!(
+    out!(
         "  signals sent {}  answered {}  lost {}  duplicated {}  reordered {}  retransmissions {}",
-        l.signals_sent, l.answered, l.lost, l.duplicated, l.reordered, l.retransmissions
+        l.signals_sent,
+        l.answered,
+        l.lost,
+        l.duplicated,
+        l.reordered,
+        l.retransmissions
     );
-    println!(
+    out!(
         "  latency us     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        l.latency_us.p50, l.latency_us.p90, l.latency_us.p99, l.latency_us.p999, l.latency_us.max
+        l.latency_us.p50,
+        l.latency_us.p90,
+        l.latency_us.p99,
+        l.latency_us.p999,
+        l.latency_us.max
     );
-    println!(
+    out!(
         "  oracle         checked {}  mismatches {}  answer mismatches {}  unverifiable {}  (expected present {})",
         r.oracle.checked,
         r.oracle.mismatches,
@@ -372,28 +385,32 @@ fn print_human(r: &DemoReport) {
         r.oracle.expected_present
     );
     for e in &r.oracle.examples {
-        println!("    {e}");
+        out!("    {e}");
     }
-    println!(
+    out!(
         "  steer          admitted {}  malformed {}  shed {}  relayed {}",
-        r.steer.admitted, r.steer.malformed, r.steer.shed, r.steer.outputs_relayed
+        r.steer.admitted,
+        r.steer.malformed,
+        r.steer.shed,
+        r.steer.outputs_relayed
     );
     if let Some(m) = &r.move_ {
-        println!(
+        out!(
             "  move           {} -> {}: {} sessions at start, {} records copied ({}), digest match {}, buffered peak {}",
             m.from, m.to, m.sessions_at_start, m.records_copied, human_bytes(m.bytes_copied), m.digest_match, m.buffered_peak
         );
         let p = &m.phases_ms;
-        println!(
+        out!(
             "                 phases ms: prepare {} steer {} copy {} verify {} cutover {} retire {} (total {})",
             p.prepare, p.steer, p.copy, p.verify, p.cutover, p.retire, m.total_ms
         );
-        println!(
+        out!(
             "                 max response gap {:.2} ms during the move, {:.2} ms outside it",
-            m.max_response_gap_ms, m.baseline_response_gap_ms
+            m.max_response_gap_ms,
+            m.baseline_response_gap_ms
         );
     }
-    println!(
+    out!(
         "  node RSS       {} (records {})",
         human_bytes(r.node_rss_bytes),
         human_bytes(r.records_bytes)

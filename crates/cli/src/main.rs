@@ -1,5 +1,14 @@
 //! `handoff`: one binary for every role. Thin glue over the library crates.
 
+/// Prints a line on stdout like `println!`, but a closed stdout (`handoff demo | head`) is not
+/// a panic: the report is simply cut short.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 mod bench;
 mod cluster;
 mod daemons;
