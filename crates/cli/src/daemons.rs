@@ -30,10 +30,23 @@ pub struct NodeArgs {
     /// Print one JSON line with the bound addresses on stdout once serving.
     #[arg(long)]
     pub ready: bool,
+    /// Shared secret every connection must offer in its hello (empty: none required).
+    #[arg(
+        long,
+        env = "HANDOFF_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub token: String,
 }
 
 pub async fn node(a: NodeArgs) -> anyhow::Result<ExitCode> {
-    let node = Node::new(a.name.clone(), crate::catalog(), NodeLimits::default());
+    let node = Node::with_token(
+        a.name.clone(),
+        crate::catalog(),
+        NodeLimits::default(),
+        a.token.clone(),
+    );
     for spec in &a.instances {
         let Some((name, function)) = spec.split_once(':') else {
             bail!("--instance {spec}: expected NAME:FUNCTION");

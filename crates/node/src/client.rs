@@ -40,8 +40,17 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// Connects and says hello.
+    /// Connects and says hello, offering no token.
     pub async fn connect(addr: SocketAddr, name: &str) -> Result<Self, ClientError> {
+        Self::connect_with(addr, name, "").await
+    }
+
+    /// Connects and says hello, offering `token`.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        name: &str,
+        token: &str,
+    ) -> Result<Self, ClientError> {
         let t = |reason: String| ClientError::Transport { addr, reason };
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
             .await
@@ -57,6 +66,7 @@ impl AdminClient {
                 name: name.to_owned(),
                 min_version: VERSION,
                 max_version: VERSION,
+                token: token.to_owned(),
             })
             .await
             .map_err(|e| t(e.to_string()))?;

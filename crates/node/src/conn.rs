@@ -38,7 +38,15 @@ pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), Fra
                 name,
                 min_version,
                 max_version,
+                token,
             })) => {
+                if !node.admits(&token) {
+                    tracing::warn!(peer = %name, ?role, "hello refused: wrong token");
+                    let _ = tx
+                        .send(vec![error(code::UNAUTHORIZED, "wrong or missing token")])
+                        .await;
+                    return Ok(());
+                }
                 if !(min_version..=max_version).contains(&VERSION) {
                     let _ = tx
                         .send(vec![error(code::VERSION, "no common protocol version")])

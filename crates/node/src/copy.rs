@@ -130,6 +130,7 @@ pub async fn copy_to(
             name: node.name().to_owned(),
             min_version: VERSION,
             max_version: VERSION,
+            token: node.token().to_owned(),
         })
         .await
         .map_err(io)?;

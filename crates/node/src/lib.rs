@@ -82,18 +82,41 @@ pub struct Node {
     limits: NodeLimits,
     instances: Mutex<BTreeMap<String, InstanceHandle>>,
     shutdown: CancellationToken,
+    token: String,
 }
 
 impl Node {
     /// A node with no instances.
     pub fn new(name: impl Into<String>, catalog: Catalog, limits: NodeLimits) -> Arc<Self> {
+        Self::with_token(name, catalog, limits, String::new())
+    }
+
+    /// A node with no instances that requires `token` in every hello (empty: none required)
+    /// and offers it to the nodes it copies to.
+    pub fn with_token(
+        name: impl Into<String>,
+        catalog: Catalog,
+        limits: NodeLimits,
+        token: String,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             catalog,
             limits,
             instances: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
+            token,
         })
+    }
+
+    /// Whether a hello's token is the one this node requires (compared in constant time).
+    pub fn admits(&self, token: &str) -> bool {
+        token_matches(&self.token, token)
+    }
+
+    /// The shared secret this node offers to peers.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// The node's name.
@@ -166,6 +189,12 @@ impl Node {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Whether `offered` matches `required` (an empty `required` admits anyone). The comparison
+/// takes the same time wherever the strings differ.
+pub fn token_matches(required: &str, offered: &str) -> bool {
+    required.is_empty() || blake3::hash(required.as_bytes()) == blake3::hash(offered.as_bytes())
 }
 
 /// Accepts connections on `listener` until the node shuts down.

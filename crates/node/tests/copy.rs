@@ -46,6 +46,7 @@ async fn populate(addr: SocketAddr, n: u64) {
         name: "t".into(),
         min_version: VERSION,
         max_version: VERSION,
+        token: String::new(),
     })
     .await
     .unwrap();

@@ -22,6 +22,7 @@ async fn steer_conn(addr: SocketAddr, instance: &str) -> (Framed<TcpStream, Fram
         name: "t".into(),
         min_version: VERSION,
         max_version: VERSION,
+        token: String::new(),
     })
     .await
     .unwrap();
@@ -199,6 +200,7 @@ async fn wrong_frames_and_unknown_instances_get_coded_errors() {
         name: "t".into(),
         min_version: VERSION,
         max_version: VERSION,
+        token: String::new(),
     })
     .await
     .unwrap();

@@ -39,6 +39,17 @@ pub struct SteerConfig {
     pub link_queue: usize,
     /// The services.
     pub services: Vec<ServiceConfig>,
+    /// The shared secret offered to nodes and required of control clients (empty: none).
+    pub token: String,
+    /// Where the control listener (move commands from a controller or a source node) binds;
+    /// none: in-process control only.
+    pub control: Option<SocketAddr>,
+}
+
+/// Who the steer says it is to nodes.
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    pub(crate) token: String,
 }
 
 impl Default for SteerConfig {
@@ -48,6 +59,8 @@ impl Default for SteerConfig {
             tick_ms: 1000,
             link_queue: 16_384,
             services: Vec::new(),
+            token: String::new(),
+            control: None,
         }
     }
 }
@@ -93,6 +106,10 @@ impl Steer {
         classifier: impl Fn(&str) -> Option<Arc<dyn Classifier>>,
     ) -> Result<Self, SteerError> {
         let stop = CancellationToken::new();
+        let identity = Arc::new(Identity {
+            name: config.name.clone(),
+            token: config.token.clone(),
+        });
         let mut services = Vec::new();
         for svc in &config.services {
             let cls = classifier(&svc.function).ok_or_else(|| SteerError::UnknownFunction {
@@ -112,7 +129,7 @@ impl Steer {
             let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
             tokio::spawn(service::run(
                 svc.clone(),
-                config.name.clone(),
+                identity.clone(),
                 Duration::from_millis(config.tick_ms.max(1)),
                 config.link_queue.max(1),
                 cls,

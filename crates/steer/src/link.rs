@@ -37,7 +37,7 @@ impl Link {
     pub(crate) fn spawn(
         node: SocketAddr,
         instance: String,
-        steer_name: String,
+        identity: Arc<crate::Identity>,
         queue: usize,
         socket: Arc<UdpSocket>,
         stats: Arc<SteerStats>,
@@ -50,7 +50,7 @@ impl Link {
         tokio::spawn(maintain(
             node,
             instance,
-            steer_name,
+            identity,
             rx,
             socket,
             stats,
@@ -81,7 +81,7 @@ impl Link {
 async fn maintain(
     node: SocketAddr,
     instance: String,
-    steer_name: String,
+    identity: Arc<crate::Identity>,
     mut rx: mpsc::Receiver<SignalFrame>,
     socket: Arc<UdpSocket>,
     stats: Arc<SteerStats>,
@@ -93,7 +93,7 @@ async fn maintain(
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
-            r = connect(node, &instance, &steer_name) => r,
+            r = connect(node, &instance, &identity) => r,
         };
         match attempt {
             Ok((stream, last_seq)) => {
@@ -123,7 +123,7 @@ async fn maintain(
 async fn connect(
     node: SocketAddr,
     instance: &str,
-    steer_name: &str,
+    identity: &crate::Identity,
 ) -> Result<(TcpStream, u64), FrameError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(node))
         .await
@@ -133,9 +133,10 @@ async fn connect(
     framed
         .send(Frame::Hello {
             role: Role::Steer,
-            name: steer_name.to_owned(),
+            name: identity.name.clone(),
             min_version: VERSION,
             max_version: VERSION,
+            token: identity.token.clone(),
         })
         .await?;
     framed

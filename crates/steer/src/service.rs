@@ -147,7 +147,7 @@ struct PendingBegin {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     cfg: ServiceConfig,
-    steer_name: String,
+    identity: Arc<crate::Identity>,
     tick: Duration,
     queue: usize,
     classifier: Arc<dyn Classifier>,
@@ -164,7 +164,7 @@ pub(crate) async fn run(
         Link::spawn(
             node,
             cfg.instance.clone(),
-            steer_name.clone(),
+            identity.clone(),
             queue,
             socket.clone(),
             stats.clone(),

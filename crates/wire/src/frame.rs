@@ -122,6 +122,8 @@ pub enum Frame {
         min_version: u8,
         /// Highest protocol version accepted.
         max_version: u8,
+        /// The shared secret the receiver may require (empty: none offered). At most 255 bytes.
+        token: String,
     },
     /// Accepts a connection: the node's name.
     HelloAck {
@@ -238,6 +240,8 @@ pub mod code {
     pub const UNKNOWN_FUNCTION: u16 = 5;
     /// The instance already exists.
     pub const EXISTS: u16 = 6;
+    /// The hello's token does not match the one the receiver requires.
+    pub const UNAUTHORIZED: u16 = 7;
 }
 
 impl Frame {
@@ -277,11 +281,13 @@ impl Frame {
                 name,
                 min_version,
                 max_version,
+                token,
             } => {
                 dst.put_u8(*role as u8);
                 put_str8(dst, name);
                 dst.put_u8(*min_version);
                 dst.put_u8(*max_version);
+                put_str8(dst, token);
             }
             Frame::HelloAck { node } => put_str8(dst, node),
             Frame::Bind { route, instance } => {
@@ -376,6 +382,7 @@ impl Frame {
                     name: get_str8(r, "hello.name")?,
                     min_version: get_u8(r, "hello.min_version")?,
                     max_version: get_u8(r, "hello.max_version")?,
+                    token: get_str8(r, "hello.token")?,
                 }
             }
             kind::HELLO_ACK => Frame::HelloAck {

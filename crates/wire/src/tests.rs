@@ -18,14 +18,20 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        ("[a-z0-9-]{0,40}", any::<u8>(), any::<u8>(), any::<bool>()).prop_map(|(name, a, b, s)| {
-            Frame::Hello {
+        (
+            "[a-z0-9-]{0,40}",
+            any::<u8>(),
+            any::<u8>(),
+            any::<bool>(),
+            "[ -~]{0,64}"
+        )
+            .prop_map(|(name, a, b, s, token)| Frame::Hello {
                 role: if s { Role::Steer } else { Role::Admin },
                 name,
                 min_version: a,
                 max_version: b,
-            }
-        }),
+                token,
+            }),
         "[a-z0-9-]{0,40}".prop_map(|node| Frame::HelloAck { node }),
         (any::<u32>(), "[a-z0-9-]{0,40}")
             .prop_map(|(route, instance)| Frame::Bind { route, instance }),
