@@ -177,7 +177,11 @@ async fn live_move(
     };
     let verify = ms(t);
     let t = std::time::Instant::now();
-    let cutover_seq = steer.cutover(instance).await.map_err(anyhow::Error::msg)?;
+    let cutover_seq = steer
+        .cutover(instance)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .boundary;
     let cutover = ms(t);
     let t = std::time::Instant::now();
     admin_b

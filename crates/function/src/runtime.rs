@@ -107,6 +107,15 @@ impl DeletionLog {
     pub fn overflowed(&self) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).1
     }
+
+    /// Every logged deletion whose seq is above `seq` (a pre-copy round's tombstones).
+    pub fn deleted_after(&self, seq: u64) -> Vec<(SessionKey, u64)> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.iter()
+            .filter(|(_, s)| **s > seq)
+            .map(|(k, s)| (k.clone(), *s))
+            .collect()
+    }
 }
 
 impl<F: Function> Instance<F> {
@@ -511,6 +520,18 @@ pub trait Hosted: Send {
     fn shadow_stats(&self) -> Option<shadow::ShadowStats>;
     /// Ends shadow mode once settled: the instance serves from here on.
     fn finish_shadow(&mut self) -> Result<(), MoveStepError>;
+    /// Overwrites one session of a serving instance with a pushed record (`None`: removes it),
+    /// as stop-and-copy and pre-copy baselines do; notes `seq` as applied. Refused by a shadow
+    /// and for a record that does not decode.
+    fn import(
+        &mut self,
+        key: SessionKey,
+        seq: u64,
+        bytes: Option<Bytes>,
+    ) -> Result<(), &'static str> {
+        let _ = (key, seq, bytes);
+        Err("this instance cannot import records")
+    }
 }
 
 impl<F: Function> Hosted for Hosting<F> {
@@ -635,6 +656,24 @@ impl<F: Function> Hosted for Hosting<F> {
             return Ok(());
         };
         *self = Self::Serving(s.into_instance());
+        Ok(())
+    }
+    fn import(
+        &mut self,
+        key: SessionKey,
+        seq: u64,
+        bytes: Option<Bytes>,
+    ) -> Result<(), &'static str> {
+        let Self::Serving(i) = self else {
+            return Err("a move's destination cannot import pushed records");
+        };
+        match bytes {
+            Some(b) => i
+                .import_record(key, seq, b)
+                .map_err(|_| "pushed record does not decode")?,
+            None => i.remove_session(&key),
+        }
+        i.advance_seq(seq);
         Ok(())
     }
 }

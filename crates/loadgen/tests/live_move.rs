@@ -56,7 +56,7 @@ async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_refer
         .unwrap();
     assert_eq!(shadow["awaiting"], 0, "{shadow}");
     assert_eq!(shadow["buffered"], 0, "{shadow}");
-    let boundary = steer.cutover("mme-1").await.unwrap();
+    let boundary = steer.cutover("mme-1").await.unwrap().boundary;
     assert!(boundary > first);
     admin_b
         .request(&AdminRequest::FinishShadow {

@@ -70,6 +70,23 @@ pub enum AdminRequest {
         /// The instance.
         instance: String,
     },
+    /// Streams the instance's records with seq above `since_seq` (and tombstones of sessions
+    /// deleted after it) to a serving instance of the same name on another node, overwriting
+    /// its sessions: the stop-and-copy and pre-copy baselines. Answers with the push report.
+    Push {
+        /// The instance.
+        instance: String,
+        /// The destination node's address.
+        destination: std::net::SocketAddr,
+        /// Only records changed after this seq (0: everything; starts logging deletions).
+        since_seq: u64,
+        /// Wait until the source has applied this seq first.
+        #[serde(default)]
+        after_seq: u64,
+        /// The sequence's last push (stops logging deletions).
+        #[serde(default)]
+        last: bool,
+    },
     /// Replaces the instance's output ruleset; takes effect with the next output.
     SetRuleset {
         /// The instance.
@@ -245,6 +262,28 @@ pub(crate) async fn session(
                         }
                     }
                     Err(e) => error(e.code(), e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::Push {
+                instance,
+                destination,
+                since_seq,
+                after_seq,
+                last,
+            } => {
+                let f = match crate::push::push(
+                    node,
+                    &instance,
+                    destination,
+                    since_seq,
+                    after_seq,
+                    last,
+                )
+                .await
+                {
+                    Ok(r) => reply(&r),
+                    Err(e) => error(code::BAD_REQUEST, e.to_string()),
                 };
                 send(tx, vec![f]).await?;
             }

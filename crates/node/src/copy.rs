@@ -375,6 +375,10 @@ pub(crate) async fn peer_session(
                 .await?;
                 return Ok(());
             }
+            // A push (stop-and-copy and pre-copy baselines) opens with an import header.
+            Frame::Admin(header) if target.is_none() && manifest.is_empty() && received == 0 => {
+                return crate::push::import_session(node, &header, &mut reader, tx).await;
+            }
             other => {
                 send(
                     tx,

@@ -60,6 +60,14 @@ pub enum Control {
     ShadowStats(oneshot::Sender<Option<ShadowStats>>),
     /// Leave shadow mode (when settled).
     FinishShadow(oneshot::Sender<Result<(), MoveStepError>>),
+    /// Pushed records (`None` bytes: a deletion) overwriting sessions of a serving instance
+    /// (the stop-and-copy and pre-copy baselines); answered with how many were refused.
+    Import {
+        /// The records, in order.
+        records: Vec<(SessionKey, u64, Option<Bytes>)>,
+        /// The answer, once applied.
+        done: Option<oneshot::Sender<u64>>,
+    },
 }
 
 enum Work {
@@ -235,6 +243,18 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
         }
         Control::FinishShadow(done) => {
             let _ = done.send(hosted.finish_shadow());
+        }
+        Control::Import { records, done } => {
+            let mut refused = 0u64;
+            for (key, seq, bytes) in records {
+                if let Err(e) = hosted.import(key, seq, bytes) {
+                    refused += 1;
+                    tracing::warn!(error = e, "pushed record refused");
+                }
+            }
+            if let Some(done) = done {
+                let _ = done.send(refused);
+            }
         }
     }
     replayed

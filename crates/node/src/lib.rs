@@ -15,6 +15,7 @@ mod conn;
 pub mod copy;
 mod direct;
 mod instance;
+pub mod push;
 pub mod sys;
 
 pub use admin::{AdminRequest, InstanceInfo, NodeStats};
@@ -111,7 +112,7 @@ impl Node {
 
     /// Whether a hello's token is the one this node requires (compared in constant time).
     pub fn admits(&self, token: &str) -> bool {
-        token_matches(&self.token, token)
+        handoff_wire::token_matches(&self.token, token)
     }
 
     /// The shared secret this node offers to peers.
@@ -189,12 +190,6 @@ impl Node {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
-}
-
-/// Whether `offered` matches `required` (an empty `required` admits anyone). The comparison
-/// takes the same time wherever the strings differ.
-pub fn token_matches(required: &str, offered: &str) -> bool {
-    required.is_empty() || blake3::hash(required.as_bytes()) == blake3::hash(offered.as_bytes())
 }
 
 /// Accepts connections on `listener` until the node shuts down.

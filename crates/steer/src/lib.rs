@@ -14,11 +14,15 @@
 
 #![warn(missing_docs)]
 
+pub mod control;
 mod link;
 pub mod route;
 mod service;
 
-pub use service::{MoveCommand, ServiceConfig, SteerStats, SteerStatsSnapshot};
+pub use control::{ServiceStatus, SteerRequest};
+pub use service::{
+    Boundary, MoveCommand, RouteStatus, ServiceConfig, SteerStats, SteerStatsSnapshot,
+};
 
 use handoff_function::runtime::Classifier;
 use std::net::SocketAddr;
@@ -88,14 +92,18 @@ pub enum SteerError {
     },
 }
 
+/// One running service, as the steer's handle and its control listener see it.
+pub(crate) struct ServiceHandle {
+    pub(crate) instance: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) stats: Arc<SteerStats>,
+    pub(crate) commands: tokio::sync::mpsc::Sender<MoveCommand>,
+}
+
 /// A running steer.
 pub struct Steer {
-    services: Vec<(
-        String,
-        SocketAddr,
-        Arc<SteerStats>,
-        tokio::sync::mpsc::Sender<MoveCommand>,
-    )>,
+    services: Arc<Vec<ServiceHandle>>,
+    control: Option<SocketAddr>,
     stop: CancellationToken,
 }
 
@@ -139,28 +147,67 @@ impl Steer {
                 stop.child_token(),
             ));
             tracing::info!(instance = %svc.instance, %addr, node = %svc.node, "service up");
-            services.push((svc.instance.clone(), addr, stats, cmd_tx));
+            services.push(ServiceHandle {
+                instance: svc.instance.clone(),
+                listen: addr,
+                stats,
+                commands: cmd_tx,
+            });
         }
-        Ok(Self { services, stop })
+        let services = Arc::new(services);
+        let mut control = None;
+        if let Some(at) = config.control {
+            let listener =
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|source| SteerError::Bind {
+                        service: "control".into(),
+                        addr: at,
+                        source,
+                    })?;
+            let bound = listener.local_addr().unwrap_or(at);
+            control = Some(bound);
+            tracing::info!(addr = %bound, "control listener up");
+            tokio::spawn(control::serve(
+                listener,
+                config.name.clone(),
+                config.token.clone(),
+                services.clone(),
+                stop.child_token(),
+            ));
+        }
+        Ok(Self {
+            services,
+            control,
+            stop,
+        })
+    }
+
+    /// The bound address of the control listener, if one was configured.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control
     }
 
     /// The bound address of the service for `instance`.
     pub fn service_addr(&self, instance: &str) -> Option<SocketAddr> {
-        self.services.iter().find(|s| s.0 == instance).map(|s| s.1)
+        self.services
+            .iter()
+            .find(|s| s.instance == instance)
+            .map(|s| s.listen)
     }
 
     /// The counters of the service for `instance`.
     pub fn stats(&self, instance: &str) -> Option<Arc<SteerStats>> {
         self.services
             .iter()
-            .find(|s| s.0 == instance)
-            .map(|s| s.2.clone())
+            .find(|s| s.instance == instance)
+            .map(|s| s.stats.clone())
     }
 
     /// Sends a move command to the service of `instance`; `false` if there is none.
     pub async fn command(&self, instance: &str, command: MoveCommand) -> bool {
-        match self.services.iter().find(|s| s.0 == instance) {
-            Some(s) => s.3.send(command).await.is_ok(),
+        match self.services.iter().find(|s| s.instance == instance) {
+            Some(s) => s.commands.send(command).await.is_ok(),
             None => false,
         }
     }
@@ -192,8 +239,8 @@ impl Steer {
         .await
     }
 
-    /// Flips the route; returns the boundary seq.
-    pub async fn cutover(&self, instance: &str) -> Result<u64, String> {
+    /// Flips the route; returns the boundary seq and the last seq sent to the source.
+    pub async fn cutover(&self, instance: &str) -> Result<Boundary, String> {
         self.ask(instance, |done| MoveCommand::Cutover { done })
             .await
     }
@@ -207,6 +254,42 @@ impl Steer {
     /// Returns the route to the source; returns the sessions created on the destination.
     pub async fn abort_move(&self, instance: &str) -> Result<Vec<bytes::Bytes>, String> {
         self.ask(instance, |done| MoveCommand::Abort { done }).await
+    }
+
+    /// Two-step abort, first step: only the sessions created during the move (returned) still
+    /// go to the destination.
+    pub async fn abort_begin(&self, instance: &str) -> Result<Vec<bytes::Bytes>, String> {
+        self.ask(instance, |done| MoveCommand::AbortBegin { done })
+            .await
+    }
+
+    /// Two-step abort, second step: everything goes to the source from the returned boundary.
+    pub async fn abort_commit(&self, instance: &str) -> Result<Boundary, String> {
+        self.ask(instance, |done| MoveCommand::AbortCommit { done })
+            .await
+    }
+
+    /// Holds the instance's signals at the steer; returns the last seq sent to its node.
+    pub async fn hold(&self, instance: &str) -> Result<u64, String> {
+        self.ask(instance, |done| MoveCommand::Hold { done }).await
+    }
+
+    /// Ends a hold: `to` becomes the instance's node and gets the held signals first.
+    pub async fn release(&self, instance: &str, to: SocketAddr) -> Result<(), String> {
+        self.ask(instance, |done| MoveCommand::Release { to, done })
+            .await
+    }
+
+    /// The route of `instance`.
+    pub async fn route_status(&self, instance: &str) -> Result<RouteStatus, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self
+            .command(instance, MoveCommand::Status { done: tx })
+            .await
+        {
+            return Err(format!("no service for instance {instance}"));
+        }
+        rx.await.map_err(|_| "the service stopped".to_owned())
     }
 
     /// Stops every service.

@@ -4,9 +4,14 @@
 //! ```text
 //!            begin_move(seq)                cutover(C)
 //!  Serving ─────────────────▶ Moving ──────────────────▶ CutOver{C} ──finish──▶ Serving (dest)
-//!                               │ abort()
-//!                               └──────────▶ Serving (source) + the keys created meanwhile
+//!                               │ abort_begin()            abort_commit()
+//!                               └──────────▶ Aborting{K} ─────────────────▶ Serving (source)
 //! ```
+//!
+//! An abort is two steps so the sessions created on the destination during the move (`K`) can
+//! go back without a pause: while `Aborting`, new creates go to the source and `K`'s signals
+//! still go to the destination; the source is then told to expect `K` (it buffers their signals
+//! until their records arrive), and `abort_commit` flips `K` to the source at a seq boundary.
 
 use bytes::Bytes;
 use handoff_function::SignalKind;
@@ -62,6 +67,9 @@ enum Phase {
     CutOver {
         boundary: u64,
     },
+    Aborting {
+        created: HashSet<Bytes>,
+    },
 }
 
 /// The route of one instance.
@@ -88,6 +96,7 @@ impl Route {
             Phase::Serving => "serving",
             Phase::Moving { .. } => "moving",
             Phase::CutOver { .. } => "cut over",
+            Phase::Aborting { .. } => "aborting",
         }
     }
 
@@ -137,6 +146,12 @@ impl Route {
             Phase::Serving => Delivery::Source,
             Phase::CutOver { boundary } if seq >= *boundary => Delivery::Destination,
             Phase::CutOver { .. } => Delivery::Source,
+            Phase::Aborting { created } => match kind {
+                SignalKind::Tick => Delivery::Both,
+                SignalKind::Stateless => Delivery::Source,
+                _ if created.contains(key) => Delivery::Destination,
+                _ => Delivery::Source,
+            },
             Phase::Moving {
                 created,
                 abort_safe,
@@ -186,37 +201,69 @@ impl Route {
         }
     }
 
-    /// Abandons a move before cutover: the route returns to the source. Returns the keys of
-    /// sessions created on the destination meanwhile, which must be moved back (empty in
-    /// abort-safe mode, where the source processed them too).
-    pub fn abort(&mut self) -> Result<Vec<Bytes>, RouteError> {
-        match std::mem::replace(&mut self.phase, Phase::Serving) {
+    /// Starts abandoning a move before cutover: from now on only the sessions created on the
+    /// destination during the move (returned, sorted) go there; everything else goes to the
+    /// source, creates included. Empty in abort-safe mode, where the source processed
+    /// everything too. Repeating it while aborting returns the same keys.
+    pub fn abort_begin(&mut self) -> Result<Vec<Bytes>, RouteError> {
+        let created = match std::mem::replace(&mut self.phase, Phase::Serving) {
             Phase::Moving {
                 created,
                 abort_safe,
             } => {
-                let mut keys: Vec<Bytes> = if abort_safe {
-                    Vec::new()
+                if abort_safe {
+                    HashSet::new()
                 } else {
-                    created.into_iter().collect()
-                };
-                keys.sort();
-                Ok(keys)
+                    created
+                }
             }
+            Phase::Aborting { created } => created,
             other => {
                 self.phase = other;
-                Err(RouteError::WrongPhase {
+                return Err(RouteError::WrongPhase {
                     expected: "moving",
                     actual: self.phase_name(),
-                })
+                });
             }
+        };
+        let mut keys: Vec<Bytes> = created.iter().cloned().collect();
+        keys.sort();
+        self.phase = Phase::Aborting { created };
+        Ok(keys)
+    }
+
+    /// Ends an abort: every signal goes to the source again. The source must by now expect the
+    /// returned sessions' records (it buffers their signals until they arrive).
+    pub fn abort_commit(&mut self) -> Result<(), RouteError> {
+        match self.phase {
+            Phase::Aborting { .. } => {
+                self.phase = Phase::Serving;
+                Ok(())
+            }
+            _ => Err(RouteError::WrongPhase {
+                expected: "aborting",
+                actual: self.phase_name(),
+            }),
         }
+    }
+
+    /// Both abort steps at once: for a move with nothing to send back (abort-safe, or no
+    /// session created yet). Returns the keys that would have had to go back.
+    pub fn abort(&mut self) -> Result<Vec<Bytes>, RouteError> {
+        let keys = self.abort_begin()?;
+        self.abort_commit()?;
+        Ok(keys)
+    }
+
+    /// The phase's name, for status reports.
+    pub fn phase(&self) -> &'static str {
+        self.phase_name()
     }
 
     /// Sessions created during the current move.
     pub fn created_during_move(&self) -> usize {
         match &self.phase {
-            Phase::Moving { created, .. } => created.len(),
+            Phase::Moving { created, .. } | Phase::Aborting { created } => created.len(),
             _ => 0,
         }
     }
@@ -324,6 +371,37 @@ mod tests {
             Delivery::Both
         );
         assert_eq!(r.abort().unwrap(), Vec::<Bytes>::new());
+    }
+
+    #[test]
+    fn a_two_step_abort_keeps_created_sessions_on_the_destination_until_commit() {
+        let mut r = Route::new(10);
+        r.begin_move(1, false).unwrap();
+        r.decide(1, SignalKind::Create, &key(7)).unwrap();
+        r.decide(2, SignalKind::Update, &key(1)).unwrap();
+        assert_eq!(r.abort_begin().unwrap(), vec![key(7)]);
+        assert_eq!(r.abort_begin().unwrap(), vec![key(7)], "repeatable");
+        // Meanwhile: the created session still lives on the destination; new creates and old
+        // sessions are the source's alone; ticks reach both.
+        for (seq, kind, k, want) in [
+            (3, SignalKind::Update, 7, Delivery::Destination),
+            (4, SignalKind::Create, 7, Delivery::Destination),
+            (5, SignalKind::Create, 8, Delivery::Source),
+            (6, SignalKind::Update, 8, Delivery::Source),
+            (7, SignalKind::Update, 1, Delivery::Source),
+            (8, SignalKind::Tick, 0, Delivery::Both),
+            (9, SignalKind::Stateless, 7, Delivery::Source),
+        ] {
+            assert_eq!(r.decide(seq, kind, &key(k)).unwrap(), want, "seq {seq}");
+        }
+        assert_eq!(r.created_during_move(), 1, "no key added while aborting");
+        assert!(r.cutover(20, 9).is_err(), "no cutover while aborting");
+        r.abort_commit().unwrap();
+        assert_eq!(
+            r.decide(10, SignalKind::Update, &key(7)).unwrap(),
+            Delivery::Source
+        );
+        assert!(r.abort_commit().is_err());
     }
 
     #[test]

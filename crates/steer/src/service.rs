@@ -112,10 +112,11 @@ pub enum MoveCommand {
         /// The answer.
         done: oneshot::Sender<Result<u64, String>>,
     },
-    /// Flips the route at the next seq; answers with the boundary.
+    /// Flips the route at the next seq; answers with the boundary and the last seq sent to the
+    /// source (it has drained once it applied that one).
     Cutover {
         /// The answer.
-        done: oneshot::Sender<Result<u64, String>>,
+        done: oneshot::Sender<Result<Boundary, String>>,
     },
     /// Makes the destination the owner; the source link closes after a grace period that
     /// lets the source's last outputs through.
@@ -123,12 +124,86 @@ pub enum MoveCommand {
         /// The answer.
         done: oneshot::Sender<Result<(), String>>,
     },
-    /// Returns the route to the source; answers with the sessions created on the
-    /// destination meanwhile (to be moved back; none in abort-safe mode).
+    /// Returns the route to the source in one step; answers with the sessions created on the
+    /// destination meanwhile (lost unless the move was abort-safe: use the two-step abort to
+    /// move them back).
     Abort {
         /// The answer.
         done: oneshot::Sender<Result<Vec<Bytes>, String>>,
     },
+    /// First step of an abort that moves the sessions created on the destination back: from
+    /// now on only they go to the destination. Answers with their keys.
+    AbortBegin {
+        /// The answer.
+        done: oneshot::Sender<Result<Vec<Bytes>, String>>,
+    },
+    /// Second step: every signal goes to the source again, from the answered boundary seq;
+    /// also answers the last seq sent to the destination (its copy back waits for it).
+    AbortCommit {
+        /// The answer.
+        done: oneshot::Sender<Result<Boundary, String>>,
+    },
+    /// Stops sending: stamped signals wait at the steer (bounded; beyond it they are shed and
+    /// the client retransmits). Answers with the last seq sent to the node. For stop-and-copy
+    /// comparisons; a live move never holds.
+    Hold {
+        /// The answer.
+        done: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Ends a hold by making `to` the instance's node: held signals go there in order, then
+    /// the service routes there. Answers once the held signals are queued on the new link.
+    Release {
+        /// The new node.
+        to: SocketAddr,
+        /// The answer.
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// The route's state.
+    Status {
+        /// The answer.
+        done: oneshot::Sender<RouteStatus>,
+    },
+}
+
+/// Where a route flipped: signals stamped `boundary` and later go to the new side; the old
+/// side was last sent `last_sent` (it has drained once it applied that seq).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Boundary {
+    /// The first seq under the new route.
+    pub boundary: u64,
+    /// The last seq sent to the side the route left.
+    pub last_sent: u64,
+}
+
+/// A service's route, as reported to a controller.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteStatus {
+    /// The instance.
+    pub instance: String,
+    /// `serving`, `moving`, `cut over`, `aborting`, or `held`.
+    pub phase: String,
+    /// The node serving the instance (a move's source).
+    pub node: SocketAddr,
+    /// A move's destination, if one is linked.
+    pub destination: Option<SocketAddr>,
+    /// Whether the node link is up.
+    pub node_up: bool,
+    /// Last seq stamped.
+    pub last_seq: u64,
+    /// Sessions created during the current move.
+    pub created_during_move: usize,
+    /// Signals held (stop-and-copy only).
+    pub held: usize,
+}
+
+/// Signals a hold keeps before shedding.
+pub const MAX_HELD: usize = 262_144;
+
+/// A hold in progress: stamped signals wait here, then go to `target` once it is up.
+struct Hold {
+    queue: std::collections::VecDeque<SignalFrame>,
+    target: Option<(Link, SocketAddr, tokio::time::Instant)>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// How long a retired source link stays open for its last outputs.
@@ -172,7 +247,14 @@ pub(crate) async fn run(
         )
     };
     let mut source = spawn_link(cfg.node);
+    let mut addrs = Addrs {
+        source: cfg.node,
+        dest: None,
+    };
     let mut dest: Option<Link> = None;
+    let mut hold: Option<Hold> = None;
+    // The last seq sent on each link (what a side must apply before it has drained).
+    let mut sent = Sent::default();
     let mut pending: Option<PendingBegin> = None;
     let mut retiring: Vec<(Link, tokio::time::Instant)> = Vec::new();
     let mut route = Route::new(MAX_CREATED_DURING_MOVE);
@@ -187,12 +269,37 @@ pub(crate) async fn run(
             _ = stop.cancelled() => return,
             c = commands.recv() => {
                 if let Some(c) = c {
-                    command(c, &mut route, &mut source, &mut dest, &mut pending, &mut retiring, seq, &spawn_link);
+                    let mut st = State {
+                        route: &mut route,
+                        source: &mut source,
+                        dest: &mut dest,
+                        addrs: &mut addrs,
+                        hold: &mut hold,
+                        pending: &mut pending,
+                        retiring: &mut retiring,
+                        last_seq: seq,
+                        sent: &mut sent,
+                    };
+                    st.command(c, &cfg.instance, &spawn_link);
                 }
                 continue;
             }
-            _ = housekeeping.tick(), if pending.is_some() || !retiring.is_empty() => {
+            _ = housekeeping.tick(), if pending.is_some() || !retiring.is_empty() || hold.as_ref().is_some_and(|h| h.target.is_some()) => {
                 let now = tokio::time::Instant::now();
+                if let Some(h) = hold.as_mut() {
+                    if release_step(h, now) {
+                        let h = hold.take().expect("hold present");
+                        if let Some((link, to, _)) = h.target {
+                            let old = std::mem::replace(&mut source, link);
+                            retiring.push((old, now + RETIRE_GRACE));
+                            addrs.source = to;
+                            tracing::info!(instance = %cfg.instance, node = %to, "hold released");
+                        }
+                        if let Some(d) = h.done {
+                            let _ = d.send(Ok(()));
+                        }
+                    }
+                }
                 retiring.retain(|(l, until)| if now >= *until { l.close(); false } else { true });
                 if let Some(p) = pending.take() {
                     if dest.as_ref().is_some_and(Link::is_up) {
@@ -230,6 +337,32 @@ pub(crate) async fn run(
             stats.no_link.fetch_add(1, Relaxed);
             continue;
         };
+        if let Some(h) = hold.as_mut() {
+            if h.queue.len() >= MAX_HELD {
+                if kind != SignalKind::Tick {
+                    stats.shed.fetch_add(1, Relaxed);
+                }
+                continue;
+            }
+            seq = next;
+            h.queue.push_back(SignalFrame {
+                route: crate::link::ROUTE,
+                seq,
+                now_us: now_us(),
+                kind: kind as u8,
+                flags: 0,
+                client,
+                key,
+                payload,
+            });
+            stats.last_seq.store(seq, Relaxed);
+            if kind == SignalKind::Tick {
+                stats.ticks.fetch_add(1, Relaxed);
+            } else {
+                stats.admitted.fetch_add(1, Relaxed);
+            }
+            continue;
+        }
         let delivery = route.preview(next, kind, &key);
         let (to_source, to_dest) = match delivery {
             Delivery::Source => (true, false),
@@ -306,6 +439,12 @@ pub(crate) async fn run(
             (None, Some(d)) => d.send(frame),
             (None, None) => {}
         }
+        if to_source {
+            sent.source = seq;
+        }
+        if to_dest {
+            sent.dest = seq;
+        }
         stats.last_seq.store(seq, Relaxed);
         if kind == SignalKind::Tick {
             stats.ticks.fetch_add(1, Relaxed);
@@ -315,64 +454,204 @@ pub(crate) async fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn command(
-    c: MoveCommand,
-    route: &mut Route,
-    source: &mut Link,
-    dest: &mut Option<Link>,
-    pending: &mut Option<PendingBegin>,
-    retiring: &mut Vec<(Link, tokio::time::Instant)>,
+/// The last seq sent on each link.
+#[derive(Default)]
+struct Sent {
+    source: u64,
+    dest: u64,
+}
+
+/// Where the service's links point.
+struct Addrs {
+    source: SocketAddr,
+    dest: Option<SocketAddr>,
+}
+
+/// The service loop's state a command may change.
+struct State<'a> {
+    route: &'a mut Route,
+    source: &'a mut Link,
+    dest: &'a mut Option<Link>,
+    addrs: &'a mut Addrs,
+    hold: &'a mut Option<Hold>,
+    pending: &'a mut Option<PendingBegin>,
+    retiring: &'a mut Vec<(Link, tokio::time::Instant)>,
     last_seq: u64,
-    spawn_link: &impl Fn(SocketAddr) -> Link,
-) {
-    match c {
-        MoveCommand::Begin {
-            destination,
-            abort_safe,
-            done,
-        } => {
-            if dest.is_some() || pending.is_some() {
-                let _ = done.send(Err("a move is already in progress".into()));
-                return;
+    sent: &'a mut Sent,
+}
+
+/// Moves held signals onto the release target's link as room allows; `true` once all are
+/// queued there (or the target never came up: then the hold stays and the answer says so).
+fn release_step(h: &mut Hold, now: tokio::time::Instant) -> bool {
+    let Some((link, to, since)) = &h.target else {
+        return false;
+    };
+    if !link.is_up() {
+        if now - *since > DEST_UP_TIMEOUT {
+            if let Some(d) = h.done.take() {
+                let _ = d.send(Err(format!("node {to} did not accept the route in time")));
             }
-            *dest = Some(spawn_link(destination));
-            *pending = Some(PendingBegin {
+            link.close();
+            h.target = None;
+        }
+        return false;
+    }
+    while !h.queue.is_empty() {
+        let Ok(permit) = link.tx.try_reserve() else {
+            return false;
+        };
+        if let Some(f) = h.queue.pop_front() {
+            permit.send(f);
+        }
+    }
+    true
+}
+
+impl State<'_> {
+    fn status(&self, instance: &str) -> RouteStatus {
+        RouteStatus {
+            instance: instance.to_owned(),
+            phase: if self.hold.is_some() {
+                "held".into()
+            } else {
+                self.route.phase().into()
+            },
+            node: self.addrs.source,
+            destination: self.addrs.dest,
+            node_up: self.source.is_up(),
+            last_seq: self.last_seq,
+            created_during_move: self.route.created_during_move(),
+            held: self.hold.as_ref().map_or(0, |h| h.queue.len()),
+        }
+    }
+
+    fn retire_dest(&mut self) {
+        if let Some(d) = self.dest.take() {
+            self.retiring
+                .push((d, tokio::time::Instant::now() + RETIRE_GRACE));
+        }
+        self.addrs.dest = None;
+    }
+
+    fn command(
+        &mut self,
+        c: MoveCommand,
+        instance: &str,
+        spawn_link: &impl Fn(SocketAddr) -> Link,
+    ) {
+        let last_seq = self.last_seq;
+        match c {
+            MoveCommand::Begin {
+                destination,
                 abort_safe,
-                since: tokio::time::Instant::now(),
                 done,
-            });
-        }
-        MoveCommand::Cutover { done } => {
-            let boundary = last_seq + 1;
-            let r = route
-                .cutover(boundary, last_seq)
-                .map(|()| boundary)
-                .map_err(|e| e.to_string());
-            if r.is_ok() {
-                tracing::info!(boundary, "cutover");
-            }
-            let _ = done.send(r);
-        }
-        MoveCommand::Finish { done } => {
-            let r = route.finish().map_err(|e| e.to_string());
-            if r.is_ok() {
-                if let Some(d) = dest.take() {
-                    let old = std::mem::replace(source, d);
-                    retiring.push((old, tokio::time::Instant::now() + RETIRE_GRACE));
+            } => {
+                if self.dest.is_some() || self.pending.is_some() || self.hold.is_some() {
+                    let _ = done.send(Err("a move is already in progress".into()));
+                    return;
                 }
+                *self.dest = Some(spawn_link(destination));
+                self.addrs.dest = Some(destination);
+                *self.pending = Some(PendingBegin {
+                    abort_safe,
+                    since: tokio::time::Instant::now(),
+                    done,
+                });
             }
-            let _ = done.send(r);
-        }
-        MoveCommand::Abort { done } => {
-            if let Some(p) = pending.take() {
-                let _ = p.done.send(Err("aborted".into()));
+            MoveCommand::Cutover { done } => {
+                let boundary = last_seq + 1;
+                let r = self
+                    .route
+                    .cutover(boundary, last_seq)
+                    .map(|()| Boundary {
+                        boundary,
+                        last_sent: self.sent.source,
+                    })
+                    .map_err(|e| e.to_string());
+                if r.is_ok() {
+                    tracing::info!(instance, boundary, "cutover");
+                }
+                let _ = done.send(r);
             }
-            let r = route.abort().map_err(|e| e.to_string());
-            if let Some(d) = dest.take() {
-                retiring.push((d, tokio::time::Instant::now() + RETIRE_GRACE));
+            MoveCommand::Finish { done } => {
+                let r = self.route.finish().map_err(|e| e.to_string());
+                if r.is_ok() {
+                    if let Some(d) = self.dest.take() {
+                        let old = std::mem::replace(self.source, d);
+                        self.retiring
+                            .push((old, tokio::time::Instant::now() + RETIRE_GRACE));
+                    }
+                    if let Some(d) = self.addrs.dest.take() {
+                        self.addrs.source = d;
+                    }
+                    self.sent.source = self.sent.dest;
+                }
+                let _ = done.send(r);
             }
-            let _ = done.send(r);
+            MoveCommand::Abort { done } => {
+                if let Some(p) = self.pending.take() {
+                    let _ = p.done.send(Err("aborted".into()));
+                    self.retire_dest();
+                    let _ = done.send(Ok(Vec::new()));
+                    return;
+                }
+                let r = self.route.abort().map_err(|e| e.to_string());
+                if r.is_ok() {
+                    self.retire_dest();
+                }
+                let _ = done.send(r);
+            }
+            MoveCommand::AbortBegin { done } => {
+                if let Some(p) = self.pending.take() {
+                    // Move mode never started: nothing went to the destination.
+                    let _ = p.done.send(Err("aborted".into()));
+                    self.retire_dest();
+                    let _ = done.send(Ok(Vec::new()));
+                    return;
+                }
+                let _ = done.send(self.route.abort_begin().map_err(|e| e.to_string()));
+            }
+            MoveCommand::AbortCommit { done } => {
+                let r = self
+                    .route
+                    .abort_commit()
+                    .map(|()| Boundary {
+                        boundary: last_seq + 1,
+                        last_sent: self.sent.dest,
+                    })
+                    .map_err(|e| e.to_string());
+                if r.is_ok() {
+                    tracing::info!(instance, boundary = last_seq + 1, "move aborted");
+                    self.retire_dest();
+                }
+                let _ = done.send(r);
+            }
+            MoveCommand::Hold { done } => {
+                if self.route.phase() != "serving" || self.hold.is_some() || self.pending.is_some()
+                {
+                    let _ = done.send(Err("cannot hold during a move or another hold".into()));
+                    return;
+                }
+                *self.hold = Some(Hold {
+                    queue: std::collections::VecDeque::new(),
+                    target: None,
+                    done: None,
+                });
+                tracing::info!(instance, last_seq, "holding signals");
+                let _ = done.send(Ok(last_seq));
+            }
+            MoveCommand::Release { to, done } => match self.hold.as_mut() {
+                Some(h) if h.target.is_none() && h.done.is_none() => {
+                    h.target = Some((spawn_link(to), to, tokio::time::Instant::now()));
+                    h.done = Some(done);
+                }
+                _ => {
+                    let _ = done.send(Err("nothing held, or a release is under way".into()));
+                }
+            },
+            MoveCommand::Status { done } => {
+                let _ = done.send(self.status(instance));
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 mod codec;
 mod frame;
 
@@ -25,3 +26,9 @@ pub use frame::*;
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `offered` matches the `required` shared token (an empty `required` admits anyone).
+/// The comparison takes the same time wherever the strings differ.
+pub fn token_matches(required: &str, offered: &str) -> bool {
+    required.is_empty() || blake3::hash(required.as_bytes()) == blake3::hash(offered.as_bytes())
+}

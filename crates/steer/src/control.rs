@@ -1,0 +1,298 @@
+//! The steer's control listener: a controller (or a move's source node, in the source-driven
+//! variant) drives moves over TCP. Hello with the shared token, then one JSON request per
+//! `Admin` frame, answered by an `AdminReply` or an `Error`. Never on the signal path.
+
+use crate::service::RouteStatus;
+use crate::{MoveCommand, ServiceHandle, SteerStatsSnapshot};
+use futures::{SinkExt, StreamExt};
+use handoff_wire::{code, Frame, FrameCodec, Role, VERSION};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// A request to the steer's control listener.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SteerRequest {
+    /// Every service's route and counters.
+    Status,
+    /// Enters move mode towards `destination` (which must be a prepared shadow).
+    BeginMove {
+        /// The instance.
+        instance: String,
+        /// The destination node.
+        destination: SocketAddr,
+        /// Duplicate creates too, so an abort needs nothing moved back.
+        #[serde(default)]
+        abort_safe: bool,
+    },
+    /// Flips the route at the next seq.
+    Cutover {
+        /// The instance.
+        instance: String,
+    },
+    /// Makes the destination the owner.
+    FinishMove {
+        /// The instance.
+        instance: String,
+    },
+    /// First step of an abort: answers with the sessions created on the destination.
+    AbortBegin {
+        /// The instance.
+        instance: String,
+    },
+    /// Second step of an abort: every signal goes to the source from the answered boundary.
+    AbortCommit {
+        /// The instance.
+        instance: String,
+    },
+    /// Holds signals at the steer (stop-and-copy comparisons only).
+    Hold {
+        /// The instance.
+        instance: String,
+    },
+    /// Ends a hold, making `to` the instance's node.
+    Release {
+        /// The instance.
+        instance: String,
+        /// The new node.
+        to: SocketAddr,
+    },
+}
+
+/// One service in a status reply.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    /// The UDP service address.
+    pub listen: SocketAddr,
+    /// The route.
+    pub route: RouteStatus,
+    /// Counters.
+    pub stats: SteerStatsSnapshot,
+}
+
+/// Most control connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts control connections until `stop`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    name: String,
+    token: String,
+    services: Arc<Vec<ServiceHandle>>,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let ctx = Arc::new((name, token, services));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many control connections; refused");
+            continue;
+        };
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = session(stream, &ctx.0, &ctx.1, &ctx.2) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "control connection closed");
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn error(code: u16, message: impl Into<String>) -> Frame {
+    Frame::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+async fn session(
+    stream: TcpStream,
+    name: &str,
+    token: &str,
+    services: &[ServiceHandle],
+) -> Result<(), handoff_wire::FrameError> {
+    let mut f = Framed::new(stream, FrameCodec);
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, f.next())
+        .await
+        .map_err(|_| handoff_wire::FrameError::Io("no hello within the timeout".into()))?;
+    match hello {
+        Some(Ok(Frame::Hello {
+            role: Role::Admin,
+            token: offered,
+            min_version,
+            max_version,
+            name: peer,
+        })) => {
+            if !handoff_wire::token_matches(token, &offered) {
+                tracing::warn!(%peer, "control hello refused: wrong token");
+                return f
+                    .send(error(code::UNAUTHORIZED, "wrong or missing token"))
+                    .await;
+            }
+            if !(min_version..=max_version).contains(&VERSION) {
+                return f
+                    .send(error(code::VERSION, "no common protocol version"))
+                    .await;
+            }
+        }
+        Some(Ok(_)) => {
+            return f
+                .send(error(code::WRONG_FRAME, "expected an admin hello"))
+                .await
+        }
+        Some(Err(e)) => return Err(e),
+        None => return Ok(()),
+    }
+    f.send(Frame::HelloAck {
+        node: name.to_owned(),
+    })
+    .await?;
+    while let Some(frame) = f.next().await {
+        let Frame::Admin(body) = frame? else {
+            return f
+                .send(error(code::WRONG_FRAME, "expected an admin request"))
+                .await;
+        };
+        let reply = match serde_json::from_slice::<SteerRequest>(&body) {
+            Ok(req) => {
+                tracing::info!(?req, "control request");
+                handle(req, services).await
+            }
+            Err(e) => Err((code::BAD_REQUEST, format!("bad request: {e}"))),
+        };
+        let frame = match reply {
+            Ok(v) => Frame::AdminReply(serde_json::to_vec(&v).unwrap_or_default().into()),
+            Err((c, m)) => error(c, m),
+        };
+        f.send(frame).await?;
+    }
+    Ok(())
+}
+
+type Reply = Result<serde_json::Value, (u16, String)>;
+
+async fn ask<T>(
+    services: &[ServiceHandle],
+    instance: &str,
+    make: impl FnOnce(oneshot::Sender<T>) -> MoveCommand,
+) -> Result<T, (u16, String)> {
+    let svc = services
+        .iter()
+        .find(|s| s.instance == instance)
+        .ok_or_else(|| {
+            (
+                code::UNKNOWN_INSTANCE,
+                format!("no service for instance {instance}"),
+            )
+        })?;
+    let (tx, rx) = oneshot::channel();
+    svc.commands
+        .send(make(tx))
+        .await
+        .map_err(|_| (code::BAD_REQUEST, "the service stopped".to_owned()))?;
+    rx.await
+        .map_err(|_| (code::BAD_REQUEST, "the service stopped".to_owned()))
+}
+
+fn refused<T>(r: Result<T, String>) -> Result<T, (u16, String)> {
+    r.map_err(|e| (code::WRONG_FRAME, e))
+}
+
+/// Session keys as hex strings (keys are bytes; JSON carries them as text).
+pub fn keys_to_hex(keys: &[bytes::Bytes]) -> Vec<String> {
+    keys.iter().map(hex::encode).collect()
+}
+
+async fn handle(req: SteerRequest, services: &[ServiceHandle]) -> Reply {
+    use serde_json::json;
+    Ok(match req {
+        SteerRequest::Status => {
+            let mut out = Vec::new();
+            for s in services {
+                let route = ask(services, &s.instance, |done| MoveCommand::Status { done }).await?;
+                out.push(ServiceStatus {
+                    listen: s.listen,
+                    route,
+                    stats: s.stats.snapshot(),
+                });
+            }
+            json!({ "services": out })
+        }
+        SteerRequest::BeginMove {
+            instance,
+            destination,
+            abort_safe,
+        } => {
+            let first = refused(
+                ask(services, &instance, |done| MoveCommand::Begin {
+                    destination,
+                    abort_safe,
+                    done,
+                })
+                .await?,
+            )?;
+            json!({ "first_seq": first })
+        }
+        SteerRequest::Cutover { instance } => {
+            let b = refused(ask(services, &instance, |done| MoveCommand::Cutover { done }).await?)?;
+            json!(b)
+        }
+        SteerRequest::FinishMove { instance } => {
+            refused(ask(services, &instance, |done| MoveCommand::Finish { done }).await?)?;
+            json!({ "finished": instance })
+        }
+        SteerRequest::AbortBegin { instance } => {
+            let keys =
+                refused(ask(services, &instance, |done| MoveCommand::AbortBegin { done }).await?)?;
+            json!({ "created": keys_to_hex(&keys) })
+        }
+        SteerRequest::AbortCommit { instance } => {
+            let b = refused(
+                ask(services, &instance, |done| MoveCommand::AbortCommit {
+                    done,
+                })
+                .await?,
+            )?;
+            json!(b)
+        }
+        SteerRequest::Hold { instance } => {
+            let last = refused(ask(services, &instance, |done| MoveCommand::Hold { done }).await?)?;
+            json!({ "last_seq": last })
+        }
+        SteerRequest::Release { instance, to } => {
+            refused(
+                ask(services, &instance, |done| MoveCommand::Release {
+                    to,
+                    done,
+                })
+                .await?,
+            )?;
+            json!({ "released": instance })
+        }
+    })
+}

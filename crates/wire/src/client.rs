@@ -1,0 +1,161 @@
+//! The client side of a control connection: hello (with token), then JSON requests in
+//! `Admin` frames answered by `AdminReply` or `Error`. Nodes and steers both speak it.
+
+use crate::{Frame, FrameCodec, Role, VERSION};
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or talking to the peer failed.
+    #[error("{addr}: {reason}")]
+    Transport {
+        /// The peer.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer refused the request.
+    #[error("{addr} refused the request (code {code}): {message}")]
+    Refused {
+        /// The peer.
+        addr: SocketAddr,
+        /// Stable code (see [`crate::code`]).
+        code: u16,
+        /// Message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether the peer answered (as opposed to the connection failing): a refused request
+    /// is not worth retrying.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
+}
+
+/// Longest wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open control connection.
+pub struct ControlClient {
+    addr: SocketAddr,
+    peer: String,
+    framed: Framed<TcpStream, FrameCodec>,
+    reply_timeout: Duration,
+}
+
+impl ControlClient {
+    /// Connects, says hello as an admin named `name` offering `token`, and waits for the ack.
+    pub async fn connect(addr: SocketAddr, name: &str, token: &str) -> Result<Self, ClientError> {
+        let t = |reason: String| ClientError::Transport { addr, reason };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| t("connect timed out".into()))?
+            .map_err(|e| t(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Self {
+            addr,
+            peer: String::new(),
+            framed: Framed::new(stream, FrameCodec),
+            reply_timeout: Duration::from_secs(30),
+        };
+        c.framed
+            .send(Frame::Hello {
+                role: Role::Admin,
+                name: name.to_owned(),
+                min_version: VERSION,
+                max_version: VERSION,
+                token: token.to_owned(),
+            })
+            .await
+            .map_err(|e| t(e.to_string()))?;
+        match c.next().await? {
+            Frame::HelloAck { node } => {
+                c.peer = node;
+                Ok(c)
+            }
+            other => Err(c.unexpected(other)),
+        }
+    }
+
+    /// The longest wait for any one reply (default 30 s).
+    pub fn set_reply_timeout(&mut self, timeout: Duration) {
+        self.reply_timeout = timeout;
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The name the peer gave in its ack.
+    pub fn peer_name(&self) -> &str {
+        &self.peer
+    }
+
+    /// The error for a frame that is not the expected answer.
+    pub fn unexpected(&self, f: Frame) -> ClientError {
+        match f {
+            Frame::Error { code, message } => ClientError::Refused {
+                addr: self.addr,
+                code,
+                message,
+            },
+            other => ClientError::Transport {
+                addr: self.addr,
+                reason: format!("unexpected frame {other:?}"),
+            },
+        }
+    }
+
+    /// The next frame from the peer.
+    pub async fn next(&mut self) -> Result<Frame, ClientError> {
+        let addr = self.addr;
+        let t = |reason: String| ClientError::Transport { addr, reason };
+        match tokio::time::timeout(self.reply_timeout, self.framed.next()).await {
+            Err(_) => Err(t("no reply within the timeout".into())),
+            Ok(None) => Err(t("connection closed".into())),
+            Ok(Some(Err(e))) => Err(t(e.to_string())),
+            Ok(Some(Ok(f))) => Ok(f),
+        }
+    }
+
+    /// Sends one JSON request without waiting for its answer.
+    pub async fn send(&mut self, req: &impl serde::Serialize) -> Result<(), ClientError> {
+        let addr = self.addr;
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Transport {
+            addr,
+            reason: e.to_string(),
+        })?;
+        self.framed
+            .send(Frame::Admin(body.into()))
+            .await
+            .map_err(|e| ClientError::Transport {
+                addr,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Sends a request answered by one JSON reply.
+    pub async fn request(
+        &mut self,
+        req: &impl serde::Serialize,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.send(req).await?;
+        match self.next().await? {
+            Frame::AdminReply(b) => {
+                serde_json::from_slice(&b).map_err(|e| ClientError::Transport {
+                    addr: self.addr,
+                    reason: format!("bad reply: {e}"),
+                })
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+}
