@@ -1,6 +1,7 @@
 //! `handoff demo`: a steer, a node hosting `mme-1`, and the load generator, on loopback.
 
 use crate::cluster::{start_steer, NodeProcess};
+use crate::moves::{live_move, MoveReport};
 use crate::report::{human_bytes, progress_bar, Machine};
 use clap::Args;
 use handoff_loadgen::oracle::{self, OracleReport};
@@ -44,36 +45,6 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
-/// What the mid-run move did.
-#[derive(Debug, Default, serde::Serialize)]
-struct MoveReport {
-    instance: String,
-    from: String,
-    to: String,
-    sessions_at_start: u64,
-    records_copied: u64,
-    tombstones: u64,
-    bytes_copied: u64,
-    digest_match: bool,
-    buffered_peak: u64,
-    first_seq: u64,
-    cutover_seq: u64,
-    phases_ms: PhasesMs,
-    total_ms: u64,
-    max_response_gap_ms: f64,
-    baseline_response_gap_ms: f64,
-}
-
-#[derive(Debug, Default, serde::Serialize)]
-struct PhasesMs {
-    prepare: u64,
-    steer: u64,
-    copy: u64,
-    verify: u64,
-    cutover: u64,
-    retire: u64,
-}
-
 /// The demo's report. Field names are relied on by later checks: keep them.
 #[derive(Debug, serde::Serialize)]
 struct DemoReport {
@@ -104,118 +75,6 @@ fn parse_order(s: &str, seed: u64) -> anyhow::Result<handoff_state::CopyOrder> {
         "key" => handoff_state::CopyOrder::Key,
         "random" => handoff_state::CopyOrder::Random { seed },
         other => anyhow::bail!("--order {other}: expected hot-first, key or random"),
-    })
-}
-
-fn ms(since: std::time::Instant) -> u64 {
-    since.elapsed().as_millis() as u64
-}
-
-/// Moves `mme-1` from `a` to `b` through the steer (DESIGN.md "Live move"), timing each phase.
-async fn live_move(
-    steer: &handoff_steer::Steer,
-    a: std::net::SocketAddr,
-    b: std::net::SocketAddr,
-    order: handoff_state::CopyOrder,
-) -> anyhow::Result<MoveReport> {
-    use handoff_node::AdminRequest;
-    let instance = "mme-1";
-    let mut admin_a = AdminClient::connect(a, "demo").await?;
-    let mut admin_b = AdminClient::connect(b, "demo").await?;
-    let start = std::time::Instant::now();
-    let t = std::time::Instant::now();
-    // Prepare: an empty shadow that buffers what the steer sends until the manifest arrives.
-    admin_b
-        .request(&AdminRequest::PrepareShadow {
-            instance: instance.into(),
-            function: "vmme".into(),
-        })
-        .await?;
-    let prepare = ms(t);
-    let t = std::time::Instant::now();
-    let first_seq = steer
-        .begin_move(instance, b, false)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let steer_ms = ms(t);
-    let t = std::time::Instant::now();
-    let copy: handoff_node::copy::CopyReport = serde_json::from_value(
-        admin_a
-            .request(&AdminRequest::CopyTo {
-                instance: instance.into(),
-                destination: b,
-                order,
-                plan: handoff_state::CopyPlan::default(),
-                after_seq: first_seq - 1,
-            })
-            .await?,
-    )?;
-    let copy_ms = ms(t);
-    if !copy.digest_match {
-        let _ = steer.abort_move(instance).await;
-        anyhow::bail!(
-            "digests differ in buckets {:?}: move aborted",
-            copy.differing_buckets
-        );
-    }
-    // Verify: the destination holds every record and nothing waits in its buffers.
-    let t = std::time::Instant::now();
-    let shadow = loop {
-        let s = admin_b
-            .request(&AdminRequest::ShadowStats {
-                instance: instance.into(),
-            })
-            .await?;
-        if s["awaiting"] == 0 && s["buffered"] == 0 {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = steer.abort_move(instance).await;
-            anyhow::bail!("destination did not settle: {s}: move aborted");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let verify = ms(t);
-    let t = std::time::Instant::now();
-    let cutover_seq = steer
-        .cutover(instance)
-        .await
-        .map_err(anyhow::Error::msg)?
-        .boundary;
-    let cutover = ms(t);
-    let t = std::time::Instant::now();
-    admin_b
-        .request(&AdminRequest::FinishShadow {
-            instance: instance.into(),
-        })
-        .await?;
-    steer
-        .finish_move(instance)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let retire = ms(t);
-    Ok(MoveReport {
-        instance: instance.into(),
-        from: a.to_string(),
-        to: b.to_string(),
-        sessions_at_start: copy.sessions_at_start,
-        records_copied: copy.records_copied,
-        tombstones: copy.tombstones,
-        bytes_copied: copy.bytes_copied,
-        digest_match: copy.digest_match,
-        buffered_peak: shadow["buffered_peak"].as_u64().unwrap_or(0),
-        first_seq,
-        cutover_seq,
-        phases_ms: PhasesMs {
-            prepare,
-            steer: steer_ms,
-            copy: copy_ms,
-            verify,
-            cutover,
-            retire,
-        },
-        total_ms: ms(start),
-        ..MoveReport::default()
     })
 }
 

@@ -13,6 +13,7 @@ mod bench;
 mod cluster;
 mod daemons;
 mod demo;
+mod moves;
 mod report;
 
 use clap::{Parser, Subcommand};

@@ -498,6 +498,17 @@ pub trait Hosted: Send {
         manifest: Option<Vec<SessionKey>>,
         limits: shadow::ShadowLimits,
     ) -> Result<(), MoveStepError>;
+    /// A serving instance (sessions kept) starts expecting the records of `keys` from another
+    /// node: their signals are buffered until each arrives (an aborted move's sessions coming
+    /// back). Everything else keeps being served. No keys: nothing changes.
+    fn expect_records(
+        &mut self,
+        keys: Vec<SessionKey>,
+        limits: shadow::ShadowLimits,
+    ) -> Result<(), MoveStepError>;
+    /// Whether this is a shadow that awaits the records of every key in `keys` (a copy's
+    /// manifest matching an earlier [`Hosted::expect_records`]).
+    fn expects(&self, keys: &[SessionKey]) -> bool;
     /// Gives a shadow that was begun without one its manifest.
     fn set_manifest(
         &mut self,
@@ -520,6 +531,9 @@ pub trait Hosted: Send {
     fn shadow_stats(&self) -> Option<shadow::ShadowStats>;
     /// Ends shadow mode once settled: the instance serves from here on.
     fn finish_shadow(&mut self) -> Result<(), MoveStepError>;
+    /// Gives up on the records a shadow still awaits (their sender is gone; see
+    /// [`shadow::Shadow::abandon_awaited`]); returns how many.
+    fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> usize;
     /// Overwrites one session of a serving instance with a pushed record (`None`: removes it),
     /// as stop-and-copy and pre-copy baselines do; notes `seq` as applied. Refused by a shadow
     /// and for a record that does not decode.
@@ -587,6 +601,28 @@ impl<F: Function> Hosted for Hosting<F> {
         });
         Ok(())
     }
+    fn expect_records(
+        &mut self,
+        keys: Vec<SessionKey>,
+        limits: shadow::ShadowLimits,
+    ) -> Result<(), MoveStepError> {
+        if keys.is_empty() || self.expects(&keys) {
+            return Ok(());
+        }
+        let Self::Serving(i) = self else {
+            return Err(MoveStepError::WrongPhase {
+                expected: "serving",
+                actual: self.phase(),
+            });
+        };
+        let fresh = Instance::new(i.function.clone());
+        let serving = std::mem::replace(i, fresh);
+        *self = Self::Shadow(shadow::Shadow::new(serving, keys, limits));
+        Ok(())
+    }
+    fn expects(&self, keys: &[SessionKey]) -> bool {
+        matches!(self, Self::Shadow(s) if s.manifest_known() && keys.iter().all(|k| s.awaits(k)))
+    }
     fn set_manifest(
         &mut self,
         manifest: Vec<SessionKey>,
@@ -634,6 +670,12 @@ impl<F: Function> Hosted for Hosting<F> {
         match self {
             Self::Shadow(s) => Some(s.stats()),
             Self::Serving(_) => None,
+        }
+    }
+    fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> usize {
+        match self {
+            Self::Shadow(s) => s.abandon_awaited(out),
+            Self::Serving(_) => 0,
         }
     }
     fn finish_shadow(&mut self) -> Result<(), MoveStepError> {

@@ -43,6 +43,7 @@ async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_refer
             order: handoff_state::CopyOrder::HotFirst,
             plan: handoff_state::CopyPlan::default(),
             after_seq: first - 1,
+            keys: None,
         })
         .await
         .unwrap();
@@ -61,6 +62,7 @@ async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_refer
     admin_b
         .request(&AdminRequest::FinishShadow {
             instance: "mme-1".into(),
+            force: false,
         })
         .await
         .unwrap();

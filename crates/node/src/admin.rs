@@ -1,7 +1,7 @@
 //! Admin requests (JSON in `Frame::Admin`) and their replies.
 
 use crate::conn::{error, send, Reader};
-use crate::instance::TaskStats;
+use crate::instance::{Control, TaskStats};
 use crate::Node;
 use futures::StreamExt;
 use handoff_function::Ruleset;
@@ -51,6 +51,24 @@ pub enum AdminRequest {
         /// the steer stamped before switching to move mode).
         #[serde(default)]
         after_seq: u64,
+        /// Copy only these sessions (hex keys; an absent one is sent as a tombstone): an
+        /// aborted move's sessions going back. Default: every session.
+        #[serde(default)]
+        keys: Option<Vec<String>>,
+    },
+    /// A serving instance starts expecting the records of these sessions (hex keys) from
+    /// another node, buffering their signals until each arrives (an aborted move's sessions
+    /// coming back). Answers `{"expecting": n}`.
+    ExpectSessions {
+        /// The instance.
+        instance: String,
+        /// The sessions, as hex keys.
+        keys: Vec<String>,
+    },
+    /// Stops and removes an instance (a move's drained source, or an aborted destination).
+    DropInstance {
+        /// The instance.
+        instance: String,
     },
     /// Makes an empty instance (created if absent) a move's destination, before the steer
     /// switches: it buffers stateful signals until the source's manifest arrives.
@@ -69,6 +87,10 @@ pub enum AdminRequest {
     FinishShadow {
         /// The instance.
         instance: String,
+        /// Give up on records still awaited first (their sender is gone): those sessions are
+        /// taken as absent.
+        #[serde(default)]
+        force: bool,
     },
     /// Streams the instance's records with seq above `since_seq` (and tombstones of sessions
     /// deleted after it) to a serving instance of the same name on another node, overwriting
@@ -128,6 +150,41 @@ fn reply(v: &impl serde::Serialize) -> Frame {
     Frame::AdminReply(serde_json::to_vec(v).unwrap_or_default().into())
 }
 
+/// Decodes hex session keys from a request.
+fn parse_keys(keys: &[String]) -> Result<Vec<handoff_function::SessionKey>, Frame> {
+    keys.iter()
+        .map(|k| {
+            hex::decode(k)
+                .map(bytes::Bytes::from)
+                .map_err(|e| error(code::BAD_REQUEST, format!("key {k:?}: {e}")))
+        })
+        .collect()
+}
+
+/// Runs a move step on an instance's task and turns its answer into a reply frame.
+async fn move_step(
+    node: &Node,
+    instance: &str,
+    make: impl FnOnce(
+        tokio::sync::oneshot::Sender<Result<(), handoff_function::runtime::MoveStepError>>,
+    ) -> crate::instance::Control,
+    ok: serde_json::Value,
+) -> Frame {
+    let h = match node.instance(instance) {
+        Ok(h) => h,
+        Err(e) => return error(e.code(), e.to_string()),
+    };
+    let (done, answer) = tokio::sync::oneshot::channel();
+    if !h.control(make(done)).await {
+        return error(code::UNKNOWN_INSTANCE, "instance stopped");
+    }
+    match answer.await {
+        Ok(Ok(())) => reply(&ok),
+        Ok(Err(e)) => error(code::WRONG_FRAME, e.to_string()),
+        Err(_) => error(code::UNKNOWN_INSTANCE, "instance stopped"),
+    }
+}
+
 pub(crate) async fn session(
     node: &Node,
     mut reader: Reader,
@@ -185,7 +242,15 @@ pub(crate) async fn session(
                 order,
                 plan,
                 after_seq,
+                keys,
             } => {
+                let only = match keys.as_deref().map(parse_keys).transpose() {
+                    Ok(k) => k,
+                    Err(f) => {
+                        send(tx, vec![f]).await?;
+                        continue;
+                    }
+                };
                 let now = crate::direct::now_us();
                 let f = match crate::copy::copy_to(
                     node,
@@ -194,6 +259,7 @@ pub(crate) async fn session(
                     order,
                     plan,
                     after_seq,
+                    only,
                     now,
                 )
                 .await
@@ -210,24 +276,8 @@ pub(crate) async fn session(
                         continue;
                     }
                 }
-                let f = match node.instance(&instance) {
-                    Ok(h) => {
-                        let (done, answer) = tokio::sync::oneshot::channel();
-                        if !h
-                            .control(crate::instance::Control::PrepareShadow(done))
-                            .await
-                        {
-                            error(code::UNKNOWN_INSTANCE, "instance stopped")
-                        } else {
-                            match answer.await {
-                                Ok(Ok(())) => reply(&serde_json::json!({ "prepared": instance })),
-                                Ok(Err(e)) => error(code::WRONG_FRAME, e.to_string()),
-                                Err(_) => error(code::UNKNOWN_INSTANCE, "instance stopped"),
-                            }
-                        }
-                    }
-                    Err(e) => error(e.code(), e.to_string()),
-                };
+                let ok = serde_json::json!({ "prepared": instance });
+                let f = move_step(node, &instance, Control::PrepareShadow, ok).await;
                 send(tx, vec![f]).await?;
             }
             AdminRequest::ShadowStats { instance } => {
@@ -244,23 +294,35 @@ pub(crate) async fn session(
                 };
                 send(tx, vec![f]).await?;
             }
-            AdminRequest::FinishShadow { instance } => {
-                let f = match node.instance(&instance) {
-                    Ok(h) => {
-                        let (done, answer) = tokio::sync::oneshot::channel();
-                        if !h
-                            .control(crate::instance::Control::FinishShadow(done))
-                            .await
-                        {
-                            error(code::UNKNOWN_INSTANCE, "instance stopped")
-                        } else {
-                            match answer.await {
-                                Ok(Ok(())) => reply(&serde_json::json!({ "serving": instance })),
-                                Ok(Err(e)) => error(code::WRONG_FRAME, e.to_string()),
-                                Err(_) => error(code::UNKNOWN_INSTANCE, "instance stopped"),
-                            }
-                        }
+            AdminRequest::FinishShadow { instance, force } => {
+                let ok = serde_json::json!({ "serving": instance });
+                let step = if force {
+                    Control::AbandonAndFinish
+                } else {
+                    Control::FinishShadow
+                };
+                let f = move_step(node, &instance, step, ok).await;
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::ExpectSessions { instance, keys } => {
+                let f = match parse_keys(&keys) {
+                    Ok(keys) => {
+                        let ok = serde_json::json!({ "expecting": keys.len() });
+                        move_step(
+                            node,
+                            &instance,
+                            |done| Control::ExpectRecords { keys, done },
+                            ok,
+                        )
+                        .await
                     }
+                    Err(f) => f,
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::DropInstance { instance } => {
+                let f = match node.drop_instance(&instance) {
+                    Ok(()) => reply(&serde_json::json!({ "dropped": instance })),
                     Err(e) => error(e.code(), e.to_string()),
                 };
                 send(tx, vec![f]).await?;

@@ -87,6 +87,7 @@ pub async fn copy_to(
     order: CopyOrder,
     plan: CopyPlan,
     after_seq: u64,
+    only: Option<Vec<SessionKey>>,
     now_us: u64,
 ) -> Result<CopyReport, CopyError> {
     let h = node.instance(instance)?;
@@ -115,7 +116,19 @@ pub async fn copy_to(
         return Err(NodeError::UnknownInstance(instance.to_owned()).into());
     }
     let result = async {
-        let m = manifest(h.table(), order, now_us);
+        // A subset (sessions going back after an abort) is final: no signal for them reaches
+        // this instance any more, so an absent one is gone for good (a tombstone).
+        let subset = only.is_some();
+        let m = match only {
+            Some(keys) => handoff_state::Manifest {
+                bytes: keys
+                    .iter()
+                    .filter_map(|k| h.table().get(k).map(|r| (k.len() + r.bytes.len()) as u64))
+                    .sum(),
+                keys,
+            },
+            None => manifest(h.table(), order, now_us),
+        };
         let rate = plan.check(m.bytes, CORE_COPY_BPS)?;
         let start = Instant::now();
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(destination))
@@ -192,7 +205,11 @@ pub async fn copy_to(
                     }
                 }
                 None => {
-                    let seq = log.seq_of(key).ok_or(CopyError::MissingTombstone)?;
+                    let seq = match log.seq_of(key) {
+                        Some(s) => s,
+                        None if subset => h.stats().runtime.last_seq,
+                        None => return Err(CopyError::MissingTombstone),
+                    };
                     digest.add(key, seq, tombstone_digest_bytes());
                     report.tombstones += 1;
                     Frame::Tombstone {

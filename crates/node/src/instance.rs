@@ -54,12 +54,22 @@ pub enum Control {
         /// The answer.
         done: oneshot::Sender<Result<(), MoveStepError>>,
     },
+    /// Expect the records of these sessions from another node (an aborted move's sessions
+    /// coming back); their signals are buffered until they arrive.
+    ExpectRecords {
+        /// The sessions.
+        keys: Vec<SessionKey>,
+        /// The answer.
+        done: oneshot::Sender<Result<(), MoveStepError>>,
+    },
     /// Copied records (`None` bytes: a tombstone).
     Records(Vec<(SessionKey, u64, Option<Bytes>)>),
     /// Shadow counters, once everything queued before is applied.
     ShadowStats(oneshot::Sender<Option<ShadowStats>>),
     /// Leave shadow mode (when settled).
     FinishShadow(oneshot::Sender<Result<(), MoveStepError>>),
+    /// Give up on the records still awaited (their sender is gone), then leave shadow mode.
+    AbandonAndFinish(oneshot::Sender<Result<(), MoveStepError>>),
     /// Pushed records (`None` bytes: a deletion) overwriting sessions of a serving instance
     /// (the stop-and-copy and pre-copy baselines); answered with how many were refused.
     Import {
@@ -110,6 +120,7 @@ pub struct InstanceHandle {
     ruleset: RulesetHandle,
     stats: Arc<Mutex<TaskStats>>,
     binding: Arc<AtomicU64>,
+    stop: CancellationToken,
 }
 
 impl InstanceHandle {
@@ -120,6 +131,7 @@ impl InstanceHandle {
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let stop = stop.child_token();
         let handle = Self {
             name: name.into(),
             function: hosted.function_name(),
@@ -128,6 +140,7 @@ impl InstanceHandle {
             ruleset: hosted.ruleset().clone(),
             stats: Arc::new(Mutex::new(TaskStats::default())),
             binding: Arc::new(AtomicU64::new(0)),
+            stop: stop.clone(),
         };
         tokio::spawn(run(
             hosted,
@@ -137,6 +150,11 @@ impl InstanceHandle {
             stop,
         ));
         handle
+    }
+
+    /// Stops the instance's task (the instance is being dropped).
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 
     /// The instance's name.
@@ -222,9 +240,15 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
         Control::PrepareShadow(done) => {
             let _ = done.send(hosted.begin_shadow(None, ShadowLimits::default()));
         }
+        Control::ExpectRecords { keys, done } => {
+            let _ = done.send(hosted.expect_records(keys, ShadowLimits::default()));
+        }
         Control::Manifest { manifest, done } => {
             let r = if hosted.awaits_manifest() {
                 hosted.set_manifest(manifest, &mut replayed)
+            } else if hosted.expects(&manifest) {
+                // Sessions coming back after an aborted move: announced before.
+                Ok(())
             } else {
                 hosted.begin_shadow(Some(manifest), ShadowLimits::default())
             };
@@ -242,6 +266,14 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
             let _ = done.send(hosted.shadow_stats());
         }
         Control::FinishShadow(done) => {
+            let _ = done.send(hosted.finish_shadow());
+        }
+        Control::AbandonAndFinish(done) => {
+            let n = hosted.abandon_awaited(&mut replayed);
+            if n > 0 {
+                local.move_errors += 1;
+                tracing::warn!(sessions = n, "gave up on records never received");
+            }
             let _ = done.send(hosted.finish_shadow());
         }
         Control::Import { records, done } => {

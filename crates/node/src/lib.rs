@@ -146,6 +146,19 @@ impl Node {
         Ok(())
     }
 
+    /// Stops and removes an instance; signals still queued for it are dropped (a drained
+    /// move source has none).
+    pub fn drop_instance(&self, instance: &str) -> Result<(), NodeError> {
+        let h = self
+            .instances
+            .lock()
+            .remove(instance)
+            .ok_or_else(|| NodeError::UnknownInstance(instance.to_owned()))?;
+        h.stop();
+        tracing::info!(instance, "instance dropped");
+        Ok(())
+    }
+
     /// The handle of a hosted instance.
     pub fn instance(&self, instance: &str) -> Result<InstanceHandle, NodeError> {
         self.instances

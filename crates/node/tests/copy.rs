@@ -99,6 +99,7 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
         order: handoff_state::CopyOrder::HotFirst,
         plan: handoff_state::CopyPlan::default(),
         after_seq: 0,
+        keys: None,
     };
     let r = admin_a.request(&copy).await.unwrap();
     assert_eq!(r["sessions_at_start"], 450);
@@ -118,6 +119,7 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
     admin_b
         .request(&AdminRequest::FinishShadow {
             instance: "mme-1".into(),
+            force: false,
         })
         .await
         .unwrap();
@@ -149,6 +151,7 @@ async fn an_infeasible_plan_is_refused_before_anything_is_sent() {
             deadline_ms: Some(1_000),
         },
         after_seq: 0,
+        keys: None,
     };
     let err = admin_a.request(&copy).await.unwrap_err();
     assert!(

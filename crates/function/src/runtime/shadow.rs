@@ -82,6 +82,8 @@ pub struct ShadowStats {
     pub buffered_peak: usize,
     /// Records and tombstones imported.
     pub records: u64,
+    /// Bytes of the records imported (keys and values).
+    pub bytes: u64,
     /// Records for keys not in the manifest or already received.
     pub unexpected_records: u64,
     /// Buffered signals discarded because their record already included them.
@@ -141,6 +143,11 @@ impl<F: Function> Shadow<F> {
             limits,
             stats: ShadowStats::default(),
         }
+    }
+
+    /// Whether the record of `key` is still awaited.
+    pub fn awaits(&self, key: &[u8]) -> bool {
+        self.awaiting.contains(key)
     }
 
     /// Whether the manifest has arrived.
@@ -238,6 +245,7 @@ impl<F: Function> Shadow<F> {
             self.stats.unexpected_records += 1;
             return Ok(RecordOutcome::Unexpected);
         }
+        self.stats.bytes += (key.len() + bytes.as_ref().map_or(0, Bytes::len)) as u64;
         match bytes {
             Some(b) => self
                 .instance
@@ -296,6 +304,22 @@ impl<F: Function> Shadow<F> {
             replayed += 1;
         }
         (replayed, discarded)
+    }
+
+    /// Gives up on every record still awaited (its sender is gone): each such session is taken
+    /// as absent and its buffered signals apply on nothing, in seq order with the ticks, as the
+    /// sender would have applied them to a session it no longer had. Returns how many.
+    pub fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> usize {
+        let mut keys: Vec<SessionKey> = self.awaiting.drain().collect();
+        keys.sort();
+        self.manifest_known = true;
+        for key in &keys {
+            self.instance.remove_session(key);
+            self.replay(key, 0, out);
+        }
+        self.stats.awaiting = 0;
+        self.ticks.clear();
+        keys.len()
     }
 
     /// Whether every manifest key has arrived and nothing is buffered: the destination's part
