@@ -14,6 +14,9 @@ use std::time::Duration;
 pub enum BenchCmd {
     /// Highest sustainable rate through the steer vs the node's direct path (no steer).
     Steer(SteerBenchArgs),
+    /// The live move side by side with stop-and-copy, iterative pre-copy, raw TCP and Redis
+    /// MIGRATE on the same sessions and load.
+    Move(crate::bench_move::MoveBenchArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -160,6 +163,7 @@ impl Bench {
 pub async fn run(b: BenchCmd) -> anyhow::Result<ExitCode> {
     match b {
         BenchCmd::Steer(a) => steer(a).await,
+        BenchCmd::Move(a) => crate::bench_move::run(a).await,
     }
 }
 

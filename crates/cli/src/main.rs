@@ -10,11 +10,13 @@ macro_rules! out {
 }
 
 mod bench;
+mod bench_move;
 mod cluster;
 mod daemons;
 mod demo;
 mod moves;
 mod report;
+mod resp;
 
 use clap::{Parser, Subcommand};
 use handoff_function::runtime::Catalog;

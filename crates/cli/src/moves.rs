@@ -304,3 +304,33 @@ pub(crate) async fn baseline_move(
     report.total_ms = ms(start);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PreCopyRule;
+
+    #[test]
+    fn pre_copy_pauses_when_a_round_moves_little_or_rounds_run_out() {
+        let rule = PreCopyRule {
+            stop_fraction: 0.01,
+            max_rounds: 5,
+        };
+        // The full first copy never counts as small.
+        assert!(!rule.pause_now(0, 100_000, 100_000));
+        assert!(
+            !rule.pause_now(1, 1_000, 100_000),
+            "1% is not fewer than 1%"
+        );
+        assert!(rule.pause_now(1, 999, 100_000));
+        assert!(!rule.pause_now(3, 50_000, 100_000));
+        assert!(
+            rule.pause_now(4, 50_000, 100_000),
+            "five rounds while serving at most"
+        );
+        let one = PreCopyRule {
+            stop_fraction: 0.0,
+            max_rounds: 1,
+        };
+        assert!(one.pause_now(0, 100_000, 100_000));
+    }
+}
