@@ -459,6 +459,9 @@ pub(crate) async fn run(
 struct Sent {
     source: u64,
     dest: u64,
+    /// The current move's route flip (cutover or abort commit), repeated to a controller
+    /// that asks again because it lost the first answer.
+    flip: Option<Boundary>,
 }
 
 /// Where the service's links point.
@@ -552,6 +555,7 @@ impl State<'_> {
                 }
                 *self.dest = Some(spawn_link(destination));
                 self.addrs.dest = Some(destination);
+                self.sent.flip = None;
                 *self.pending = Some(PendingBegin {
                     abort_safe,
                     since: tokio::time::Instant::now(),
@@ -559,6 +563,10 @@ impl State<'_> {
                 });
             }
             MoveCommand::Cutover { done } => {
+                if let (Some(b), "cut over") = (self.sent.flip, self.route.phase()) {
+                    let _ = done.send(Ok(b));
+                    return;
+                }
                 let boundary = last_seq + 1;
                 let r = self
                     .route
@@ -568,6 +576,7 @@ impl State<'_> {
                         last_sent: self.sent.source,
                     })
                     .map_err(|e| e.to_string());
+                self.sent.flip = r.as_ref().ok().copied();
                 if r.is_ok() {
                     tracing::info!(instance, boundary, "cutover");
                 }
@@ -585,6 +594,7 @@ impl State<'_> {
                         self.addrs.source = d;
                     }
                     self.sent.source = self.sent.dest;
+                    self.sent.flip = None;
                 }
                 let _ = done.send(r);
             }
@@ -612,6 +622,10 @@ impl State<'_> {
                 let _ = done.send(self.route.abort_begin().map_err(|e| e.to_string()));
             }
             MoveCommand::AbortCommit { done } => {
+                if let (Some(b), "serving") = (self.sent.flip, self.route.phase()) {
+                    let _ = done.send(Ok(b));
+                    return;
+                }
                 let r = self
                     .route
                     .abort_commit()
@@ -620,6 +634,7 @@ impl State<'_> {
                         last_sent: self.sent.dest,
                     })
                     .map_err(|e| e.to_string());
+                self.sent.flip = r.as_ref().ok().copied();
                 if r.is_ok() {
                     tracing::info!(instance, boundary = last_seq + 1, "move aborted");
                     self.retire_dest();

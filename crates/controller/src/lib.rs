@@ -1,0 +1,9 @@
+//! The controller: the cluster view and the driver of live moves (DESIGN.md "Live move").
+//! Never on the signal path: it talks to nodes and steers over the authenticated control
+//! protocol, and keeps its state in an embedded store so a restart resumes or aborts cleanly.
+
+#![warn(missing_docs)]
+
+pub mod machine;
+
+pub use machine::{Action, Failure, MoveMachine, MoveSpec, Outcome, Phase, Side};

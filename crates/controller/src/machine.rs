@@ -1,0 +1,670 @@
+//! The move machine: the phases of a live move (DESIGN.md "Live move") as a pure state
+//! machine. It does no I/O: [`MoveMachine::action`] says what to do next, the driver does it
+//! and hands the result to [`MoveMachine::complete`]. The whole state is serialisable, so the
+//! controller persists it before every action and a restarted controller resumes (after
+//! cutover) or aborts cleanly (before it) with [`MoveMachine::recover`]. The same machine runs
+//! in the controller daemon, in a source node (the source-driven variant) and in the
+//! deterministic simulation.
+//!
+//! ```text
+//! Prepare → Steer → [Lead K] → Copy → Verify → Cutover → Drain → Finish → Retire → Done
+//!    │         │                  │       │
+//!    └─────────┴──────── abort ───┴───────┴─▶ AbortBegin → Expect → AbortCommit → Settle
+//!                                             → CopyBack → Return → DropDestination → Aborted
+//! ```
+
+use bytes::Bytes;
+use handoff_state::{CopyOrder, CopyPlan};
+use std::net::SocketAddr;
+
+/// Which node of a move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The node the instance leaves.
+    Source,
+    /// The node the instance goes to.
+    Destination,
+}
+
+/// What a move is asked to do.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MoveSpec {
+    /// Move id (unique per controller).
+    pub id: u64,
+    /// The instance.
+    pub instance: String,
+    /// Its function.
+    pub function: String,
+    /// The source node's address.
+    pub source: SocketAddr,
+    /// The destination node's address.
+    pub destination: SocketAddr,
+    /// The steer's control address.
+    pub steer: SocketAddr,
+    /// Copy order.
+    pub order: CopyOrder,
+    /// Copy limits.
+    pub plan: CopyPlan,
+    /// Duplicate creates too, so an abort needs nothing moved back.
+    pub abort_safe: bool,
+    /// Lead between steering and copy start, ms (0 < K ≤ 5000; 0: none).
+    pub lead_ms: u64,
+}
+
+/// The longest lead between steering and copy start (seed 000 R3).
+pub const MAX_LEAD_MS: u64 = 5_000;
+
+/// The next I/O a driver performs for the machine.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Destination: create (if absent) an empty instance and make it a pending shadow.
+    PrepareShadow,
+    /// Steer: enter move mode. Answer: [`Outcome::FirstSeq`].
+    BeginMove {
+        /// Duplicate creates too.
+        abort_safe: bool,
+    },
+    /// Wait this long, then report [`Outcome::Done`].
+    Wait {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// Copy sessions from one side to the other once it applied `after_seq`. Answer:
+    /// [`Outcome::Copied`].
+    Copy {
+        /// The sender.
+        from: Side,
+        /// Only these sessions (an abort's way back); `None`: all of them.
+        keys: Option<Vec<Bytes>>,
+        /// The sender takes its manifest only once it applied this seq.
+        after_seq: u64,
+    },
+    /// A side's shadow counters. Answer: [`Outcome::Shadow`].
+    ShadowStats {
+        /// Which side.
+        at: Side,
+    },
+    /// Steer: flip the route. Answer: [`Outcome::Boundary`].
+    Cutover,
+    /// A side's last applied seq. Answer: [`Outcome::Applied`].
+    AppliedSeq {
+        /// Which side.
+        at: Side,
+    },
+    /// End a side's shadow mode (`force`: giving up on records never received).
+    FinishShadow {
+        /// Which side.
+        at: Side,
+        /// Give up on awaited records first.
+        force: bool,
+    },
+    /// Steer: make the destination the owner.
+    FinishMove,
+    /// Stop and remove the instance on a side.
+    DropInstance {
+        /// Which side.
+        at: Side,
+    },
+    /// Steer: first abort step. Answer: [`Outcome::Keys`].
+    AbortBegin,
+    /// Source: expect the records of these sessions.
+    ExpectSessions {
+        /// The sessions.
+        keys: Vec<Bytes>,
+    },
+    /// Steer: second abort step. Answer: [`Outcome::Boundary`].
+    AbortCommit,
+}
+
+/// A successful answer to an [`Action`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Outcome {
+    /// Done, nothing to report.
+    Done,
+    /// The first seq under move mode.
+    FirstSeq(u64),
+    /// A copy's report.
+    Copied(CopyOutcome),
+    /// Shadow counters (`None`: the instance is not a shadow).
+    Shadow(Option<ShadowView>),
+    /// A route flip: the first seq under the new route, the last sent to the old side.
+    Boundary {
+        /// First seq under the new route.
+        boundary: u64,
+        /// Last seq sent to the side the route left.
+        last_sent: u64,
+    },
+    /// A side's last applied seq.
+    Applied(u64),
+    /// Session keys.
+    Keys(Vec<Bytes>),
+}
+
+/// What a copy reported.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CopyOutcome {
+    /// Keys in the manifest.
+    pub sessions_at_start: u64,
+    /// Records and tombstones sent.
+    pub records_copied: u64,
+    /// Of which tombstones.
+    pub tombstones: u64,
+    /// Bytes sent.
+    pub bytes_copied: u64,
+    /// Whether the digests matched.
+    pub digest_match: bool,
+    /// Buckets that differ.
+    pub differing_buckets: Vec<usize>,
+}
+
+/// A shadow's counters, as the machine needs them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShadowView {
+    /// Records still awaited.
+    pub awaiting: u64,
+    /// Signals buffered now.
+    pub buffered: u64,
+    /// Most signals buffered at once.
+    pub buffered_peak: u64,
+    /// Records received.
+    pub records: u64,
+    /// Bytes received.
+    pub bytes: u64,
+}
+
+impl ShadowView {
+    fn settled(&self) -> bool {
+        self.awaiting == 0 && self.buffered == 0
+    }
+}
+
+/// Why an action failed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Failure {
+    /// The peer answered and refused.
+    Refused(String),
+    /// The peer could not be reached, or the connection broke.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(m) => write!(f, "refused: {m}"),
+            Failure::Unreachable(m) => write!(f, "unreachable: {m}"),
+        }
+    }
+}
+
+/// Where a move is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Destination readiness.
+    Prepare,
+    /// Steer switch to move mode.
+    Steer,
+    /// Lead K before the copy.
+    Lead,
+    /// Source → destination copy.
+    Copy,
+    /// Waiting for the destination to settle (conditions 1 and 2).
+    Verify,
+    /// The route flip.
+    Cutover,
+    /// The source applies what it was sent before the flip.
+    Drain,
+    /// The destination leaves shadow mode; the steer makes it the owner.
+    Finish,
+    /// The source's copy goes offline.
+    Retire,
+    /// Moved.
+    Done,
+    /// Abort: the steer sends only the sessions created meanwhile to the destination.
+    AbortBegin,
+    /// Abort: the source expects those sessions back.
+    AbortExpect,
+    /// Abort: the route returns to the source.
+    AbortCommit,
+    /// Abort: the destination has every record it awaited (so it can send them back).
+    AbortSettle,
+    /// Abort: the destination sends the sessions back.
+    AbortCopyBack,
+    /// Abort: the source has them and serves again.
+    AbortReturn,
+    /// Abort: the destination's copy is removed.
+    AbortDrop,
+    /// Aborted: the source serves.
+    Aborted,
+    /// Stopped with the cluster needing an operator (the reason says why).
+    Failed,
+}
+
+impl Phase {
+    /// Whether the move has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Done | Phase::Aborted | Phase::Failed)
+    }
+
+    /// Whether the route has flipped: from here on the move only goes forward.
+    pub fn past_cutover(self) -> bool {
+        matches!(
+            self,
+            Phase::Drain | Phase::Finish | Phase::Retire | Phase::Done
+        )
+    }
+
+    fn is_abort(self) -> bool {
+        matches!(
+            self,
+            Phase::AbortBegin
+                | Phase::AbortExpect
+                | Phase::AbortCommit
+                | Phase::AbortSettle
+                | Phase::AbortCopyBack
+                | Phase::AbortReturn
+                | Phase::AbortDrop
+                | Phase::Aborted
+        )
+    }
+}
+
+/// Tries of one action that cannot reach its peer before the machine gives up on it.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Polls of a condition (settling, draining) before the machine gives up waiting.
+pub const MAX_POLLS: u32 = 15_000;
+/// Interval between polls, ms.
+pub const POLL_MS: u64 = 2;
+
+/// Figures a finished move reports.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MoveFigures {
+    /// The first seq under move mode.
+    pub first_seq: u64,
+    /// The cutover boundary.
+    pub cutover_seq: u64,
+    /// The copy's report.
+    pub copy: CopyOutcome,
+    /// The destination's shadow counters at cutover.
+    pub shadow: ShadowView,
+    /// Sessions created on the destination during an aborted move.
+    pub created_during_move: u64,
+    /// Of those, sessions that could not be brought back (their node was gone).
+    pub lost_on_abort: u64,
+    /// Milliseconds spent per phase.
+    pub phases_ms: std::collections::BTreeMap<String, u64>,
+}
+
+/// The state of one move.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MoveMachine {
+    /// What was asked.
+    pub spec: MoveSpec,
+    /// Where it is.
+    pub phase: Phase,
+    /// Whether the action of the current phase may have been sent (persisted before sending:
+    /// a restart knows the peer may have carried it out).
+    pub in_flight: bool,
+    /// Tries of the current action that failed to reach the peer.
+    pub attempts: u32,
+    /// Polls of the current condition.
+    pub polls: u32,
+    /// Why the move is aborting or failed.
+    pub reason: Option<String>,
+    /// An abort was asked for (acted on at the next step boundary before cutover).
+    pub abort_requested: bool,
+    /// Keys to send back on abort.
+    pub created: Vec<Bytes>,
+    /// The last seq the steer sent to the side a route flip left.
+    pub last_sent: u64,
+    /// Figures.
+    pub figures: MoveFigures,
+    /// When the current phase began (driver's clock, ms).
+    pub phase_started_ms: u64,
+}
+
+impl MoveMachine {
+    /// A new move at `Prepare`. The spec is checked: a bad lead or identical nodes are refused.
+    pub fn new(spec: MoveSpec, now_ms: u64) -> Result<Self, String> {
+        if spec.source == spec.destination {
+            return Err("source and destination are the same node".into());
+        }
+        if spec.lead_ms > MAX_LEAD_MS {
+            return Err(format!(
+                "lead {} ms is above the {MAX_LEAD_MS} ms allowed",
+                spec.lead_ms
+            ));
+        }
+        Ok(Self {
+            spec,
+            phase: Phase::Prepare,
+            in_flight: false,
+            attempts: 0,
+            polls: 0,
+            reason: None,
+            abort_requested: false,
+            created: Vec::new(),
+            last_sent: 0,
+            figures: MoveFigures::default(),
+            phase_started_ms: now_ms,
+        })
+    }
+
+    /// The next action, or `None` once the move has ended.
+    pub fn action(&self) -> Option<Action> {
+        let poll = Action::Wait { ms: POLL_MS };
+        Some(match self.phase {
+            Phase::Prepare => Action::PrepareShadow,
+            Phase::Steer => Action::BeginMove {
+                abort_safe: self.spec.abort_safe,
+            },
+            Phase::Lead => Action::Wait {
+                ms: self.spec.lead_ms,
+            },
+            Phase::Copy => Action::Copy {
+                from: Side::Source,
+                keys: None,
+                after_seq: self.figures.first_seq.saturating_sub(1),
+            },
+            Phase::Verify | Phase::AbortSettle if self.polls % 2 == 1 => poll,
+            Phase::Verify => Action::ShadowStats {
+                at: Side::Destination,
+            },
+            Phase::Cutover => Action::Cutover,
+            Phase::Drain if self.polls % 2 == 1 => poll,
+            Phase::Drain => Action::AppliedSeq { at: Side::Source },
+            Phase::Finish if !self.in_flight_finish_done() => Action::FinishShadow {
+                at: Side::Destination,
+                force: false,
+            },
+            Phase::Finish => Action::FinishMove,
+            Phase::Retire => Action::DropInstance { at: Side::Source },
+            Phase::AbortBegin => Action::AbortBegin,
+            Phase::AbortExpect => Action::ExpectSessions {
+                keys: self.created.clone(),
+            },
+            Phase::AbortCommit => Action::AbortCommit,
+            Phase::AbortSettle => Action::ShadowStats {
+                at: Side::Destination,
+            },
+            Phase::AbortCopyBack => Action::Copy {
+                from: Side::Destination,
+                keys: Some(self.created.clone()),
+                after_seq: self.last_sent,
+            },
+            Phase::AbortReturn => Action::FinishShadow {
+                at: Side::Source,
+                force: true,
+            },
+            Phase::AbortDrop => Action::DropInstance {
+                at: Side::Destination,
+            },
+            Phase::Done | Phase::Aborted | Phase::Failed => return None,
+        })
+    }
+
+    /// `Finish` is two actions (destination, then steer); `polls` marks the first as done.
+    fn in_flight_finish_done(&self) -> bool {
+        self.phase == Phase::Finish && self.polls > 0
+    }
+
+    /// Marks the current action as about to be sent (persist the machine after this).
+    pub fn start_action(&mut self) {
+        self.in_flight = true;
+    }
+
+    /// Asks for an abort: honoured at the next step before cutover; ignored after it.
+    pub fn request_abort(&mut self, reason: impl Into<String>) {
+        if !self.phase.past_cutover() && !self.phase.is_abort() && !self.phase.is_terminal() {
+            self.abort_requested = true;
+            if self.reason.is_none() {
+                self.reason = Some(reason.into());
+            }
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, now_ms: u64) {
+        let name = serde_json::to_value(self.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *self.figures.phases_ms.entry(name).or_default() +=
+            now_ms.saturating_sub(self.phase_started_ms);
+        self.phase = phase;
+        self.phase_started_ms = now_ms;
+        self.in_flight = false;
+        self.attempts = 0;
+        self.polls = 0;
+    }
+
+    fn start_abort(&mut self, reason: String, now_ms: u64) {
+        if self.reason.is_none() {
+            self.reason = Some(reason);
+        }
+        self.abort_requested = false;
+        // Before the steer was asked to switch, nothing reached the destination.
+        let next = match self.phase {
+            Phase::Prepare => Phase::AbortDrop,
+            _ => Phase::AbortBegin,
+        };
+        self.enter(next, now_ms);
+    }
+
+    fn fail(&mut self, reason: String, now_ms: u64) {
+        self.reason = Some(reason);
+        self.enter(Phase::Failed, now_ms);
+    }
+
+    /// Takes the result of the current action and moves on.
+    pub fn complete(&mut self, result: Result<Outcome, Failure>, now_ms: u64) {
+        let phase = self.phase;
+        let outcome = match result {
+            Ok(o) => o,
+            Err(f) => return self.failed(f, now_ms),
+        };
+        self.in_flight = false;
+        self.attempts = 0;
+        match (phase, outcome) {
+            (Phase::Prepare, _) => self.enter(Phase::Steer, now_ms),
+            (Phase::Steer, Outcome::FirstSeq(first)) => {
+                self.figures.first_seq = first;
+                let next = if self.spec.lead_ms > 0 {
+                    Phase::Lead
+                } else {
+                    Phase::Copy
+                };
+                self.enter(next, now_ms);
+            }
+            (Phase::Lead, _) => self.enter(Phase::Copy, now_ms),
+            (Phase::Copy, Outcome::Copied(c)) => {
+                let ok = c.digest_match && c.records_copied == c.sessions_at_start;
+                let buckets = c.differing_buckets.clone();
+                self.figures.copy = c;
+                if ok {
+                    self.enter(Phase::Verify, now_ms);
+                } else {
+                    self.start_abort(format!("the digests differ in buckets {buckets:?}"), now_ms);
+                }
+            }
+            (Phase::Verify, Outcome::Shadow(Some(s))) => {
+                self.figures.shadow = s;
+                if s.settled() {
+                    self.enter(Phase::Cutover, now_ms);
+                } else {
+                    self.poll_again("the destination did not settle", now_ms);
+                }
+            }
+            (Phase::Verify | Phase::AbortSettle, Outcome::Done) => self.polls += 1,
+            (Phase::Verify, Outcome::Shadow(None)) => {
+                self.start_abort("the destination is no longer a shadow".into(), now_ms)
+            }
+            (
+                Phase::Cutover,
+                Outcome::Boundary {
+                    boundary,
+                    last_sent,
+                },
+            ) => {
+                self.figures.cutover_seq = boundary;
+                self.last_sent = last_sent;
+                self.enter(Phase::Drain, now_ms);
+            }
+            (Phase::Drain, Outcome::Applied(seq)) => {
+                if seq >= self.last_sent {
+                    self.enter(Phase::Finish, now_ms);
+                } else if self.polls + 1 >= MAX_POLLS {
+                    // The source will not drain (it may be gone): its signals below the
+                    // boundary were applied by the destination's shadow too; clients
+                    // retransmit the answers they miss.
+                    tracing::warn!(seq, last_sent = self.last_sent, "source did not drain");
+                    self.enter(Phase::Finish, now_ms);
+                } else {
+                    self.polls += 1;
+                }
+            }
+            (Phase::Drain, Outcome::Done) => self.polls += 1,
+            (Phase::Finish, _) if self.polls == 0 => self.polls = 1,
+            (Phase::Finish, _) => self.enter(Phase::Retire, now_ms),
+            (Phase::Retire, _) => self.enter(Phase::Done, now_ms),
+            (Phase::AbortBegin, Outcome::Keys(keys)) => {
+                self.figures.created_during_move = keys.len() as u64;
+                self.created = keys;
+                let next = if self.created.is_empty() {
+                    Phase::AbortCommit
+                } else {
+                    Phase::AbortExpect
+                };
+                self.enter(next, now_ms);
+            }
+            (Phase::AbortExpect, _) => self.enter(Phase::AbortCommit, now_ms),
+            (Phase::AbortCommit, Outcome::Boundary { last_sent, .. }) => {
+                self.last_sent = last_sent;
+                let next = if self.created.is_empty() {
+                    Phase::AbortDrop
+                } else {
+                    Phase::AbortSettle
+                };
+                self.enter(next, now_ms);
+            }
+            (Phase::AbortSettle, Outcome::Shadow(s)) => {
+                // The destination must not still await a record it is about to send back.
+                if s.is_none_or(|s| s.awaiting == 0) || self.polls + 1 >= MAX_POLLS {
+                    self.enter(Phase::AbortCopyBack, now_ms);
+                } else {
+                    self.polls += 1;
+                }
+            }
+            (Phase::AbortCopyBack, _) => self.enter(Phase::AbortReturn, now_ms),
+            (Phase::AbortReturn, _) => self.enter(Phase::AbortDrop, now_ms),
+            (Phase::AbortDrop, _) => self.enter(Phase::Aborted, now_ms),
+            (p, o) => self.fail(format!("unexpected answer {o:?} in phase {p:?}"), now_ms),
+        }
+        if self.abort_requested && !self.phase.is_abort() && !self.phase.is_terminal() {
+            let reason = self
+                .reason
+                .clone()
+                .unwrap_or_else(|| "abort requested".into());
+            self.start_abort(reason, now_ms);
+        }
+    }
+
+    fn poll_again(&mut self, what: &str, now_ms: u64) {
+        self.polls += 1;
+        if self.polls >= MAX_POLLS {
+            self.start_abort(format!("{what} in time"), now_ms);
+        }
+    }
+
+    fn failed(&mut self, f: Failure, now_ms: u64) {
+        self.in_flight = false;
+        let retry = matches!(f, Failure::Unreachable(_)) && self.attempts + 1 < MAX_ATTEMPTS;
+        if retry {
+            self.attempts += 1;
+            return;
+        }
+        let why = format!("{:?}: {f}", self.phase);
+        match self.phase {
+            // Before cutover, any failure aborts the move.
+            Phase::Prepare | Phase::Steer | Phase::Lead | Phase::Copy | Phase::Verify => {
+                self.start_abort(why, now_ms)
+            }
+            // A refused or lost flip: the route state is unknown to us; abort is safe only if
+            // the flip did not happen, which the steer refuses to abort after (and then we
+            // retry forward).
+            Phase::Cutover => match f {
+                Failure::Refused(_) => self.start_abort(why, now_ms),
+                Failure::Unreachable(_) => self.fail(why, now_ms),
+            },
+            // Past the flip the move only goes forward: a source that cannot be asked has
+            // stopped anyway; the destination and steer must be repaired by an operator.
+            Phase::Drain => self.enter(Phase::Finish, now_ms),
+            Phase::Retire => self.enter(Phase::Done, now_ms),
+            Phase::Finish => self.fail(why, now_ms),
+            // The steer refused: the route is not moving (never switched, or already back).
+            Phase::AbortBegin => match f {
+                Failure::Refused(_) => self.enter(Phase::AbortDrop, now_ms),
+                Failure::Unreachable(_) => self.fail(why, now_ms),
+            },
+            Phase::AbortExpect => {
+                // The source cannot take them back: they stay lost with the destination.
+                self.figures.lost_on_abort = self.created.len() as u64;
+                self.created.clear();
+                self.enter(Phase::AbortCommit, now_ms);
+            }
+            Phase::AbortCommit => match f {
+                Failure::Refused(_) => {
+                    let next = if self.created.is_empty() {
+                        Phase::AbortDrop
+                    } else {
+                        Phase::AbortSettle
+                    };
+                    self.enter(next, now_ms)
+                }
+                Failure::Unreachable(_) => self.fail(why, now_ms),
+            },
+            Phase::AbortSettle => self.enter(Phase::AbortCopyBack, now_ms),
+            Phase::AbortCopyBack => {
+                self.figures.lost_on_abort = self.created.len() as u64;
+                self.enter(Phase::AbortReturn, now_ms)
+            }
+            Phase::AbortReturn => self.enter(Phase::AbortDrop, now_ms),
+            Phase::AbortDrop => self.enter(Phase::Aborted, now_ms),
+            Phase::Done | Phase::Aborted | Phase::Failed => {}
+        }
+    }
+
+    /// After a restart: a move whose action may have been sent is resumed forward past the
+    /// cutover (every step there is repeatable) and aborted before it.
+    pub fn recover(&mut self, now_ms: u64) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        self.attempts = 0;
+        self.polls = 0;
+        if self.phase.past_cutover() || self.phase.is_abort() {
+            self.in_flight = false;
+            return;
+        }
+        if self.phase == Phase::Cutover && self.in_flight {
+            // The flip may have happened; the steer tells: cutover again is refused if it
+            // did, and then abort_begin is refused too, so the move fails for the operator
+            // with the route state in its reason. Retrying the flip is the safe first step.
+            self.in_flight = false;
+            return;
+        }
+        self.start_abort("the controller restarted during the move".into(), now_ms);
+    }
+
+    /// The phase's name as reports print it.
+    pub fn phase_name(&self) -> String {
+        serde_json::to_value(self.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+use super::*;
+
+fn spec() -> MoveSpec {
+    MoveSpec {
+        id: 1,
+        instance: "mme-1".into(),
+        function: "vmme".into(),
+        source: "127.0.0.1:1".parse().unwrap(),
+        destination: "127.0.0.1:2".parse().unwrap(),
+        steer: "127.0.0.1:3".parse().unwrap(),
+        order: CopyOrder::HotFirst,
+        plan: CopyPlan::default(),
+        abort_safe: false,
+        lead_ms: 0,
+    }
+}
+
+fn settled() -> Outcome {
+    Outcome::Shadow(Some(ShadowView::default()))
+}
+
+/// A cluster that answers every action as a healthy one would; `created` sessions appear on
+/// the destination during the move.
+fn healthy(action: &Action, created: &[Bytes]) -> Outcome {
+    match action {
+        Action::BeginMove { .. } => Outcome::FirstSeq(10),
+        Action::Copy { keys, .. } => {
+            let n = keys.as_ref().map_or(100, |k| k.len() as u64);
+            Outcome::Copied(CopyOutcome {
+                sessions_at_start: n,
+                records_copied: n,
+                digest_match: true,
+                ..CopyOutcome::default()
+            })
+        }
+        Action::ShadowStats { .. } => settled(),
+        Action::Cutover | Action::AbortCommit => Outcome::Boundary {
+            boundary: 50,
+            last_sent: 49,
+        },
+        Action::AppliedSeq { .. } => Outcome::Applied(49),
+        Action::AbortBegin => Outcome::Keys(created.to_vec()),
+        _ => Outcome::Done,
+    }
+}
+
+/// Runs the machine against `answer` until it ends; returns the actions taken.
+fn run(
+    m: &mut MoveMachine,
+    mut answer: impl FnMut(&Action, &MoveMachine) -> Result<Outcome, Failure>,
+) -> Vec<Action> {
+    let mut taken = Vec::new();
+    let mut now = 0;
+    while let Some(a) = m.action() {
+        assert!(taken.len() < 10_000, "the machine does not end: {m:?}");
+        m.start_action();
+        let r = answer(&a, m);
+        taken.push(a);
+        now += 1;
+        m.complete(r, now);
+    }
+    taken
+}
+
+#[test]
+fn a_healthy_move_walks_every_phase_in_order() {
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let taken = run(&mut m, |a, _| Ok(healthy(a, &[])));
+    assert_eq!(m.phase, Phase::Done, "{m:?}");
+    let names: Vec<&str> = taken
+        .iter()
+        .map(|a| match a {
+            Action::PrepareShadow => "prepare",
+            Action::BeginMove { .. } => "begin",
+            Action::Copy { .. } => "copy",
+            Action::ShadowStats { .. } => "stats",
+            Action::Cutover => "cutover",
+            Action::AppliedSeq { .. } => "applied",
+            Action::FinishShadow { .. } => "finish_shadow",
+            Action::FinishMove => "finish_move",
+            Action::DropInstance { .. } => "drop",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "prepare",
+            "begin",
+            "copy",
+            "stats",
+            "cutover",
+            "applied",
+            "finish_shadow",
+            "finish_move",
+            "drop"
+        ]
+    );
+    assert_eq!(
+        taken[2],
+        Action::Copy {
+            from: Side::Source,
+            keys: None,
+            after_seq: 9
+        },
+        "the copy waits for every seq before move mode"
+    );
+    assert_eq!(m.figures.cutover_seq, 50);
+}
+
+#[test]
+fn an_abort_sends_the_created_sessions_back_before_dropping_the_destination() {
+    let created = vec![Bytes::from_static(b"k1"), Bytes::from_static(b"k2")];
+    // An abort requested during verify.
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let mut taken = Vec::new();
+    let mut now = 0;
+    while let Some(a) = m.action() {
+        m.start_action();
+        if matches!(
+            a,
+            Action::ShadowStats {
+                at: Side::Destination
+            }
+        ) && m.phase == Phase::Verify
+        {
+            m.request_abort("operator");
+        }
+        let r = Ok(healthy(&a, &created));
+        taken.push(a);
+        now += 1;
+        m.complete(r, now);
+    }
+    assert_eq!(m.phase, Phase::Aborted, "{m:?}");
+    assert_eq!(m.reason.as_deref(), Some("operator"));
+    let tail: Vec<Action> = taken
+        .into_iter()
+        .skip_while(|a| *a != Action::AbortBegin)
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            Action::AbortBegin,
+            Action::ExpectSessions {
+                keys: created.clone()
+            },
+            Action::AbortCommit,
+            Action::ShadowStats {
+                at: Side::Destination
+            },
+            Action::Copy {
+                from: Side::Destination,
+                keys: Some(created.clone()),
+                after_seq: 49
+            },
+            Action::FinishShadow {
+                at: Side::Source,
+                force: true
+            },
+            Action::DropInstance {
+                at: Side::Destination
+            },
+        ]
+    );
+    assert_eq!(m.figures.created_during_move, 2);
+    assert_eq!(m.figures.lost_on_abort, 0);
+}
+
+#[test]
+fn no_abort_after_cutover() {
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let taken = run(&mut m, |a, m| {
+        let mut m = m.clone();
+        if *a == Action::FinishMove {
+            m.request_abort("too late");
+            assert!(!m.abort_requested, "ignored past the cutover");
+        }
+        Ok(healthy(a, &[]))
+    });
+    assert_eq!(m.phase, Phase::Done);
+    assert!(!taken.contains(&Action::AbortBegin));
+}
+
+#[test]
+fn a_failure_before_cutover_aborts_and_after_it_goes_forward() {
+    // The destination refuses the copy: abort, nothing created, so no copy back.
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    run(&mut m, |a, _| match a {
+        Action::Copy {
+            from: Side::Source, ..
+        } => Err(Failure::Refused("not empty".into())),
+        _ => Ok(healthy(a, &[])),
+    });
+    assert_eq!(m.phase, Phase::Aborted);
+    assert!(m.reason.as_deref().unwrap().contains("not empty"));
+
+    // The source is gone after the flip: the move still completes.
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    run(&mut m, |a, _| match a {
+        Action::AppliedSeq { .. } | Action::DropInstance { at: Side::Source } => {
+            Err(Failure::Unreachable("connection refused".into()))
+        }
+        _ => Ok(healthy(a, &[])),
+    });
+    assert_eq!(m.phase, Phase::Done, "{m:?}");
+
+    // An unreachable peer is retried before giving up.
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let mut fails = 2;
+    let taken = run(&mut m, |a, _| match a {
+        Action::BeginMove { .. } if fails > 0 => {
+            fails -= 1;
+            Err(Failure::Unreachable("timeout".into()))
+        }
+        _ => Ok(healthy(a, &[])),
+    });
+    assert_eq!(m.phase, Phase::Done);
+    assert_eq!(
+        taken
+            .iter()
+            .filter(|a| matches!(a, Action::BeginMove { .. }))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn a_restart_aborts_before_cutover_and_resumes_after_it() {
+    for stop_at in [Phase::Steer, Phase::Copy, Phase::Verify] {
+        let mut m = MoveMachine::new(spec(), 0).unwrap();
+        while m.phase != stop_at {
+            let a = m.action().unwrap();
+            m.complete(Ok(healthy(&a, &[])), 1);
+        }
+        m.start_action();
+        let mut restarted: MoveMachine =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        restarted.recover(2);
+        assert_eq!(restarted.phase, Phase::AbortBegin, "stopped at {stop_at:?}");
+        run(&mut restarted, |a, _| Ok(healthy(a, &[])));
+        assert_eq!(restarted.phase, Phase::Aborted);
+    }
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    while m.phase != Phase::Finish {
+        let a = m.action().unwrap();
+        m.complete(Ok(healthy(&a, &[])), 1);
+    }
+    m.start_action();
+    m.recover(2);
+    assert_eq!(m.phase, Phase::Finish);
+    run(&mut m, |a, _| Ok(healthy(a, &[])));
+    assert_eq!(m.phase, Phase::Done);
+}
+
+#[test]
+fn bad_specs_are_refused() {
+    let mut s = spec();
+    s.lead_ms = 6_000;
+    assert!(MoveMachine::new(s, 0).is_err());
+    let mut s = spec();
+    s.destination = s.source;
+    assert!(MoveMachine::new(s, 0).is_err());
+}
