@@ -105,6 +105,14 @@ pub struct SteerArgs {
     /// Print one JSON line with the bound service addresses on stdout once serving.
     #[arg(long)]
     pub ready: bool,
+    /// Control listener for the controller (or a source node driving a move), e.g.
+    /// `127.0.0.1:7650`. Overrides the config file's `control`.
+    #[arg(long)]
+    pub control: Option<SocketAddr>,
+    /// Shared token offered to nodes and required of control clients. Overrides the config
+    /// file's `token`.
+    #[arg(long, env = "HANDOFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 pub fn parse_service(spec: &str) -> anyhow::Result<ServiceConfig> {
@@ -137,6 +145,12 @@ pub fn load_steer_config(a: &SteerArgs) -> anyhow::Result<SteerConfig> {
     for s in &a.services {
         cfg.services.push(parse_service(s)?);
     }
+    if let Some(c) = a.control {
+        cfg.control = Some(c);
+    }
+    if let Some(t) = &a.token {
+        cfg.token = t.clone();
+    }
     if cfg.services.is_empty() {
         bail!("no service configured: give --service or a --config with [[services]]");
     }
@@ -155,7 +169,7 @@ pub async fn steer(a: SteerArgs) -> anyhow::Result<ExitCode> {
             .collect();
         out!(
             "{}",
-            serde_json::json!({ "event": "ready", "services": addrs })
+            serde_json::json!({ "event": "ready", "services": addrs, "control": steer.control_addr() })
         );
     }
     let mut every = tokio::time::interval(Duration::from_secs(10));

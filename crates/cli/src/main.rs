@@ -12,6 +12,7 @@ macro_rules! out {
 mod bench;
 mod bench_move;
 mod cluster;
+mod control;
 mod daemons;
 mod demo;
 mod moves;
@@ -41,6 +42,12 @@ enum Cmd {
     Node(daemons::NodeArgs),
     /// Run a steer in front of instances.
     Steer(daemons::SteerArgs),
+    /// Run the controller: the cluster view and the driver of moves.
+    Controller(control::ControllerArgs),
+    /// Move an instance live to another node (through the controller), with progress.
+    Migrate(control::MigrateArgs),
+    /// Show nodes, steers, instances and recent moves (from the controller).
+    Status(control::StatusArgs),
     /// Start a steer, a node with `mme-1` and the load generator on loopback; report.
     Demo(demo::DemoArgs),
     /// Benchmarks that run contenders side by side and print ratios.
@@ -69,8 +76,8 @@ fn init_logging(filter: Option<&str>, default: &str, json: bool) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
-        Cmd::Node(_) | Cmd::Steer(_) => "info",
-        Cmd::Demo(_) | Cmd::Bench(_) => "warn",
+        Cmd::Node(_) | Cmd::Steer(_) | Cmd::Controller(_) => "info",
+        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Migrate(_) | Cmd::Status(_) => "warn",
     };
     init_logging(cli.log.as_deref(), default_level, cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -87,6 +94,9 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Node(a) => daemons::node(a).await,
             Cmd::Steer(a) => daemons::steer(a).await,
+            Cmd::Controller(a) => control::controller(a).await,
+            Cmd::Migrate(a) => control::migrate(a).await,
+            Cmd::Status(a) => control::status(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
         }

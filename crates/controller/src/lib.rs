@@ -4,6 +4,9 @@
 
 #![warn(missing_docs)]
 
+pub mod daemon;
+pub mod driver;
 pub mod machine;
+pub mod store;
 
 pub use machine::{Action, Failure, MoveMachine, MoveSpec, Outcome, Phase, Side};

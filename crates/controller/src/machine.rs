@@ -425,6 +425,20 @@ impl MoveMachine {
         }
     }
 
+    /// Aborts at once, between actions: `true` if the move entered its abort path (it is
+    /// before the cutover and not already aborting).
+    pub fn abort_now(&mut self, reason: impl Into<String>, now_ms: u64) -> bool {
+        if self.phase.past_cutover() || self.phase.is_abort() || self.phase.is_terminal() {
+            return false;
+        }
+        if self.phase == Phase::Cutover && self.in_flight {
+            // The flip may have happened: only the steer's answer tells; go forward.
+            return false;
+        }
+        self.start_abort(reason.into(), now_ms);
+        true
+    }
+
     fn enter(&mut self, phase: Phase, now_ms: u64) {
         let name = serde_json::to_value(self.phase)
             .ok()

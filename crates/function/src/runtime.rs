@@ -437,6 +437,9 @@ pub enum MoveStepError {
 }
 
 /// An instance as a node hosts it: serving, or being filled as a move's destination.
+// One per hosted instance, and it changes variant only at a move's edges: the size gap costs
+// nothing worth a box on every signal.
+#[allow(clippy::large_enum_variant)]
 pub enum Hosting<F: Function> {
     /// Serving (or a move's source).
     Serving(Instance<F>),

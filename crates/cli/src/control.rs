@@ -1,0 +1,328 @@
+//! `handoff controller`, `handoff migrate` and `handoff status`.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use handoff_controller::daemon::{Controller, ControllerConfig, ControllerRequest};
+use handoff_state::CopyPlan;
+use handoff_wire::client::ControlClient;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Clone, Debug)]
+pub struct ControllerArgs {
+    /// A TOML file with the controller's settings (see `docs/controller.example.toml`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Print one JSON line with the bound address on stdout once serving.
+    #[arg(long)]
+    pub ready: bool,
+}
+
+pub async fn controller(a: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("cannot read {}", a.config.display()))?;
+    let mut cfg: ControllerConfig = toml::from_str(&text)
+        .with_context(|| format!("invalid controller config {}", a.config.display()))?;
+    if let Ok(t) = std::env::var("HANDOFF_TOKEN") {
+        if cfg.token.is_empty() {
+            cfg.token = t;
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listen = listener.local_addr()?;
+    let c = Controller::start(cfg)?;
+    tracing::info!(%listen, "controller serving");
+    if a.ready {
+        out!(
+            "{}",
+            serde_json::json!({ "event": "ready", "listen": listen })
+        );
+    }
+    let serving = tokio::spawn(handoff_controller::daemon::serve(c.clone(), listener));
+    crate::daemons::shutdown_signal().await;
+    c.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How to reach the controller.
+#[derive(Args, Clone, Debug)]
+pub struct ControllerAddr {
+    /// The controller's control address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub controller: SocketAddr,
+    /// Shared token.
+    #[arg(
+        long,
+        env = "HANDOFF_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub token: String,
+}
+
+impl ControllerAddr {
+    async fn connect(&self) -> anyhow::Result<ControlClient> {
+        ControlClient::connect(self.controller, "cli", &self.token)
+            .await
+            .with_context(|| format!("cannot reach the controller at {}", self.controller))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MigrateArgs {
+    /// The instance to move, e.g. `mme-1`.
+    pub instance: String,
+    /// The destination node's name.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub at: ControllerAddr,
+    /// Copy order: hot-first (default), key or random.
+    #[arg(long, default_value = "hot-first")]
+    pub order: String,
+    /// Cap on the copy's bandwidth, bytes per second.
+    #[arg(long)]
+    pub max_bandwidth: Option<u64>,
+    /// Cap on the copy's CPU, percent of one core.
+    #[arg(long)]
+    pub max_cpu: Option<u32>,
+    /// The copy must finish within this many milliseconds (refused up front if it cannot).
+    #[arg(long)]
+    pub deadline: Option<u64>,
+    /// Duplicate creates to the source too, so an abort moves nothing back.
+    #[arg(long)]
+    pub abort_safe: bool,
+    /// Lead between steering and copy start, milliseconds (at most 5000).
+    #[arg(long, default_value_t = 0)]
+    pub lead_ms: u64,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_order(s: &str, seed: u64) -> anyhow::Result<handoff_state::CopyOrder> {
+    Ok(match s {
+        "hot-first" => handoff_state::CopyOrder::HotFirst,
+        "key" => handoff_state::CopyOrder::Key,
+        "random" => handoff_state::CopyOrder::Random { seed },
+        other => bail!("--order {other}: expected hot-first, key or random"),
+    })
+}
+
+pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let plan = CopyPlan {
+        max_bandwidth_bps: a.max_bandwidth,
+        max_cpu_percent: a.max_cpu,
+        deadline_ms: a.deadline,
+    };
+    let mut c = a.at.connect().await?;
+    let started = c
+        .request(&ControllerRequest::Migrate {
+            instance: a.instance.clone(),
+            to: a.to.clone(),
+            order: parse_order(&a.order, 1)?,
+            plan,
+            abort_safe: a.abort_safe,
+            lead_ms: a.lead_ms,
+        })
+        .await
+        .context("the controller refused the move")?;
+    let id = started["id"].as_u64().context("no move id in the reply")?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} move {prefix} [{bar:30}] {pos}/{len} sessions {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{id} {} → {}", a.instance, a.to));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut aborted = false;
+    let mut last_bytes = (0u64, std::time::Instant::now(), 0f64);
+    let status = loop {
+        let s = c.request(&ControllerRequest::MoveStatus { id }).await?;
+        let p = &s["progress"];
+        let total = p["sessions_at_start"].as_u64().unwrap_or(0);
+        let records = p["records"].as_u64().unwrap_or(0);
+        let bytes = p["bytes"].as_u64().unwrap_or(0);
+        let dt = last_bytes.1.elapsed().as_secs_f64();
+        if dt >= 0.5 {
+            last_bytes.2 = bytes.saturating_sub(last_bytes.0) as f64 / dt;
+            last_bytes = (bytes, std::time::Instant::now(), last_bytes.2);
+        }
+        bar.set_length(total.max(records));
+        bar.set_position(records);
+        bar.set_message(format!(
+            "{} · {:.1} MB · {:.1} MB/s · buffered {}",
+            s["phase"].as_str().unwrap_or("?"),
+            bytes as f64 / 1e6,
+            last_bytes.2 / 1e6,
+            p["buffered"].as_u64().unwrap_or(0)
+        ));
+        bar.tick();
+        if s["ended"].as_bool().unwrap_or(false) {
+            break s;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c, if !aborted => {
+                aborted = true;
+                bar.println("Ctrl-C: aborting the move (it completes if already cut over)");
+                let _ = c.request(&ControllerRequest::Abort { id }).await;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    };
+    bar.finish_and_clear();
+    let phase = status["phase"].as_str().unwrap_or("?").to_owned();
+    if a.json {
+        out!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let f = &status["figures"];
+        out!(
+            "move {id}: {} {} → {}: {phase}{}",
+            a.instance,
+            status["from"].as_str().unwrap_or("?"),
+            status["to"].as_str().unwrap_or("?"),
+            status["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        out!(
+            "  copied {} of {} sessions ({} tombstones, {:.1} MB), digest match {}, buffered peak {}",
+            f["copy"]["records_copied"],
+            f["copy"]["sessions_at_start"],
+            f["copy"]["tombstones"],
+            f["copy"]["bytes_copied"].as_u64().unwrap_or(0) as f64 / 1e6,
+            f["copy"]["digest_match"],
+            f["shadow"]["buffered_peak"]
+        );
+        out!(
+            "  seqs: first under move mode {}, cutover {}; phases (ms) {}",
+            f["first_seq"],
+            f["cutover_seq"],
+            f["phases_ms"]
+        );
+        if f["created_during_move"].as_u64().unwrap_or(0) > 0 {
+            out!(
+                "  abort: {} sessions created during the move, {} lost",
+                f["created_during_move"],
+                f["lost_on_abort"]
+            );
+        }
+    }
+    Ok(if phase == "done" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub at: ControllerAddr,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut c = a.at.connect().await?;
+    let s = c.request(&ControllerRequest::Status).await?;
+    if a.json {
+        out!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!("nodes");
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        let instances: Vec<String> = n["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                format!(
+                    "{} ({} sessions)",
+                    i["instance"].as_str().unwrap_or("?"),
+                    i["sessions"]
+                )
+            })
+            .collect();
+        out!(
+            "  {:<10} {:<21} {} {}",
+            n["name"].as_str().unwrap_or("?"),
+            n["addr"].as_str().unwrap_or("?"),
+            if n["up"] == true { "up  " } else { "DOWN" },
+            instances.join(", ")
+        );
+    }
+    out!("steers");
+    for st in s["steers"].as_array().into_iter().flatten() {
+        out!(
+            "  {:<10} {:<21} {}",
+            st["name"].as_str().unwrap_or("?"),
+            st["control"].as_str().unwrap_or("?"),
+            if st["up"] == true { "up" } else { "DOWN" }
+        );
+        for svc in st["services"].as_array().into_iter().flatten() {
+            let r = &svc["route"];
+            out!(
+                "    {} {} → {} [{}] last seq {}",
+                r["instance"].as_str().unwrap_or("?"),
+                svc["listen"].as_str().unwrap_or("?"),
+                r["node"].as_str().unwrap_or("?"),
+                r["phase"].as_str().unwrap_or("?"),
+                r["last_seq"]
+            );
+        }
+    }
+    out!("instances");
+    for i in s["instances"].as_array().into_iter().flatten() {
+        out!(
+            "  {:<10} {:<6} on {}",
+            i["name"].as_str().unwrap_or("?"),
+            i["function"].as_str().unwrap_or("?"),
+            i["node"].as_str().unwrap_or("?")
+        );
+    }
+    out!("recent moves");
+    for m in s["moves"].as_array().into_iter().flatten() {
+        out!(
+            "  #{} {} {} → {}: {}{}",
+            m["id"],
+            m["instance"].as_str().unwrap_or("?"),
+            m["from"].as_str().unwrap_or("?"),
+            m["to"].as_str().unwrap_or("?"),
+            m["phase"].as_str().unwrap_or("?"),
+            m["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_controller_config_parses_and_is_consistent() {
+        let text = include_str!("../../../docs/controller.example.toml");
+        let cfg: ControllerConfig = toml::from_str(text).expect("example config parses");
+        cfg.validate()
+            .expect("every name an instance uses is defined");
+        assert_eq!(cfg.instances[0].name, "mme-1");
+        let mut broken = cfg.clone();
+        broken.instances[0].node = "node-z".into();
+        assert!(broken.validate().is_err());
+    }
+}

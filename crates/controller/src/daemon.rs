@@ -1,0 +1,533 @@
+//! The controller daemon: the cluster view from its config and store, a control listener
+//! (hello with the shared token, then JSON requests) and the moves it drives.
+
+use crate::driver::{drive, NetDriver, Progress};
+use crate::machine::{MoveMachine, MoveSpec, Phase};
+use crate::store::Store;
+use futures::{SinkExt, StreamExt};
+use handoff_state::{CopyOrder, CopyPlan};
+use handoff_wire::{code, Frame, FrameCodec, Role, VERSION};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// A node the controller knows.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// Its name.
+    pub name: String,
+    /// Its TCP address.
+    pub addr: SocketAddr,
+}
+
+/// A steer the controller knows.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerEntry {
+    /// Its name.
+    pub name: String,
+    /// Its control address.
+    pub control: SocketAddr,
+}
+
+/// An instance the controller manages.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceEntry {
+    /// Its name.
+    pub name: String,
+    /// Its function.
+    pub function: String,
+    /// The node it starts on (the store remembers where moves took it).
+    pub node: String,
+    /// The steer in front of it.
+    pub steer: String,
+}
+
+/// The controller's settings (TOML; see `docs/controller.example.toml`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Control listener address.
+    pub listen: SocketAddr,
+    /// Shared token required of clients and offered to nodes and steers (empty: none).
+    pub token: String,
+    /// The store's file.
+    pub store: PathBuf,
+    /// Nodes.
+    pub nodes: Vec<NodeEntry>,
+    /// Steers.
+    pub steers: Vec<SteerEntry>,
+    /// Instances.
+    pub instances: Vec<InstanceEntry>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            token: String::new(),
+            store: PathBuf::from("handoff-controller.redb"),
+            nodes: Vec::new(),
+            steers: Vec::new(),
+            instances: Vec::new(),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Checks that every name an instance uses is defined.
+    pub fn validate(&self) -> Result<(), String> {
+        for i in &self.instances {
+            if !self.nodes.iter().any(|n| n.name == i.node) {
+                return Err(format!("instance {}: unknown node {}", i.name, i.node));
+            }
+            if !self.steers.iter().any(|s| s.name == i.steer) {
+                return Err(format!("instance {}: unknown steer {}", i.name, i.steer));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request to the controller.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControllerRequest {
+    /// The cluster view: nodes, steers, instances, moves.
+    Status,
+    /// Starts a live move; answers `{"id": n}` at once.
+    Migrate {
+        /// The instance.
+        instance: String,
+        /// The destination node's name.
+        to: String,
+        /// Copy order.
+        #[serde(default = "hot_first")]
+        order: CopyOrder,
+        /// Copy limits.
+        #[serde(default)]
+        plan: CopyPlan,
+        /// Duplicate creates too, so an abort needs nothing moved back.
+        #[serde(default)]
+        abort_safe: bool,
+        /// Lead between steering and copy, ms.
+        #[serde(default)]
+        lead_ms: u64,
+    },
+    /// A move's progress and, once ended, its figures.
+    MoveStatus {
+        /// The move.
+        id: u64,
+    },
+    /// Aborts a move (before its cutover).
+    Abort {
+        /// The move.
+        id: u64,
+    },
+}
+
+fn hot_first() -> CopyOrder {
+    CopyOrder::HotFirst
+}
+
+struct Running {
+    abort: watch::Sender<Option<String>>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The running controller.
+pub struct Controller {
+    cfg: ControllerConfig,
+    store: Arc<Mutex<Store>>,
+    running: Mutex<BTreeMap<u64, Running>>,
+    driver: Arc<NetDriver>,
+    stop: CancellationToken,
+}
+
+type Reply = Result<serde_json::Value, (u16, String)>;
+
+fn bad(m: impl Into<String>) -> (u16, String) {
+    (code::BAD_REQUEST, m.into())
+}
+
+impl Controller {
+    /// Opens the store and resumes (or cleanly aborts) the moves a previous run left.
+    pub fn start(cfg: ControllerConfig) -> anyhow::Result<Arc<Self>> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let store = Store::open(&cfg.store)?;
+        for i in &cfg.instances {
+            if store.placement(&i.name)?.is_none() {
+                store.set_placement(&i.name, &i.node)?;
+            }
+        }
+        let unfinished: Vec<MoveMachine> = store
+            .moves()?
+            .into_iter()
+            .filter(|m| !m.phase.is_terminal())
+            .collect();
+        let c = Arc::new(Self {
+            driver: Arc::new(NetDriver {
+                name: "controller".into(),
+                token: cfg.token.clone(),
+            }),
+            cfg,
+            store: Arc::new(Mutex::new(store)),
+            running: Mutex::new(BTreeMap::new()),
+            stop: CancellationToken::new(),
+        });
+        for mut m in unfinished {
+            let before = m.phase;
+            m.recover(m.phase_started_ms);
+            tracing::warn!(id = m.spec.id, instance = %m.spec.instance, ?before, after = ?m.phase,
+                "resuming a move left by the previous run");
+            c.launch(m);
+        }
+        Ok(c)
+    }
+
+    fn node_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.cfg
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.addr)
+    }
+
+    fn node_name(&self, addr: SocketAddr) -> String {
+        self.cfg
+            .nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .map_or_else(|| addr.to_string(), |n| n.name.clone())
+    }
+
+    fn launch(self: &Arc<Self>, m: MoveMachine) {
+        let id = m.spec.id;
+        let (abort_tx, abort_rx) = watch::channel(None);
+        let (progress_tx, progress_rx) = watch::channel(Progress {
+            phase: m.phase_name(),
+            ..Progress::default()
+        });
+        self.running.lock().insert(
+            id,
+            Running {
+                abort: abort_tx,
+                progress: progress_rx,
+            },
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let store = this.store.clone();
+            let persist = move |m: &MoveMachine| {
+                if let Err(e) = store.lock().put_move(m) {
+                    tracing::error!(error = %e, "cannot persist the move");
+                }
+            };
+            let done = tokio::select! {
+                m = drive(m, &this.driver, persist, abort_rx, progress_tx) => m,
+                _ = this.stop.cancelled() => return,
+            };
+            let store = this.store.lock();
+            if let Err(e) = store.put_move(&done) {
+                tracing::error!(error = %e, "cannot persist the move");
+            }
+            if done.phase == Phase::Done {
+                let to = this.node_name(done.spec.destination);
+                if let Err(e) = store.set_placement(&done.spec.instance, &to) {
+                    tracing::error!(error = %e, "cannot record the placement");
+                }
+            }
+            tracing::info!(id, instance = %done.spec.instance, phase = ?done.phase,
+                reason = ?done.reason, "move ended");
+        });
+    }
+
+    /// Handles one request.
+    pub async fn handle(self: &Arc<Self>, req: ControllerRequest) -> Reply {
+        match req {
+            ControllerRequest::Status => Ok(self.status().await),
+            ControllerRequest::Migrate {
+                instance,
+                to,
+                order,
+                plan,
+                abort_safe,
+                lead_ms,
+            } => {
+                let entry = self
+                    .cfg
+                    .instances
+                    .iter()
+                    .find(|i| i.name == instance)
+                    .ok_or_else(|| {
+                        (
+                            code::UNKNOWN_INSTANCE,
+                            format!("unknown instance {instance}"),
+                        )
+                    })?;
+                let from = self
+                    .store
+                    .lock()
+                    .placement(&instance)
+                    .map_err(|e| bad(e.to_string()))?
+                    .unwrap_or_else(|| entry.node.clone());
+                let source = self
+                    .node_addr(&from)
+                    .ok_or_else(|| bad(format!("unknown node {from}")))?;
+                let destination = self
+                    .node_addr(&to)
+                    .ok_or_else(|| bad(format!("unknown node {to}")))?;
+                let steer = self
+                    .cfg
+                    .steers
+                    .iter()
+                    .find(|s| s.name == entry.steer)
+                    .map(|s| s.control)
+                    .ok_or_else(|| bad(format!("unknown steer {}", entry.steer)))?;
+                let busy = self.store.lock().moves().map_err(|e| bad(e.to_string()))?;
+                if busy
+                    .iter()
+                    .any(|m| m.spec.instance == instance && !m.phase.is_terminal())
+                {
+                    return Err(bad(format!("{instance} is already moving")));
+                }
+                plan.check(0, 1).map_err(|e| bad(e.to_string()))?;
+                let id = self
+                    .store
+                    .lock()
+                    .next_move_id()
+                    .map_err(|e| bad(e.to_string()))?;
+                let m = MoveMachine::new(
+                    MoveSpec {
+                        id,
+                        instance: instance.clone(),
+                        function: entry.function.clone(),
+                        source,
+                        destination,
+                        steer,
+                        order,
+                        plan,
+                        abort_safe,
+                        lead_ms,
+                    },
+                    0,
+                )
+                .map_err(bad)?;
+                self.store
+                    .lock()
+                    .put_move(&m)
+                    .map_err(|e| bad(e.to_string()))?;
+                tracing::info!(id, %instance, %from, %to, "move started");
+                self.launch(m);
+                Ok(serde_json::json!({ "id": id, "instance": instance, "from": from, "to": to }))
+            }
+            ControllerRequest::MoveStatus { id } => {
+                let progress = self
+                    .running
+                    .lock()
+                    .get(&id)
+                    .map(|r| r.progress.borrow().clone());
+                let stored = self
+                    .store
+                    .lock()
+                    .moves()
+                    .map_err(|e| bad(e.to_string()))?
+                    .into_iter()
+                    .find(|m| m.spec.id == id)
+                    .ok_or_else(|| bad(format!("no move {id}")))?;
+                Ok(serde_json::json!({
+                    "id": id,
+                    "instance": stored.spec.instance,
+                    "from": self.node_name(stored.spec.source),
+                    "to": self.node_name(stored.spec.destination),
+                    "phase": stored.phase_name(),
+                    "ended": stored.phase.is_terminal(),
+                    "reason": stored.reason,
+                    "progress": progress,
+                    "figures": stored.figures,
+                }))
+            }
+            ControllerRequest::Abort { id } => {
+                let running = self.running.lock();
+                let r = running
+                    .get(&id)
+                    .ok_or_else(|| bad(format!("no running move {id}")))?;
+                r.abort.send_replace(Some("aborted by the operator".into()));
+                Ok(serde_json::json!({ "aborting": id }))
+            }
+        }
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let mut nodes = Vec::new();
+        for n in &self.cfg.nodes {
+            let r = async {
+                let mut c = handoff_wire::client::ControlClient::connect(
+                    n.addr,
+                    "controller",
+                    &self.cfg.token,
+                )
+                .await?;
+                c.set_reply_timeout(Duration::from_secs(3));
+                c.request(&handoff_node::AdminRequest::Stats).await
+            }
+            .await;
+            nodes.push(match r {
+                Ok(v) => json!({ "name": n.name, "addr": n.addr, "up": true,
+                    "instances": v["instances"], "rss_bytes": v["rss_bytes"] }),
+                Err(e) => {
+                    json!({ "name": n.name, "addr": n.addr, "up": false, "error": e.to_string() })
+                }
+            });
+        }
+        let mut steers = Vec::new();
+        for s in &self.cfg.steers {
+            let r = async {
+                let mut c = handoff_wire::client::ControlClient::connect(
+                    s.control,
+                    "controller",
+                    &self.cfg.token,
+                )
+                .await?;
+                c.set_reply_timeout(Duration::from_secs(3));
+                c.request(&handoff_steer::SteerRequest::Status).await
+            }
+            .await;
+            steers.push(match r {
+                Ok(v) => json!({ "name": s.name, "control": s.control, "up": true, "services": v["services"] }),
+                Err(e) => json!({ "name": s.name, "control": s.control, "up": false, "error": e.to_string() }),
+            });
+        }
+        let store = self.store.lock();
+        let instances: Vec<serde_json::Value> = self
+            .cfg
+            .instances
+            .iter()
+            .map(|i| {
+                let node = store
+                    .placement(&i.name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| i.node.clone());
+                json!({ "name": i.name, "function": i.function, "node": node, "steer": i.steer })
+            })
+            .collect();
+        let moves: Vec<serde_json::Value> = store
+            .moves()
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .take(20)
+            .map(|m| {
+                json!({ "id": m.spec.id, "instance": m.spec.instance,
+                    "from": self.node_name(m.spec.source), "to": self.node_name(m.spec.destination),
+                    "phase": m.phase_name(), "reason": m.reason })
+            })
+            .collect();
+        json!({ "nodes": nodes, "steers": steers, "instances": instances, "moves": moves })
+    }
+
+    /// Stops driving moves (their state stays in the store for the next run).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Most control connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Accepts control connections until the controller stops.
+pub async fn serve(c: Arc<Controller>, listener: TcpListener) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = c.stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many control connections; refused");
+            continue;
+        };
+        let c = c.clone();
+        tokio::spawn(async move {
+            if let Err(e) = session(&c, stream).await {
+                tracing::debug!(%peer, error = %e, "control connection closed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn error(code: u16, message: impl Into<String>) -> Frame {
+    Frame::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_wire::FrameError> {
+    let mut f = Framed::new(stream, FrameCodec);
+    let hello = tokio::time::timeout(Duration::from_secs(5), f.next())
+        .await
+        .map_err(|_| handoff_wire::FrameError::Io("no hello within the timeout".into()))?;
+    match hello {
+        Some(Ok(Frame::Hello {
+            role: Role::Admin,
+            token,
+            min_version,
+            max_version,
+            ..
+        })) => {
+            if !handoff_wire::token_matches(&c.cfg.token, &token) {
+                return f
+                    .send(error(code::UNAUTHORIZED, "wrong or missing token"))
+                    .await;
+            }
+            if !(min_version..=max_version).contains(&VERSION) {
+                return f
+                    .send(error(code::VERSION, "no common protocol version"))
+                    .await;
+            }
+        }
+        Some(Ok(_)) => {
+            return f
+                .send(error(code::WRONG_FRAME, "expected an admin hello"))
+                .await
+        }
+        Some(Err(e)) => return Err(e),
+        None => return Ok(()),
+    }
+    f.send(Frame::HelloAck {
+        node: "controller".into(),
+    })
+    .await?;
+    while let Some(frame) = f.next().await {
+        let Frame::Admin(body) = frame? else {
+            return f.send(error(code::WRONG_FRAME, "expected a request")).await;
+        };
+        let reply = match serde_json::from_slice::<ControllerRequest>(&body) {
+            Ok(req) => c.handle(req).await,
+            Err(e) => Err(bad(format!("bad request: {e}"))),
+        };
+        f.send(match reply {
+            Ok(v) => Frame::AdminReply(serde_json::to_vec(&v).unwrap_or_default().into()),
+            Err((code, m)) => error(code, m),
+        })
+        .await?;
+    }
+    Ok(())
+}
