@@ -384,7 +384,7 @@ pub async fn run(args: MoveBenchArgs) -> anyhow::Result<ExitCode> {
             "copy_throughput_handoff_over_raw_tcp uses handoff's copy phase alone",
             "raw_tcp and redis move the records the hot-first live move's destination ended with",
             "redis: records loaded into redis A with pipelined SET, then timed: pipelined \
-             MIGRATE … KEYS in batches to redis B; detail.wire_bytes is what redis A sent",
+             MIGRATE … KEYS in batches to redis B; detail.wire_bytes is what redis B read",
         ],
         machine: Machine::read(),
     };
@@ -772,15 +772,16 @@ async fn int_reply(c: &mut Conn, args: &[&[u8]]) -> anyhow::Result<i64> {
     }
 }
 
-async fn net_output_bytes(c: &mut Conn) -> anyhow::Result<u64> {
+/// What the server has read from all its clients (`total_net_input_bytes`).
+async fn net_input_bytes(c: &mut Conn) -> anyhow::Result<u64> {
     let Reply::Bulk(Some(info)) = c.call(&[b"INFO", b"stats"]).await? else {
         anyhow::bail!("INFO stats: unexpected reply");
     };
     let info = String::from_utf8_lossy(&info);
     info.lines()
-        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .find_map(|l| l.strip_prefix("total_net_input_bytes:"))
         .and_then(|v| v.trim().parse().ok())
-        .context("INFO stats has no total_net_output_bytes")
+        .context("INFO stats has no total_net_input_bytes")
 }
 
 /// (e) Two `redis-server`s on loopback: load the records into A with pipelined SET, then time
@@ -879,7 +880,9 @@ async fn redis_move(
             records.len()
         );
     }
-    let out_before = net_output_bytes(&mut ca).await?;
+    // What B reads during the move is what A's MIGRATE connection sent it (RESTORE commands
+    // with serialized values), plus this bench's INFO commands.
+    let in_before = net_input_bytes(&mut cb).await?;
     let port = b.port().to_string();
     let bytes: u64 = records
         .iter()
@@ -915,13 +918,13 @@ async fn redis_move(
         in_flight -= 1;
     }
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    let out_after = net_output_bytes(&mut ca).await?;
+    let in_after = net_input_bytes(&mut cb).await?;
     let on_b = int_reply(&mut cb, &[b"DBSIZE"]).await?.max(0) as u64;
     let on_a = int_reply(&mut ca, &[b"DBSIZE"]).await?.max(0) as u64;
     Ok(RedisResult {
         ms,
         bytes,
-        wire_bytes: out_after.saturating_sub(out_before),
+        wire_bytes: in_after.saturating_sub(in_before),
         on_a,
         on_b,
         commands,
@@ -979,7 +982,7 @@ fn summary(x: &Contender) -> Option<String> {
         }
         "raw_tcp" => format!("{} bytes on the wire", x.detail["wire_bytes"]),
         "redis" => format!(
-            "redis {}, {} MIGRATE commands, {} bytes sent by redis A, {} keys on B",
+            "redis {}, {} MIGRATE commands, {} bytes read by redis B, {} keys on B",
             x.detail["version"].as_str().unwrap_or("?"),
             x.detail["migrate_commands"],
             x.detail["wire_bytes"],
