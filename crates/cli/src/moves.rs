@@ -75,6 +75,7 @@ pub(crate) async fn live_move(
                 plan: handoff_state::CopyPlan::default(),
                 after_seq: first_seq - 1,
                 keys: None,
+                lead_ms: 0,
             })
             .await?,
     )?;

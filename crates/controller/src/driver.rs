@@ -126,6 +126,7 @@ impl NetDriver {
                 from,
                 keys,
                 after_seq,
+                lead_ms,
             } => {
                 let to = match from {
                     Side::Source => s.destination,
@@ -138,6 +139,7 @@ impl NetDriver {
                     plan: s.plan,
                     after_seq: *after_seq,
                     keys: keys.as_ref().map(|k| k.iter().map(hex::encode).collect()),
+                    lead_ms: *lead_ms,
                 };
                 // A copy takes as long as its plan allows: wait for its deadline, or long.
                 let limit = match s.plan.deadline_ms {

@@ -7,7 +7,7 @@
 //! deterministic simulation.
 //!
 //! ```text
-//! Prepare → Steer → [Lead K] → Copy → Verify → Cutover → Drain → Finish → Retire → Done
+//! Prepare → Steer → Copy (manifest, lead K, records) → Verify → Cutover → Drain → Finish → Retire → Done
 //!    │         │                  │       │
 //!    └─────────┴──────── abort ───┴───────┴─▶ AbortBegin → Expect → AbortCommit → Settle
 //!                                             → CopyBack → Return → DropDestination → Aborted
@@ -52,8 +52,7 @@ pub struct MoveSpec {
     pub lead_ms: u64,
 }
 
-/// The longest lead between steering and copy start (seed 000 R3).
-pub const MAX_LEAD_MS: u64 = 5_000;
+pub use handoff_state::MAX_LEAD_MS;
 
 /// The next I/O a driver performs for the machine.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -80,6 +79,8 @@ pub enum Action {
         keys: Option<Vec<Bytes>>,
         /// The sender takes its manifest only once it applied this seq.
         after_seq: u64,
+        /// Lead K: the records follow the manifest after this long, ms.
+        lead_ms: u64,
     },
     /// A side's shadow counters. Answer: [`Outcome::Shadow`].
     ShadowStats {
@@ -206,8 +207,6 @@ pub enum Phase {
     Prepare,
     /// Steer switch to move mode.
     Steer,
-    /// Lead K before the copy.
-    Lead,
     /// Source → destination copy.
     Copy,
     /// Waiting for the destination to settle (conditions 1 and 2).
@@ -228,6 +227,10 @@ pub enum Phase {
     AbortExpect,
     /// Abort: the route returns to the source.
     AbortCommit,
+    /// Abort before the copy ran: the destination still waits for its manifest, so the source
+    /// sends it the records of the returning sessions first (a re-attached session's old
+    /// state, or a tombstone), which resolves what the destination buffered for them.
+    AbortPrime,
     /// Abort: the destination has every record it awaited (so it can send them back).
     AbortSettle,
     /// Abort: the destination sends the sessions back.
@@ -262,6 +265,7 @@ impl Phase {
             Phase::AbortBegin
                 | Phase::AbortExpect
                 | Phase::AbortCommit
+                | Phase::AbortPrime
                 | Phase::AbortSettle
                 | Phase::AbortCopyBack
                 | Phase::AbortReturn
@@ -319,6 +323,9 @@ pub struct MoveMachine {
     pub created: Vec<Bytes>,
     /// The last seq the steer sent to the side a route flip left.
     pub last_sent: u64,
+    /// Whether the source's copy reached the destination (its manifest is known there).
+    #[serde(default)]
+    pub copied: bool,
     /// Figures.
     pub figures: MoveFigures,
     /// When the current phase began (driver's clock, ms).
@@ -347,6 +354,7 @@ impl MoveMachine {
             abort_requested: false,
             created: Vec::new(),
             last_sent: 0,
+            copied: false,
             figures: MoveFigures::default(),
             phase_started_ms: now_ms,
         })
@@ -360,13 +368,11 @@ impl MoveMachine {
             Phase::Steer => Action::BeginMove {
                 abort_safe: self.spec.abort_safe,
             },
-            Phase::Lead => Action::Wait {
-                ms: self.spec.lead_ms,
-            },
             Phase::Copy => Action::Copy {
                 from: Side::Source,
                 keys: None,
                 after_seq: self.figures.first_seq.saturating_sub(1),
+                lead_ms: self.spec.lead_ms,
             },
             Phase::Verify | Phase::AbortSettle if self.polls % 2 == 1 => poll,
             Phase::Verify => Action::ShadowStats {
@@ -386,6 +392,12 @@ impl MoveMachine {
                 keys: self.created.clone(),
             },
             Phase::AbortCommit => Action::AbortCommit,
+            Phase::AbortPrime => Action::Copy {
+                from: Side::Source,
+                keys: Some(self.created.clone()),
+                after_seq: self.figures.first_seq.saturating_sub(1),
+                lead_ms: 0,
+            },
             Phase::AbortSettle => Action::ShadowStats {
                 at: Side::Destination,
             },
@@ -393,6 +405,7 @@ impl MoveMachine {
                 from: Side::Destination,
                 keys: Some(self.created.clone()),
                 after_seq: self.last_sent,
+                lead_ms: 0,
             },
             Phase::AbortReturn => Action::FinishShadow {
                 at: Side::Source,
@@ -484,15 +497,10 @@ impl MoveMachine {
             (Phase::Prepare, _) => self.enter(Phase::Steer, now_ms),
             (Phase::Steer, Outcome::FirstSeq(first)) => {
                 self.figures.first_seq = first;
-                let next = if self.spec.lead_ms > 0 {
-                    Phase::Lead
-                } else {
-                    Phase::Copy
-                };
-                self.enter(next, now_ms);
+                self.enter(Phase::Copy, now_ms);
             }
-            (Phase::Lead, _) => self.enter(Phase::Copy, now_ms),
             (Phase::Copy, Outcome::Copied(c)) => {
+                self.copied = true;
                 let ok = c.digest_match && c.records_copied == c.sessions_at_start;
                 let buckets = c.differing_buckets.clone();
                 self.figures.copy = c;
@@ -555,13 +563,10 @@ impl MoveMachine {
             (Phase::AbortExpect, _) => self.enter(Phase::AbortCommit, now_ms),
             (Phase::AbortCommit, Outcome::Boundary { last_sent, .. }) => {
                 self.last_sent = last_sent;
-                let next = if self.created.is_empty() {
-                    Phase::AbortDrop
-                } else {
-                    Phase::AbortSettle
-                };
+                let next = self.after_commit();
                 self.enter(next, now_ms);
             }
+            (Phase::AbortPrime, _) => self.enter(Phase::AbortSettle, now_ms),
             (Phase::AbortSettle, Outcome::Shadow(s)) => {
                 // The destination must not still await a record it is about to send back.
                 if s.is_none_or(|s| s.awaiting == 0) || self.polls + 1 >= MAX_POLLS {
@@ -584,6 +589,17 @@ impl MoveMachine {
         }
     }
 
+    /// Where an abort goes once the route is back with the source.
+    fn after_commit(&self) -> Phase {
+        if self.created.is_empty() {
+            Phase::AbortDrop
+        } else if self.copied {
+            Phase::AbortSettle
+        } else {
+            Phase::AbortPrime
+        }
+    }
+
     fn poll_again(&mut self, what: &str, now_ms: u64) {
         self.polls += 1;
         if self.polls >= MAX_POLLS {
@@ -601,7 +617,7 @@ impl MoveMachine {
         let why = format!("{:?}: {f}", self.phase);
         match self.phase {
             // Before cutover, any failure aborts the move.
-            Phase::Prepare | Phase::Steer | Phase::Lead | Phase::Copy | Phase::Verify => {
+            Phase::Prepare | Phase::Steer | Phase::Copy | Phase::Verify => {
                 self.start_abort(why, now_ms)
             }
             // A refused or lost flip: the route state is unknown to us; abort is safe only if
@@ -629,15 +645,14 @@ impl MoveMachine {
             }
             Phase::AbortCommit => match f {
                 Failure::Refused(_) => {
-                    let next = if self.created.is_empty() {
-                        Phase::AbortDrop
-                    } else {
-                        Phase::AbortSettle
-                    };
+                    let next = self.after_commit();
                     self.enter(next, now_ms)
                 }
                 Failure::Unreachable(_) => self.fail(why, now_ms),
             },
+            // The destination cannot learn the returning sessions' old state: it may still
+            // send back what it has.
+            Phase::AbortPrime => self.enter(Phase::AbortSettle, now_ms),
             Phase::AbortSettle => self.enter(Phase::AbortCopyBack, now_ms),
             Phase::AbortCopyBack => {
                 self.figures.lost_on_abort = self.created.len() as u64;

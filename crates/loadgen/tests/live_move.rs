@@ -44,6 +44,7 @@ async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_refer
             plan: handoff_state::CopyPlan::default(),
             after_seq: first - 1,
             keys: None,
+            lead_ms: 0,
         })
         .await
         .unwrap();

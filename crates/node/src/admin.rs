@@ -6,6 +6,7 @@ use crate::Node;
 use futures::StreamExt;
 use handoff_function::Ruleset;
 use handoff_wire::{code, Frame, FrameError};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Records per frame batch in a dump.
@@ -55,6 +56,10 @@ pub enum AdminRequest {
         /// aborted move's sessions going back. Default: every session.
         #[serde(default)]
         keys: Option<Vec<String>>,
+        /// Lead K (ms): the manifest goes at once, the records only after this long (the
+        /// destination then already applies creates of new sessions directly).
+        #[serde(default)]
+        lead_ms: u64,
     },
     /// A serving instance starts expecting the records of these sessions (hex keys) from
     /// another node, buffering their signals until each arrives (an aborted move's sessions
@@ -243,6 +248,7 @@ pub(crate) async fn session(
                 plan,
                 after_seq,
                 keys,
+                lead_ms,
             } => {
                 let only = match keys.as_deref().map(parse_keys).transpose() {
                     Ok(k) => k,
@@ -260,6 +266,7 @@ pub(crate) async fn session(
                     plan,
                     after_seq,
                     only,
+                    Duration::from_millis(lead_ms.min(handoff_state::MAX_LEAD_MS)),
                     now,
                 )
                 .await

@@ -88,6 +88,7 @@ pub async fn copy_to(
     plan: CopyPlan,
     after_seq: u64,
     only: Option<Vec<SessionKey>>,
+    lead: Duration,
     now_us: u64,
 ) -> Result<CopyReport, CopyError> {
     let h = node.instance(instance)?;
@@ -184,6 +185,11 @@ pub async fn copy_to(
                 return Err(dest_err(format!("refused ({code}): {message}")))
             }
             other => return Err(dest_err(format!("unexpected answer {other:?}"))),
+        }
+        // Lead K (seed 000 R3): the destination knows its manifest, so it already serves the
+        // sessions created since the switch; the records follow after the lead.
+        if !lead.is_zero() {
+            tokio::time::sleep(lead).await;
         }
         let mut digest = Digest::default();
         let mut report = CopyReport {

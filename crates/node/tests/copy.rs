@@ -100,6 +100,7 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
         plan: handoff_state::CopyPlan::default(),
         after_seq: 0,
         keys: None,
+        lead_ms: 0,
     };
     let r = admin_a.request(&copy).await.unwrap();
     assert_eq!(r["sessions_at_start"], 450);
@@ -152,6 +153,7 @@ async fn an_infeasible_plan_is_refused_before_anything_is_sent() {
         },
         after_seq: 0,
         keys: None,
+        lead_ms: 0,
     };
     let err = admin_a.request(&copy).await.unwrap_err();
     assert!(

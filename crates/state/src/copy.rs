@@ -66,6 +66,9 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The longest lead between steering and the copy's records (seed 000 R3), ms.
+pub const MAX_LEAD_MS: u64 = 5_000;
+
 /// The limits a copy must respect (R24–R27). `None` means unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CopyPlan {

@@ -16,7 +16,12 @@ pub fn catalog() -> Catalog {
 
 /// Starts a node on a loopback port, hosting `mme-1` when `host` is set.
 pub async fn must_start_node(name: &str, host: bool) -> (Arc<Node>, SocketAddr) {
-    let node = Node::new(name, catalog(), NodeLimits::default());
+    must_start_node_with(name, host, "").await
+}
+
+/// [`must_start_node`] for a node that requires `token` in every hello.
+pub async fn must_start_node_with(name: &str, host: bool, token: &str) -> (Arc<Node>, SocketAddr) {
+    let node = Node::with_token(name, catalog(), NodeLimits::default(), token.to_owned());
     if host {
         node.create_instance("mme-1", "vmme").expect("create mme-1");
     }
@@ -31,8 +36,20 @@ pub async fn must_start_node(name: &str, host: bool) -> (Arc<Node>, SocketAddr) 
 /// Starts a steer serving `mme-1` from `node` with ticks every `tick_ms`, and waits until its
 /// link to the node is up. Returns the steer and its service address.
 pub async fn must_start_steer(node: SocketAddr, tick_ms: u64) -> (Steer, SocketAddr) {
+    must_start_steer_with(node, tick_ms, "").await
+}
+
+/// [`must_start_steer`] for a steer that offers `token` to nodes and requires it of control
+/// clients, with a control listener on a loopback port ([`Steer::control_addr`]).
+pub async fn must_start_steer_with(
+    node: SocketAddr,
+    tick_ms: u64,
+    token: &str,
+) -> (Steer, SocketAddr) {
     let cfg = SteerConfig {
         tick_ms,
+        token: token.to_owned(),
+        control: Some("127.0.0.1:0".parse().expect("literal address")),
         services: vec![ServiceConfig {
             instance: "mme-1".into(),
             function: "vmme".into(),

@@ -101,7 +101,8 @@ fn a_healthy_move_walks_every_phase_in_order() {
         Action::Copy {
             from: Side::Source,
             keys: None,
-            after_seq: 9
+            after_seq: 9,
+            lead_ms: 0
         },
         "the copy waits for every seq before move mode"
     );
@@ -151,7 +152,8 @@ fn an_abort_sends_the_created_sessions_back_before_dropping_the_destination() {
             Action::Copy {
                 from: Side::Destination,
                 keys: Some(created.clone()),
-                after_seq: 49
+                after_seq: 49,
+                lead_ms: 0
             },
             Action::FinishShadow {
                 at: Side::Source,
