@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod driver;
 pub mod machine;
+pub mod source;
 pub mod store;
 
 pub use machine::{Action, Failure, MoveMachine, MoveSpec, Outcome, Phase, Side};

@@ -233,3 +233,82 @@ async fn a_wrong_token_is_refused_everywhere() {
         .unwrap_err();
     assert!(e.1.contains("unknown instance"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_node_can_drive_the_move_itself_with_no_controller() {
+    let c = cluster("source-driven").await;
+    c._nodes[0].set_move_driver(Arc::new(handoff_controller::source::SourceDriven::new(
+        c.a, "node-a", TOKEN,
+    )));
+    let load = tokio::spawn(handoff_loadgen::run(
+        LoadConfig {
+            target: c.service,
+            sessions: 400,
+            rate: 1500.0,
+            duration: Duration::from_millis(2500),
+            seed: 33,
+            ..LoadConfig::default()
+        },
+        |_| {},
+    ));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    let report = admin_a
+        .request(&handoff_node::AdminRequest::Migrate(
+            handoff_node::MigrateRequest {
+                instance: "mme-1".into(),
+                function: String::new(),
+                destination: c.b,
+                steer: c._steer.control_addr().unwrap(),
+                order: handoff_state::CopyOrder::HotFirst,
+                plan: handoff_state::CopyPlan::default(),
+                abort_safe: false,
+                lead_ms: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(report["phase"], "done", "{report}");
+    assert_eq!(report["figures"]["copy"]["digest_match"], true, "{report}");
+    // No controller took part.
+    let status = c
+        .controller
+        .handle(ControllerRequest::Status)
+        .await
+        .unwrap();
+    assert_eq!(status["moves"].as_array().unwrap().len(), 0, "{status}");
+
+    let (load, histories) = load.await.unwrap().unwrap();
+    assert_eq!(
+        (load.lost, load.duplicated, load.reordered),
+        (0, 0, 0),
+        "{load:?}"
+    );
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    let dump = admin_b.dump("mme-1").await.unwrap();
+    let r = oracle::check(&Vmme::default(), &histories, &dump);
+    assert_eq!(r.checked, 400, "{r:?}");
+    assert_eq!(
+        (r.mismatches, r.answer_mismatches, r.unknown_records),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    // A node without a driver refuses clearly.
+    let mut admin_b2 = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    let e = admin_b2
+        .request(&handoff_node::AdminRequest::Migrate(
+            handoff_node::MigrateRequest {
+                instance: "mme-1".into(),
+                function: String::new(),
+                destination: c.a,
+                steer: c._steer.control_addr().unwrap(),
+                order: handoff_state::CopyOrder::HotFirst,
+                plan: handoff_state::CopyPlan::default(),
+                abort_safe: false,
+                lead_ms: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot drive moves"), "{e}");
+}

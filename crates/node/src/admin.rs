@@ -70,6 +70,9 @@ pub enum AdminRequest {
         /// The sessions, as hex keys.
         keys: Vec<String>,
     },
+    /// Moves an instance hosted here to another node, driven by this node (the source-driven
+    /// variant: no controller). Answers with the move's report once it ends.
+    Migrate(crate::MigrateRequest),
     /// Stops and removes an instance (a move's drained source, or an aborted destination).
     DropInstance {
         /// The instance.
@@ -324,6 +327,26 @@ pub(crate) async fn session(
                         .await
                     }
                     Err(f) => f,
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::Migrate(req) => {
+                let f = match (node.move_driver(), node.instance(&req.instance)) {
+                    (None, _) => error(
+                        code::BAD_REQUEST,
+                        "this node cannot drive moves (no move driver installed)",
+                    ),
+                    (_, Err(e)) => error(e.code(), e.to_string()),
+                    (Some(d), Ok(h)) => match d
+                        .migrate(crate::MigrateRequest {
+                            function: h.function().to_owned(),
+                            ..req
+                        })
+                        .await
+                    {
+                        Ok(v) => reply(&v),
+                        Err(e) => error(code::BAD_REQUEST, e),
+                    },
                 };
                 send(tx, vec![f]).await?;
             }

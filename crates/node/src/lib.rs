@@ -84,6 +84,48 @@ pub struct Node {
     instances: Mutex<BTreeMap<String, InstanceHandle>>,
     shutdown: CancellationToken,
     token: String,
+    mover: std::sync::OnceLock<Arc<dyn MoveDriver>>,
+}
+
+/// Runs a whole move from this node (the source-driven variant, seed 000 Fig. 7a): the node
+/// binary installs one (the move machine lives in the controller crate, above this one).
+pub trait MoveDriver: Send + Sync + 'static {
+    /// Moves `req.instance` from this node as asked; answers with the move's final report.
+    fn migrate(
+        &self,
+        req: MigrateRequest,
+    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>>;
+}
+
+/// A source-driven move, as asked of the source node.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The instance (hosted here).
+    pub instance: String,
+    /// Its function (filled in by the node from the instance it hosts).
+    #[serde(default)]
+    pub function: String,
+    /// The destination node.
+    pub destination: std::net::SocketAddr,
+    /// The steer's control address.
+    pub steer: std::net::SocketAddr,
+    /// Copy order.
+    #[serde(default = "hot_first")]
+    pub order: handoff_state::CopyOrder,
+    /// Copy limits.
+    #[serde(default)]
+    pub plan: handoff_state::CopyPlan,
+    /// Duplicate creates too.
+    #[serde(default)]
+    pub abort_safe: bool,
+    /// Lead K, ms.
+    #[serde(default)]
+    pub lead_ms: u64,
+}
+
+fn hot_first() -> handoff_state::CopyOrder {
+    handoff_state::CopyOrder::HotFirst
 }
 
 impl Node {
@@ -107,7 +149,18 @@ impl Node {
             instances: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
             token,
+            mover: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the driver of source-driven moves (once; later calls are ignored).
+    pub fn set_move_driver(&self, driver: Arc<dyn MoveDriver>) {
+        let _ = self.mover.set(driver);
+    }
+
+    /// The driver of source-driven moves, if installed.
+    pub fn move_driver(&self) -> Option<Arc<dyn MoveDriver>> {
+        self.mover.get().cloned()
     }
 
     /// Whether a hello's token is the one this node requires (compared in constant time).
