@@ -77,9 +77,16 @@ impl ControllerAddr {
 pub struct MigrateArgs {
     /// The instance to move, e.g. `mme-1`.
     pub instance: String,
-    /// The destination node's name.
+    /// The destination node's name (its address with `--source`).
     #[arg(long)]
     pub to: String,
+    /// Source-driven: ask the source node at this address to run the move itself (no
+    /// controller); `--to` is then the destination's address and `--steer` is required.
+    #[arg(long, requires = "steer")]
+    pub source: Option<SocketAddr>,
+    /// The steer's control address (source-driven moves).
+    #[arg(long)]
+    pub steer: Option<SocketAddr>,
     #[command(flatten)]
     pub at: ControllerAddr,
     /// Copy order: hot-first (default), key or random.
@@ -120,6 +127,9 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         max_cpu_percent: a.max_cpu,
         deadline_ms: a.deadline,
     };
+    if let (Some(source), Some(steer)) = (a.source, a.steer) {
+        return source_driven(&a, source, steer, plan).await;
+    }
     let mut c = a.at.connect().await?;
     let started = c
         .request(&ControllerRequest::Migrate {
@@ -180,6 +190,84 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
+    print_move(&a, &status)
+}
+
+/// The source-driven variant: the source node runs the move; the CLI only waits and watches
+/// the destination fill up.
+async fn source_driven(
+    a: &MigrateArgs,
+    source: SocketAddr,
+    steer: SocketAddr,
+    plan: CopyPlan,
+) -> anyhow::Result<ExitCode> {
+    let destination: SocketAddr = a.to.parse().with_context(|| {
+        format!(
+            "--to {}: with --source it is the destination's address",
+            a.to
+        )
+    })?;
+    let mut c = ControlClient::connect(source, "cli", &a.at.token)
+        .await
+        .with_context(|| format!("cannot reach the source node at {source}"))?;
+    c.set_reply_timeout(Duration::from_secs(3_600));
+    let req = handoff_node::AdminRequest::Migrate(handoff_node::MigrateRequest {
+        instance: a.instance.clone(),
+        function: String::new(),
+        destination,
+        steer,
+        order: parse_order(&a.order, 1)?,
+        plan,
+        abort_safe: a.abort_safe,
+        lead_ms: a.lead_ms,
+    });
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_prefix(format!(
+        "{} {source} → {destination} (source-driven)",
+        a.instance
+    ));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} move {prefix}: {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let work = c.request(&req);
+    tokio::pin!(work);
+    let watch = async {
+        let Ok(mut d) = ControlClient::connect(destination, "cli", &a.at.token).await else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            let s = d
+                .request(&handoff_node::AdminRequest::ShadowStats {
+                    instance: a.instance.clone(),
+                })
+                .await;
+            if let Ok(s) = s {
+                if !s.is_null() {
+                    bar.set_message(format!(
+                        "{} sessions, {:.1} MB received, {} awaited, buffered {}",
+                        s["records"],
+                        s["bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+                        s["awaiting"],
+                        s["buffered"]
+                    ));
+                }
+            }
+            bar.tick();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::pin!(watch);
+    let status = tokio::select! {
+        r = &mut work => r.context("the source node refused the move")?,
+        _ = &mut watch => unreachable!("the watcher never ends"),
+    };
+    bar.finish_and_clear();
+    print_move(a, &status)
+}
+
+fn print_move(a: &MigrateArgs, status: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    let id = &status["id"];
     let phase = status["phase"].as_str().unwrap_or("?").to_owned();
     if a.json {
         out!("{}", serde_json::to_string_pretty(&status)?);

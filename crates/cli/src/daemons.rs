@@ -57,6 +57,10 @@ pub async fn node(a: NodeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let listen = listener.local_addr()?;
+    // The source-driven variant: this node can run a whole move itself when asked.
+    node.set_move_driver(Arc::new(handoff_controller::source::SourceDriven::new(
+        listen, &a.name, &a.token,
+    )));
     let mut direct_addr = None;
     if let Some(spec) = &a.direct {
         let Some((name, addr)) = spec.split_once('@') else {

@@ -116,7 +116,10 @@ impl NetDriver {
                         },
                     )
                     .await?;
-                Outcome::FirstSeq(num(&v, "first_seq")?)
+                Outcome::FirstSeq {
+                    first: num(&v, "first_seq")?,
+                    last_sent: num(&v, "last_sent")?,
+                }
             }
             Action::Wait { ms } => {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;

@@ -124,8 +124,13 @@ pub enum Action {
 pub enum Outcome {
     /// Done, nothing to report.
     Done,
-    /// The first seq under move mode.
-    FirstSeq(u64),
+    /// Move mode is on from seq `first`; the source was last sent `last_sent` before it.
+    FirstSeq {
+        /// The first seq under move mode.
+        first: u64,
+        /// The last seq sent to the source before it.
+        last_sent: u64,
+    },
     /// A copy's report.
     Copied(CopyOutcome),
     /// Shadow counters (`None`: the instance is not a shadow).
@@ -323,6 +328,9 @@ pub struct MoveMachine {
     pub created: Vec<Bytes>,
     /// The last seq the steer sent to the side a route flip left.
     pub last_sent: u64,
+    /// The last seq the steer sent to the source before move mode (the copy waits for it).
+    #[serde(default)]
+    pub source_fence: u64,
     /// Whether the source's copy reached the destination (its manifest is known there).
     #[serde(default)]
     pub copied: bool,
@@ -354,6 +362,7 @@ impl MoveMachine {
             abort_requested: false,
             created: Vec::new(),
             last_sent: 0,
+            source_fence: 0,
             copied: false,
             figures: MoveFigures::default(),
             phase_started_ms: now_ms,
@@ -371,7 +380,7 @@ impl MoveMachine {
             Phase::Copy => Action::Copy {
                 from: Side::Source,
                 keys: None,
-                after_seq: self.figures.first_seq.saturating_sub(1),
+                after_seq: self.source_fence,
                 lead_ms: self.spec.lead_ms,
             },
             Phase::Verify | Phase::AbortSettle if self.polls % 2 == 1 => poll,
@@ -395,7 +404,7 @@ impl MoveMachine {
             Phase::AbortPrime => Action::Copy {
                 from: Side::Source,
                 keys: Some(self.created.clone()),
-                after_seq: self.figures.first_seq.saturating_sub(1),
+                after_seq: self.source_fence,
                 lead_ms: 0,
             },
             Phase::AbortSettle => Action::ShadowStats {
@@ -495,8 +504,9 @@ impl MoveMachine {
         self.attempts = 0;
         match (phase, outcome) {
             (Phase::Prepare, _) => self.enter(Phase::Steer, now_ms),
-            (Phase::Steer, Outcome::FirstSeq(first)) => {
+            (Phase::Steer, Outcome::FirstSeq { first, last_sent }) => {
                 self.figures.first_seq = first;
+                self.source_fence = last_sent;
                 self.enter(Phase::Copy, now_ms);
             }
             (Phase::Copy, Outcome::Copied(c)) => {

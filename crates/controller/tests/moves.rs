@@ -119,6 +119,32 @@ async fn the_controller_moves_an_instance_under_load_and_loses_nothing() {
         "{end}"
     );
     assert!(f["cutover_seq"].as_u64().unwrap() > f["first_seq"].as_u64().unwrap());
+    let status = c
+        .controller
+        .handle(ControllerRequest::Status)
+        .await
+        .unwrap();
+    assert_eq!(status["instances"][0]["node"], "node-b", "{status}");
+    // And back again while the load goes on: the new owner is the source now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = c
+        .controller
+        .handle(ControllerRequest::Migrate {
+            instance: "mme-1".into(),
+            to: "node-a".into(),
+            order: handoff_state::CopyOrder::Random { seed: 3 },
+            plan: handoff_state::CopyPlan::default(),
+            abort_safe: false,
+            lead_ms: 0,
+        })
+        .await
+        .unwrap();
+    let end = wait_end(&c.controller, back["id"].as_u64().unwrap()).await;
+    assert_eq!(end["phase"], "done", "{end}");
+    assert!(
+        end["figures"]["phases_ms"]["copy"].as_u64().unwrap() < 500,
+        "the copy did not wait for a seq the new source never gets: {end}"
+    );
 
     let (report, histories) = load.await.unwrap().unwrap();
     assert_eq!(
@@ -127,8 +153,8 @@ async fn the_controller_moves_an_instance_under_load_and_loses_nothing() {
         "{report:?}"
     );
     assert_eq!(report.answered, report.signals_sent, "{report:?}");
-    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
-    let dump = admin_b.dump("mme-1").await.unwrap();
+    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    let dump = admin_a.dump("mme-1").await.unwrap();
     let r = oracle::check(&Vmme::default(), &histories, &dump);
     assert_eq!(r.checked, 500, "{r:?}");
     assert_eq!(
@@ -136,15 +162,15 @@ async fn the_controller_moves_an_instance_under_load_and_loses_nothing() {
         (0, 0, 0),
         "{r:?}"
     );
-    // The source went offline; the cluster view follows the instance.
-    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
-    assert!(admin_a.dump("mme-1").await.is_err(), "source retired");
+    // The second move's source went offline; the cluster view follows the instance.
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    assert!(admin_b.dump("mme-1").await.is_err(), "source retired");
     let status = c
         .controller
         .handle(ControllerRequest::Status)
         .await
         .unwrap();
-    assert_eq!(status["instances"][0]["node"], "node-b", "{status}");
+    assert_eq!(status["instances"][0]["node"], "node-a", "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

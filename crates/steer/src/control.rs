@@ -256,7 +256,7 @@ async fn handle(req: SteerRequest, services: &[ServiceHandle]) -> Reply {
                 })
                 .await?,
             )?;
-            json!({ "first_seq": first })
+            json!({ "first_seq": first.boundary, "last_sent": first.last_sent })
         }
         SteerRequest::Cutover { instance } => {
             let b = refused(ask(services, &instance, |done| MoveCommand::Cutover { done }).await?)?;

@@ -237,6 +237,7 @@ impl Steer {
             done,
         })
         .await
+        .map(|b| b.boundary)
     }
 
     /// Flips the route; returns the boundary seq and the last seq sent to the source.

@@ -103,14 +103,16 @@ fn now_us() -> u64 {
 #[derive(Debug)]
 pub enum MoveCommand {
     /// Opens a link to the destination node (which must host an empty instance of the same
-    /// name) and enters move mode once it is up; answers with the first seq under move mode.
+    /// name) and enters move mode once it is up; answers with the first seq under move mode
+    /// (`boundary`) and the last seq sent to the source before it (the copy's manifest waits
+    /// until the source applied it).
     Begin {
         /// The destination node.
         destination: SocketAddr,
         /// Duplicate creates and every update to both copies.
         abort_safe: bool,
         /// The answer.
-        done: oneshot::Sender<Result<u64, String>>,
+        done: oneshot::Sender<Result<Boundary, String>>,
     },
     /// Flips the route at the next seq; answers with the boundary and the last seq sent to the
     /// source (it has drained once it applied that one).
@@ -216,7 +218,7 @@ const MAX_CREATED_DURING_MOVE: usize = 10_000_000;
 struct PendingBegin {
     abort_safe: bool,
     since: tokio::time::Instant,
-    done: oneshot::Sender<Result<u64, String>>,
+    done: oneshot::Sender<Result<Boundary, String>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -304,7 +306,11 @@ pub(crate) async fn run(
                 if let Some(p) = pending.take() {
                     if dest.as_ref().is_some_and(Link::is_up) {
                         let first = seq + 1;
-                        let r = route.begin_move(first, p.abort_safe).map(|()| first).map_err(|e| e.to_string());
+                        let last_sent = sent.source;
+                        let r = route
+                            .begin_move(first, p.abort_safe)
+                            .map(|()| Boundary { boundary: first, last_sent })
+                            .map_err(|e| e.to_string());
                         tracing::info!(instance = %cfg.instance, first_seq = first, "move mode on");
                         let _ = p.done.send(r);
                     } else if now - p.since > DEST_UP_TIMEOUT {

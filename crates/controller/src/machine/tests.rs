@@ -23,7 +23,10 @@ fn settled() -> Outcome {
 /// the destination during the move.
 fn healthy(action: &Action, created: &[Bytes]) -> Outcome {
     match action {
-        Action::BeginMove { .. } => Outcome::FirstSeq(10),
+        Action::BeginMove { .. } => Outcome::FirstSeq {
+            first: 10,
+            last_sent: 9,
+        },
         Action::Copy { keys, .. } => {
             let n = keys.as_ref().map_or(100, |k| k.len() as u64);
             Outcome::Copied(CopyOutcome {
