@@ -92,6 +92,8 @@ pub async fn start_steer(instance: &str, node: SocketAddr) -> anyhow::Result<(St
             listen: "127.0.0.1:0".parse().context("literal address")?,
             node,
         }],
+        // Moves are driven over the control listener, as the controller does.
+        control: Some("127.0.0.1:0".parse().context("literal address")?),
         ..SteerConfig::default()
     };
     let catalog = crate::catalog();

@@ -2,7 +2,6 @@
 //! the baselines `handoff bench move` compares it with (stop-and-copy, iterative pre-copy).
 
 use handoff_node::client::AdminClient;
-use std::time::Duration;
 
 /// What the mid-run move did.
 #[derive(Debug, Default, serde::Serialize)]
@@ -38,113 +37,78 @@ fn ms(since: std::time::Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
-/// Moves `mme-1` from `a` to `b` through the steer (DESIGN.md "Live move"), timing each phase.
+/// Moves `mme-1` from `a` to `b` (DESIGN.md "Live move") with the same move machine and driver
+/// the controller runs, over the steer's control listener, timing each phase.
 pub(crate) async fn live_move(
     steer: &handoff_steer::Steer,
     a: std::net::SocketAddr,
     b: std::net::SocketAddr,
     order: handoff_state::CopyOrder,
 ) -> anyhow::Result<MoveReport> {
-    use handoff_node::AdminRequest;
-    let instance = "mme-1";
-    let mut admin_a = AdminClient::connect(a, "demo").await?;
-    let mut admin_b = AdminClient::connect(b, "demo").await?;
+    use handoff_controller::driver::{drive, NetDriver, Progress};
+    use handoff_controller::machine::{MoveMachine, MoveSpec, Phase};
     let start = std::time::Instant::now();
-    let t = std::time::Instant::now();
-    // Prepare: an empty shadow that buffers what the steer sends until the manifest arrives.
-    admin_b
-        .request(&AdminRequest::PrepareShadow {
-            instance: instance.into(),
+    let control = steer
+        .control_addr()
+        .ok_or_else(|| anyhow::anyhow!("the steer has no control listener"))?;
+    let m = MoveMachine::new(
+        MoveSpec {
+            id: 1,
+            instance: "mme-1".into(),
             function: "vmme".into(),
-        })
-        .await?;
-    let prepare = ms(t);
-    let t = std::time::Instant::now();
-    let first_seq = steer
-        .begin_move(instance, b, false)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let steer_ms = ms(t);
-    let t = std::time::Instant::now();
-    let copy: handoff_node::copy::CopyReport = serde_json::from_value(
-        admin_a
-            .request(&AdminRequest::CopyTo {
-                instance: instance.into(),
-                destination: b,
-                order,
-                plan: handoff_state::CopyPlan::default(),
-                after_seq: first_seq - 1,
-                keys: None,
-                lead_ms: 0,
-            })
-            .await?,
-    )?;
-    let copy_ms = ms(t);
-    if !copy.digest_match {
-        let _ = steer.abort_move(instance).await;
+            source: a,
+            destination: b,
+            steer: control,
+            order,
+            plan: handoff_state::CopyPlan::default(),
+            abort_safe: false,
+            lead_ms: 0,
+        },
+        0,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let driver = NetDriver {
+        name: "demo".into(),
+        token: String::new(),
+    };
+    let (_abort, abort_rx) = tokio::sync::watch::channel(None);
+    let (progress, _) = tokio::sync::watch::channel(Progress::default());
+    let end = drive(m, &driver, |_| {}, abort_rx, progress).await;
+    if end.phase != Phase::Done {
         anyhow::bail!(
-            "digests differ in buckets {:?}: move aborted",
-            copy.differing_buckets
+            "the move ended {}: {}",
+            end.phase_name(),
+            end.reason.as_deref().unwrap_or("no reason given")
         );
     }
-    // Verify: the destination holds every record and nothing waits in its buffers.
-    let t = std::time::Instant::now();
-    let shadow = loop {
-        let s = admin_b
-            .request(&AdminRequest::ShadowStats {
-                instance: instance.into(),
-            })
-            .await?;
-        if s["awaiting"] == 0 && s["buffered"] == 0 {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = steer.abort_move(instance).await;
-            anyhow::bail!("destination did not settle: {s}: move aborted");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let f = &end.figures;
+    let phase = |names: &[&str]| -> u64 {
+        names
+            .iter()
+            .map(|n| f.phases_ms.get(*n).copied().unwrap_or(0))
+            .sum()
     };
-    let verify = ms(t);
-    let t = std::time::Instant::now();
-    let cutover_seq = steer
-        .cutover(instance)
-        .await
-        .map_err(anyhow::Error::msg)?
-        .boundary;
-    let cutover = ms(t);
-    let t = std::time::Instant::now();
-    admin_b
-        .request(&AdminRequest::FinishShadow {
-            instance: instance.into(),
-            force: false,
-        })
-        .await?;
-    steer
-        .finish_move(instance)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let retire = ms(t);
     Ok(MoveReport {
-        instance: instance.into(),
+        instance: end.spec.instance.clone(),
         from: a.to_string(),
         to: b.to_string(),
-        sessions_at_start: copy.sessions_at_start,
-        records_copied: copy.records_copied,
-        tombstones: copy.tombstones,
-        bytes_copied: copy.bytes_copied,
-        digest_match: copy.digest_match,
-        buffered_peak: shadow["buffered_peak"].as_u64().unwrap_or(0),
-        first_seq,
-        cutover_seq,
+        sessions_at_start: f.copy.sessions_at_start,
+        records_copied: f.copy.records_copied,
+        tombstones: f.copy.tombstones,
+        bytes_copied: f.copy.bytes_copied,
+        digest_match: f.copy.digest_match,
+        buffered_peak: f.shadow.buffered_peak,
+        first_seq: f.first_seq,
+        cutover_seq: f.cutover_seq,
         phases_ms: PhasesMs {
-            prepare,
-            steer: steer_ms,
-            copy: copy_ms,
-            verify,
-            cutover,
-            retire,
+            prepare: phase(&["prepare"]),
+            steer: phase(&["steer"]),
+            copy: phase(&["copy"]),
+            verify: phase(&["verify"]),
+            cutover: phase(&["cutover"]),
+            retire: phase(&["drain", "finish", "retire"]),
         },
-        total_ms: ms(start),
+        total_ms: start.elapsed().as_millis() as u64,
         ..MoveReport::default()
     })
 }
