@@ -6,7 +6,7 @@ use crate::machine::{MoveMachine, MoveSpec, Phase};
 use crate::store::Store;
 use futures::{SinkExt, StreamExt};
 use handoff_state::{CopyOrder, CopyPlan};
-use handoff_wire::{code, Frame, FrameCodec, Role, VERSION};
+use handoff_wire::{code, Frame, FrameCodec};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -481,40 +481,12 @@ fn error(code: u16, message: impl Into<String>) -> Frame {
 
 async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_wire::FrameError> {
     let mut f = Framed::new(stream, FrameCodec);
-    let hello = tokio::time::timeout(Duration::from_secs(5), f.next())
-        .await
-        .map_err(|_| handoff_wire::FrameError::Io("no hello within the timeout".into()))?;
-    match hello {
-        Some(Ok(Frame::Hello {
-            role: Role::Admin,
-            token,
-            min_version,
-            max_version,
-            ..
-        })) => {
-            if !handoff_wire::token_matches(&c.cfg.token, &token) {
-                return f
-                    .send(error(code::UNAUTHORIZED, "wrong or missing token"))
-                    .await;
-            }
-            if !(min_version..=max_version).contains(&VERSION) {
-                return f
-                    .send(error(code::VERSION, "no common protocol version"))
-                    .await;
-            }
-        }
-        Some(Ok(_)) => {
-            return f
-                .send(error(code::WRONG_FRAME, "expected an admin hello"))
-                .await
-        }
-        Some(Err(e)) => return Err(e),
-        None => return Ok(()),
+    let hello_timeout = Duration::from_secs(5);
+    if !handoff_wire::client::accept_admin_hello(&mut f, &c.cfg.token, "controller", hello_timeout)
+        .await?
+    {
+        return Ok(());
     }
-    f.send(Frame::HelloAck {
-        node: "controller".into(),
-    })
-    .await?;
     while let Some(frame) = f.next().await {
         let Frame::Admin(body) = frame? else {
             return f.send(error(code::WRONG_FRAME, "expected a request")).await;

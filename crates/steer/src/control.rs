@@ -5,7 +5,7 @@
 use crate::service::RouteStatus;
 use crate::{MoveCommand, ServiceHandle, SteerStatsSnapshot};
 use futures::{SinkExt, StreamExt};
-use handoff_wire::{code, Frame, FrameCodec, Role, VERSION};
+use handoff_wire::{code, Frame, FrameCodec};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,41 +137,9 @@ async fn session(
     services: &[ServiceHandle],
 ) -> Result<(), handoff_wire::FrameError> {
     let mut f = Framed::new(stream, FrameCodec);
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, f.next())
-        .await
-        .map_err(|_| handoff_wire::FrameError::Io("no hello within the timeout".into()))?;
-    match hello {
-        Some(Ok(Frame::Hello {
-            role: Role::Admin,
-            token: offered,
-            min_version,
-            max_version,
-            name: peer,
-        })) => {
-            if !handoff_wire::token_matches(token, &offered) {
-                tracing::warn!(%peer, "control hello refused: wrong token");
-                return f
-                    .send(error(code::UNAUTHORIZED, "wrong or missing token"))
-                    .await;
-            }
-            if !(min_version..=max_version).contains(&VERSION) {
-                return f
-                    .send(error(code::VERSION, "no common protocol version"))
-                    .await;
-            }
-        }
-        Some(Ok(_)) => {
-            return f
-                .send(error(code::WRONG_FRAME, "expected an admin hello"))
-                .await
-        }
-        Some(Err(e)) => return Err(e),
-        None => return Ok(()),
+    if !handoff_wire::client::accept_admin_hello(&mut f, token, name, HELLO_TIMEOUT).await? {
+        return Ok(());
     }
-    f.send(Frame::HelloAck {
-        node: name.to_owned(),
-    })
-    .await?;
     while let Some(frame) = f.next().await {
         let Frame::Admin(body) = frame? else {
             return f

@@ -159,3 +159,48 @@ impl ControlClient {
         }
     }
 }
+
+/// The server side of a control connection's hello: waits up to `timeout` for an admin hello,
+/// checks its token against `required` and its version range, and acks as `name`. `Ok(true)`:
+/// the connection may go on; `Ok(false)`: it was refused (the error frame is sent) or closed.
+pub async fn accept_admin_hello(
+    f: &mut Framed<TcpStream, FrameCodec>,
+    required: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<bool, crate::FrameError> {
+    let refuse = |code: u16, message: &str| Frame::Error {
+        code,
+        message: message.to_owned(),
+    };
+    let hello = tokio::time::timeout(timeout, f.next())
+        .await
+        .map_err(|_| crate::FrameError::Io("no hello within the timeout".into()))?;
+    let refusal = match hello {
+        Some(Ok(Frame::Hello {
+            role: Role::Admin,
+            token,
+            min_version,
+            max_version,
+            name: peer,
+        })) => {
+            if !crate::token_matches(required, &token) {
+                tracing::warn!(%peer, "control hello refused: wrong token");
+                refuse(crate::code::UNAUTHORIZED, "wrong or missing token")
+            } else if !(min_version..=max_version).contains(&VERSION) {
+                refuse(crate::code::VERSION, "no common protocol version")
+            } else {
+                f.send(Frame::HelloAck {
+                    node: name.to_owned(),
+                })
+                .await?;
+                return Ok(true);
+            }
+        }
+        Some(Ok(_)) => refuse(crate::code::WRONG_FRAME, "expected an admin hello"),
+        Some(Err(e)) => return Err(e),
+        None => return Ok(false),
+    };
+    f.send(refusal).await?;
+    Ok(false)
+}
