@@ -33,8 +33,9 @@ pub struct MoveBenchArgs {
     #[arg(long, default_value_t = 5_000.0)]
     pub rate: f64,
     /// Length of each contender's measured phase, in seconds (the move must fit in it).
-    #[arg(long, default_value_t = 8.0)]
-    pub duration: f64,
+    /// Default: 8 s, plus 1 s per 100k sessions above 100k.
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// When each move starts, in seconds into the measured phase.
     #[arg(long, default_value_t = 1.0)]
     pub move_at: f64,
@@ -97,6 +98,9 @@ struct Contender {
     records_missing: Option<u64>,
     /// Most signals the destination buffered at once (live move only).
     buffered_peak: Option<u64>,
+    /// Signals the destination held buffered on average while it was a shadow, sampled every
+    /// 20 ms (live move only).
+    buffered_mean: Option<f64>,
     /// The move was still running when the measured phase ended (lengthen `--duration`).
     move_outlasted_load: bool,
     error: Option<String>,
@@ -136,6 +140,8 @@ struct Ratios {
     redis_ms_over_handoff_ms: Option<f64>,
     /// Peak buffered updates with random copy order over hot-first.
     buffered_peak_random_over_hot_first: Option<f64>,
+    /// Mean buffered updates (sampled) with random copy order over hot-first.
+    buffered_mean_random_over_hot_first: Option<f64>,
 }
 
 /// `num / den`, or `None` when that is not a finite number.
@@ -158,6 +164,8 @@ struct RatioInputs {
     redis_ms: Option<f64>,
     hot_peak: Option<f64>,
     random_peak: Option<f64>,
+    hot_mean: Option<f64>,
+    random_mean: Option<f64>,
 }
 
 impl RatioInputs {
@@ -169,6 +177,7 @@ impl RatioInputs {
             bytes_handoff_over_pre_copy: ratio(self.handoff_bytes, self.pre_bytes),
             redis_ms_over_handoff_ms: ratio(self.redis_ms, self.handoff_ms),
             buffered_peak_random_over_hot_first: ratio(self.random_peak, self.hot_peak),
+            buffered_mean_random_over_hot_first: ratio(self.random_mean, self.hot_mean),
         }
     }
 }
@@ -178,6 +187,10 @@ struct HotFirstVsRandom {
     hot_first_buffered_peak: Option<u64>,
     random_buffered_peak: Option<u64>,
     random_over_hot_first: Option<f64>,
+    hot_first_buffered_mean: Option<f64>,
+    random_buffered_mean: Option<f64>,
+    mean_random_over_hot_first: Option<f64>,
+    note: &'static str,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -217,6 +230,11 @@ fn mb_s(bytes: u64, ms: f64) -> f64 {
     }
 }
 
+/// 8 s, plus 1 s per 100k sessions above 100k (a 1M-session move takes several seconds).
+fn default_duration(sessions: u32) -> f64 {
+    8.0 + (f64::from(sessions) / 100_000.0 - 1.0).max(0.0)
+}
+
 fn secs_ok(v: f64, max: f64) -> bool {
     v.is_finite() && (0.0..=max).contains(&v)
 }
@@ -242,10 +260,17 @@ pub async fn run(args: MoveBenchArgs) -> anyhow::Result<ExitCode> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         anyhow::bail!("--rate must be positive");
     }
-    if !secs_ok(args.duration, 3600.0) || args.duration == 0.0 {
+    let duration = args
+        .duration
+        .unwrap_or_else(|| default_duration(args.sessions));
+    if !secs_ok(duration, 3600.0) || duration == 0.0 {
         anyhow::bail!("--duration must be within (0, 3600] seconds");
     }
-    if !(secs_ok(args.move_at, 3600.0) && args.move_at < args.duration) {
+    let args = MoveBenchArgs {
+        duration: Some(duration),
+        ..args
+    };
+    if !(secs_ok(args.move_at, 3600.0) && args.move_at < duration) {
         anyhow::bail!("--move-at must be within [0, --duration)");
     }
     if !(args.precopy_stop_fraction.is_finite()
@@ -351,12 +376,20 @@ pub async fn run(args: MoveBenchArgs) -> anyhow::Result<ExitCode> {
         random_peak: by("handoff_random")
             .and_then(|c| c.buffered_peak)
             .map(|v| v as f64),
+        hot_mean: by("handoff").and_then(|c| c.buffered_mean),
+        random_mean: by("handoff_random").and_then(|c| c.buffered_mean),
     };
     let ratios = inputs.ratios();
     let hot_first_vs_random = HotFirstVsRandom {
         hot_first_buffered_peak: by("handoff").and_then(|c| c.buffered_peak),
         random_buffered_peak: by("handoff_random").and_then(|c| c.buffered_peak),
         random_over_hot_first: ratios.buffered_peak_random_over_hot_first,
+        hot_first_buffered_mean: inputs.hot_mean,
+        random_buffered_mean: inputs.random_mean,
+        mean_random_over_hot_first: ratios.buffered_mean_random_over_hot_first,
+        note: "the peak includes every signal the destination buffered before the source's \
+               manifest reached it, whatever the copy order; the mean (sampled every 20 ms) \
+               also shows how fast each order drains the buffers",
     };
     let report = MoveBenchReport {
         contenders,
@@ -367,7 +400,7 @@ pub async fn run(args: MoveBenchArgs) -> anyhow::Result<ExitCode> {
         config: BenchConfig {
             sessions: args.sessions,
             rate: args.rate,
-            duration_s: args.duration,
+            duration_s: duration,
             move_at_s: args.move_at,
             zipf: args.zipf,
             seed: args.seed,
@@ -415,6 +448,9 @@ async fn loaded_run(
     mover: Mover,
     pb: &indicatif::ProgressBar,
 ) -> anyhow::Result<Loaded> {
+    let duration = args
+        .duration
+        .unwrap_or_else(|| default_duration(args.sessions));
     let node_a = NodeProcess::spawn("node-a", &["mme-1:vmme"], None).await?;
     let node_b = NodeProcess::spawn("node-b", &[], None).await?;
     let (steer, service) = start_steer("mme-1", node_a.addr).await?;
@@ -423,7 +459,7 @@ async fn loaded_run(
         target: service,
         sessions: args.sessions,
         rate: args.rate,
-        duration: Duration::from_secs_f64(args.duration),
+        duration: Duration::from_secs_f64(duration),
         zipf: args.zipf,
         seed: args.seed,
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
@@ -461,17 +497,25 @@ async fn loaded_run(
         window.store(true, Ordering::Relaxed);
         let t = Instant::now();
         outcome = match mover {
-            Mover::Live(order) => live_move(&steer, node_a.addr, node_b.addr, order)
-                .await
-                .and_then(|m| {
+            Mover::Live(order) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let sampler = tokio::spawn(sample_buffered(node_b.addr, stop.clone()));
+                let moved = live_move(&steer, node_a.addr, node_b.addr, order).await;
+                stop.store(true, Ordering::Relaxed);
+                let samples = sampler.await.unwrap_or_default();
+                moved.and_then(|m| {
                     let fig = MoveFigures {
                         bytes: m.bytes_copied + m.tombstones * key_len(),
                         records: m.records_copied,
                         buffered_peak: Some(m.buffered_peak),
+                        buffered_mean: Some(samples.mean),
                         copy_ms: Some(m.phases_ms.copy),
                     };
-                    Ok((serde_json::to_value(&m)?, fig))
-                }),
+                    let mut v = serde_json::to_value(&m)?;
+                    v["buffered_samples"] = serde_json::to_value(&samples)?;
+                    Ok((v, fig))
+                })
+            }
             Mover::Baseline(rule) => baseline_move(&steer, node_a.addr, node_b.addr, rule)
                 .await
                 .and_then(|m| {
@@ -479,6 +523,7 @@ async fn loaded_run(
                         bytes: m.bytes_copied,
                         records: m.records_copied + m.tombstones,
                         buffered_peak: None,
+                        buffered_mean: None,
                         copy_ms: None,
                     };
                     Ok((serde_json::to_value(&m)?, fig))
@@ -491,7 +536,7 @@ async fn loaded_run(
         window.store(false, Ordering::Relaxed);
     }
     // The first progress report of the measured phase comes up to 0.5 s into it.
-    let outlasted = measure_seen.elapsed().as_secs_f64() > args.duration - 0.5 && outcome.is_ok();
+    let outlasted = measure_seen.elapsed().as_secs_f64() > duration - 0.5 && outcome.is_ok();
     let (load, histories) = load.await??;
     let moved = outcome.is_ok();
     let owner = if moved { node_b.addr } else { node_a.addr };
@@ -532,7 +577,65 @@ struct MoveFigures {
     bytes: u64,
     records: u64,
     buffered_peak: Option<u64>,
+    buffered_mean: Option<f64>,
     copy_ms: Option<u64>,
+}
+
+/// How often the destination's buffered signals are sampled during a live move.
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// Most samples taken (20 minutes' worth).
+const MAX_SAMPLES: usize = 60_000;
+
+/// The destination's buffered signals over a live move, sampled from its shadow counters.
+#[derive(Debug, Default, serde::Serialize)]
+struct BufferedSamples {
+    interval_ms: u64,
+    /// Largest `buffered` sampled.
+    peak: u64,
+    /// Mean `buffered` over the samples taken while the destination was a shadow.
+    mean: f64,
+    /// `[ms since sampling began, buffered, awaiting]`.
+    samples: Vec<[u64; 3]>,
+}
+
+impl BufferedSamples {
+    fn summarize(&mut self) {
+        self.peak = self.samples.iter().map(|s| s[1]).max().unwrap_or(0);
+        self.mean = if self.samples.is_empty() {
+            0.0
+        } else {
+            self.samples.iter().map(|s| s[1] as f64).sum::<f64>() / self.samples.len() as f64
+        };
+    }
+}
+
+/// Samples the shadow counters of `mme-1` on `node` until `stop` (bounded by [`MAX_SAMPLES`]).
+async fn sample_buffered(node: SocketAddr, stop: Arc<AtomicBool>) -> BufferedSamples {
+    let mut out = BufferedSamples {
+        interval_ms: SAMPLE_EVERY.as_millis() as u64,
+        ..BufferedSamples::default()
+    };
+    let Ok(mut admin) = AdminClient::connect(node, "bench-sampler").await else {
+        return out;
+    };
+    let start = Instant::now();
+    let ask = handoff_node::AdminRequest::ShadowStats {
+        instance: "mme-1".into(),
+    };
+    for _ in 0..MAX_SAMPLES {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // Before the prepare the instance is unknown, after the finish it is no shadow: skip.
+        if let Ok(v) = admin.request(&ask).await {
+            if let (Some(b), Some(a)) = (v["buffered"].as_u64(), v["awaiting"].as_u64()) {
+                out.samples.push([start.elapsed().as_millis() as u64, b, a]);
+            }
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    out.summarize();
+    out
 }
 
 fn plan_step(id: &str) -> usize {
@@ -582,6 +685,7 @@ fn loaded_contender(
         unverifiable: Some(oracle.unverifiable),
         records_missing: None,
         buffered_peak: fig.buffered_peak,
+        buffered_mean: fig.buffered_mean,
         move_outlasted_load: outlasted,
         error,
         note: match id {
@@ -957,8 +1061,11 @@ fn summary(x: &Contender) -> Option<String> {
         .unwrap_or_default();
     Some(match x.id {
         "handoff" | "handoff_random" => format!(
-            "copy {} ms, digest match {}, buffered peak {}{gap}",
-            m["phases_ms"]["copy"], m["digest_match"], m["buffered_peak"]
+            "copy {} ms, digest match {}, buffered peak {} (mean {:.1}){gap}",
+            m["phases_ms"]["copy"],
+            m["digest_match"],
+            m["buffered_peak"],
+            x.buffered_mean.unwrap_or(0.0)
         ),
         "stop_and_copy" | "pre_copy" => {
             let rounds: Vec<String> = m["rounds"]
@@ -1077,6 +1184,12 @@ fn print_human(r: &MoveBenchReport, path: &std::path::Path) {
         opt(h.random_buffered_peak),
         opt(h.hot_first_buffered_peak)
     );
+    out!(
+        "  buffered mean, random / hot-first           {}  ({} vs {}, sampled every 20 ms)",
+        opt_f(h.mean_random_over_hot_first, 2),
+        opt_f(h.random_buffered_mean, 1),
+        opt_f(h.hot_first_buffered_mean, 1)
+    );
     out!("  report: {}", path.display());
 }
 
@@ -1098,6 +1211,8 @@ mod tests {
             redis_ms: Some(1500.0),
             hot_peak: Some(10.0),
             random_peak: Some(250.0),
+            hot_mean: Some(0.0),
+            random_mean: Some(3.0),
         };
         assert_eq!(
             inputs.ratios(),
@@ -1108,6 +1223,7 @@ mod tests {
                 bytes_handoff_over_pre_copy: None,
                 redis_ms_over_handoff_ms: Some(3.0),
                 buffered_peak_random_over_hot_first: Some(25.0),
+                buffered_mean_random_over_hot_first: None,
             }
         );
         assert_eq!(ratio(Some(f64::NAN), Some(1.0)), None);
@@ -1147,6 +1263,26 @@ mod tests {
         assert_eq!((r.records_sent, r.records_received), (1000, 1000));
         assert_eq!((r.bytes_sent, r.bytes_received), (108_000, 108_000));
         assert_eq!(r.wire_bytes, 108_000 + 5 * 1000);
+    }
+
+    #[test]
+    fn buffered_samples_summarize_to_peak_and_mean() {
+        let mut b = BufferedSamples {
+            samples: vec![[0, 4, 10], [20, 0, 5], [40, 2, 0]],
+            ..BufferedSamples::default()
+        };
+        b.summarize();
+        assert_eq!((b.peak, b.mean), (4, 2.0));
+        let mut none = BufferedSamples::default();
+        none.summarize();
+        assert_eq!((none.peak, none.mean), (0, 0.0));
+    }
+
+    #[test]
+    fn the_default_measured_phase_grows_with_the_sessions() {
+        assert_eq!(default_duration(5_000), 8.0);
+        assert_eq!(default_duration(100_000), 8.0);
+        assert_eq!(default_duration(1_000_000), 17.0);
     }
 
     #[test]
