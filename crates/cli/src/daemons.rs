@@ -10,14 +10,43 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A node's settings file (see `docs/node.example.toml`); flags override it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name.
+    pub name: Option<String>,
+    /// TCP address for steer, admin and peer connections.
+    pub listen: Option<SocketAddr>,
+    /// Shared token.
+    #[serde(default)]
+    pub token: String,
+    /// Instances hosted from the start.
+    #[serde(default)]
+    pub instances: Vec<NodeInstance>,
+}
+
+/// An instance in a node's settings file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInstance {
+    /// Its name.
+    pub name: String,
+    /// Its function.
+    pub function: String,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct NodeArgs {
-    /// The node's name.
-    #[arg(long, default_value = "node-a")]
-    pub name: String,
-    /// TCP address for steer and admin connections (port 0 picks one).
-    #[arg(long, default_value = "127.0.0.1:7600")]
-    pub listen: SocketAddr,
+    /// A TOML file with the node's settings (see `docs/node.example.toml`); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The node's name (default node-a).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// TCP address for steer and admin connections (port 0 picks one; default 127.0.0.1:7600).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// An instance to host, as NAME:FUNCTION (repeatable), e.g. `mme-1:vmme`.
     #[arg(long = "instance", value_name = "NAME:FUNCTION")]
     pub instances: Vec<String>,
@@ -41,25 +70,51 @@ pub struct NodeArgs {
 }
 
 pub async fn node(a: NodeArgs) -> anyhow::Result<ExitCode> {
+    let file = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<NodeConfig>(&text)
+                .with_context(|| format!("invalid node config {}", path.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    let name = a
+        .name
+        .clone()
+        .or(file.name)
+        .unwrap_or_else(|| "node-a".into());
+    let listen = a
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7600)));
+    let token = if a.token.is_empty() {
+        file.token
+    } else {
+        a.token.clone()
+    };
     let node = Node::with_token(
-        a.name.clone(),
+        name.clone(),
         crate::catalog(),
         NodeLimits::default(),
-        a.token.clone(),
+        token.clone(),
     );
+    for i in &file.instances {
+        node.create_instance(&i.name, &i.function)?;
+    }
     for spec in &a.instances {
         let Some((name, function)) = spec.split_once(':') else {
             bail!("--instance {spec}: expected NAME:FUNCTION");
         };
         node.create_instance(name, function)?;
     }
-    let listener = tokio::net::TcpListener::bind(a.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let listen = listener.local_addr()?;
     // The source-driven variant: this node can run a whole move itself when asked.
     node.set_move_driver(Arc::new(handoff_controller::source::SourceDriven::new(
-        listen, &a.name, &a.token,
+        listen, &name, &token,
     )));
     let mut direct_addr = None;
     if let Some(spec) = &a.direct {
@@ -82,7 +137,7 @@ pub async fn node(a: NodeArgs) -> anyhow::Result<ExitCode> {
             Arc::new(Default::default()),
         ));
     }
-    tracing::info!(node = %a.name, %listen, direct = ?direct_addr, "node serving");
+    tracing::info!(node = %name, %listen, direct = ?direct_addr, "node serving");
     if a.ready {
         out!(
             "{}",
@@ -237,6 +292,15 @@ mod tests {
         );
         assert_eq!(cfg.services.len(), 1);
         assert_eq!(cfg.services[0].instance, "mme-1");
+    }
+
+    #[test]
+    fn the_example_node_config_parses() {
+        let text = include_str!("../../../docs/node.example.toml");
+        let cfg: NodeConfig = toml::from_str(text).expect("example config parses");
+        assert_eq!(cfg.name.as_deref(), Some("node-a"));
+        assert_eq!(cfg.instances[0].function, "vmme");
+        assert!(toml::from_str::<NodeConfig>("lsten = \"x\"").is_err());
     }
 
     #[test]
