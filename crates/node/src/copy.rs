@@ -45,7 +45,7 @@ pub struct CopyReport {
     pub differing_buckets: Vec<usize>,
     /// Time from the manifest to the destination's answer.
     pub elapsed_ms: u64,
-    /// The rate the copy was paced at (bytes/s).
+    /// The rate the copy was paced at (bytes/s; 0: not paced, the plan set no cap).
     pub paced_bps: u64,
 }
 
@@ -192,12 +192,15 @@ pub async fn copy_to(
             tokio::time::sleep(lead).await;
         }
         let mut digest = Digest::default();
+        // The core-speed estimate only decides whether a deadline is feasible; the copy is
+        // paced only when the plan caps bandwidth or CPU.
+        let paced = plan.max_bandwidth_bps.is_some() || plan.max_cpu_percent.is_some();
         let mut report = CopyReport {
             sessions_at_start: m.keys.len() as u64,
-            paced_bps: rate,
+            paced_bps: if paced { rate } else { 0 },
             ..CopyReport::default()
         };
-        let mut pacer = Pacer::new(rate, 256 * 1024, 0);
+        let mut pacer = Pacer::new(if paced { rate } else { u64::MAX }, 256 * 1024, 0);
         let epoch = Instant::now();
         for key in &m.keys {
             let frame = match h.table().get(key) {
