@@ -218,7 +218,8 @@ pub enum Phase {
     Verify,
     /// The route flip.
     Cutover,
-    /// The source applies what it was sent before the flip.
+    /// The source applies what it was sent before the flip; then the destination has received
+    /// every signal below the boundary (so no shadow copy reaches it once it left shadow mode).
     Drain,
     /// The destination leaves shadow mode; the steer makes it the owner.
     Finish,
@@ -240,7 +241,8 @@ pub enum Phase {
     AbortSettle,
     /// Abort: the destination sends the sessions back.
     AbortCopyBack,
-    /// Abort: the source has them and serves again.
+    /// Abort: the source has them and serves again (once it applied every seq below the abort's
+    /// boundary, so no hand-over marker still in flight reaches it afterwards).
     AbortReturn,
     /// Abort: the destination's copy is removed.
     AbortDrop,
@@ -334,6 +336,13 @@ pub struct MoveMachine {
     /// Whether the source's copy reached the destination (its manifest is known there).
     #[serde(default)]
     pub copied: bool,
+    /// Drain: the source has applied everything it was sent; the destination is waited for.
+    /// AbortReturn: the source has applied every seq below the abort's boundary.
+    #[serde(default)]
+    pub source_drained: bool,
+    /// The first seq an abort's route flip sent to the source alone (0: none).
+    #[serde(default)]
+    pub abort_boundary: u64,
     /// Figures.
     pub figures: MoveFigures,
     /// When the current phase began (driver's clock, ms).
@@ -364,6 +373,8 @@ impl MoveMachine {
             last_sent: 0,
             source_fence: 0,
             copied: false,
+            source_drained: false,
+            abort_boundary: 0,
             figures: MoveFigures::default(),
             phase_started_ms: now_ms,
         })
@@ -389,6 +400,9 @@ impl MoveMachine {
             },
             Phase::Cutover => Action::Cutover,
             Phase::Drain if self.polls % 2 == 1 => poll,
+            Phase::Drain if self.source_drained => Action::AppliedSeq {
+                at: Side::Destination,
+            },
             Phase::Drain => Action::AppliedSeq { at: Side::Source },
             Phase::Finish if !self.in_flight_finish_done() => Action::FinishShadow {
                 at: Side::Destination,
@@ -416,6 +430,8 @@ impl MoveMachine {
                 after_seq: self.last_sent,
                 lead_ms: 0,
             },
+            Phase::AbortReturn if !self.source_drained && self.polls % 2 == 1 => poll,
+            Phase::AbortReturn if !self.source_drained => Action::AppliedSeq { at: Side::Source },
             Phase::AbortReturn => Action::FinishShadow {
                 at: Side::Source,
                 force: true,
@@ -470,6 +486,7 @@ impl MoveMachine {
             now_ms.saturating_sub(self.phase_started_ms);
         self.phase = phase;
         self.phase_started_ms = now_ms;
+        self.source_drained = false;
         self.in_flight = false;
         self.attempts = 0;
         self.polls = 0;
@@ -543,15 +560,35 @@ impl MoveMachine {
                 self.last_sent = last_sent;
                 self.enter(Phase::Drain, now_ms);
             }
+            (Phase::Drain, Outcome::Applied(seq)) if self.source_drained => {
+                // The destination leaves shadow mode only once every signal below the boundary
+                // reached it (FIFO: it applied boundary - 1 or a later seq): its shadow skips a
+                // duplicated update its copied record already includes, a serving instance
+                // would apply it a second time.
+                if seq.saturating_add(1) >= self.figures.cutover_seq {
+                    self.enter(Phase::Finish, now_ms);
+                } else if self.polls + 1 >= MAX_POLLS {
+                    tracing::warn!(
+                        seq,
+                        boundary = self.figures.cutover_seq,
+                        "the destination did not receive every signal below the boundary"
+                    );
+                    self.enter(Phase::Finish, now_ms);
+                } else {
+                    self.polls += 1;
+                }
+            }
             (Phase::Drain, Outcome::Applied(seq)) => {
                 if seq >= self.last_sent {
-                    self.enter(Phase::Finish, now_ms);
+                    self.source_drained = true;
+                    self.polls = 0;
                 } else if self.polls + 1 >= MAX_POLLS {
                     // The source will not drain (it may be gone): its signals below the
                     // boundary were applied by the destination's shadow too; clients
                     // retransmit the answers they miss.
                     tracing::warn!(seq, last_sent = self.last_sent, "source did not drain");
-                    self.enter(Phase::Finish, now_ms);
+                    self.source_drained = true;
+                    self.polls = 0;
                 } else {
                     self.polls += 1;
                 }
@@ -571,8 +608,15 @@ impl MoveMachine {
                 self.enter(next, now_ms);
             }
             (Phase::AbortExpect, _) => self.enter(Phase::AbortCommit, now_ms),
-            (Phase::AbortCommit, Outcome::Boundary { last_sent, .. }) => {
+            (
+                Phase::AbortCommit,
+                Outcome::Boundary {
+                    boundary,
+                    last_sent,
+                },
+            ) => {
                 self.last_sent = last_sent;
+                self.abort_boundary = boundary;
                 let next = self.after_commit();
                 self.enter(next, now_ms);
             }
@@ -586,9 +630,30 @@ impl MoveMachine {
                 }
             }
             (Phase::AbortCopyBack, _) => self.enter(Phase::AbortReturn, now_ms),
+            // The source leaves shadow mode only once every signal below the abort's boundary
+            // reached it: a hand-over marker arriving later would freeze a session it serves.
+            (Phase::AbortReturn, Outcome::Applied(seq)) if !self.source_drained => {
+                if seq.saturating_add(1) >= self.abort_boundary || self.polls + 1 >= MAX_POLLS {
+                    self.source_drained = true;
+                    self.polls = 0;
+                } else {
+                    self.polls += 1;
+                }
+            }
+            (Phase::AbortReturn, Outcome::Done) if !self.source_drained => self.polls += 1,
             (Phase::AbortReturn, _) => self.enter(Phase::AbortDrop, now_ms),
             (Phase::AbortDrop, _) => self.enter(Phase::Aborted, now_ms),
             (p, o) => self.fail(format!("unexpected answer {o:?} in phase {p:?}"), now_ms),
+        }
+        if self.abort_requested && self.phase.past_cutover() {
+            // Asked while the flip was in flight, and the flip happened: the move only goes
+            // forward now (aborting would drop the instance's new owner).
+            tracing::warn!(
+                id = self.spec.id,
+                "abort requested too late: the route flipped"
+            );
+            self.abort_requested = false;
+            self.reason = None;
         }
         if self.abort_requested && !self.phase.is_abort() && !self.phase.is_terminal() {
             let reason = self
@@ -638,7 +703,13 @@ impl MoveMachine {
                 Failure::Unreachable(_) => self.fail(why, now_ms),
             },
             // Past the flip the move only goes forward: a source that cannot be asked has
-            // stopped anyway; the destination and steer must be repaired by an operator.
+            // stopped anyway (the destination is still waited for); the destination and steer
+            // must be repaired by an operator.
+            Phase::Drain if !self.source_drained => {
+                self.source_drained = true;
+                self.polls = 0;
+                self.attempts = 0;
+            }
             Phase::Drain => self.enter(Phase::Finish, now_ms),
             Phase::Retire => self.enter(Phase::Done, now_ms),
             Phase::Finish => self.fail(why, now_ms),
@@ -667,6 +738,11 @@ impl MoveMachine {
             Phase::AbortCopyBack => {
                 self.figures.lost_on_abort = self.created.len() as u64;
                 self.enter(Phase::AbortReturn, now_ms)
+            }
+            Phase::AbortReturn if !self.source_drained => {
+                self.source_drained = true;
+                self.polls = 0;
+                self.attempts = 0;
             }
             Phase::AbortReturn => self.enter(Phase::AbortDrop, now_ms),
             Phase::AbortDrop => self.enter(Phase::Aborted, now_ms),

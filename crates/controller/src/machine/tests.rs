@@ -94,6 +94,7 @@ fn a_healthy_move_walks_every_phase_in_order() {
             "stats",
             "cutover",
             "applied",
+            "applied",
             "finish_shadow",
             "finish_move",
             "drop"
@@ -110,6 +111,16 @@ fn a_healthy_move_walks_every_phase_in_order() {
         "the copy waits for every seq before move mode"
     );
     assert_eq!(m.figures.cutover_seq, 50);
+    assert_eq!(
+        (&taken[5], &taken[6]),
+        (
+            &Action::AppliedSeq { at: Side::Source },
+            &Action::AppliedSeq {
+                at: Side::Destination
+            }
+        ),
+        "drain waits for the source, then for the destination to have every seq below the boundary"
+    );
 }
 
 #[test]
@@ -158,6 +169,8 @@ fn an_abort_sends_the_created_sessions_back_before_dropping_the_destination() {
                 after_seq: 49,
                 lead_ms: 0
             },
+            // Every seq below the abort's boundary (50) reached the source.
+            Action::AppliedSeq { at: Side::Source },
             Action::FinishShadow {
                 at: Side::Source,
                 force: true

@@ -1,0 +1,2687 @@
+//! A deterministic, seeded simulation of a whole live move (DESIGN.md "Live move", "Testing").
+//!
+//! A discrete-event simulation with a virtual clock (µs) and one seeded RNG: no tokio, no
+//! sockets, no wall clock. It runs the project's REAL pure cores and models only the I/O
+//! around them:
+//!
+//! - the steer's decisions are [`Route`]'s; the service loop around it (dense seq stamping,
+//!   `Both` with a shadow flag to the destination, `HandOver` = marker to the source and
+//!   signal to the destination, last seq sent per link, the repeated boundary of a repeated
+//!   flip, the pending `BeginMove` until the destination link is up) mirrors
+//!   `handoff_steer::service`;
+//! - both nodes host [`Hosting`] instances of a small test function ([`SimCounter`]) through
+//!   the [`Hosted`] trait, applying their link's signals in order as `handoff_node::instance`
+//!   does (hand-over markers, shadow-flag output suppression, answers of buffered
+//!   authoritative signals sent when replayed);
+//! - the copy is `handoff_node::copy`'s protocol over a node-to-node FIFO link (manifest after
+//!   the source applied `after_seq`, deletion log → tombstones, subset copies, records read
+//!   from the table one at a time while signals keep being applied, digests compared);
+//! - the controller is a [`MoveMachine`] driven as `driver::drive` drives it (persisted as
+//!   JSON before and after every action; a restart deserialises the last persisted copy and
+//!   calls [`MoveMachine::recover`]).
+//!
+//! Links are TCP-like: FIFO per (sender, receiver) with random delays, any interleaving
+//! across links. Faults are chosen by seed ([`FaultClass`]): delays, lost control requests
+//! or replies (a lost reply means the action happened; the driver sees `Unreachable` and
+//! backs off), controller crashes (the action in flight is lost; the peer may still carry it
+//! out), a destination or source node crash (its instance, copies and links vanish; the
+//! steer notices its link is down a little later and from then on drops, unstamped, the
+//! signals that need it), an operator's abort (either API). After every run the invariants are
+//! checked against a reference [`Instance`] that applied every admitted signal in seq order
+//! (see [`SimReport::checked`]); every run ends within bounded events and virtual time.
+//!
+//! Clients: one per session key, each sending its next operation (create — a re-attach when
+//! the session exists —, update, delete or a stateless ping, chosen by the RNG) once it got
+//! the answer to the previous one; the steer injects a tick every 5 ms.
+//!
+//! Not modelled: the steer crashing or restarting, a node restarting (a crashed node stays
+//! down), retransmissions by clients (a client that gets no answer in time counts it lost and
+//! sends its next operation), the standby/failover protocol, memory or queue limits
+//! (shedding), a retired link's close after its grace period, the copy's pacing plans and
+//! re-sending of differing digest buckets (the machine aborts on a mismatch), and several
+//! controllers. Time-outs and back-offs are scaled down (see the constants) so a run covers
+//! a whole move in a few hundred milliseconds of virtual time.
+
+use crate::machine::{
+    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, Phase, ShadowView, Side, POLL_MS,
+};
+use bytes::Bytes;
+use handoff_function::runtime::shadow::ShadowLimits;
+use handoff_function::runtime::{
+    Applied, ClassifiedOutput, DeletionLog, Hosted, Hosting, Instance,
+};
+use handoff_function::{
+    BadRecord, Classified, Function, MalformedSignal, Output, Ruleset, SignalKind, Stamp,
+};
+use handoff_state::{CopyOrder, CopyPlan, Digest};
+use handoff_steer::route::{Delivery, Route};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+
+// ---------------------------------------------------------------------------------------------
+// The test function
+// ---------------------------------------------------------------------------------------------
+
+/// Op byte of a create (a re-attach when the session exists: it reads the old counter).
+pub const OP_CREATE: u8 = 1;
+/// Op byte of an update (adds one).
+pub const OP_UPDATE: u8 = 2;
+/// Op byte of a delete.
+pub const OP_DELETE: u8 = 3;
+/// Op byte of a stateless ping.
+pub const OP_PING: u8 = 4;
+/// A session goes idle this long after its last change, and expires as long after that.
+pub const EXPIRY_US: u64 = 40_000;
+
+/// The simulation's function: a per-key counter. A signal is `[op, key]`; a create starts the
+/// counter at 0 (or re-attaches: old value + 1000), an update adds one, a delete removes it, a
+/// ping is stateless. Every signal answers `[op, key, value (u32 BE, u32::MAX if none)]`. The
+/// timer marks a session idle [`EXPIRY_US`] after its last change and deletes it as long
+/// after that, so ticks change sessions (taking the tick's seq) and delete them.
+pub struct SimCounter;
+
+/// A [`SimCounter`] session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter {
+    /// The counter.
+    pub value: u32,
+    /// Steer time of the last change (µs).
+    pub last_us: u64,
+    /// Whether the timer fired once already.
+    pub idle: bool,
+}
+
+/// The session key of key number `id`.
+pub fn key_of(id: u8) -> Bytes {
+    Bytes::copy_from_slice(&[b'k', id])
+}
+
+impl Function for SimCounter {
+    type Session = Counter;
+    type Prepared = (u8, u8);
+
+    fn name(&self) -> &'static str {
+        "sim-counter"
+    }
+
+    fn classify(&self, d: &[u8]) -> Result<Classified, MalformedSignal> {
+        let (op, key) = self.prepare(d)?;
+        let kind = match op {
+            OP_CREATE => SignalKind::Create,
+            OP_UPDATE => SignalKind::Update,
+            OP_DELETE => SignalKind::Delete,
+            _ => SignalKind::Stateless,
+        };
+        let key = if kind == SignalKind::Stateless {
+            Bytes::new()
+        } else {
+            key_of(key)
+        };
+        Ok(Classified { kind, key })
+    }
+
+    fn prepare(&self, d: &[u8]) -> Result<(u8, u8), MalformedSignal> {
+        match d {
+            [op @ 1..=4, key] => Ok((*op, *key)),
+            [_, _] => Err(MalformedSignal::InvalidField { field: "op" }),
+            _ => Err(MalformedSignal::Truncated {
+                needed: 2,
+                had: d.len(),
+            }),
+        }
+    }
+
+    fn process(&self, s: &mut Option<Counter>, p: &(u8, u8), stamp: Stamp, out: &mut Vec<Output>) {
+        match p.0 {
+            OP_CREATE => {
+                let value = s.map_or(0, |c| c.value.wrapping_add(1000));
+                *s = Some(Counter {
+                    value,
+                    last_us: stamp.now_us,
+                    idle: false,
+                });
+            }
+            OP_UPDATE => {
+                if let Some(c) = s.as_mut() {
+                    c.value = c.value.wrapping_add(1);
+                    c.last_us = stamp.now_us;
+                    c.idle = false;
+                }
+            }
+            OP_DELETE => *s = None,
+            _ => {}
+        }
+        let value = s.map_or(u32::MAX, |c| c.value);
+        let mut b = vec![p.0, p.1];
+        b.extend_from_slice(&value.to_be_bytes());
+        out.push(Output {
+            msg_type: u16::from(p.0),
+            bytes: b.into(),
+        });
+    }
+
+    fn deadline_us(&self, c: &Counter) -> Option<u64> {
+        Some(c.last_us + EXPIRY_US)
+    }
+
+    fn on_timer(&self, s: &mut Option<Counter>, stamp: Stamp, out: &mut Vec<Output>) {
+        match s {
+            Some(c) if !c.idle => {
+                c.idle = true;
+                c.last_us = stamp.now_us;
+            }
+            _ => *s = None,
+        }
+        out.push(Output {
+            msg_type: 99,
+            bytes: Bytes::new(),
+        });
+    }
+
+    fn encode_session(&self, c: &Counter, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&c.value.to_be_bytes());
+        buf.extend_from_slice(&c.last_us.to_be_bytes());
+        buf.push(u8::from(c.idle));
+    }
+
+    fn decode_session(&self, b: &[u8]) -> Result<Counter, BadRecord> {
+        let bad = || BadRecord {
+            reason: format!("{} bytes, expected 13", b.len()),
+        };
+        if b.len() != 13 {
+            return Err(bad());
+        }
+        let value = u32::from_be_bytes(b[0..4].try_into().map_err(|_| bad())?);
+        let last_us = u64::from_be_bytes(b[4..12].try_into().map_err(|_| bad())?);
+        Ok(Counter {
+            value,
+            last_us,
+            idle: b[12] != 0,
+        })
+    }
+
+    fn default_ruleset(&self) -> Ruleset {
+        Ruleset::default()
+    }
+
+    fn msg_type_name(&self, _: u16) -> &'static str {
+        "sim-counter"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario, faults and report
+// ---------------------------------------------------------------------------------------------
+
+/// Which faults a run injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultClass {
+    /// Small, calm delays; nothing fails.
+    None,
+    /// Heavy-tailed delays on every link.
+    Delays,
+    /// Control requests and replies lost (the driver sees `Unreachable`).
+    ControlLoss,
+    /// The controller crashes (once or twice) and restarts from its persisted machine.
+    ControllerCrash,
+    /// The destination node crashes for good.
+    DestinationCrash,
+    /// The source node crashes for good.
+    SourceCrash,
+    /// The operator asks for an abort at a random point.
+    OperatorAbort,
+    /// A random mix of the above (at most one node crash).
+    Mixed,
+}
+
+impl FaultClass {
+    /// Every class, in the order [`soak`] cycles through them.
+    pub const ALL: [FaultClass; 8] = [
+        FaultClass::None,
+        FaultClass::Delays,
+        FaultClass::ControlLoss,
+        FaultClass::ControllerCrash,
+        FaultClass::DestinationCrash,
+        FaultClass::SourceCrash,
+        FaultClass::OperatorAbort,
+        FaultClass::Mixed,
+    ];
+
+    /// The class [`soak`] runs `seed` with (round-robin).
+    pub fn for_seed(seed: u64) -> Self {
+        Self::ALL[(seed % Self::ALL.len() as u64) as usize]
+    }
+
+    /// Kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultClass::None => "none",
+            FaultClass::Delays => "delays",
+            FaultClass::ControlLoss => "control-loss",
+            FaultClass::ControllerCrash => "controller-crash",
+            FaultClass::DestinationCrash => "destination-crash",
+            FaultClass::SourceCrash => "source-crash",
+            FaultClass::OperatorAbort => "operator-abort",
+            FaultClass::Mixed => "mixed",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FaultClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown fault class {s:?}"))
+    }
+}
+
+/// When a fault fires: when the controller starts its `action`-th action (Waits not
+/// counted; 1-based, across restarts) or, if `phase` is set, its first action in that phase;
+/// then after `after_us` of virtual time (0: at once, before the action's request is sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    /// Action number.
+    pub action: u32,
+    /// Phase (overrides `action`).
+    pub phase: Option<Phase>,
+    /// Delay after the action started, µs.
+    pub after_us: u64,
+}
+
+impl Trigger {
+    /// At the first action of `phase`, after `after_us`.
+    pub fn at_phase(phase: Phase, after_us: u64) -> Self {
+        Self {
+            action: 0,
+            phase: Some(phase),
+            after_us,
+        }
+    }
+
+    fn random(r: &mut SmallRng) -> Self {
+        Self {
+            action: r.gen_range(1..=14),
+            phase: None,
+            after_us: if r.gen_bool(0.25) {
+                0
+            } else {
+                r.gen_range(1..20_000)
+            },
+        }
+    }
+}
+
+/// Everything a run does, derived from its seed by [`Scenario::new`]; tests may change fields
+/// to force a particular case.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Seed of every random choice of the run.
+    pub seed: u64,
+    /// The fault class the scenario was drawn for.
+    pub faults: FaultClass,
+    /// Clients, one per session key.
+    pub keys: usize,
+    /// The move duplicates creates too.
+    pub abort_safe: bool,
+    /// Lead K, ms.
+    pub lead_ms: u64,
+    /// Copy order.
+    pub order: CopyOrder,
+    /// Traffic before the move starts, µs.
+    pub warmup_us: u64,
+    /// Heavy-tailed delays (else calm ones).
+    pub jitter: bool,
+    /// Probability that a control request, or its reply, is lost.
+    pub control_loss: f64,
+    /// Controller crashes.
+    pub controller_crashes: Vec<Trigger>,
+    /// How long a crashed controller stays down, µs.
+    pub controller_down_us: u64,
+    /// Destination node crash.
+    pub destination_crash: Option<Trigger>,
+    /// Source node crash.
+    pub source_crash: Option<Trigger>,
+    /// Operator's abort; `true`: [`MoveMachine::request_abort`] (honoured when the action in
+    /// flight completes), `false`: the driver's [`MoveMachine::abort_now`] between actions.
+    pub operator_abort: Option<(Trigger, bool)>,
+    /// Trace every signal too (long; for replaying a failing seed).
+    pub verbose: bool,
+}
+
+impl Scenario {
+    /// The scenario of `seed` under `faults`.
+    pub fn new(seed: u64, faults: FaultClass) -> Self {
+        let mut r = SmallRng::seed_from_u64(seed ^ 0x5CE7_A410_D00D_F00D);
+        let order = match r.gen_range(0..4) {
+            0 | 1 => CopyOrder::HotFirst,
+            2 => CopyOrder::Key,
+            _ => CopyOrder::Random { seed: r.gen() },
+        };
+        let mut sc = Self {
+            seed,
+            faults,
+            keys: r.gen_range(20..=60),
+            abort_safe: r.gen_bool(0.25),
+            lead_ms: if r.gen_bool(0.5) {
+                0
+            } else {
+                r.gen_range(1..=8)
+            },
+            order,
+            warmup_us: r.gen_range(20_000..80_000),
+            jitter: match faults {
+                FaultClass::None => false,
+                FaultClass::Delays => true,
+                _ => r.gen_bool(0.5),
+            },
+            control_loss: 0.0,
+            controller_crashes: Vec::new(),
+            controller_down_us: r.gen_range(1_000..100_000),
+            destination_crash: None,
+            source_crash: None,
+            operator_abort: None,
+            verbose: false,
+        };
+        match faults {
+            FaultClass::None | FaultClass::Delays => {}
+            FaultClass::ControlLoss => sc.control_loss = r.gen_range(0.05..0.25),
+            FaultClass::ControllerCrash => {
+                sc.controller_crashes.push(Trigger::random(&mut r));
+                if r.gen_bool(0.3) {
+                    sc.controller_crashes.push(Trigger::random(&mut r));
+                }
+            }
+            FaultClass::DestinationCrash => sc.destination_crash = Some(Trigger::random(&mut r)),
+            FaultClass::SourceCrash => sc.source_crash = Some(Trigger::random(&mut r)),
+            FaultClass::OperatorAbort => {
+                sc.operator_abort = Some((Trigger::random(&mut r), r.gen_bool(0.5)))
+            }
+            FaultClass::Mixed => {
+                if r.gen_bool(0.5) {
+                    sc.control_loss = r.gen_range(0.02..0.15);
+                }
+                if r.gen_bool(0.4) {
+                    sc.controller_crashes.push(Trigger::random(&mut r));
+                }
+                match r.gen_range(0..10) {
+                    0 | 1 => sc.destination_crash = Some(Trigger::random(&mut r)),
+                    2 | 3 => sc.source_crash = Some(Trigger::random(&mut r)),
+                    _ => {}
+                }
+                if r.gen_bool(0.3) {
+                    sc.operator_abort = Some((Trigger::random(&mut r), r.gen_bool(0.5)));
+                }
+            }
+        }
+        sc
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant (see [`SimReport::checked`]).
+    pub invariant: &'static str,
+    /// What happened.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// What one run did and found.
+#[derive(Clone, Debug)]
+pub struct SimReport {
+    /// The scenario run.
+    pub scenario: Scenario,
+    /// Signals (not ticks) the steer admitted, i.e. stamped.
+    pub signals: u64,
+    /// Ticks stamped.
+    pub ticks: u64,
+    /// Datagrams the steer dropped unstamped (a link it needed was down).
+    pub shed: u64,
+    /// Answers clients received.
+    pub answers: u64,
+    /// Admitted signals never answered.
+    pub unanswered: u64,
+    /// Operations a client gave up waiting for.
+    pub client_timeouts: u64,
+    /// Control requests and replies lost.
+    pub control_lost: u64,
+    /// Where the move ended.
+    pub phase: Phase,
+    /// The phases it went through, in order.
+    pub phases: Vec<Phase>,
+    /// Why it aborted or failed.
+    pub reason: Option<String>,
+    /// Whether the route flipped to the destination.
+    pub cut_over: bool,
+    /// A `Failed` end the faults explain (a peer unreachable for good).
+    pub failed_allowed: bool,
+    /// Controller crashes that happened.
+    pub controller_crashes: u32,
+    /// The phase the destination crashed in, if it did.
+    pub destination_crashed: Option<Phase>,
+    /// The phase the source crashed in, if it did.
+    pub source_crashed: Option<Phase>,
+    /// Whether the operator's abort was asked for.
+    pub operator_abort: bool,
+    /// Sessions created on the destination during an aborted move.
+    pub created_during_move: u64,
+    /// Of which lost (their node was gone or unreachable).
+    pub lost_on_abort: u64,
+    /// Invariants checked. Always: `terminates` (the move ended within the bounds),
+    /// `persist_roundtrip` (the persisted machine deserialises to itself), `single_answer` (no
+    /// signal answered twice, or to another client), `answer_order` (a key's answers arrive in
+    /// seq order), `ends_done_or_aborted` (`Failed` only with a peer unreachable for good under
+    /// control loss or a node crash). With no node crashed: `every_answered` (every admitted
+    /// signal answered exactly once), `answer_content` (each answer equals the reference's),
+    /// and once Done/Aborted `final_state` (the owner serves and its records equal the
+    /// reference's, sessions reported lost on abort excepted), `other_side_dropped`,
+    /// `route_settled`. With one node crashed (and no control loss): `survivor_answers` (what
+    /// the surviving node was to answer is answered exactly once), and
+    /// `source_state_except_created` (destination crash, Aborted: the source equals the
+    /// reference but for sessions that went to the destination alone) or `destination_state`
+    /// (source crash, Done: the destination equals the reference).
+    pub checked: Vec<&'static str>,
+    /// Invariants broken.
+    pub violations: Vec<Violation>,
+    /// Events processed.
+    pub events: u64,
+    /// Virtual time at the end, µs.
+    pub end_us: u64,
+    /// The last lines of the trace.
+    pub trace_tail: Vec<String>,
+}
+
+impl SimReport {
+    /// `Ok` if no invariant broke; else a message with the seed, the violations, the trace tail
+    /// and how to replay it.
+    pub fn result(&self) -> Result<(), String> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(self.to_string())
+        }
+    }
+
+    /// One line: the outcome.
+    pub fn summary(&self) -> String {
+        format!(
+            "seed {} ({}): {:?} via {:?}{}; {} signals, {} ticks, {} shed, {} answers, {} unanswered, {} client timeouts; {} control messages lost, {} controller crash(es){}{}{}; {} events, {} µs",
+            self.scenario.seed,
+            self.scenario.faults,
+            self.phase,
+            self.phases,
+            self.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            self.signals,
+            self.ticks,
+            self.shed,
+            self.answers,
+            self.unanswered,
+            self.client_timeouts,
+            self.control_lost,
+            self.controller_crashes,
+            self.destination_crashed
+                .map(|p| format!(", destination crashed in {p:?}"))
+                .unwrap_or_default(),
+            self.source_crashed
+                .map(|p| format!(", source crashed in {p:?}"))
+                .unwrap_or_default(),
+            if self.operator_abort {
+                ", operator abort"
+            } else {
+                ""
+            },
+            self.events,
+            self.end_us,
+        )
+    }
+}
+
+impl std::fmt::Display for SimReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.summary())?;
+        writeln!(f, "scenario: {:?}", self.scenario)?;
+        writeln!(f, "checked: {:?}", self.checked)?;
+        if !self.violations.is_empty() {
+            writeln!(f, "{} violation(s):", self.violations.len())?;
+            for v in self.violations.iter().take(20) {
+                writeln!(f, "  - {v}")?;
+            }
+        }
+        writeln!(f, "trace tail:")?;
+        for l in &self.trace_tail {
+            writeln!(f, "  {l}")?;
+        }
+        write!(
+            f,
+            "replay: HANDOFF_SIM_SEED={} HANDOFF_SIM_FAULTS={} cargo test -p handoff-controller --test sim -- --ignored replay --nocapture",
+            self.scenario.seed, self.scenario.faults
+        )
+    }
+}
+
+/// Runs `seed` under `faults`.
+pub fn run(seed: u64, faults: FaultClass) -> SimReport {
+    run_scenario(Scenario::new(seed, faults))
+}
+
+/// Runs a scenario.
+pub fn run_scenario(sc: Scenario) -> SimReport {
+    let mut sim = Sim::new(sc);
+    sim.go();
+    sim.finish()
+}
+
+/// Runs every seed of `seeds`, each under [`FaultClass::for_seed`], and returns every
+/// violation found (a panic counts as one).
+pub fn soak(seeds: Range<u64>) -> Vec<(u64, Violation)> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        let class = FaultClass::for_seed(seed);
+        match std::panic::catch_unwind(|| run(seed, class)) {
+            Ok(r) => out.extend(r.violations.into_iter().map(|v| (seed, v))),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                out.push((
+                    seed,
+                    Violation {
+                        invariant: "no_panic",
+                        detail: format!("{class}: {msg}"),
+                    },
+                ));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Constants (virtual time, µs)
+// ---------------------------------------------------------------------------------------------
+
+/// The steer injects a tick this often.
+const TICK_US: u64 = 5_000;
+/// A client gives up on an answer after this long.
+const CLIENT_TIMEOUT_US: u64 = 1_000_000;
+/// Traffic stops this long after the move ended...
+const TRAFFIC_AFTER_END_US: u64 = 20_000;
+/// ... or at this time at the latest.
+const TRAFFIC_CAP_US: u64 = 5_000_000;
+/// A run is cut off (and reported as not ending) past this time...
+const MAX_TIME_US: u64 = 900_000_000;
+/// ... or this many events.
+const MAX_EVENTS: u64 = 5_000_000;
+/// A lost control message is noticed (the connection breaks) within this long.
+const CONTROL_TIMEOUT_US: u64 = 100_000;
+/// The driver's back-off after an unreachable peer: this << attempts (scaled from 200 ms).
+const BACKOFF_US: u64 = 10_000;
+/// The steer's wait for a destination link (scaled from 10 s).
+const DEST_UP_TIMEOUT_US: u64 = 1_000_000;
+/// A source's wait for `after_seq` before its copy gives up (scaled from 10 s).
+const COPY_WAIT_US: u64 = 2_000_000;
+/// How long the steer takes to notice a crashed node's link is down, at most.
+const LINK_DETECT_US: u64 = 20_000;
+/// Trace lines kept.
+const TRACE_LINES: usize = 400;
+/// Trace lines a report shows.
+const TRACE_TAIL: usize = 80;
+
+const A: usize = 0;
+const B: usize = 1;
+const FLAG_HANDOVER: u8 = 1;
+const FLAG_SHADOW: u8 = 2;
+
+fn node_name(n: usize) -> &'static str {
+    if n == A {
+        "A(source)"
+    } else {
+        "B(destination)"
+    }
+}
+
+fn side_node(s: Side) -> usize {
+    match s {
+        Side::Source => A,
+        Side::Destination => B,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ep {
+    Client(usize),
+    Steer,
+    Node(usize),
+    Ctl,
+}
+
+#[derive(Clone, Debug)]
+struct Frame {
+    seq: u64,
+    now_us: u64,
+    kind: SignalKind,
+    key: Bytes,
+    payload: Bytes,
+    flags: u8,
+    client: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ReplyTo {
+    inc: u32,
+    req: u64,
+    lose: bool,
+    from: Ep,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Steer,
+    Node(usize),
+}
+
+#[derive(Clone, Debug)]
+enum PeerMsg {
+    Manifest(Vec<Bytes>),
+    Ready,
+    Refuse(String),
+    Record {
+        key: Bytes,
+        seq: u64,
+        bytes: Option<Bytes>,
+    },
+    End {
+        records: u64,
+        digest: Vec<u128>,
+    },
+    EndAnswer {
+        matched: bool,
+        differing: Vec<usize>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    ControllerCrash,
+    NodeCrash(usize),
+    OperatorAbort { request: bool },
+}
+
+#[derive(Debug)]
+enum Ev {
+    ClientSend(usize),
+    ClientTimeout(usize, u64),
+    Datagram {
+        client: usize,
+        op: u64,
+        payload: Bytes,
+    },
+    Tick,
+    Signal {
+        node: usize,
+        frame: Frame,
+    },
+    Output {
+        seq: u64,
+        client: usize,
+        payload: Bytes,
+    },
+    Answer {
+        client: usize,
+        seq: u64,
+        payload: Bytes,
+    },
+    Request {
+        to: Target,
+        action: Action,
+        reply: ReplyTo,
+    },
+    Reply {
+        inc: u32,
+        req: u64,
+        result: Result<Outcome, Failure>,
+    },
+    Complete {
+        inc: u32,
+        req: u64,
+        result: Result<Outcome, Failure>,
+    },
+    Step {
+        inc: u32,
+    },
+    DestUp,
+    Peer {
+        from: usize,
+        to: usize,
+        copy: u64,
+        msg: PeerMsg,
+    },
+    CopyStep {
+        node: usize,
+        copy: u64,
+    },
+    CopyPeerLost {
+        node: usize,
+        copy: u64,
+    },
+    Fault(Fault),
+    Restart,
+    LinkDown(usize),
+    StopTraffic,
+}
+
+struct Scheduled {
+    at: u64,
+    id: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.id) == (o.at, o.id)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    // Reversed: the heap pops the earliest (then the first scheduled).
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.id).cmp(&(self.at, self.id))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actors
+// ---------------------------------------------------------------------------------------------
+
+struct Client {
+    key_id: u8,
+    /// The operation waited for.
+    outstanding: Option<u64>,
+    ops: u64,
+}
+
+/// One stamped signal, as the reference replays it.
+struct Admitted {
+    seq: u64,
+    now_us: u64,
+    kind: SignalKind,
+    key: Bytes,
+    payload: Bytes,
+    client: Option<(usize, u64)>,
+    delivery: Delivery,
+    /// The node whose outputs reach the client.
+    auth: usize,
+}
+
+struct PendingBegin {
+    abort_safe: bool,
+    since: u64,
+    reply: ReplyTo,
+}
+
+struct Steer {
+    route: Route,
+    seq: u64,
+    source: usize,
+    dest: Option<usize>,
+    up: [bool; 2],
+    sent_source: u64,
+    sent_dest: u64,
+    flip: Option<(u64, u64)>,
+    pending: Option<PendingBegin>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum CopyStage {
+    Waiting,
+    AwaitReady,
+    Streaming,
+    AwaitEnd,
+}
+
+struct CopyTask {
+    to: usize,
+    keys: Option<Vec<Bytes>>,
+    after_seq: u64,
+    lead_us: u64,
+    reply: ReplyTo,
+    started: u64,
+    stage: CopyStage,
+    log: Option<DeletionLog>,
+    manifest: Vec<Bytes>,
+    next: usize,
+    digest: Digest,
+    report: CopyOutcome,
+}
+
+struct Incoming {
+    digest: Digest,
+    received: u64,
+    batch: Vec<(Bytes, u64, Option<Bytes>)>,
+    batch_max: usize,
+}
+
+struct Node {
+    alive: bool,
+    inst: Option<Box<dyn Hosted>>,
+    /// Buffered authoritative signals: seq → client, answered when replayed.
+    pending: BTreeMap<u64, usize>,
+    copies: BTreeMap<u64, CopyTask>,
+    incoming: BTreeMap<(usize, u64), Incoming>,
+}
+
+struct Controller {
+    m: MoveMachine,
+    stored: String,
+    inc: u32,
+    alive: bool,
+    waiting: Option<(u64, Action)>,
+    next_req: u64,
+    operator: Option<String>,
+    ended: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulation
+// ---------------------------------------------------------------------------------------------
+
+struct Sim {
+    sc: Scenario,
+    rng: SmallRng,
+    now: u64,
+    next_id: u64,
+    events: u64,
+    queue: BinaryHeap<Scheduled>,
+    fifo: BTreeMap<(Ep, Ep), u64>,
+    func: Arc<SimCounter>,
+    clients: Vec<Client>,
+    steer: Steer,
+    nodes: [Node; 2],
+    ctl: Controller,
+    log: Vec<Admitted>,
+    ticks: u64,
+    shed: u64,
+    client_timeouts: u64,
+    control_lost: u64,
+    answers: BTreeMap<u64, Vec<(usize, Bytes)>>,
+    key_last_answer: BTreeMap<Bytes, u64>,
+    violations: Vec<Violation>,
+    trace: VecDeque<String>,
+    traffic: bool,
+    cut_off: bool,
+    actions_started: u32,
+    fired: BTreeSet<(u8, usize)>,
+    controller_crashes: u32,
+    destination_crashed: Option<Phase>,
+    source_crashed: Option<Phase>,
+    operator_abort: bool,
+    phases: Vec<Phase>,
+    next_copy: u64,
+    checked: Vec<&'static str>,
+}
+
+impl Sim {
+    fn new(sc: Scenario) -> Self {
+        let func = Arc::new(SimCounter);
+        let spec = MoveSpec {
+            id: 1,
+            instance: "counter-1".into(),
+            function: "sim-counter".into(),
+            source: "10.0.0.1:7001".parse().expect("literal address"),
+            destination: "10.0.0.2:7001".parse().expect("literal address"),
+            steer: "10.0.0.9:7000".parse().expect("literal address"),
+            order: sc.order,
+            plan: CopyPlan::default(),
+            abort_safe: sc.abort_safe,
+            lead_ms: sc.lead_ms,
+        };
+        let m = MoveMachine::new(spec, sc.warmup_us / 1000).expect("a valid spec");
+        let rng = SmallRng::seed_from_u64(sc.seed);
+        let clients = (0..sc.keys)
+            .map(|i| Client {
+                key_id: (i + 1) as u8,
+                outstanding: None,
+                ops: 0,
+            })
+            .collect();
+        let node = |inst: Option<Box<dyn Hosted>>| Node {
+            alive: true,
+            inst,
+            pending: BTreeMap::new(),
+            copies: BTreeMap::new(),
+            incoming: BTreeMap::new(),
+        };
+        let source: Box<dyn Hosted> = Box::new(Hosting::new(func.clone()));
+        let mut sim = Self {
+            rng,
+            now: 0,
+            next_id: 0,
+            events: 0,
+            queue: BinaryHeap::new(),
+            fifo: BTreeMap::new(),
+            func,
+            clients,
+            steer: Steer {
+                route: Route::new(10_000_000),
+                seq: 0,
+                source: A,
+                dest: None,
+                up: [true, false],
+                sent_source: 0,
+                sent_dest: 0,
+                flip: None,
+                pending: None,
+            },
+            nodes: [node(Some(source)), node(None)],
+            ctl: Controller {
+                stored: String::new(),
+                m,
+                inc: 0,
+                alive: true,
+                waiting: None,
+                next_req: 0,
+                operator: None,
+                ended: false,
+            },
+            log: Vec::new(),
+            ticks: 0,
+            shed: 0,
+            client_timeouts: 0,
+            control_lost: 0,
+            answers: BTreeMap::new(),
+            key_last_answer: BTreeMap::new(),
+            violations: Vec::new(),
+            trace: VecDeque::new(),
+            traffic: true,
+            cut_off: false,
+            actions_started: 0,
+            fired: BTreeSet::new(),
+            controller_crashes: 0,
+            destination_crashed: None,
+            source_crashed: None,
+            operator_abort: false,
+            phases: Vec::new(),
+            next_copy: 0,
+            checked: Vec::new(),
+            sc,
+        };
+        sim.phases.push(sim.ctl.m.phase);
+        sim.persist();
+        for c in 0..sim.clients.len() {
+            let at = sim.rng.gen_range(0..sim.sc.warmup_us / 2);
+            sim.at(at, Ev::ClientSend(c));
+        }
+        sim.at(TICK_US, Ev::Tick);
+        sim.at(sim.sc.warmup_us, Ev::Step { inc: 0 });
+        sim
+    }
+
+    // --- plumbing ---------------------------------------------------------------------------
+
+    fn at(&mut self, at: u64, ev: Ev) {
+        self.next_id += 1;
+        self.queue.push(Scheduled {
+            at: at.max(self.now),
+            id: self.next_id,
+            ev,
+        });
+    }
+
+    fn delay(&mut self) -> u64 {
+        if self.sc.jitter {
+            match self.rng.gen_range(0..100) {
+                0 => self.rng.gen_range(10_000..50_000),
+                1..=9 => self.rng.gen_range(1_000..10_000),
+                _ => self.rng.gen_range(20..1_000),
+            }
+        } else {
+            self.rng.gen_range(50..300)
+        }
+    }
+
+    /// When a message sent now from `from` to `to` arrives: TCP-like, never before the
+    /// previous one on the same link.
+    fn link(&mut self, from: Ep, to: Ep) -> u64 {
+        let d = self.delay();
+        let last = self.fifo.get(&(from, to)).copied().unwrap_or(0);
+        let t = last.max(self.now + d);
+        self.fifo.insert((from, to), t);
+        t
+    }
+
+    fn trace(&mut self, line: String) {
+        // A verbose run keeps (and reports) its whole trace.
+        if self.trace.len() >= TRACE_LINES && !self.sc.verbose {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>10}us {line}", self.now));
+    }
+
+    fn verbose(&mut self, line: impl FnOnce() -> String) {
+        if self.sc.verbose {
+            let l = line();
+            self.trace(l);
+        }
+    }
+
+    fn violation(&mut self, invariant: &'static str, detail: String) {
+        self.trace(format!("VIOLATION {invariant}: {detail}"));
+        if self.violations.len() < 200 {
+            self.violations.push(Violation { invariant, detail });
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now / 1000
+    }
+
+    // --- main loop --------------------------------------------------------------------------
+
+    fn go(&mut self) {
+        while let Some(s) = self.queue.pop() {
+            if self.events >= MAX_EVENTS || s.at > MAX_TIME_US {
+                self.cut_off = true;
+                self.trace(format!(
+                    "run cut off after {} events at {} µs",
+                    self.events, s.at
+                ));
+                break;
+            }
+            self.now = s.at;
+            self.events += 1;
+            self.handle(s.ev);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        if self.traffic && self.now >= TRAFFIC_CAP_US {
+            self.traffic = false;
+            self.trace("traffic stops (cap)".into());
+        }
+        match ev {
+            Ev::ClientSend(c) => self.client_send(c),
+            Ev::ClientTimeout(c, op) => {
+                if self.clients[c].outstanding == Some(op) {
+                    self.clients[c].outstanding = None;
+                    self.client_timeouts += 1;
+                    self.verbose(|| format!("client {c} gave up on op {op}"));
+                    self.next_op(c);
+                }
+            }
+            Ev::Datagram {
+                client,
+                op,
+                payload,
+            } => self.datagram(client, op, payload),
+            Ev::Tick => {
+                if self.traffic {
+                    self.admit(SignalKind::Tick, Bytes::new(), Bytes::new(), None);
+                    self.at(self.now + TICK_US, Ev::Tick);
+                }
+            }
+            Ev::Signal { node, frame } => self.node_signal(node, frame),
+            Ev::Output {
+                seq,
+                client,
+                payload,
+            } => {
+                let at = self.link(Ep::Steer, Ep::Client(client));
+                self.at(
+                    at,
+                    Ev::Answer {
+                        client,
+                        seq,
+                        payload,
+                    },
+                );
+            }
+            Ev::Answer {
+                client,
+                seq,
+                payload,
+            } => self.answer(client, seq, payload),
+            Ev::Request { to, action, reply } => match to {
+                Target::Steer => self.steer_request(action, reply),
+                Target::Node(n) => self.node_request(n, action, reply),
+            },
+            Ev::Reply { inc, req, result } => self.ctl_reply(inc, req, result),
+            Ev::Complete { inc, req, result } => self.ctl_complete(inc, req, result),
+            Ev::Step { inc } => self.ctl_step(inc),
+            Ev::DestUp => self.dest_up(),
+            Ev::Peer {
+                from,
+                to,
+                copy,
+                msg,
+            } => self.peer(from, to, copy, msg),
+            Ev::CopyStep { node, copy } => self.copy_step(node, copy),
+            Ev::CopyPeerLost { node, copy } => {
+                let live = self.nodes[node]
+                    .copies
+                    .get(&copy)
+                    .is_some_and(|t| t.stage != CopyStage::Waiting);
+                if live {
+                    self.copy_fail(node, copy, "the destination connection broke".into());
+                }
+            }
+            Ev::Fault(f) => self.fault(f),
+            Ev::Restart => self.ctl_restart(),
+            Ev::LinkDown(n) => {
+                self.steer.up[n] = false;
+                self.trace(format!("steer: link to {} is down", node_name(n)));
+            }
+            Ev::StopTraffic => {
+                if self.traffic {
+                    self.traffic = false;
+                    self.trace("traffic stops".into());
+                }
+            }
+        }
+    }
+
+    // --- clients ----------------------------------------------------------------------------
+
+    fn next_op(&mut self, c: usize) {
+        let think = if self.rng.gen_bool(0.1) {
+            self.rng.gen_range(30_000..120_000)
+        } else {
+            self.rng.gen_range(0..12_000)
+        };
+        self.at(self.now + think, Ev::ClientSend(c));
+    }
+
+    fn client_send(&mut self, c: usize) {
+        if !self.traffic || self.clients[c].outstanding.is_some() {
+            return;
+        }
+        let op = if self.clients[c].ops == 0 {
+            OP_CREATE
+        } else {
+            match self.rng.gen_range(0..100) {
+                0..=17 => OP_CREATE,
+                18..=75 => OP_UPDATE,
+                76..=84 => OP_DELETE,
+                _ => OP_PING,
+            }
+        };
+        let cl = &mut self.clients[c];
+        cl.ops += 1;
+        let n = cl.ops;
+        cl.outstanding = Some(n);
+        let payload = Bytes::copy_from_slice(&[op, cl.key_id]);
+        let at = self.link(Ep::Client(c), Ep::Steer);
+        self.at(
+            at,
+            Ev::Datagram {
+                client: c,
+                op: n,
+                payload,
+            },
+        );
+        self.at(self.now + CLIENT_TIMEOUT_US, Ev::ClientTimeout(c, n));
+    }
+
+    fn answer(&mut self, client: usize, seq: u64, payload: Bytes) {
+        let entry = self.answers.entry(seq).or_default();
+        entry.push((client, payload));
+        let twice = entry.len() > 1;
+        if twice {
+            self.violation(
+                "single_answer",
+                format!("seq {seq} answered again (client {client})"),
+            );
+        }
+        let Some(adm) = seq.checked_sub(1).and_then(|i| self.log.get(i as usize)) else {
+            self.violation(
+                "single_answer",
+                format!("answer for seq {seq}, never admitted"),
+            );
+            return;
+        };
+        let (kind, key) = (adm.kind, adm.key.clone());
+        let (owner, op) = match adm.client {
+            Some(c) => c,
+            None => {
+                self.violation("single_answer", format!("answer for tick seq {seq}"));
+                return;
+            }
+        };
+        if owner != client {
+            self.violation(
+                "single_answer",
+                format!("seq {seq} of client {owner} answered to client {client}"),
+            );
+        }
+        if kind != SignalKind::Stateless {
+            let last = self.key_last_answer.entry(key.clone()).or_default();
+            if seq <= *last && !twice {
+                let l = *last;
+                self.violation(
+                    "answer_order",
+                    format!("key {key:?}: answer for seq {seq} after one for seq {l}"),
+                );
+            } else {
+                *last = seq;
+            }
+        }
+        if self.clients[owner].outstanding == Some(op) {
+            self.clients[owner].outstanding = None;
+            self.next_op(owner);
+        }
+    }
+
+    // --- steer ------------------------------------------------------------------------------
+
+    fn datagram(&mut self, client: usize, op: u64, payload: Bytes) {
+        match Function::classify(self.func.as_ref(), &payload) {
+            Ok(c) => self.admit(c.kind, c.key, payload, Some((client, op))),
+            Err(e) => self.violation("classify", format!("client {client}: {e}")),
+        }
+    }
+
+    /// The steer's service loop for one signal (`handoff_steer::service::run`).
+    fn admit(
+        &mut self,
+        kind: SignalKind,
+        key: Bytes,
+        payload: Bytes,
+        client: Option<(usize, u64)>,
+    ) {
+        let st = &mut self.steer;
+        let next = st.seq + 1;
+        let delivery = st.route.preview(next, kind, &key);
+        let (to_source, to_dest) = match delivery {
+            Delivery::Source => (true, false),
+            Delivery::Destination => (false, true),
+            Delivery::Both | Delivery::HandOver => (true, true),
+        };
+        let dest_up = st.dest.is_some_and(|d| st.up[d]);
+        if (to_source && !st.up[st.source]) || (to_dest && !dest_up) {
+            if kind != SignalKind::Tick {
+                self.shed += 1;
+                self.verbose(|| format!("steer: {kind:?} {key:?} dropped, no link"));
+            }
+            return;
+        }
+        if let Err(e) = st.route.decide(next, kind, &key) {
+            self.shed += 1;
+            self.trace(format!("steer: route refused a signal: {e}"));
+            return;
+        }
+        st.seq = next;
+        let source = st.source;
+        let dest = st.dest.unwrap_or(B);
+        if to_source {
+            st.sent_source = next;
+        }
+        if to_dest {
+            st.sent_dest = next;
+        }
+        let frame = Frame {
+            seq: next,
+            now_us: self.now,
+            kind,
+            key: key.clone(),
+            payload: payload.clone(),
+            flags: 0,
+            client: client.map(|c| c.0),
+        };
+        match delivery {
+            Delivery::HandOver => {
+                self.send_signal(
+                    source,
+                    Frame {
+                        flags: FLAG_HANDOVER,
+                        payload: Bytes::new(),
+                        ..frame.clone()
+                    },
+                );
+                self.send_signal(dest, frame);
+            }
+            Delivery::Both => {
+                self.send_signal(
+                    dest,
+                    Frame {
+                        flags: FLAG_SHADOW,
+                        ..frame.clone()
+                    },
+                );
+                self.send_signal(source, frame);
+            }
+            Delivery::Source => self.send_signal(source, frame),
+            Delivery::Destination => self.send_signal(dest, frame),
+        }
+        if kind == SignalKind::Tick {
+            self.ticks += 1;
+        }
+        self.verbose(|| {
+            format!("steer: seq {next} {kind:?} {key:?} client {client:?} → {delivery:?}")
+        });
+        self.log.push(Admitted {
+            seq: next,
+            now_us: self.now,
+            kind,
+            key,
+            payload,
+            client,
+            delivery,
+            auth: match delivery {
+                Delivery::Source | Delivery::Both => source,
+                Delivery::Destination | Delivery::HandOver => dest,
+            },
+        });
+    }
+
+    fn send_signal(&mut self, node: usize, frame: Frame) {
+        let at = self.link(Ep::Steer, Ep::Node(node));
+        self.at(at, Ev::Signal { node, frame });
+    }
+
+    /// A move command at the steer (`handoff_steer::service::State::command`).
+    fn steer_request(&mut self, action: Action, reply: ReplyTo) {
+        let refused = |e: String| Err(Failure::Refused(e));
+        let st = &mut self.steer;
+        let last_seq = st.seq;
+        let r = match action {
+            Action::BeginMove { abort_safe } => {
+                if st.dest.is_some() || st.pending.is_some() {
+                    refused("a move is already in progress".into())
+                } else {
+                    st.dest = Some(B);
+                    st.flip = None;
+                    st.pending = Some(PendingBegin {
+                        abort_safe,
+                        since: self.now,
+                        reply,
+                    });
+                    let at = self.now + self.rng.gen_range(200..3_000);
+                    self.at(at, Ev::DestUp);
+                    self.trace("steer: begin move, linking the destination".into());
+                    return;
+                }
+            }
+            Action::Cutover => {
+                if let (Some((boundary, last_sent)), "cut over") = (st.flip, st.route.phase()) {
+                    Ok(Outcome::Boundary {
+                        boundary,
+                        last_sent,
+                    })
+                } else {
+                    let boundary = last_seq + 1;
+                    let r = st
+                        .route
+                        .cutover(boundary, last_seq)
+                        .map(|()| (boundary, st.sent_source))
+                        .map_err(|e| e.to_string());
+                    st.flip = r.as_ref().ok().copied();
+                    r.map(|(boundary, last_sent)| Outcome::Boundary {
+                        boundary,
+                        last_sent,
+                    })
+                    .map_err(Failure::Refused)
+                }
+            }
+            Action::FinishMove => match st.route.finish() {
+                Ok(()) => {
+                    if let Some(d) = st.dest.take() {
+                        st.source = d;
+                    }
+                    st.sent_source = st.sent_dest;
+                    st.flip = None;
+                    Ok(Outcome::Done)
+                }
+                Err(e) => refused(e.to_string()),
+            },
+            Action::AbortBegin => {
+                if let Some(p) = st.pending.take() {
+                    st.dest = None;
+                    self.reply(p.reply, Err(Failure::Refused("aborted".into())));
+                    Ok(Outcome::Keys(Vec::new()))
+                } else {
+                    st.route
+                        .abort_begin()
+                        .map(Outcome::Keys)
+                        .map_err(|e| Failure::Refused(e.to_string()))
+                }
+            }
+            Action::AbortCommit => {
+                if let (Some((boundary, last_sent)), "serving") = (st.flip, st.route.phase()) {
+                    Ok(Outcome::Boundary {
+                        boundary,
+                        last_sent,
+                    })
+                } else {
+                    match st.route.abort_commit() {
+                        Ok(()) => {
+                            let b = (last_seq + 1, st.sent_dest);
+                            st.flip = Some(b);
+                            st.dest = None;
+                            Ok(Outcome::Boundary {
+                                boundary: b.0,
+                                last_sent: b.1,
+                            })
+                        }
+                        Err(e) => refused(e.to_string()),
+                    }
+                }
+            }
+            other => refused(format!("not a steer request: {other:?}")),
+        };
+        let line = format!("steer: answers {r:?} (route {})", self.steer.route.phase());
+        self.trace(line);
+        self.reply(reply, r);
+    }
+
+    fn dest_up(&mut self) {
+        let Some(p) = self.steer.pending.take() else {
+            return;
+        };
+        let node = &self.nodes[B];
+        if node.alive && node.inst.is_some() {
+            let st = &mut self.steer;
+            st.up[B] = true;
+            let first = st.seq + 1;
+            let last_sent = st.sent_source;
+            let r = st
+                .route
+                .begin_move(first, p.abort_safe)
+                .map(|()| Outcome::FirstSeq { first, last_sent })
+                .map_err(|e| Failure::Refused(e.to_string()));
+            self.trace(format!("steer: move mode on: {r:?}"));
+            self.reply(p.reply, r);
+        } else if self.now - p.since > DEST_UP_TIMEOUT_US {
+            self.steer.dest = None;
+            self.trace("steer: the destination link never came up".into());
+            self.reply(
+                p.reply,
+                Err(Failure::Refused(
+                    "the destination node did not accept the route in time".into(),
+                )),
+            );
+        } else {
+            self.steer.pending = Some(p);
+            self.at(self.now + 5_000, Ev::DestUp);
+        }
+    }
+
+    // --- nodes: signals ---------------------------------------------------------------------
+
+    /// One signal at a node (`handoff_node::instance::run`).
+    fn node_signal(&mut self, n: usize, s: Frame) {
+        let node = &mut self.nodes[n];
+        if !node.alive {
+            return;
+        }
+        let Some(inst) = node.inst.as_mut() else {
+            self.verbose(|| format!("{}: seq {} for no instance", node_name(n), s.seq));
+            return;
+        };
+        if s.flags & FLAG_HANDOVER != 0 {
+            inst.hand_over(&s.key, s.seq);
+            let shadow = inst.shadow_stats().is_some();
+            self.verbose(|| {
+                format!(
+                    "{}: hand-over marker seq {} {:?} (as a shadow: {shadow})",
+                    node_name(n),
+                    s.seq,
+                    s.key
+                )
+            });
+            return;
+        }
+        let stamp = Stamp {
+            seq: s.seq,
+            now_us: s.now_us,
+        };
+        let mut out = Vec::new();
+        let shadow = s.flags & FLAG_SHADOW != 0;
+        let applied = inst.apply(stamp, s.kind, &s.key, &s.payload, &mut out);
+        if self.sc.verbose {
+            let line = format!(
+                "{}: applies seq {} {:?} {:?} flags {}: {applied:?}",
+                node_name(n),
+                s.seq,
+                s.kind,
+                s.key,
+                s.flags
+            );
+            self.trace(line);
+        }
+        let node = &mut self.nodes[n];
+        match applied {
+            Ok(Applied::Processed) => {}
+            Ok(Applied::Buffered) => {
+                if let (Some(c), false) = (s.client, shadow) {
+                    node.pending.insert(s.seq, c);
+                }
+                self.verbose(|| {
+                    format!("{}: seq {} buffered (shadow {shadow})", node_name(n), s.seq)
+                });
+                return;
+            }
+            Ok(other) => {
+                self.trace(format!(
+                    "{}: seq {} {:?} {:?} not applied: {other:?} (shadow {shadow})",
+                    node_name(n),
+                    s.seq,
+                    s.kind,
+                    s.key
+                ));
+                return;
+            }
+            Err(e) => {
+                self.trace(format!(
+                    "{}: move error on seq {}: {e}",
+                    node_name(n),
+                    s.seq
+                ));
+                return;
+            }
+        }
+        if shadow {
+            return;
+        }
+        if let Some(c) = s.client {
+            for o in out {
+                self.send_output(n, o.seq, c, o.output.bytes);
+            }
+        }
+    }
+
+    fn send_output(&mut self, n: usize, seq: u64, client: usize, payload: Bytes) {
+        let at = self.link(Ep::Node(n), Ep::Steer);
+        self.at(
+            at,
+            Ev::Output {
+                seq,
+                client,
+                payload,
+            },
+        );
+    }
+
+    /// After a command on an instance: answers of replayed buffered authoritative signals go
+    /// to their clients, the rest are suppressed (`deliver_replayed`).
+    fn after_control(&mut self, n: usize, replayed: Vec<ClassifiedOutput>) {
+        let settled = self.nodes[n]
+            .inst
+            .as_ref()
+            .and_then(|i| i.shadow_stats())
+            .is_some_and(|s| s.awaiting == 0 && s.buffered == 0);
+        let mut answered = Vec::new();
+        for o in replayed {
+            answered.push(o.seq);
+            if let Some(&c) = self.nodes[n].pending.get(&o.seq) {
+                self.send_output(n, o.seq, c, o.output.bytes);
+            }
+        }
+        let node = &mut self.nodes[n];
+        for seq in answered {
+            node.pending.remove(&seq);
+        }
+        if settled && !node.pending.is_empty() {
+            let dropped: Vec<u64> = node.pending.keys().copied().collect();
+            node.pending.clear();
+            self.trace(format!(
+                "{}: settled shadow forgets pending answers of seqs {dropped:?}",
+                node_name(n)
+            ));
+        }
+    }
+
+    // --- nodes: admin -----------------------------------------------------------------------
+
+    fn reply(&mut self, to: ReplyTo, result: Result<Outcome, Failure>) {
+        if to.lose {
+            let d = self.rng.gen_range(1..CONTROL_TIMEOUT_US);
+            self.control_lost += 1;
+            self.trace(format!("control: reply to request {} lost", to.req));
+            self.at(
+                self.now + d,
+                Ev::Reply {
+                    inc: to.inc,
+                    req: to.req,
+                    result: Err(Failure::Unreachable("the connection broke".into())),
+                },
+            );
+        } else {
+            let at = self.link(to.from, Ep::Ctl);
+            self.at(
+                at,
+                Ev::Reply {
+                    inc: to.inc,
+                    req: to.req,
+                    result,
+                },
+            );
+        }
+    }
+
+    fn node_request(&mut self, n: usize, action: Action, reply: ReplyTo) {
+        if !self.nodes[n].alive {
+            let d = self.rng.gen_range(100..3_000);
+            self.at(
+                self.now + d,
+                Ev::Reply {
+                    inc: reply.inc,
+                    req: reply.req,
+                    result: Err(Failure::Unreachable(format!("{} is down", node_name(n)))),
+                },
+            );
+            return;
+        }
+        let func = self.func.clone();
+        let unknown = || Err(Failure::Refused("unknown instance counter-1".into()));
+        let refused = |e: handoff_function::runtime::MoveStepError| Failure::Refused(e.to_string());
+        let mut replayed = Vec::new();
+        let node = &mut self.nodes[n];
+        let r = match &action {
+            Action::PrepareShadow => {
+                let inst = node
+                    .inst
+                    .get_or_insert_with(|| Box::new(Hosting::new(func)) as Box<dyn Hosted>);
+                inst.begin_shadow(None, ShadowLimits::default())
+                    .map(|()| Outcome::Done)
+                    .map_err(refused)
+            }
+            Action::ShadowStats { .. } => match &node.inst {
+                Some(i) => Ok(Outcome::Shadow(i.shadow_stats().map(|s| ShadowView {
+                    awaiting: s.awaiting as u64,
+                    buffered: s.buffered as u64,
+                    buffered_peak: s.buffered_peak as u64,
+                    records: s.records,
+                    bytes: s.bytes,
+                }))),
+                None => unknown(),
+            },
+            Action::AppliedSeq { .. } => match &node.inst {
+                Some(i) => Ok(Outcome::Applied(i.stats().last_seq)),
+                None => unknown(),
+            },
+            Action::FinishShadow { force, .. } => match node.inst.as_mut() {
+                Some(i) => {
+                    if *force {
+                        i.abandon_awaited(&mut replayed);
+                    }
+                    i.finish_shadow().map(|()| Outcome::Done).map_err(refused)
+                }
+                None => unknown(),
+            },
+            Action::DropInstance { .. } => match node.inst.take() {
+                Some(_) => {
+                    node.pending.clear();
+                    Ok(Outcome::Done)
+                }
+                None => unknown(),
+            },
+            Action::ExpectSessions { keys } => match node.inst.as_mut() {
+                Some(i) => i
+                    .expect_records(keys.clone(), ShadowLimits::default())
+                    .map(|()| Outcome::Done)
+                    .map_err(refused),
+                None => unknown(),
+            },
+            Action::Copy {
+                from,
+                keys,
+                after_seq,
+                lead_ms,
+            } => {
+                let to = side_node(match from {
+                    Side::Source => Side::Destination,
+                    Side::Destination => Side::Source,
+                });
+                self.next_copy += 1;
+                let id = self.next_copy;
+                self.nodes[n].copies.insert(
+                    id,
+                    CopyTask {
+                        to,
+                        keys: keys.clone(),
+                        after_seq: *after_seq,
+                        lead_us: lead_ms.min(&handoff_state::MAX_LEAD_MS) * 1000,
+                        reply,
+                        started: self.now,
+                        stage: CopyStage::Waiting,
+                        log: None,
+                        manifest: Vec::new(),
+                        next: 0,
+                        digest: Digest::default(),
+                        report: CopyOutcome::default(),
+                    },
+                );
+                self.trace(format!(
+                    "{}: copy {id} to {} starts (keys {:?}, after seq {after_seq})",
+                    node_name(n),
+                    node_name(to),
+                    keys.as_ref().map(Vec::len)
+                ));
+                self.copy_step(n, id);
+                return;
+            }
+            other => Err(Failure::Refused(format!("not a node request: {other:?}"))),
+        };
+        if !matches!(
+            action,
+            Action::AppliedSeq { .. } | Action::DropInstance { .. }
+        ) {
+            self.after_control(n, replayed);
+        }
+        self.trace(format!("{}: {action:?} → {r:?}", node_name(n)));
+        self.reply(reply, r);
+    }
+
+    // --- nodes: copy ------------------------------------------------------------------------
+
+    fn send_peer(&mut self, from: usize, to: usize, copy: u64, msg: PeerMsg) {
+        let at = self.link(Ep::Node(from), Ep::Node(to));
+        self.at(
+            at,
+            Ev::Peer {
+                from,
+                to,
+                copy,
+                msg,
+            },
+        );
+    }
+
+    fn copy_fail(&mut self, n: usize, id: u64, why: String) {
+        let Some(task) = self.nodes[n].copies.remove(&id) else {
+            return;
+        };
+        if task.log.is_some() {
+            if let Some(i) = self.nodes[n].inst.as_mut() {
+                i.set_deletion_log(None);
+            }
+        }
+        self.trace(format!("{}: copy {id} fails: {why}", node_name(n)));
+        self.reply(task.reply, Err(Failure::Refused(why)));
+    }
+
+    /// The source side of a copy (`handoff_node::copy::copy_to`), one step at a time.
+    fn copy_step(&mut self, n: usize, id: u64) {
+        if !self.nodes[n].alive {
+            return;
+        }
+        let now = self.now;
+        let Some(task) = self.nodes[n].copies.get_mut(&id) else {
+            return;
+        };
+        let Some(inst) = self.nodes[n].inst.as_mut() else {
+            self.copy_fail(n, id, "unknown instance counter-1".into());
+            return;
+        };
+        match task.stage {
+            CopyStage::Waiting => {
+                let applied = inst.stats().last_seq;
+                if applied < task.after_seq {
+                    if now - task.started > COPY_WAIT_US {
+                        let why = format!(
+                            "the source never applied seq {} (at {applied})",
+                            task.after_seq
+                        );
+                        self.copy_fail(n, id, why);
+                    } else {
+                        self.at(now + 1_000, Ev::CopyStep { node: n, copy: id });
+                    }
+                    return;
+                }
+                let log = DeletionLog::default();
+                inst.set_deletion_log(Some(log.clone()));
+                task.log = Some(log);
+                task.manifest = match &task.keys {
+                    Some(keys) => keys.clone(),
+                    None => handoff_state::manifest(inst.table(), self.sc.order, now).keys,
+                };
+                task.report.sessions_at_start = task.manifest.len() as u64;
+                let to = task.to;
+                let manifest = task.manifest.clone();
+                if !self.nodes[to].alive {
+                    self.copy_fail(n, id, format!("{}: connection refused", node_name(to)));
+                    return;
+                }
+                task_stage(&mut self.nodes[n], id, CopyStage::AwaitReady);
+                self.trace(format!(
+                    "{}: copy {id} manifest of {} keys at seq {applied}",
+                    node_name(n),
+                    manifest.len()
+                ));
+                self.send_peer(n, to, id, PeerMsg::Manifest(manifest));
+            }
+            CopyStage::Streaming => {
+                let subset = task.keys.is_some();
+                if task.next < task.manifest.len() {
+                    let key = task.manifest[task.next].clone();
+                    let msg = match inst.table().get(&key) {
+                        Some(r) => {
+                            task.digest.add(&key, r.seq, &r.bytes);
+                            task.report.bytes_copied += (key.len() + r.bytes.len()) as u64;
+                            PeerMsg::Record {
+                                key,
+                                seq: r.seq,
+                                bytes: Some(r.bytes),
+                            }
+                        }
+                        None => {
+                            let logged = task.log.as_ref().and_then(|l| l.seq_of(&key));
+                            let seq = match logged {
+                                Some(s) => s,
+                                None if subset => inst.stats().last_seq,
+                                None => {
+                                    self.copy_fail(
+                                        n,
+                                        id,
+                                        "session deleted during the copy without a tombstone"
+                                            .into(),
+                                    );
+                                    return;
+                                }
+                            };
+                            task.digest.add(&key, seq, &[]);
+                            task.report.tombstones += 1;
+                            PeerMsg::Record {
+                                key,
+                                seq,
+                                bytes: None,
+                            }
+                        }
+                    };
+                    task.next += 1;
+                    task.report.records_copied += 1;
+                    let to = task.to;
+                    if self.sc.verbose {
+                        let line = format!("{}: copy {id} sends {msg:?}", node_name(n));
+                        self.trace(line);
+                    }
+                    self.send_peer(n, to, id, msg);
+                    let pace = if self.rng.gen_bool(0.3) {
+                        0
+                    } else {
+                        self.rng.gen_range(50..1_500)
+                    };
+                    self.at(now + pace, Ev::CopyStep { node: n, copy: id });
+                } else {
+                    if task.log.as_ref().is_some_and(DeletionLog::overflowed) {
+                        self.copy_fail(n, id, "deletion log overflowed".into());
+                        return;
+                    }
+                    let msg = PeerMsg::End {
+                        records: task.report.records_copied,
+                        digest: task.digest.buckets().to_vec(),
+                    };
+                    task.stage = CopyStage::AwaitEnd;
+                    let to = task.to;
+                    self.send_peer(n, to, id, msg);
+                }
+            }
+            CopyStage::AwaitReady | CopyStage::AwaitEnd => {}
+        }
+    }
+
+    fn peer(&mut self, from: usize, to: usize, copy: u64, msg: PeerMsg) {
+        if !self.nodes[to].alive {
+            return;
+        }
+        match msg {
+            // Answers to a copy's source.
+            PeerMsg::Ready => {
+                let lead = match self.nodes[to].copies.get_mut(&copy) {
+                    Some(t) if t.stage == CopyStage::AwaitReady => {
+                        t.stage = CopyStage::Streaming;
+                        t.lead_us
+                    }
+                    _ => return,
+                };
+                self.at(self.now + lead, Ev::CopyStep { node: to, copy });
+            }
+            PeerMsg::Refuse(why) => self.copy_fail(to, copy, format!("refused: {why}")),
+            PeerMsg::EndAnswer { matched, differing } => {
+                let Some(mut task) = self.nodes[to].copies.remove(&copy) else {
+                    return;
+                };
+                if let Some(i) = self.nodes[to].inst.as_mut() {
+                    i.set_deletion_log(None);
+                }
+                task.report.digest_match = matched;
+                task.report.differing_buckets = differing;
+                self.trace(format!(
+                    "{}: copy {copy} ends: {:?}",
+                    node_name(to),
+                    task.report
+                ));
+                self.reply(task.reply, Ok(Outcome::Copied(task.report)));
+            }
+            // A copy's destination (`handoff_node::copy::peer_session`).
+            PeerMsg::Manifest(keys) => {
+                let mut replayed = Vec::new();
+                let r = match self.nodes[to].inst.as_mut() {
+                    None => Err("unknown instance counter-1".to_owned()),
+                    Some(i) => {
+                        let r = if i.awaits_manifest() {
+                            i.set_manifest(keys.clone(), &mut replayed)
+                        } else if i.expects(&keys) {
+                            Ok(())
+                        } else {
+                            i.begin_shadow(Some(keys.clone()), ShadowLimits::default())
+                        };
+                        r.map_err(|e| e.to_string())
+                    }
+                };
+                self.after_control(to, replayed);
+                self.trace(format!(
+                    "{}: manifest of copy {copy} ({} keys) → {r:?}",
+                    node_name(to),
+                    keys.len()
+                ));
+                match r {
+                    Ok(()) => {
+                        let batch_max = self.rng.gen_range(1..=8);
+                        self.nodes[to].incoming.insert(
+                            (from, copy),
+                            Incoming {
+                                digest: Digest::default(),
+                                received: 0,
+                                batch: Vec::new(),
+                                batch_max,
+                            },
+                        );
+                        self.send_peer(to, from, copy, PeerMsg::Ready);
+                    }
+                    Err(e) => self.send_peer(to, from, copy, PeerMsg::Refuse(e)),
+                }
+            }
+            PeerMsg::Record { key, seq, bytes } => {
+                let Some(inc) = self.nodes[to].incoming.get_mut(&(from, copy)) else {
+                    return;
+                };
+                inc.digest.add(&key, seq, bytes.as_deref().unwrap_or(&[]));
+                inc.received += 1;
+                inc.batch.push((key, seq, bytes));
+                if inc.batch.len() >= inc.batch_max {
+                    self.flush_records(to, from, copy);
+                }
+            }
+            PeerMsg::End { records, digest } => {
+                if !self.flush_records(to, from, copy) {
+                    return;
+                }
+                let Some(inc) = self.nodes[to].incoming.remove(&(from, copy)) else {
+                    return;
+                };
+                let differing = match Digest::from_parts(digest, records) {
+                    Some(theirs) => theirs.differing_buckets(&inc.digest),
+                    None => (0..handoff_state::BUCKETS).collect(),
+                };
+                let matched = differing.is_empty() && records == inc.received;
+                self.send_peer(to, from, copy, PeerMsg::EndAnswer { matched, differing });
+            }
+        }
+    }
+
+    /// Hands a copy's batched records to the instance; `false` if it is gone.
+    fn flush_records(&mut self, n: usize, from: usize, copy: u64) -> bool {
+        let Some(inc) = self.nodes[n].incoming.get_mut(&(from, copy)) else {
+            return false;
+        };
+        let batch = std::mem::take(&mut inc.batch);
+        let mut replayed = Vec::new();
+        let mut errors = Vec::new();
+        match self.nodes[n].inst.as_mut() {
+            Some(i) => {
+                for (key, seq, bytes) in batch {
+                    let tomb = bytes.is_none();
+                    match i.on_record(key.clone(), seq, bytes, &mut replayed) {
+                        Err(e) => errors.push(format!("record {key:?}@{seq} refused: {e}")),
+                        Ok(o) if self.sc.verbose => errors.push(format!(
+                            "record {key:?}@{seq} (tombstone {tomb}) from {}: {o:?}",
+                            node_name(from)
+                        )),
+                        Ok(_) => {}
+                    }
+                }
+            }
+            None => {
+                self.nodes[n].incoming.remove(&(from, copy));
+                self.send_peer(n, from, copy, PeerMsg::Refuse("instance stopped".into()));
+                return false;
+            }
+        }
+        for e in errors {
+            self.trace(format!("{}: {e}", node_name(n)));
+        }
+        self.after_control(n, replayed);
+        true
+    }
+
+    // --- faults -----------------------------------------------------------------------------
+
+    fn fault(&mut self, f: Fault) {
+        match f {
+            Fault::ControllerCrash => self.ctl_crash(),
+            Fault::NodeCrash(n) => self.node_crash(n),
+            Fault::OperatorAbort { request } => {
+                if self.ctl.ended {
+                    return;
+                }
+                self.operator_abort = true;
+                self.trace(format!(
+                    "operator asks for an abort ({})",
+                    if request {
+                        "request_abort"
+                    } else {
+                        "abort_now"
+                    }
+                ));
+                if !self.ctl.alive {
+                    return;
+                }
+                if request {
+                    self.ctl.m.request_abort("the operator asked for an abort");
+                } else {
+                    self.ctl.operator = Some("the operator asked for an abort".into());
+                }
+            }
+        }
+    }
+
+    fn node_crash(&mut self, n: usize) {
+        if !self.nodes[n].alive {
+            return;
+        }
+        let phase = self.ctl.m.phase;
+        self.trace(format!("CRASH of {} in {phase:?}", node_name(n)));
+        if n == A {
+            self.source_crashed = Some(phase);
+        } else {
+            self.destination_crashed = Some(phase);
+        }
+        let node = &mut self.nodes[n];
+        node.alive = false;
+        node.inst = None;
+        node.pending.clear();
+        node.incoming.clear();
+        let tasks = std::mem::take(&mut node.copies);
+        for (_, t) in tasks {
+            let d = self.rng.gen_range(100..5_000);
+            self.at(
+                self.now + d,
+                Ev::Reply {
+                    inc: t.reply.inc,
+                    req: t.reply.req,
+                    result: Err(Failure::Unreachable(format!("{} crashed", node_name(n)))),
+                },
+            );
+        }
+        let other = 1 - n;
+        let ids: Vec<u64> = self.nodes[other]
+            .copies
+            .iter()
+            .filter(|(_, t)| t.to == n)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let d = self.rng.gen_range(100..10_000);
+            self.at(
+                self.now + d,
+                Ev::CopyPeerLost {
+                    node: other,
+                    copy: id,
+                },
+            );
+        }
+        let d = self.rng.gen_range(1..LINK_DETECT_US);
+        self.at(self.now + d, Ev::LinkDown(n));
+    }
+
+    /// Called when the controller starts an action; `true` if the controller crashed at once.
+    fn triggers(&mut self) -> bool {
+        let count = self.actions_started;
+        let phase = self.ctl.m.phase;
+        let hit = |t: &Trigger| match t.phase {
+            Some(p) => p == phase,
+            None => t.action == count,
+        };
+        let mut due: Vec<(Fault, u64)> = Vec::new();
+        let crashes = self.sc.controller_crashes.clone();
+        for (i, t) in crashes.iter().enumerate() {
+            if hit(t) && self.fired.insert((0, i)) {
+                due.push((Fault::ControllerCrash, t.after_us));
+            }
+        }
+        if let Some(t) = self.sc.destination_crash {
+            if hit(&t) && self.fired.insert((1, 0)) {
+                due.push((Fault::NodeCrash(B), t.after_us));
+            }
+        }
+        if let Some(t) = self.sc.source_crash {
+            if hit(&t) && self.fired.insert((2, 0)) {
+                due.push((Fault::NodeCrash(A), t.after_us));
+            }
+        }
+        if let Some((t, request)) = self.sc.operator_abort {
+            if hit(&t) && self.fired.insert((3, 0)) {
+                due.push((Fault::OperatorAbort { request }, t.after_us));
+            }
+        }
+        let mut crashed = false;
+        for (f, after) in due {
+            if after == 0 {
+                self.fault(f);
+                crashed |= f == Fault::ControllerCrash;
+            } else {
+                self.at(self.now + after, Ev::Fault(f));
+            }
+        }
+        crashed
+    }
+
+    // --- controller -------------------------------------------------------------------------
+
+    fn persist(&mut self) {
+        match serde_json::to_string(&self.ctl.m) {
+            Ok(s) => {
+                match serde_json::from_str::<MoveMachine>(&s) {
+                    Ok(back) if back == self.ctl.m => {}
+                    Ok(back) => self.violation(
+                        "persist_roundtrip",
+                        format!("{:?} came back as {back:?}", self.ctl.m),
+                    ),
+                    Err(e) => self.violation("persist_roundtrip", e.to_string()),
+                }
+                self.ctl.stored = s;
+            }
+            Err(e) => self.violation("persist_roundtrip", e.to_string()),
+        }
+    }
+
+    fn note_phase(&mut self) {
+        let p = self.ctl.m.phase;
+        if self.phases.last() != Some(&p) {
+            self.phases.push(p);
+            let reason = self.ctl.m.reason.clone();
+            self.trace(format!("controller: phase {p:?} (reason {reason:?})"));
+        }
+    }
+
+    fn ctl_step(&mut self, inc: u32) {
+        if inc != self.ctl.inc || !self.ctl.alive || self.ctl.waiting.is_some() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        if let Some(reason) = self.ctl.operator.clone() {
+            if self.ctl.m.abort_now(reason, now_ms) {
+                self.persist();
+                self.note_phase();
+                self.at(self.now, Ev::Step { inc });
+                return;
+            }
+        }
+        let Some(action) = self.ctl.m.action() else {
+            if !self.ctl.ended {
+                self.ctl.ended = true;
+                self.trace(format!(
+                    "controller: the move ended {:?} ({:?})",
+                    self.ctl.m.phase, self.ctl.m.reason
+                ));
+                self.at(self.now + TRAFFIC_AFTER_END_US, Ev::StopTraffic);
+            }
+            return;
+        };
+        let req = self.ctl.next_req;
+        self.ctl.next_req += 1;
+        self.ctl.waiting = Some((req, action.clone()));
+        if let Action::Wait { ms } = action {
+            self.at(
+                self.now + ms * 1000,
+                Ev::Reply {
+                    inc,
+                    req,
+                    result: Ok(Outcome::Done),
+                },
+            );
+            return;
+        }
+        self.ctl.m.start_action();
+        self.persist();
+        self.actions_started += 1;
+        let n = self.actions_started;
+        self.trace(format!(
+            "controller: action {n} {action:?} ({:?}, attempt {})",
+            self.ctl.m.phase, self.ctl.m.attempts
+        ));
+        if self.triggers() {
+            return;
+        }
+        let target = match &action {
+            Action::BeginMove { .. }
+            | Action::Cutover
+            | Action::FinishMove
+            | Action::AbortBegin
+            | Action::AbortCommit => Target::Steer,
+            Action::PrepareShadow => Target::Node(B),
+            Action::ExpectSessions { .. } => Target::Node(A),
+            Action::Copy { from, .. } => Target::Node(side_node(*from)),
+            Action::ShadowStats { at }
+            | Action::AppliedSeq { at }
+            | Action::FinishShadow { at, .. }
+            | Action::DropInstance { at } => Target::Node(side_node(*at)),
+            Action::Wait { .. } => unreachable!("handled above"),
+        };
+        let loss = self.sc.control_loss;
+        let lose_request = loss > 0.0 && self.rng.gen_bool(loss);
+        let lose_reply = loss > 0.0 && self.rng.gen_bool(loss);
+        if lose_request {
+            let d = self.rng.gen_range(1..CONTROL_TIMEOUT_US);
+            self.control_lost += 1;
+            self.trace(format!("control: request {req} lost"));
+            self.at(
+                self.now + d,
+                Ev::Reply {
+                    inc,
+                    req,
+                    result: Err(Failure::Unreachable("the request was lost".into())),
+                },
+            );
+            return;
+        }
+        let ep = match target {
+            Target::Steer => Ep::Steer,
+            Target::Node(n) => Ep::Node(n),
+        };
+        let at = self.link(Ep::Ctl, ep);
+        self.at(
+            at,
+            Ev::Request {
+                to: target,
+                action,
+                reply: ReplyTo {
+                    inc,
+                    req,
+                    lose: lose_reply,
+                    from: ep,
+                },
+            },
+        );
+    }
+
+    fn ctl_reply(&mut self, inc: u32, req: u64, result: Result<Outcome, Failure>) {
+        if inc != self.ctl.inc || !self.ctl.alive {
+            return;
+        }
+        if self.ctl.waiting.as_ref().map(|w| w.0) != Some(req) {
+            return;
+        }
+        if matches!(result, Err(Failure::Unreachable(_))) {
+            // The driver backs off before it hands the failure to the machine.
+            let d = BACKOFF_US << self.ctl.m.attempts.min(4);
+            self.at(self.now + d, Ev::Complete { inc, req, result });
+        } else {
+            self.ctl_complete(inc, req, result);
+        }
+    }
+
+    fn ctl_complete(&mut self, inc: u32, req: u64, result: Result<Outcome, Failure>) {
+        if inc != self.ctl.inc || !self.ctl.alive {
+            return;
+        }
+        let Some((_, action)) = self.ctl.waiting.take_if(|w| w.0 == req) else {
+            return;
+        };
+        let is_wait = matches!(action, Action::Wait { .. });
+        if !is_wait {
+            self.trace(format!("controller: {action:?} → {result:?}"));
+        }
+        let now_ms = self.now_ms();
+        self.ctl.m.complete(result, now_ms);
+        if !is_wait {
+            self.persist();
+        }
+        self.note_phase();
+        let pause = if matches!(action, Action::ShadowStats { .. }) {
+            POLL_MS * 1000
+        } else {
+            0
+        };
+        self.at(self.now + pause, Ev::Step { inc });
+    }
+
+    fn ctl_crash(&mut self) {
+        if !self.ctl.alive || self.ctl.ended {
+            return;
+        }
+        self.controller_crashes += 1;
+        self.ctl.alive = false;
+        self.ctl.inc += 1;
+        self.ctl.waiting = None;
+        self.ctl.operator = None;
+        let phase = self.ctl.m.phase;
+        self.trace(format!("CRASH of the controller in {phase:?}"));
+        self.at(self.now + self.sc.controller_down_us, Ev::Restart);
+    }
+
+    fn ctl_restart(&mut self) {
+        match serde_json::from_str::<MoveMachine>(&self.ctl.stored) {
+            Ok(mut m) => {
+                let before = (m.phase, m.in_flight);
+                m.recover(m.phase_started_ms);
+                self.trace(format!(
+                    "controller restarts: persisted {before:?}, recovered to {:?}",
+                    m.phase
+                ));
+                self.ctl.m = m;
+            }
+            Err(e) => {
+                self.violation("persist_roundtrip", format!("cannot restore: {e}"));
+                return;
+            }
+        }
+        self.ctl.alive = true;
+        self.note_phase();
+        let inc = self.ctl.inc;
+        self.at(self.now, Ev::Step { inc });
+    }
+
+    // --- the end ----------------------------------------------------------------------------
+
+    fn finish(mut self) -> SimReport {
+        let m = self.ctl.m.clone();
+        let phase = m.phase;
+        let dest_crash = self.destination_crashed.is_some();
+        let source_crash = self.source_crashed.is_some();
+        let crashed = dest_crash || source_crash;
+
+        self.checked.push("terminates");
+        if self.cut_off || !phase.is_terminal() || !self.ctl.ended {
+            self.violation(
+                "terminates",
+                format!(
+                    "the run did not end (phase {phase:?}, cut off {}, {} events, {} µs)",
+                    self.cut_off, self.events, self.now
+                ),
+            );
+        }
+        self.checked.push("persist_roundtrip");
+        self.checked.push("single_answer");
+        self.checked.push("answer_order");
+
+        let failed_allowed = phase == Phase::Failed
+            && m.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("unreachable"))
+            && (self.sc.control_loss > 0.0 || crashed);
+        self.checked.push("ends_done_or_aborted");
+        if phase == Phase::Failed && !failed_allowed {
+            self.violation(
+                "ends_done_or_aborted",
+                format!("the move failed: {:?}", m.reason),
+            );
+        }
+
+        // The reference: one instance applying every admitted signal in seq order.
+        let mut reference = Instance::new(self.func.clone());
+        let mut expected: BTreeMap<u64, Bytes> = BTreeMap::new();
+        for a in &self.log {
+            let mut out = Vec::new();
+            reference.apply_signal(
+                Stamp {
+                    seq: a.seq,
+                    now_us: a.now_us,
+                },
+                a.kind,
+                &a.key,
+                &a.payload,
+                &mut out,
+            );
+            for o in out {
+                expected.insert(o.seq, o.output.bytes);
+            }
+        }
+        let reference = reference.table().dump();
+
+        let signals: Vec<&Admitted> = self.log.iter().filter(|a| a.client.is_some()).collect();
+        let unanswered = signals
+            .iter()
+            .filter(|a| !self.answers.contains_key(&a.seq))
+            .count() as u64;
+        let answers = self.answers.values().map(Vec::len).sum::<usize>() as u64;
+
+        let mut found = Vec::new();
+        // Checks exactly-once answers for the admitted signals `which` selects.
+        let exactly_once = |which: &dyn Fn(&Admitted) -> bool, found: &mut Vec<String>| {
+            for a in signals.iter().filter(|a| which(a)) {
+                let n = self.answers.get(&a.seq).map_or(0, Vec::len);
+                if n != 1 && found.len() < 10 {
+                    found.push(format!(
+                        "seq {} ({:?} {:?}, {:?} to {}) answered {n} times",
+                        a.seq,
+                        a.kind,
+                        a.key,
+                        a.delivery,
+                        node_name(a.auth)
+                    ));
+                }
+            }
+        };
+        let ok_state = |node: &Node, except: &BTreeSet<Bytes>| -> Result<(), String> {
+            let Some(inst) = &node.inst else {
+                return Err("the owner hosts no instance".into());
+            };
+            if inst.shadow_stats().is_some() {
+                return Err("the owner is still a shadow".into());
+            }
+            let got: Vec<_> = inst
+                .dump()
+                .into_iter()
+                .filter(|r| !except.contains(&r.key))
+                .collect();
+            let want: Vec<_> = reference
+                .iter()
+                .filter(|r| !except.contains(&r.key))
+                .cloned()
+                .collect();
+            if got == want {
+                return Ok(());
+            }
+            let keys: BTreeSet<Bytes> = got
+                .iter()
+                .chain(want.iter())
+                .map(|r| r.key.clone())
+                .collect();
+            let mut diffs = Vec::new();
+            for k in keys {
+                let g = got.iter().find(|r| r.key == k);
+                let w = want.iter().find(|r| r.key == k);
+                if g != w && diffs.len() < 6 {
+                    let show = |r: Option<&handoff_state::RecordView>| {
+                        r.map(|r| {
+                            format!("seq {} {:?}", r.seq, SimCounter.decode_session(&r.bytes))
+                        })
+                        .unwrap_or_else(|| "absent".into())
+                    };
+                    diffs.push(format!("{k:?}: got {}, want {}", show(g), show(w)));
+                }
+            }
+            Err(format!(
+                "{} records, reference {}; first differences: {}",
+                got.len(),
+                want.len(),
+                diffs.join("; ")
+            ))
+        };
+
+        let mut state_violation = None;
+        let mut late: Vec<(&'static str, String)> = Vec::new();
+        if !crashed {
+            self.checked.push("every_answered");
+            exactly_once(&|_| true, &mut found);
+            self.checked.push("answer_content");
+            let mut wrong = Vec::new();
+            for (seq, got) in &self.answers {
+                if let (Some(w), Some((_, g))) = (expected.get(seq), got.first()) {
+                    if w != g && wrong.len() < 10 {
+                        wrong.push(format!("seq {seq}: got {g:?}, reference {w:?}"));
+                    }
+                }
+            }
+            if !wrong.is_empty() {
+                late.push(("answer_content", wrong.join("; ")));
+            }
+            let owner = match phase {
+                Phase::Done => Some(B),
+                Phase::Aborted => Some(A),
+                _ => None,
+            };
+            if let Some(owner) = owner {
+                // Sessions that an abort could not bring back are excluded (and reported).
+                let except: BTreeSet<Bytes> = if m.figures.lost_on_abort > 0 {
+                    self.log
+                        .iter()
+                        .filter(|a| a.auth == B && a.kind != SignalKind::Tick)
+                        .map(|a| a.key.clone())
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                };
+                self.checked.push("final_state");
+                if let Err(e) = ok_state(&self.nodes[owner], &except) {
+                    state_violation = Some(("final_state", format!("{}: {e}", node_name(owner))));
+                }
+                self.checked.push("other_side_dropped");
+                if self.nodes[1 - owner].inst.is_some() {
+                    late.push((
+                        "other_side_dropped",
+                        format!("{} still hosts the instance", node_name(1 - owner)),
+                    ));
+                }
+                self.checked.push("route_settled");
+                let st = &self.steer;
+                if st.route.phase() != "serving" || st.source != owner || st.dest.is_some() {
+                    let d = format!(
+                        "route {} from {} (destination {:?})",
+                        st.route.phase(),
+                        node_name(st.source),
+                        st.dest
+                    );
+                    late.push(("route_settled", d));
+                }
+            }
+        } else if self.sc.control_loss == 0.0 {
+            // One data node crashed: what the survivor answered is still exactly once; its
+            // state is exact where the crash cannot have touched it.
+            let survivor = if dest_crash { A } else { B };
+            if dest_crash || phase == Phase::Done {
+                self.checked.push("survivor_answers");
+                exactly_once(&|a| a.auth == survivor, &mut found);
+            }
+            if dest_crash && phase == Phase::Aborted {
+                let except: BTreeSet<Bytes> = self
+                    .log
+                    .iter()
+                    .filter(|a| a.auth == B && a.kind != SignalKind::Tick)
+                    .map(|a| a.key.clone())
+                    .collect();
+                self.checked.push("source_state_except_created");
+                if let Err(e) = ok_state(&self.nodes[A], &except) {
+                    state_violation = Some(("source_state_except_created", e));
+                }
+            }
+            if source_crash && phase == Phase::Done {
+                self.checked.push("destination_state");
+                if let Err(e) = ok_state(&self.nodes[B], &BTreeSet::new()) {
+                    state_violation = Some(("destination_state", e));
+                }
+            }
+        }
+        let n_signals = signals.len() as u64;
+        if !found.is_empty() {
+            let inv = if crashed {
+                "survivor_answers"
+            } else {
+                "every_answered"
+            };
+            self.violation(inv, found.join("; "));
+        }
+        if let Some((inv, d)) = state_violation {
+            self.violation(inv, d);
+        }
+        for (inv, d) in late {
+            self.violation(inv, d);
+        }
+
+        let tail = if self.sc.verbose {
+            self.trace.len()
+        } else {
+            TRACE_TAIL
+        };
+        let trace_tail = self
+            .trace
+            .iter()
+            .skip(self.trace.len().saturating_sub(tail))
+            .cloned()
+            .collect();
+        SimReport {
+            signals: n_signals,
+            ticks: self.ticks,
+            shed: self.shed,
+            answers,
+            unanswered,
+            client_timeouts: self.client_timeouts,
+            control_lost: self.control_lost,
+            phase,
+            phases: self.phases,
+            reason: m.reason.clone(),
+            cut_over: m.figures.cutover_seq > 0,
+            failed_allowed,
+            controller_crashes: self.controller_crashes,
+            destination_crashed: self.destination_crashed,
+            source_crashed: self.source_crashed,
+            operator_abort: self.operator_abort,
+            created_during_move: m.figures.created_during_move,
+            lost_on_abort: m.figures.lost_on_abort,
+            checked: self.checked,
+            violations: self.violations,
+            events: self.events,
+            end_us: self.now,
+            trace_tail,
+            scenario: self.sc,
+        }
+    }
+}
+
+fn task_stage(node: &mut Node, id: u64, stage: CopyStage) {
+    if let Some(t) = node.copies.get_mut(&id) {
+        t.stage = stage;
+    }
+}
