@@ -859,6 +859,7 @@ struct Steer {
     sent_source: u64,
     sent_dest: u64,
     flip: Option<(u64, u64)>,
+    finished: bool,
     pending: Option<PendingBegin>,
 }
 
@@ -1001,6 +1002,7 @@ impl Sim {
                 sent_source: 0,
                 sent_dest: 0,
                 flip: None,
+                finished: false,
                 pending: None,
             },
             nodes: [node(Some(source)), node(None)],
@@ -1420,6 +1422,7 @@ impl Sim {
                 } else {
                     st.dest = Some(B);
                     st.flip = None;
+                    st.finished = false;
                     st.pending = Some(PendingBegin {
                         abort_safe,
                         since: self.now,
@@ -1452,6 +1455,8 @@ impl Sim {
                     .map_err(Failure::Refused)
                 }
             }
+            // As service.rs: a repeated finish (lost answer) is answered, not refused.
+            Action::FinishMove if st.finished && st.route.phase() == "serving" => Ok(Outcome::Done),
             Action::FinishMove => match st.route.finish() {
                 Ok(()) => {
                     if let Some(d) = st.dest.take() {
@@ -1459,6 +1464,7 @@ impl Sim {
                     }
                     st.sent_source = st.sent_dest;
                     st.flip = None;
+                    st.finished = true;
                     Ok(Outcome::Done)
                 }
                 Err(e) => refused(e.to_string()),
@@ -1898,7 +1904,7 @@ impl Sim {
                             let logged = task.log.as_ref().and_then(|l| l.seq_of(&key));
                             let seq = match logged {
                                 Some(s) => s,
-                                None if subset => inst.stats().last_seq,
+                                None if subset => 0,
                                 None => {
                                     self.copy_fail(
                                         n,

@@ -13,69 +13,24 @@ use std::collections::BTreeMap;
 /// Seeds the sweep runs (round-robin over the classes: 60 each).
 const SWEEP: u64 = 480;
 
-/// Bugs this simulation found outside the controller crate, still open (see the regression
-/// tests `open_bug_*` below, which fail until they are fixed).
-const OPEN_BUGS: &[(&str, &str)] = &[
-    (
-        "B",
-        "FinishShadow is not repeatable: a destination that already left shadow mode refuses it \
-         (\"instance is serving, expected shadow\"), so a lost reply or a controller restart \
-         after it makes the move fail past the cutover (crates/node admin FinishShadow / \
-         Hosted::finish_shadow)",
-    ),
-    (
-        "C",
-        "FinishMove is not repeatable: the steer refuses a second one (\"route is serving, \
-         expected cut over\") instead of answering it again as it does for a repeated flip, so a \
-         lost reply makes the move fail past the cutover (crates/steer/src/service.rs Finish)",
-    ),
-    (
-        "D",
-        "a session handed over to the destination stays in the source's `frozen` set when an \
-         abort brings it back (Instance::import_record / remove_session leave it there, and \
-         set_deletion_log(None) is ignored by a source that is a shadow): its timer never fires \
-         again (crates/function/src/runtime.rs)",
-    ),
-    (
-        "F",
-        "an abort before the copy (AbortPrime) sends the destination a tombstone with the \
-         source's last applied seq for a session the source does not hold; the destination \
-         then discards the creates it buffered for it: the create is never answered and the \
-         session is lost (crates/node/src/copy.rs, `None if subset => last_seq`)",
-    ),
-    (
-        "G",
-        "a source that already expects the returning sessions (ExpectSessions made it a shadow) \
-         ignores a hand-over marker still in flight (Hosted::hand_over is a no-op on a shadow): \
-         the old session is not frozen, a tick changes it, and the AbortPrime record carries a \
-         seq above the create the destination buffered, which is discarded \
-         (crates/function/src/runtime.rs)",
-    ),
-    (
-        "I",
-        "a controller restarted during AbortCopyBack re-sends the copy while the first one still \
+/// Bugs this simulation found that are still open (the regression test `open_bug_*` below
+/// fails until it is fixed). Fixed since, each kept as a regression test `fixed_*`: B (a
+/// repeated FinishShadow is answered), C (a repeated FinishMove is answered), D (a session
+/// coming back is unfrozen), F (a subset copy's tombstone for a session never held carries seq
+/// 0), G (a hand-over marker reaching a source that expects the session freezes it).
+const OPEN_BUGS: &[(&str, &str)] = &[(
+    "I",
+    "a controller restarted during AbortCopyBack re-sends the copy while the first one still \
          streams; the source refuses the second manifest (some records already arrived), the \
          machine counts the sessions as lost and FinishShadow{force} abandons them while their \
          records are in flight: signals buffered for them are answered on an absent session \
          (seed 9187 under controller-crash once B-G are fixed; a repeated copy-back should be \
          accepted, or the machine should wait for the source's awaited records before forcing)",
-    ),
-];
+)];
 
 /// Sweep seeds that fail on open bugs: (seed, the bugs that must all be fixed for it to pass).
-/// Attributed by rerunning the sweep with each bug fixed but one (experimental patches, not
-/// committed); with all five fixed the sweep is clean.
-#[rustfmt::skip]
-const KNOWN_OPEN: &[(u64, &str)] = &[
-    (7, "C"), (19, "D"), (58, "B"), (66, "B"), (74, "C"), (83, "D"),
-    (90, "C"), (99, "DF"), (114, "C"), (122, "D"), (130, "DF"), (162, "B"),
-    (163, "D"), (171, "D"), (175, "DF"), (186, "DF"), (187, "F"), (202, "D"),
-    (218, "DF"), (223, "D"), (226, "D"), (227, "D"), (250, "F"), (255, "B"),
-    (266, "B"), (267, "D"), (283, "D"), (290, "D"), (311, "D"), (315, "B"),
-    (339, "F"), (343, "F"), (359, "BC"), (386, "C"), (387, "D"), (394, "BC"),
-    (411, "D"), (418, "B"), (434, "B"), (435, "B"), (463, "C"), (466, "C"),
-    (467, "BC"), (474, "D"), (475, "D"),
-];
+/// Empty since B–G were fixed (it listed 45 seeds before).
+const KNOWN_OPEN: &[(u64, &str)] = &[];
 
 fn check(r: &SimReport) {
     if let Err(e) = r.result() {
@@ -339,35 +294,30 @@ fn mixed_faults_keep_every_invariant() {
     assert!(r.phase.is_terminal(), "{r}");
 }
 
-// --- open bugs: each fails until its bug is fixed ---------------------------------------------
+// --- bugs the simulation found: fixed ones as regressions, open ones ignored ---------------------------------------------
 
 #[test]
-#[ignore = "open bug B (see OPEN_BUGS)"]
-fn open_bug_b_a_lost_finish_shadow_reply_fails_the_move() {
+fn fixed_b_a_lost_finish_shadow_reply_fails_the_move() {
     check(&run(58, FaultClass::ControlLoss));
 }
 
 #[test]
-#[ignore = "open bug C (see OPEN_BUGS)"]
-fn open_bug_c_a_lost_finish_move_reply_fails_the_move() {
+fn fixed_c_a_lost_finish_move_reply_fails_the_move() {
     check(&run(74, FaultClass::ControlLoss));
 }
 
 #[test]
-#[ignore = "open bug D (see OPEN_BUGS)"]
-fn open_bug_d_a_returned_session_stays_frozen() {
+fn fixed_d_a_returned_session_stays_frozen() {
     check(&run(19, FaultClass::ControllerCrash));
 }
 
 #[test]
-#[ignore = "open bug F (see OPEN_BUGS)"]
-fn open_bug_f_abort_prime_tombstone_discards_buffered_creates() {
+fn fixed_f_abort_prime_tombstone_discards_buffered_creates() {
     check(&run(130, FaultClass::ControlLoss));
 }
 
 #[test]
-#[ignore = "open bug G (see OPEN_BUGS)"]
-fn open_bug_g_a_hand_over_marker_reaching_an_expecting_source_is_ignored() {
+fn fixed_g_a_hand_over_marker_reaching_an_expecting_source_is_ignored() {
     check(&run(1374, FaultClass::OperatorAbort));
 }
 
@@ -375,20 +325,6 @@ fn open_bug_g_a_hand_over_marker_reaching_an_expecting_source_is_ignored() {
 #[ignore = "open bug I (see OPEN_BUGS)"]
 fn open_bug_i_a_restarted_copy_back_abandons_sessions_still_in_flight() {
     check(&run(9187, FaultClass::ControllerCrash));
-}
-
-#[test]
-#[ignore = "open bugs (see OPEN_BUGS)"]
-fn open_bugs_known_sweep_seeds() {
-    let still: Vec<_> = KNOWN_OPEN
-        .iter()
-        .filter(|(seed, _)| {
-            !run(*seed, FaultClass::for_seed(*seed))
-                .violations
-                .is_empty()
-        })
-        .collect();
-    assert!(still.is_empty(), "still failing: {still:?}");
 }
 
 // --- tools --------------------------------------------------------------------------------------

@@ -332,6 +332,8 @@ impl<F: Function> Instance<F> {
         bytes: Bytes,
     ) -> Result<(), crate::BadRecord> {
         let session = self.function.decode_session(&bytes)?;
+        // The session comes back (an aborted move): it is live here again.
+        self.frozen.remove(&key);
         let deadline = self.function.deadline_us(&session).unwrap_or(u64::MAX);
         let old = self.table.insert_record(
             key.clone(),
@@ -348,6 +350,7 @@ impl<F: Function> Instance<F> {
 
     /// Removes a session (a tombstone from a copy), disarming its timer.
     pub fn remove_session(&mut self, key: &SessionKey) {
+        self.frozen.remove(key);
         if let Some(old) = self.table.remove(key) {
             self.rearm(key, Some(old.deadline_us), None);
         }
@@ -650,8 +653,11 @@ impl<F: Function> Hosted for Hosting<F> {
         matches!(self, Self::Shadow(s) if !s.manifest_known())
     }
     fn hand_over(&mut self, key: &SessionKey, seq: u64) {
-        if let Self::Serving(i) = self {
-            i.hand_over(key, seq);
+        match self {
+            Self::Serving(i) => i.hand_over(key, seq),
+            // A late marker reaching a source that already expects the session back: its
+            // old copy must stay as it was until the record arrives.
+            Self::Shadow(s) => s.hand_over(key, seq),
         }
     }
     fn on_record(
@@ -683,10 +689,8 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn finish_shadow(&mut self) -> Result<(), MoveStepError> {
         let Self::Shadow(s) = self else {
-            return Err(MoveStepError::WrongPhase {
-                expected: "shadow",
-                actual: "serving",
-            });
+            // Already serving: a repeated finish (its first answer was lost) is done.
+            return Ok(());
         };
         if !s.is_settled() {
             let st = s.stats();

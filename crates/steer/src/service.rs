@@ -468,6 +468,8 @@ struct Sent {
     /// The current move's route flip (cutover or abort commit), repeated to a controller
     /// that asks again because it lost the first answer.
     flip: Option<Boundary>,
+    /// The last move finished (a repeated finish is answered, not refused).
+    finished: bool,
 }
 
 /// Where the service's links point.
@@ -562,6 +564,7 @@ impl State<'_> {
                 *self.dest = Some(spawn_link(destination));
                 self.addrs.dest = Some(destination);
                 self.sent.flip = None;
+                self.sent.finished = false;
                 *self.pending = Some(PendingBegin {
                     abort_safe,
                     since: tokio::time::Instant::now(),
@@ -589,6 +592,10 @@ impl State<'_> {
                 let _ = done.send(r);
             }
             MoveCommand::Finish { done } => {
+                if self.sent.finished && self.route.phase() == "serving" && self.dest.is_none() {
+                    let _ = done.send(Ok(()));
+                    return;
+                }
                 let r = self.route.finish().map_err(|e| e.to_string());
                 if r.is_ok() {
                     if let Some(d) = self.dest.take() {
@@ -601,6 +608,7 @@ impl State<'_> {
                     }
                     self.sent.source = self.sent.dest;
                     self.sent.flip = None;
+                    self.sent.finished = true;
                 }
                 let _ = done.send(r);
             }

@@ -145,6 +145,16 @@ impl<F: Function> Shadow<F> {
         }
     }
 
+    /// A hand-over marker (see [`Instance::hand_over`]): freezes the old copy of a session
+    /// whose record is still awaited; the seq counts as applied either way.
+    pub fn hand_over(&mut self, key: &SessionKey, seq: u64) {
+        if self.awaiting.contains(key) {
+            self.instance.hand_over(key, seq);
+        } else {
+            self.instance.advance_seq(seq);
+        }
+    }
+
     /// Whether the record of `key` is still awaited.
     pub fn awaits(&self, key: &[u8]) -> bool {
         self.awaiting.contains(key)
