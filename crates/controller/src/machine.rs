@@ -343,6 +343,9 @@ pub struct MoveMachine {
     /// The first seq an abort's route flip sent to the source alone (0: none).
     #[serde(default)]
     pub abort_boundary: u64,
+    /// AbortReturn: the source awaits no more returning records (or waiting gave up).
+    #[serde(default)]
+    pub source_settled: bool,
     /// Figures.
     pub figures: MoveFigures,
     /// When the current phase began (driver's clock, ms).
@@ -375,6 +378,7 @@ impl MoveMachine {
             copied: false,
             source_drained: false,
             abort_boundary: 0,
+            source_settled: false,
             figures: MoveFigures::default(),
             phase_started_ms: now_ms,
         })
@@ -432,6 +436,8 @@ impl MoveMachine {
             },
             Phase::AbortReturn if !self.source_drained && self.polls % 2 == 1 => poll,
             Phase::AbortReturn if !self.source_drained => Action::AppliedSeq { at: Side::Source },
+            Phase::AbortReturn if !self.source_settled && self.polls % 2 == 1 => poll,
+            Phase::AbortReturn if !self.source_settled => Action::ShadowStats { at: Side::Source },
             Phase::AbortReturn => Action::FinishShadow {
                 at: Side::Source,
                 force: true,
@@ -641,6 +647,20 @@ impl MoveMachine {
                 }
             }
             (Phase::AbortReturn, Outcome::Done) if !self.source_drained => self.polls += 1,
+            // Records of the returning sessions may still be streaming (a copy back repeated
+            // after a restart is refused while the first one runs): wait for them before giving
+            // up on any. Whatever is still awaited then is lost.
+            (Phase::AbortReturn, Outcome::Shadow(s)) if !self.source_settled => {
+                let awaiting = s.map_or(0, |s| s.awaiting);
+                if awaiting == 0 || self.polls + 1 >= MAX_POLLS {
+                    self.figures.lost_on_abort = awaiting;
+                    self.source_settled = true;
+                    self.polls = 0;
+                } else {
+                    self.polls += 1;
+                }
+            }
+            (Phase::AbortReturn, Outcome::Done) if !self.source_settled => self.polls += 1,
             (Phase::AbortReturn, _) => self.enter(Phase::AbortDrop, now_ms),
             (Phase::AbortDrop, _) => self.enter(Phase::Aborted, now_ms),
             (p, o) => self.fail(format!("unexpected answer {o:?} in phase {p:?}"), now_ms),
@@ -735,12 +755,18 @@ impl MoveMachine {
             // send back what it has.
             Phase::AbortPrime => self.enter(Phase::AbortSettle, now_ms),
             Phase::AbortSettle => self.enter(Phase::AbortCopyBack, now_ms),
-            Phase::AbortCopyBack => {
-                self.figures.lost_on_abort = self.created.len() as u64;
-                self.enter(Phase::AbortReturn, now_ms)
-            }
+            // The copy back failed or was refused (a first one may still stream): the source's
+            // awaited count, read in AbortReturn, says what is lost.
+            Phase::AbortCopyBack => self.enter(Phase::AbortReturn, now_ms),
             Phase::AbortReturn if !self.source_drained => {
                 self.source_drained = true;
+                self.polls = 0;
+                self.attempts = 0;
+            }
+            Phase::AbortReturn if !self.source_settled => {
+                // The source cannot be asked: nothing more will arrive there either.
+                self.figures.lost_on_abort = self.created.len() as u64;
+                self.source_settled = true;
                 self.polls = 0;
                 self.attempts = 0;
             }

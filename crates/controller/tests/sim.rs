@@ -17,16 +17,9 @@ const SWEEP: u64 = 480;
 /// fails until it is fixed). Fixed since, each kept as a regression test `fixed_*`: B (a
 /// repeated FinishShadow is answered), C (a repeated FinishMove is answered), D (a session
 /// coming back is unfrozen), F (a subset copy's tombstone for a session never held carries seq
-/// 0), G (a hand-over marker reaching a source that expects the session freezes it).
-const OPEN_BUGS: &[(&str, &str)] = &[(
-    "I",
-    "a controller restarted during AbortCopyBack re-sends the copy while the first one still \
-         streams; the source refuses the second manifest (some records already arrived), the \
-         machine counts the sessions as lost and FinishShadow{force} abandons them while their \
-         records are in flight: signals buffered for them are answered on an absent session \
-         (seed 9187 under controller-crash once B-G are fixed; a repeated copy-back should be \
-         accepted, or the machine should wait for the source's awaited records before forcing)",
-)];
+/// 0), G (a hand-over marker reaching a source that expects the session freezes it), I (an
+/// abort waits for returning records still streaming before giving up on any).
+const OPEN_BUGS: &[(&str, &str)] = &[];
 
 /// Sweep seeds that fail on open bugs: (seed, the bugs that must all be fixed for it to pass).
 /// Empty since B–G were fixed (it listed 45 seeds before).
@@ -322,8 +315,7 @@ fn fixed_g_a_hand_over_marker_reaching_an_expecting_source_is_ignored() {
 }
 
 #[test]
-#[ignore = "open bug I (see OPEN_BUGS)"]
-fn open_bug_i_a_restarted_copy_back_abandons_sessions_still_in_flight() {
+fn fixed_i_a_restarted_copy_back_no_longer_abandons_sessions_still_in_flight() {
     check(&run(9187, FaultClass::ControllerCrash));
 }
 

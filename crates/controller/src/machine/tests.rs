@@ -171,6 +171,8 @@ fn an_abort_sends_the_created_sessions_back_before_dropping_the_destination() {
             },
             // Every seq below the abort's boundary (50) reached the source.
             Action::AppliedSeq { at: Side::Source },
+            // And every returning record arrived there.
+            Action::ShadowStats { at: Side::Source },
             Action::FinishShadow {
                 at: Side::Source,
                 force: true
@@ -181,6 +183,41 @@ fn an_abort_sends_the_created_sessions_back_before_dropping_the_destination() {
         ]
     );
     assert_eq!(m.figures.created_during_move, 2);
+    assert_eq!(m.figures.lost_on_abort, 0);
+}
+
+#[test]
+fn a_refused_copy_back_waits_for_the_records_already_streaming_before_giving_up() {
+    let created = vec![Bytes::from_static(b"k1"), Bytes::from_static(b"k2")];
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let mut awaiting = 2u64;
+    let mut now = 0;
+    while let Some(a) = m.action() {
+        m.start_action();
+        if m.phase == Phase::Verify {
+            m.request_abort("operator");
+        }
+        let r = match &a {
+            // A first copy back still streams: the repeated one is refused.
+            Action::Copy {
+                from: Side::Destination,
+                ..
+            } => Err(Failure::Refused("manifest after the copy began".into())),
+            Action::ShadowStats { at: Side::Source } => {
+                let view = ShadowView {
+                    awaiting,
+                    ..ShadowView::default()
+                };
+                awaiting = awaiting.saturating_sub(1);
+                Ok(Outcome::Shadow(Some(view)))
+            }
+            _ => Ok(healthy(&a, &created)),
+        };
+        now += 1;
+        m.complete(r, now);
+    }
+    assert_eq!(m.phase, Phase::Aborted, "{m:?}");
+    assert_eq!(awaiting, 0, "polled until the records arrived");
     assert_eq!(m.figures.lost_on_abort, 0);
 }
 
