@@ -246,6 +246,9 @@ impl Controller {
                     tracing::error!(error = %e, "cannot record the placement");
                 }
             }
+            drop(store);
+            // Ended moves are read from the store; the running table stays bounded.
+            this.running.lock().remove(&id);
             tracing::info!(id, instance = %done.spec.instance, phase = ?done.phase,
                 reason = ?done.reason, "move ended");
         });
@@ -339,10 +342,8 @@ impl Controller {
                 let stored = self
                     .store
                     .lock()
-                    .moves()
+                    .get_move(id)
                     .map_err(|e| bad(e.to_string()))?
-                    .into_iter()
-                    .find(|m| m.spec.id == id)
                     .ok_or_else(|| bad(format!("no move {id}")))?;
                 Ok(serde_json::json!({
                     "id": id,

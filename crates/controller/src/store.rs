@@ -59,6 +59,16 @@ impl Store {
         Ok(out)
     }
 
+    /// One move.
+    pub fn get_move(&self, id: u64) -> Result<Option<MoveMachine>, StoreError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(MOVES).map_err(err)?;
+        t.get(id)
+            .map_err(err)?
+            .map(|v| serde_json::from_slice(v.value()).map_err(err))
+            .transpose()
+    }
+
     /// The next free move id.
     pub fn next_move_id(&self) -> Result<u64, StoreError> {
         let r = self.db.begin_read().map_err(err)?;
@@ -119,6 +129,8 @@ mod tests {
         let moves = s.moves().unwrap();
         assert_eq!(moves.len(), 1);
         assert_eq!(moves[0].phase, Phase::Copy);
+        assert_eq!(s.get_move(7).unwrap().unwrap().phase, Phase::Copy);
+        assert!(s.get_move(8).unwrap().is_none());
         assert!(moves[0].in_flight);
         assert_eq!(s.next_move_id().unwrap(), 8);
         assert_eq!(s.placement("mme-1").unwrap().as_deref(), Some("node-b"));
