@@ -5,10 +5,8 @@ use handoff_function::SignalKind;
 use handoff_node::client::{AdminClient, ClientError};
 use handoff_node::AdminRequest;
 use handoff_vmme::{Header, Signal, SignalBody};
-use handoff_wire::{Frame, FrameCodec, Role, SignalFrame, VERSION};
+use handoff_wire::{Frame, SignalFrame};
 use std::net::SocketAddr;
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 async fn node(name: &str) -> SocketAddr {
     handoff_testkit::must_start_node(name, true).await.1
@@ -40,22 +38,7 @@ fn attach() -> SignalBody {
 
 /// Attaches `n` UEs on the node, then detaches every tenth; waits for every answer.
 async fn populate(addr: SocketAddr, n: u64) {
-    let mut f = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec);
-    f.send(Frame::Hello {
-        role: Role::Steer,
-        name: "t".into(),
-        min_version: VERSION,
-        max_version: VERSION,
-        token: String::new(),
-    })
-    .await
-    .unwrap();
-    f.send(Frame::Bind {
-        route: 1,
-        instance: "mme-1".into(),
-    })
-    .await
-    .unwrap();
+    let mut f = handoff_testkit::must_connect_as_steer(addr, "mme-1").await;
     let mut seq = 0;
     let mut sent = 0;
     for i in 0..n {

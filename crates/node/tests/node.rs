@@ -16,22 +16,7 @@ async fn node() -> (Arc<Node>, SocketAddr) {
 }
 
 async fn steer_conn(addr: SocketAddr, instance: &str) -> (Framed<TcpStream, FrameCodec>, Frame) {
-    let mut f = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec);
-    f.send(Frame::Hello {
-        role: Role::Steer,
-        name: "t".into(),
-        min_version: VERSION,
-        max_version: VERSION,
-        token: String::new(),
-    })
-    .await
-    .unwrap();
-    f.send(Frame::Bind {
-        route: 1,
-        instance: instance.into(),
-    })
-    .await
-    .unwrap();
+    let mut f = handoff_testkit::must_connect_as_steer(addr, instance).await;
     assert!(matches!(
         f.next().await.unwrap().unwrap(),
         Frame::HelloAck { .. }

@@ -7,7 +7,7 @@ use handoff_node::client::AdminClient;
 use handoff_node::push::PushReport;
 use handoff_node::AdminRequest;
 use handoff_vmme::{Header, Signal, SignalBody};
-use handoff_wire::{Frame, FrameCodec, Role, SignalFrame, VERSION};
+use handoff_wire::{Frame, FrameCodec, SignalFrame};
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -22,22 +22,7 @@ struct Feeder {
 
 impl Feeder {
     async fn connect(addr: SocketAddr) -> Self {
-        let mut f = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec);
-        f.send(Frame::Hello {
-            role: Role::Steer,
-            name: "t".into(),
-            min_version: VERSION,
-            max_version: VERSION,
-            token: String::new(),
-        })
-        .await
-        .unwrap();
-        f.send(Frame::Bind {
-            route: 1,
-            instance: "mme-1".into(),
-        })
-        .await
-        .unwrap();
+        let f = handoff_testkit::must_connect_as_steer(addr, "mme-1").await;
         Self { f, seq: 0 }
     }
 

@@ -90,3 +90,33 @@ pub fn attach_body() -> SignalBody {
         pdn_type: PdnType::Ipv4,
     }
 }
+
+/// Opens a connection to a node as a steer would: hello (no token), then a bind of route 1 to
+/// `instance`. The node's `HelloAck` and `Bound` (or `Error`) are left for the caller to read.
+pub async fn must_connect_as_steer(
+    addr: SocketAddr,
+    instance: &str,
+) -> tokio_util::codec::Framed<tokio::net::TcpStream, handoff_wire::FrameCodec> {
+    use futures::SinkExt;
+    use handoff_wire::{Frame, Role, VERSION};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the node");
+    let mut f = tokio_util::codec::Framed::new(stream, handoff_wire::FrameCodec);
+    f.send(Frame::Hello {
+        role: Role::Steer,
+        name: "test-steer".into(),
+        min_version: VERSION,
+        max_version: VERSION,
+        token: String::new(),
+    })
+    .await
+    .expect("send hello");
+    f.send(Frame::Bind {
+        route: 1,
+        instance: instance.into(),
+    })
+    .await
+    .expect("send bind");
+    f
+}
