@@ -74,6 +74,16 @@ pub struct SteerStatsSnapshot {
 }
 
 impl SteerStats {
+    /// Counts a signal (or tick) stamped `seq`.
+    fn stamped(&self, seq: u64, kind: SignalKind) {
+        self.last_seq.store(seq, Relaxed);
+        if kind == SignalKind::Tick {
+            self.ticks.fetch_add(1, Relaxed);
+        } else {
+            self.admitted.fetch_add(1, Relaxed);
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> SteerStatsSnapshot {
         SteerStatsSnapshot {
@@ -97,6 +107,26 @@ fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The frame for a signal stamped `seq` now (flags are set per copy when it is sent).
+fn stamped(
+    seq: u64,
+    kind: SignalKind,
+    client: SocketAddr,
+    key: Bytes,
+    payload: Bytes,
+) -> SignalFrame {
+    SignalFrame {
+        route: crate::link::ROUTE,
+        seq,
+        now_us: now_us(),
+        kind: kind as u8,
+        flags: 0,
+        client,
+        key,
+        payload,
+    }
 }
 
 /// A move command for one service, answered once the service loop has carried it out.
@@ -351,22 +381,8 @@ pub(crate) async fn run(
                 continue;
             }
             seq = next;
-            h.queue.push_back(SignalFrame {
-                route: crate::link::ROUTE,
-                seq,
-                now_us: now_us(),
-                kind: kind as u8,
-                flags: 0,
-                client,
-                key,
-                payload,
-            });
-            stats.last_seq.store(seq, Relaxed);
-            if kind == SignalKind::Tick {
-                stats.ticks.fetch_add(1, Relaxed);
-            } else {
-                stats.admitted.fetch_add(1, Relaxed);
-            }
+            h.queue.push_back(stamped(seq, kind, client, key, payload));
+            stats.stamped(seq, kind);
             continue;
         }
         let delivery = route.preview(next, kind, &key);
@@ -415,16 +431,7 @@ pub(crate) async fn run(
             continue;
         }
         seq = next;
-        let frame = SignalFrame {
-            route: crate::link::ROUTE,
-            seq,
-            now_us: now_us(),
-            kind: kind as u8,
-            flags: 0,
-            client,
-            key,
-            payload,
-        };
+        let frame = stamped(seq, kind, client, key, payload);
         match (src_permit, dst_permit) {
             (Some(s), Some(d)) if delivery == Delivery::HandOver => {
                 s.send(SignalFrame {
@@ -451,12 +458,7 @@ pub(crate) async fn run(
         if to_dest {
             sent.dest = seq;
         }
-        stats.last_seq.store(seq, Relaxed);
-        if kind == SignalKind::Tick {
-            stats.ticks.fetch_add(1, Relaxed);
-        } else {
-            stats.admitted.fetch_add(1, Relaxed);
-        }
+        stats.stamped(seq, kind);
     }
 }
 
