@@ -279,21 +279,7 @@ async fn a_source_node_can_drive_the_move_itself_with_no_controller() {
     ));
     tokio::time::sleep(Duration::from_millis(900)).await;
     let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
-    let report = admin_a
-        .request(&handoff_node::AdminRequest::Migrate(
-            handoff_node::MigrateRequest {
-                instance: "mme-1".into(),
-                function: String::new(),
-                destination: c.b,
-                steer: c._steer.control_addr().unwrap(),
-                order: handoff_state::CopyOrder::HotFirst,
-                plan: handoff_state::CopyPlan::default(),
-                abort_safe: false,
-                lead_ms: 0,
-            },
-        ))
-        .await
-        .unwrap();
+    let report = admin_a.request(&source_driven(&c, c.b)).await.unwrap();
     assert_eq!(report["phase"], "done", "{report}");
     assert_eq!(report["figures"]["copy"]["digest_match"], true, "{report}");
     // No controller took part.
@@ -321,20 +307,20 @@ async fn a_source_node_can_drive_the_move_itself_with_no_controller() {
     );
     // A node without a driver refuses clearly.
     let mut admin_b2 = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
-    let e = admin_b2
-        .request(&handoff_node::AdminRequest::Migrate(
-            handoff_node::MigrateRequest {
-                instance: "mme-1".into(),
-                function: String::new(),
-                destination: c.a,
-                steer: c._steer.control_addr().unwrap(),
-                order: handoff_state::CopyOrder::HotFirst,
-                plan: handoff_state::CopyPlan::default(),
-                abort_safe: false,
-                lead_ms: 0,
-            },
-        ))
-        .await
-        .unwrap_err();
+    let e = admin_b2.request(&source_driven(&c, c.a)).await.unwrap_err();
     assert!(e.to_string().contains("cannot drive moves"), "{e}");
+}
+
+/// A source-driven move of `mme-1` to `destination`, as asked of a node.
+fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::AdminRequest {
+    handoff_node::AdminRequest::Migrate(handoff_node::MigrateRequest {
+        instance: "mme-1".into(),
+        function: String::new(),
+        destination,
+        steer: c._steer.control_addr().unwrap(),
+        order: handoff_state::CopyOrder::HotFirst,
+        plan: handoff_state::CopyPlan::default(),
+        abort_safe: false,
+        lead_ms: 0,
+    })
 }
