@@ -525,6 +525,12 @@ pub trait Hosted: Send {
     fn awaits_manifest(&self) -> bool;
     /// See [`Instance::hand_over`] (a move's source; ignored by a shadow).
     fn hand_over(&mut self, key: &SessionKey, seq: u64);
+    /// A create routed to this copy alone touches `key` (see [`shadow::Shadow::claim`]);
+    /// nothing outside shadow mode.
+    fn claim(&mut self, key: &SessionKey);
+    /// Drops the copied state of `keys` to take their records again (see
+    /// [`shadow::Shadow::reawait`]); only in shadow mode.
+    fn reawait(&mut self, keys: &[SessionKey]) -> Result<shadow::Reawaited, MoveStepError>;
     /// Takes one copied record (`None`: a tombstone).
     fn on_record(
         &mut self,
@@ -658,6 +664,20 @@ impl<F: Function> Hosted for Hosting<F> {
             // A late marker reaching a source that already expects the session back: its
             // old copy must stay as it was until the record arrives.
             Self::Shadow(s) => s.hand_over(key, seq),
+        }
+    }
+    fn claim(&mut self, key: &SessionKey) {
+        if let Self::Shadow(s) = self {
+            s.claim(key);
+        }
+    }
+    fn reawait(&mut self, keys: &[SessionKey]) -> Result<shadow::Reawaited, MoveStepError> {
+        match self {
+            Self::Shadow(s) => Ok(s.reawait(keys)?),
+            Self::Serving(_) => Err(MoveStepError::WrongPhase {
+                expected: "shadow",
+                actual: "serving",
+            }),
         }
     }
     fn on_record(

@@ -56,6 +56,26 @@ pub enum ShadowError {
     /// A record from the source does not decode.
     #[error("record for a session does not decode: {0}")]
     BadRecord(String),
+    /// More sessions were claimed by creates routed here than the shadow can remember, so it
+    /// can no longer tell which sessions a re-sent record may replace.
+    #[error("more than {0} sessions created here during the move")]
+    ClaimsFull(usize),
+    /// A re-send was asked of a shadow that has no manifest yet.
+    #[error("a re-send needs the manifest first")]
+    NoManifest,
+}
+
+/// What [`Shadow::reawait`] did: the sessions it will not take again and the seq it stood at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reawaited {
+    /// Keys asked for that a create routed here has claimed since: their state is this copy's
+    /// own, so the source must not re-send them.
+    pub excluded: Vec<SessionKey>,
+    /// The last seq applied when the keys were dropped: the source must have applied it
+    /// before it reads the records it re-sends.
+    pub at_seq: u64,
+    /// Keys now awaited again.
+    pub awaited: usize,
 }
 
 /// What happened to one copied record.
@@ -92,6 +112,8 @@ pub struct ShadowStats {
     pub skipped: u64,
     /// Manifest keys whose record has not arrived.
     pub awaiting: usize,
+    /// Sessions dropped to be re-sent after a digest mismatch (DESIGN.md "Verify").
+    pub reawaited: u64,
 }
 
 struct Buffered<P> {
@@ -113,6 +135,10 @@ pub struct Shadow<F: Function> {
     awaiting: HashSet<SessionKey>,
     buffers: HashMap<SessionKey, Vec<Buffered<F::Prepared>>>,
     ticks: Vec<Stamp>,
+    /// Sessions a create routed to this copy alone (not a shadow copy) has touched: this copy
+    /// is their owner, so a re-send must never replace them with the source's.
+    claimed: HashSet<SessionKey>,
+    claims_overflowed: bool,
     limits: ShadowLimits,
     stats: ShadowStats,
 }
@@ -140,6 +166,8 @@ impl<F: Function> Shadow<F> {
             awaiting: HashSet::new(),
             buffers: HashMap::new(),
             ticks: Vec::new(),
+            claimed: HashSet::new(),
+            claims_overflowed: false,
             limits,
             stats: ShadowStats::default(),
         }
@@ -153,6 +181,61 @@ impl<F: Function> Shadow<F> {
         } else {
             self.instance.advance_seq(seq);
         }
+    }
+
+    /// Notes that a create routed to this copy alone (the steer's hand-over) touches `key`:
+    /// from here on this copy owns the session, whatever the source streams. Call it before
+    /// applying the create.
+    pub fn claim(&mut self, key: &SessionKey) {
+        if self.claimed.contains(key) {
+            return;
+        }
+        if self.claimed.len() >= self.limits.max_buffered {
+            self.claims_overflowed = true;
+            return;
+        }
+        self.claimed.insert(key.clone());
+    }
+
+    /// Drops the copied state of `keys` and awaits their records again (a digest mismatch:
+    /// only the differing buckets are re-sent, DESIGN.md "Verify"). From here on their
+    /// signals are buffered and ticks logged, as before their first record; the source re-sends
+    /// each from a table that has applied at least [`Reawaited::at_seq`], so every signal this
+    /// copy applied to the dropped state is in the new record, and every later one is buffered
+    /// here and replayed on it. A tick at or below `at_seq` that the record does not include
+    /// left the source's session unchanged, so it would leave this one unchanged too (the
+    /// function is deterministic): only later ticks need logging.
+    ///
+    /// Keys a create routed here has claimed are excluded (this copy owns them now); keys
+    /// still awaited stay awaited.
+    pub fn reawait(&mut self, keys: &[SessionKey]) -> Result<Reawaited, ShadowError> {
+        if !self.manifest_known {
+            return Err(ShadowError::NoManifest);
+        }
+        if self.claims_overflowed {
+            return Err(ShadowError::ClaimsFull(self.limits.max_buffered));
+        }
+        if self.awaiting.is_empty() {
+            // No tick before this point is needed again (see above).
+            self.ticks.clear();
+        }
+        let mut done = Reawaited {
+            at_seq: self.instance.stats.last_seq,
+            ..Reawaited::default()
+        };
+        for key in keys {
+            if self.claimed.contains(key) {
+                done.excluded.push(key.clone());
+                continue;
+            }
+            if self.awaiting.insert(key.clone()) {
+                self.instance.remove_session(key);
+                self.stats.reawaited += 1;
+            }
+            done.awaited += 1;
+        }
+        self.stats.awaiting = self.awaiting.len();
+        Ok(done)
     }
 
     /// Whether the record of `key` is still awaited.

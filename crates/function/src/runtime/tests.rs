@@ -271,6 +271,35 @@ mod shadow {
     }
 
     fn run(before: &[Step], during: &[Step], order: u64) -> (Shadow<Counter>, Instance<Counter>) {
+        run_resend(before, during, order, None).0
+    }
+
+    /// A digest-mismatch round (DESIGN.md "Verify"): the first record streamed arrives
+    /// corrupted (a valid record of another value); once every first-round record has arrived
+    /// and at least `after` steps ran, the destination drops the keys whose first byte has
+    /// `mask`'s parity (and the corrupted one) and the source re-sends them once it has
+    /// applied the seq the destination stood at.
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Resend {
+        after: usize,
+        mask: u8,
+    }
+
+    /// What a resend round did: whether it ran, and whether the corrupted key was excluded
+    /// (claimed by a create routed to the destination, so its state is the destination's).
+    #[derive(Debug, Default)]
+    pub(super) struct ResendOutcome {
+        ran: bool,
+        corrupted_excluded: bool,
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_resend(
+        before: &[Step],
+        during: &[Step],
+        order: u64,
+        resend: Option<Resend>,
+    ) -> ((Shadow<Counter>, Instance<Counter>), ResendOutcome) {
         let mut reference = Instance::new(Arc::new(Counter));
         let mut source = Instance::new(Arc::new(Counter));
         let mut now = 0;
@@ -307,6 +336,9 @@ mod shadow {
         let mut created: HashSet<SessionKey> = HashSet::new();
         let mut tombstones: HashMap<SessionKey, u64> = HashMap::new();
         let mut out = Vec::new();
+        let manifest: Vec<SessionKey> = queue.iter().cloned().collect();
+        let corrupt = std::cell::Cell::new(resend.is_some());
+        let corrupted: std::cell::RefCell<Option<SessionKey>> = Default::default();
         let stream = |n: usize,
                       queue: &mut std::collections::VecDeque<SessionKey>,
                       source: &Instance<Counter>,
@@ -316,6 +348,16 @@ mod shadow {
                 let Some(key) = queue.pop_front() else { return };
                 let mut out = Vec::new();
                 match source.table.get(&key) {
+                    Some(r) if corrupt.get() => {
+                        corrupt.set(false);
+                        *corrupted.borrow_mut() = Some(key.clone());
+                        let mut bad = Vec::new();
+                        let (v, t) = Counter.decode_session(&r.bytes).unwrap();
+                        Counter.encode_session(&(v.wrapping_add(7), t), &mut bad);
+                        shadow
+                            .on_record(key, r.seq, Some(bad.into()), &mut out)
+                            .unwrap()
+                    }
                     Some(r) => shadow
                         .on_record(key, r.seq, Some(r.bytes), &mut out)
                         .unwrap(),
@@ -330,6 +372,7 @@ mod shadow {
         // (seq, now, op, key); op 0 = tick, op 255 = hand-over marker for a create routed to
         // the destination.
         let mut backlog: std::collections::VecDeque<(u64, u64, u8, u8)> = Default::default();
+        let source_applied = std::cell::Cell::new(seq);
         let catch_up = |n: usize,
                         backlog: &mut std::collections::VecDeque<(u64, u64, u8, u8)>,
                         source: &mut Instance<Counter>,
@@ -338,6 +381,7 @@ mod shadow {
                 let Some((seq, now, op, key)) = backlog.pop_front() else {
                     return;
                 };
+                source_applied.set(seq);
                 let present: Vec<SessionKey> =
                     source.table.dump().into_iter().map(|r| r.key).collect();
                 match op {
@@ -354,7 +398,43 @@ mod shadow {
                 }
             }
         };
-        for &(op, key, dt, copy, src) in during {
+        let mut outcome = ResendOutcome::default();
+        // The re-sent keys, and the seq the source must have applied before reading them.
+        let mut resend_queue: std::collections::VecDeque<SessionKey> = Default::default();
+        let mut resend_at = u64::MAX;
+        let round = |step: usize,
+                         queue: &std::collections::VecDeque<SessionKey>,
+                         corrupted: &Option<SessionKey>,
+                         shadow: &mut Shadow<Counter>,
+                         resend_queue: &mut std::collections::VecDeque<SessionKey>,
+                         resend_at: &mut u64,
+                         outcome: &mut ResendOutcome| {
+            let Some(r) = resend else { return };
+            if outcome.ran || step < r.after || !queue.is_empty() {
+                return;
+            }
+            outcome.ran = true;
+            let keys: Vec<SessionKey> = manifest
+                .iter()
+                .filter(|k| k[0] % 2 == r.mask % 2 || Some(*k) == corrupted.as_ref())
+                .cloned()
+                .collect();
+            let done = shadow.reawait(&keys).unwrap();
+            outcome.corrupted_excluded =
+                corrupted.as_ref().is_some_and(|c| done.excluded.contains(c));
+            resend_queue.extend(keys.into_iter().filter(|k| !done.excluded.contains(k)));
+            *resend_at = done.at_seq;
+        };
+        for (step, &(op, key, dt, copy, src)) in during.iter().enumerate() {
+            round(
+                step,
+                &queue,
+                &corrupted.borrow(),
+                &mut shadow,
+                &mut resend_queue,
+                &mut resend_at,
+                &mut outcome,
+            );
             now += dt;
             seq += 1;
             let stamp = Stamp { seq, now_us: now };
@@ -385,6 +465,9 @@ mod shadow {
                     backlog.push_back((seq, now, 255, key));
                 }
                 if to_dest {
+                    if !to_source && c.kind == SignalKind::Create {
+                        shadow.claim(&c.key);
+                    }
                     shadow
                         .on_signal(stamp, c.kind, &c.key, &d, &mut out)
                         .unwrap();
@@ -392,12 +475,26 @@ mod shadow {
             }
             catch_up(src, &mut backlog, &mut source, &mut tombstones);
             stream(copy, &mut queue, &source, &tombstones, &mut shadow);
+            if source_applied.get() >= resend_at {
+                stream(copy, &mut resend_queue, &source, &tombstones, &mut shadow);
+            }
         }
         let pending = backlog.len();
         catch_up(pending, &mut backlog, &mut source, &mut tombstones);
         let rest = queue.len();
         stream(rest, &mut queue, &source, &tombstones, &mut shadow);
-        (shadow, reference)
+        round(
+            usize::MAX,
+            &queue,
+            &corrupted.borrow(),
+            &mut shadow,
+            &mut resend_queue,
+            &mut resend_at,
+            &mut outcome,
+        );
+        let rest = resend_queue.len();
+        stream(rest, &mut resend_queue, &source, &tombstones, &mut shadow);
+        ((shadow, reference), outcome)
     }
 
     proptest! {
@@ -411,6 +508,48 @@ mod shadow {
             prop_assert_eq!(shadow.instance().table.dump(), reference.table.dump());
             prop_assert_eq!(shadow.stats().unexpected_records, 0);
         }
+
+        /// A digest mismatch repaired by re-sending only some keys: a corrupted record, then
+        /// the keys of some buckets dropped and re-sent while signals keep flowing, ends with
+        /// the reference's sessions all the same. Keys a create routed to the destination has
+        /// claimed are never replaced by the source's (the destination owns them).
+        #[test]
+        fn a_resend_round_repairs_a_corrupted_record(
+            before in steps(1..60),
+            during in steps(0..150),
+            order in any::<u64>(),
+            after in 0usize..150,
+            mask in any::<u8>(),
+        ) {
+            let ((shadow, reference), outcome) =
+                run_resend(&before, &during, order, Some(Resend { after, mask }));
+            prop_assert!(outcome.ran);
+            prop_assert!(shadow.is_settled(), "{:?}", shadow.stats());
+            prop_assert_eq!(shadow.stats().unexpected_records, 0);
+            if !outcome.corrupted_excluded {
+                prop_assert_eq!(shadow.instance().table.dump(), reference.table.dump());
+            }
+        }
+    }
+
+    #[test]
+    fn a_resend_round_after_the_copy_replaces_only_the_corrupted_record() {
+        // One session, corrupted in the first round; the round runs after the last signal and
+        // its mask covers no key but the corrupted one.
+        let before = [(1, 2, 0, 0, 0), (2, 2, 5, 0, 0)];
+        let during = [(2, 2, 5, 1, 1), (2, 2, 5, 0, 1)];
+        let ((shadow, reference), outcome) = run_resend(
+            &before,
+            &during,
+            0,
+            Some(Resend {
+                after: usize::MAX,
+                mask: 1,
+            }),
+        );
+        assert!(outcome.ran && !outcome.corrupted_excluded);
+        assert_eq!(shadow.instance().table.dump(), reference.table.dump());
+        assert_eq!(shadow.stats().reawaited, 1);
     }
 
     #[test]
