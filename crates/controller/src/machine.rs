@@ -163,6 +163,9 @@ pub struct CopyOutcome {
     pub digest_match: bool,
     /// Buckets that differ.
     pub differing_buckets: Vec<usize>,
+    /// Re-send rounds of differing buckets before the digests matched (seed 000 R12).
+    #[serde(default)]
+    pub resends: Vec<handoff_node::copy::ResendRound>,
 }
 
 /// A shadow's counters, as the machine needs them.

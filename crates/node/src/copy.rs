@@ -8,13 +8,16 @@
 
 use crate::conn::{error, send, Reader};
 use crate::instance::Control;
+use crate::InstanceHandle;
 use crate::{Node, NodeError};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use handoff_function::runtime::DeletionLog;
+use handoff_function::runtime::shadow::Reawaited;
+use handoff_function::runtime::{DeletionLog, MoveStepError};
 use handoff_function::SessionKey;
-use handoff_state::{manifest, CopyOrder, CopyPlan, Digest, Infeasible, Pacer};
+use handoff_state::{bucket_of, manifest, CopyOrder, CopyPlan, Digest, Infeasible, Pacer};
 use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, MAX_MANIFEST_KEYS, VERSION};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -25,6 +28,8 @@ use tokio_util::codec::Framed;
 const MAX_MANIFEST_TOTAL: usize = 50_000_000;
 /// Records handed to the destination instance at once.
 const RECORD_BATCH: usize = 256;
+/// Most re-send rounds after a digest mismatch before the copy gives up (the move aborts).
+pub const MAX_RESEND_ROUNDS: usize = 3;
 /// What one core is taken to copy per second when planning (bytes/s); conservative.
 pub const CORE_COPY_BPS: u64 = 200_000_000;
 
@@ -43,10 +48,27 @@ pub struct CopyReport {
     pub digest_match: bool,
     /// Digest buckets that differ (empty when they match).
     pub differing_buckets: Vec<usize>,
+    /// Re-send rounds after a digest mismatch, in order (empty when the first digests
+    /// matched).
+    pub resends: Vec<ResendRound>,
     /// Time from the manifest to the destination's answer.
     pub elapsed_ms: u64,
     /// The rate the copy was paced at (bytes/s; 0: not paced, the plan set no cap).
     pub paced_bps: u64,
+}
+
+/// One re-send of the differing digest buckets (DESIGN.md "Verify", seed 000 R12).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResendRound {
+    /// The buckets re-sent.
+    pub buckets: Vec<usize>,
+    /// Records and tombstones re-sent.
+    pub records: u64,
+    /// Sessions of those buckets the destination owns by now (created there during the move),
+    /// so not re-sent.
+    pub excluded: u64,
+    /// Record bytes re-sent.
+    pub bytes: u64,
 }
 
 /// Why a copy failed (the move aborts).
@@ -94,19 +116,7 @@ pub async fn copy_to(
     let h = node.instance(instance)?;
     // The manifest must include every session created before the steer switched to move mode:
     // wait until every signal stamped before the switch (seq <= after_seq) is applied.
-    let waited = std::time::Instant::now();
-    while h.stats().runtime.last_seq < after_seq {
-        if waited.elapsed() > Duration::from_secs(10) {
-            return Err(CopyError::Destination {
-                addr: destination,
-                reason: format!(
-                    "the source never applied seq {after_seq} (at {})",
-                    h.stats().runtime.last_seq
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_applied(&h, after_seq, destination).await?;
     let dest_err = |reason: String| CopyError::Destination {
         addr: destination,
         reason,
@@ -148,50 +158,14 @@ pub async fn copy_to(
         })
         .await
         .map_err(io)?;
-        let chunks: Vec<&[SessionKey]> = m.keys.chunks(MAX_MANIFEST_KEYS).collect();
-        if chunks.is_empty() {
-            f.feed(Frame::Manifest {
-                instance: instance.to_owned(),
-                keys: Vec::new(),
-                last: true,
-            })
-            .await
-            .map_err(io)?;
-        }
-        for (i, c) in chunks.iter().enumerate() {
-            f.feed(Frame::Manifest {
-                instance: instance.to_owned(),
-                keys: c.to_vec(),
-                last: i + 1 == chunks.len(),
-            })
-            .await
-            .map_err(io)?;
-        }
+        send_manifest(&mut f, instance, &m.keys, destination).await?;
         // The destination answers the manifest once its shadow is ready (or refuses).
-        SinkExt::<Frame>::flush(&mut f).await.map_err(io)?;
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match f.next().await {
-                    Some(Ok(Frame::HelloAck { .. })) => continue,
-                    other => return other,
-                }
-            }
-        })
-        .await
-        .map_err(|_| dest_err("no answer to the manifest".into()))?;
-        match ready {
-            Some(Ok(Frame::AdminReply(_))) => {}
-            Some(Ok(Frame::Error { code, message })) => {
-                return Err(dest_err(format!("refused ({code}): {message}")))
-            }
-            other => return Err(dest_err(format!("unexpected answer {other:?}"))),
-        }
+        answer(&mut f, destination, Duration::from_secs(30), "the manifest").await?;
         // Lead K (seed 000 R3): the destination knows its manifest, so it already serves the
         // sessions created since the switch; the records follow after the lead.
         if !lead.is_zero() {
             tokio::time::sleep(lead).await;
         }
-        let mut digest = Digest::default();
         // The core-speed estimate only decides whether a deadline is feasible; the copy is
         // paced only when the plan caps bandwidth or CPU.
         let paced = plan.max_bandwidth_bps.is_some() || plan.max_cpu_percent.is_some();
@@ -200,71 +174,82 @@ pub async fn copy_to(
             paced_bps: if paced { rate } else { 0 },
             ..CopyReport::default()
         };
-        let mut pacer = Pacer::new(if paced { rate } else { u64::MAX }, 256 * 1024, 0);
-        let epoch = Instant::now();
-        for key in &m.keys {
-            let frame = match h.table().get(key) {
-                Some(r) => {
-                    digest.add(key, r.seq, &r.bytes);
-                    report.bytes_copied += (key.len() + r.bytes.len()) as u64;
-                    Frame::CopyRecord {
-                        key: key.clone(),
-                        seq: r.seq,
-                        bytes: r.bytes,
-                    }
-                }
-                None => {
-                    let seq = match log.seq_of(key) {
-                        Some(s) => s,
-                        // Never created here (or long gone): below every signal buffered for it.
-                        None if subset => 0,
-                        None => return Err(CopyError::MissingTombstone),
-                    };
-                    digest.add(key, seq, tombstone_digest_bytes());
-                    report.tombstones += 1;
-                    Frame::Tombstone {
-                        key: key.clone(),
-                        seq,
-                    }
-                }
-            };
-            let size = match &frame {
-                Frame::CopyRecord { key, bytes, .. } => (key.len() + bytes.len()) as u64,
-                _ => key.len() as u64,
-            };
-            let wait = pacer.delay_us(size, epoch.elapsed().as_micros() as u64);
-            if wait > 0 {
-                SinkExt::<Frame>::flush(&mut f).await.map_err(io)?;
-                tokio::time::sleep(Duration::from_micros(wait)).await;
-                pacer.delay_us(size, epoch.elapsed().as_micros() as u64);
+        let mut out = Outbound {
+            f: &mut f,
+            pacer: Pacer::new(if paced { rate } else { u64::MAX }, 256 * 1024, 0),
+            epoch: Instant::now(),
+            destination,
+        };
+        let sent = out
+            .stream(&h, &m.keys, &HashSet::new(), &log, subset)
+            .await?;
+        report.records_copied = sent.records;
+        report.tombstones = sent.tombstones;
+        report.bytes_copied = sent.bytes;
+        let mut verdict = answer(
+            out.f,
+            destination,
+            Duration::from_secs(60),
+            "the copy's end",
+        )
+        .await?;
+        // Verify (R11-R13): on a mismatch only the differing buckets are re-sent, then the
+        // digests of what was re-sent are compared again, a bounded number of times.
+        loop {
+            report.digest_match = verdict["digest_match"].as_bool().unwrap_or(false);
+            report.differing_buckets =
+                serde_json::from_value(verdict["differing_buckets"].clone()).unwrap_or_default();
+            if report.digest_match
+                || report.differing_buckets.is_empty()
+                || report.resends.len() >= MAX_RESEND_ROUNDS
+            {
+                break;
             }
-            f.feed(frame).await.map_err(io)?;
-            report.records_copied += 1;
+            let buckets: HashSet<usize> = report.differing_buckets.iter().copied().collect();
+            let keys: Vec<SessionKey> = m
+                .keys
+                .iter()
+                .filter(|k| buckets.contains(&bucket_of(k)))
+                .cloned()
+                .collect();
+            tracing::warn!(
+                instance,
+                buckets = buckets.len(),
+                sessions = keys.len(),
+                "digests differ; re-sending the differing buckets"
+            );
+            send_manifest(out.f, instance, &keys, destination).await?;
+            let ready = answer(out.f, destination, Duration::from_secs(30), "the re-send").await?;
+            let at_seq = ready["at_seq"].as_u64().unwrap_or(u64::MAX);
+            let excluded: HashSet<SessionKey> = ready["excluded"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| hex::decode(k.as_str()?).ok())
+                        .map(SessionKey::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Every signal the destination applied to the state it dropped must be in the
+            // records re-sent: read them only once this copy has applied as much.
+            wait_applied(&h, at_seq, destination).await?;
+            let sent = out.stream(&h, &keys, &excluded, &log, subset).await?;
+            report.resends.push(ResendRound {
+                buckets: report.differing_buckets.clone(),
+                records: sent.records,
+                excluded: excluded.len() as u64,
+                bytes: sent.bytes,
+            });
+            verdict = answer(
+                out.f,
+                destination,
+                Duration::from_secs(60),
+                "the re-send's end",
+            )
+            .await?;
         }
         if log.overflowed() {
             return Err(CopyError::MissingTombstone);
-        }
-        f.send(Frame::CopyEnd {
-            records: report.records_copied,
-            digest: digest.buckets().to_vec(),
-        })
-        .await
-        .map_err(io)?;
-        let answer = tokio::time::timeout(Duration::from_secs(60), f.next())
-            .await
-            .map_err(|_| dest_err("no answer to the copy's end".into()))?;
-        match answer {
-            Some(Ok(Frame::AdminReply(b))) => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&b).map_err(|e| dest_err(e.to_string()))?;
-                report.digest_match = v["digest_match"].as_bool().unwrap_or(false);
-                report.differing_buckets =
-                    serde_json::from_value(v["differing_buckets"].clone()).unwrap_or_default();
-            }
-            Some(Ok(Frame::Error { code, message })) => {
-                return Err(dest_err(format!("refused ({code}): {message}")))
-            }
-            other => return Err(dest_err(format!("unexpected answer {other:?}"))),
         }
         report.elapsed_ms = start.elapsed().as_millis() as u64;
         Ok(report)
@@ -274,7 +259,185 @@ pub async fn copy_to(
     result
 }
 
-/// The destination side: a peer connection carrying one copy.
+/// Waits until the instance has applied `seq` (bounded).
+async fn wait_applied(
+    h: &InstanceHandle,
+    seq: u64,
+    destination: SocketAddr,
+) -> Result<(), CopyError> {
+    let waited = Instant::now();
+    while h.stats().runtime.last_seq < seq {
+        if waited.elapsed() > Duration::from_secs(10) {
+            return Err(CopyError::Destination {
+                addr: destination,
+                reason: format!(
+                    "the source never applied seq {seq} (at {})",
+                    h.stats().runtime.last_seq
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+type PeerFramed = Framed<TcpStream, FrameCodec>;
+
+/// Sends `keys` as manifest frames (chunked; an empty manifest is one empty last frame).
+async fn send_manifest(
+    f: &mut PeerFramed,
+    instance: &str,
+    keys: &[SessionKey],
+    destination: SocketAddr,
+) -> Result<(), CopyError> {
+    let io = |e: FrameError| CopyError::Destination {
+        addr: destination,
+        reason: e.to_string(),
+    };
+    let chunks: Vec<&[SessionKey]> = keys.chunks(MAX_MANIFEST_KEYS).collect();
+    if chunks.is_empty() {
+        f.feed(Frame::Manifest {
+            instance: instance.to_owned(),
+            keys: Vec::new(),
+            last: true,
+        })
+        .await
+        .map_err(io)?;
+    }
+    for (i, c) in chunks.iter().enumerate() {
+        f.feed(Frame::Manifest {
+            instance: instance.to_owned(),
+            keys: c.to_vec(),
+            last: i + 1 == chunks.len(),
+        })
+        .await
+        .map_err(io)?;
+    }
+    SinkExt::<Frame>::flush(f).await.map_err(io)
+}
+
+/// Reads the destination's JSON answer to `what` (a refusal or anything else is an error).
+async fn answer(
+    f: &mut PeerFramed,
+    destination: SocketAddr,
+    within: Duration,
+    what: &str,
+) -> Result<serde_json::Value, CopyError> {
+    let dest_err = |reason: String| CopyError::Destination {
+        addr: destination,
+        reason,
+    };
+    let got = tokio::time::timeout(within, async {
+        loop {
+            match f.next().await {
+                Some(Ok(Frame::HelloAck { .. })) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| dest_err(format!("no answer to {what}")))?;
+    match got {
+        Some(Ok(Frame::AdminReply(b))) => {
+            serde_json::from_slice(&b).map_err(|e| dest_err(e.to_string()))
+        }
+        Some(Ok(Frame::Error { code, message })) => {
+            Err(dest_err(format!("refused ({code}): {message}")))
+        }
+        other => Err(dest_err(format!("unexpected answer to {what}: {other:?}"))),
+    }
+}
+
+/// What one pass of records sent.
+struct Streamed {
+    records: u64,
+    tombstones: u64,
+    bytes: u64,
+}
+
+/// The source's side of a copy connection, with its pace.
+struct Outbound<'a> {
+    f: &'a mut PeerFramed,
+    pacer: Pacer,
+    epoch: Instant,
+    destination: SocketAddr,
+}
+
+impl Outbound<'_> {
+    /// Sends one record (or tombstone) per key not in `skip`, as the table has it now, then
+    /// `CopyEnd` with their count and digest.
+    async fn stream(
+        &mut self,
+        h: &InstanceHandle,
+        keys: &[SessionKey],
+        skip: &HashSet<SessionKey>,
+        log: &DeletionLog,
+        subset: bool,
+    ) -> Result<Streamed, CopyError> {
+        let destination = self.destination;
+        let io = |e: FrameError| CopyError::Destination {
+            addr: destination,
+            reason: e.to_string(),
+        };
+        let mut digest = Digest::default();
+        let mut sent = Streamed {
+            records: 0,
+            tombstones: 0,
+            bytes: 0,
+        };
+        for key in keys.iter().filter(|k| !skip.contains(*k)) {
+            let (frame, size) = match h.table().get(key) {
+                Some(r) => {
+                    digest.add(key, r.seq, &r.bytes);
+                    let size = (key.len() + r.bytes.len()) as u64;
+                    sent.bytes += size;
+                    let frame = Frame::CopyRecord {
+                        key: key.clone(),
+                        seq: r.seq,
+                        bytes: r.bytes,
+                    };
+                    (frame, size)
+                }
+                None => {
+                    let seq = match log.seq_of(key) {
+                        Some(s) => s,
+                        // Never created here (or long gone): below every signal buffered for it.
+                        None if subset => 0,
+                        None => return Err(CopyError::MissingTombstone),
+                    };
+                    digest.add(key, seq, tombstone_digest_bytes());
+                    sent.tombstones += 1;
+                    let frame = Frame::Tombstone {
+                        key: key.clone(),
+                        seq,
+                    };
+                    (frame, key.len() as u64)
+                }
+            };
+            let wait = self
+                .pacer
+                .delay_us(size, self.epoch.elapsed().as_micros() as u64);
+            if wait > 0 {
+                SinkExt::<Frame>::flush(self.f).await.map_err(io)?;
+                tokio::time::sleep(Duration::from_micros(wait)).await;
+                self.pacer
+                    .delay_us(size, self.epoch.elapsed().as_micros() as u64);
+            }
+            self.f.feed(frame).await.map_err(io)?;
+            sent.records += 1;
+        }
+        self.f
+            .send(Frame::CopyEnd {
+                records: sent.records,
+                digest: digest.buckets().to_vec(),
+            })
+            .await
+            .map_err(io)?;
+        Ok(sent)
+    }
+}
+
+/// The destination side: a peer connection carrying one copy (and its re-send rounds).
 pub(crate) async fn peer_session(
     node: &Node,
     mut reader: Reader,
@@ -285,6 +448,9 @@ pub(crate) async fn peer_session(
     let mut digest = Digest::default();
     let mut received = 0u64;
     let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::new();
+    // After a mismatch: the re-send rounds asked for so far, and whether one may begin.
+    let mut rounds = 0usize;
+    let mut resend_open = false;
     while let Some(frame) = reader.next().await {
         match frame? {
             Frame::Manifest {
@@ -292,7 +458,7 @@ pub(crate) async fn peer_session(
                 keys,
                 last,
             } => {
-                if target.is_some() {
+                if target.is_some() && !resend_open {
                     send(
                         tx,
                         vec![error(code::WRONG_FRAME, "manifest after the copy began")],
@@ -312,48 +478,65 @@ pub(crate) async fn peer_session(
                     return Ok(());
                 }
                 manifest.extend(keys);
-                if last {
-                    let h = match node.instance(&instance) {
-                        Ok(h) => h,
+                if !last {
+                    continue;
+                }
+                let keys = std::mem::take(&mut manifest);
+                if let Some(h) = &target {
+                    // A re-send round: drop the sessions of the differing buckets, await them.
+                    resend_open = false;
+                    rounds += 1;
+                    let body = match reawait(h, keys).await? {
+                        Ok(done) => serde_json::json!({
+                            "resend": rounds,
+                            "at_seq": done.at_seq,
+                            "awaited": done.awaited,
+                            "excluded": done.excluded.iter().map(hex::encode).collect::<Vec<_>>(),
+                        }),
                         Err(e) => {
-                            send(tx, vec![error(e.code(), e.to_string())]).await?;
-                            return Ok(());
-                        }
-                    };
-                    let (done, answer) = oneshot::channel();
-                    let keys = std::mem::take(&mut manifest);
-                    let count = keys.len();
-                    if !h
-                        .control(Control::Manifest {
-                            manifest: keys,
-                            done,
-                        })
-                        .await
-                    {
-                        return Err(FrameError::Io("instance stopped".into()));
-                    }
-                    match answer.await {
-                        Ok(Ok(())) => {
-                            tracing::info!(instance, sessions = count, "move destination ready");
-                            let body = serde_json::json!({ "ready": instance, "sessions": count });
-                            send(
-                                tx,
-                                vec![Frame::AdminReply(
-                                    serde_json::to_vec(&body).unwrap_or_default().into(),
-                                )],
-                            )
-                            .await?;
-                        }
-                        Ok(Err(e)) => {
                             send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await?;
                             return Ok(());
                         }
-                        Err(_) => return Err(FrameError::Io("instance stopped".into())),
-                    }
-                    target = Some(h);
+                    };
+                    digest = Digest::default();
+                    received = 0;
+                    send(tx, vec![reply(&body)]).await?;
+                    continue;
                 }
+                let h = match node.instance(&instance) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        send(tx, vec![error(e.code(), e.to_string())]).await?;
+                        return Ok(());
+                    }
+                };
+                let (done, answer) = oneshot::channel();
+                let count = keys.len();
+                if !h
+                    .control(Control::Manifest {
+                        manifest: keys,
+                        done,
+                    })
+                    .await
+                {
+                    return Err(FrameError::Io("instance stopped".into()));
+                }
+                match answer.await {
+                    Ok(Ok(())) => {
+                        tracing::info!(instance, sessions = count, "move destination ready");
+                        let body = serde_json::json!({ "ready": instance, "sessions": count });
+                        send(tx, vec![reply(&body)]).await?;
+                    }
+                    Ok(Err(e)) => {
+                        send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await?;
+                        return Ok(());
+                    }
+                    Err(_) => return Err(FrameError::Io("instance stopped".into())),
+                }
+                target = Some(h);
             }
             Frame::CopyRecord { key, seq, bytes } => {
+                let bytes = node.fault_on_copy_record(bytes);
                 digest.add(&key, seq, &bytes);
                 received += 1;
                 batch.push((key, seq, Some(bytes)));
@@ -382,25 +565,33 @@ pub(crate) async fn peer_session(
                 {
                     return Err(FrameError::Io("instance stopped".into()));
                 }
-                let differing = match Digest::from_parts(theirs, records) {
+                let mut differing = match Digest::from_parts(theirs, records) {
                     Some(theirs) => theirs.differing_buckets(&digest),
                     None => (0..handoff_state::BUCKETS).collect(),
                 };
-                let matched = differing.is_empty() && records == received;
-                tracing::info!(records, received, digest_match = matched, "copy received");
+                if differing.is_empty() && records != received {
+                    // Equal digests over unequal counts cannot be repaired bucket by bucket.
+                    differing = (0..handoff_state::BUCKETS).collect();
+                }
+                let matched = differing.is_empty();
+                tracing::info!(
+                    records,
+                    received,
+                    round = rounds,
+                    digest_match = matched,
+                    "copy received"
+                );
                 let body = serde_json::json!({
                     "records": received,
                     "digest_match": matched,
                     "differing_buckets": differing,
                 });
-                send(
-                    tx,
-                    vec![Frame::AdminReply(
-                        serde_json::to_vec(&body).unwrap_or_default().into(),
-                    )],
-                )
-                .await?;
-                return Ok(());
+                send(tx, vec![reply(&body)]).await?;
+                if matched || rounds >= MAX_RESEND_ROUNDS {
+                    return Ok(());
+                }
+                // The source may re-send the differing buckets on this connection.
+                resend_open = true;
             }
             // A push (stop-and-copy and pre-copy baselines) opens with an import header.
             Frame::Admin(header) if target.is_none() && manifest.is_empty() && received == 0 => {
@@ -436,4 +627,22 @@ pub(crate) async fn peer_session(
         }
     }
     Ok(())
+}
+
+/// Asks the destination instance to drop and await `keys` again.
+async fn reawait(
+    h: &InstanceHandle,
+    keys: Vec<SessionKey>,
+) -> Result<Result<Reawaited, MoveStepError>, FrameError> {
+    let (done, answer) = oneshot::channel();
+    if !h.control(Control::Reawait { keys, done }).await {
+        return Err(FrameError::Io("instance stopped".into()));
+    }
+    answer
+        .await
+        .map_err(|_| FrameError::Io("instance stopped".into()))
+}
+
+fn reply(body: &serde_json::Value) -> Frame {
+    Frame::AdminReply(serde_json::to_vec(body).unwrap_or_default().into())
 }

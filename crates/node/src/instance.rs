@@ -1,7 +1,7 @@
 //! The task that runs one instance: applies its signals in seq order and emits outputs.
 
 use bytes::Bytes;
-use handoff_function::runtime::shadow::{ShadowLimits, ShadowStats};
+use handoff_function::runtime::shadow::{Reawaited, ShadowLimits, ShadowStats};
 use handoff_function::runtime::{
     Applied, ClassifiedOutput, DeletionLog, Hosted, InstanceStats, MoveStepError,
 };
@@ -64,6 +64,13 @@ pub enum Control {
     },
     /// Copied records (`None` bytes: a tombstone).
     Records(Vec<(SessionKey, u64, Option<Bytes>)>),
+    /// A digest mismatch: drop these sessions' copied state and await their records again.
+    Reawait {
+        /// The sessions of the differing buckets.
+        keys: Vec<SessionKey>,
+        /// What the shadow did.
+        done: oneshot::Sender<Result<Reawaited, MoveStepError>>,
+    },
     /// Shadow counters, once everything queued before is applied.
     ShadowStats(oneshot::Sender<Option<ShadowStats>>),
     /// Leave shadow mode (when settled).
@@ -262,6 +269,9 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
                 }
             }
         }
+        Control::Reawait { keys, done } => {
+            let _ = done.send(hosted.reawait(&keys));
+        }
         Control::ShadowStats(done) => {
             let _ = done.send(hosted.shadow_stats());
         }
@@ -384,6 +394,10 @@ async fn run(
                 hosted.hand_over(&s.key, s.seq);
                 local.handovers += 1;
                 continue;
+            }
+            if kind == SignalKind::Create && s.flags & SIGNAL_SHADOW == 0 {
+                // A create this copy answers: a move's destination owns the session from here.
+                hosted.claim(&s.key);
             }
             match hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) {
                 Ok(Applied::Processed) => {}

@@ -85,6 +85,11 @@ pub struct Node {
     shutdown: CancellationToken,
     token: String,
     mover: std::sync::OnceLock<Arc<dyn MoveDriver>>,
+    /// Copied records still to corrupt on arrival (fault injection for tests).
+    #[cfg(feature = "faults")]
+    corrupt_copy_records: std::sync::atomic::AtomicU64,
+    #[cfg(feature = "faults")]
+    corrupt_offset: std::sync::atomic::AtomicU64,
 }
 
 /// Runs a whole move from this node (the source-driven variant, seed 000 Fig. 7a): the node
@@ -150,7 +155,49 @@ impl Node {
             shutdown: CancellationToken::new(),
             token,
             mover: std::sync::OnceLock::new(),
+            #[cfg(feature = "faults")]
+            corrupt_copy_records: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "faults")]
+            corrupt_offset: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Fault injection (feature `faults`, tests only): the next `n` records a copy brings to
+    /// this node arrive with the byte at `offset` flipped (records shorter than that are left
+    /// alone), as if corrupted on the way, so the digest check and the re-send of differing
+    /// buckets can be exercised end to end.
+    #[cfg(feature = "faults")]
+    pub fn corrupt_copy_records(&self, n: u64, offset: usize) {
+        use std::sync::atomic::Ordering;
+        self.corrupt_offset.store(offset as u64, Ordering::SeqCst);
+        self.corrupt_copy_records.store(n, Ordering::SeqCst);
+    }
+
+    /// Applies any injected corruption to a record arriving by a copy.
+    #[cfg(feature = "faults")]
+    pub(crate) fn fault_on_copy_record(&self, bytes: bytes::Bytes) -> bytes::Bytes {
+        use std::sync::atomic::Ordering;
+        let offset = self.corrupt_offset.load(Ordering::SeqCst) as usize;
+        if offset >= bytes.len() {
+            return bytes;
+        }
+        let take =
+            self.corrupt_copy_records
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match take {
+            Ok(_) => {
+                let mut b = bytes.to_vec();
+                b[offset] ^= 0x01;
+                b.into()
+            }
+            Err(_) => bytes,
+        }
+    }
+
+    #[cfg(not(feature = "faults"))]
+    #[inline]
+    pub(crate) fn fault_on_copy_record(&self, bytes: bytes::Bytes) -> bytes::Bytes {
+        bytes
     }
 
     /// Installs the driver of source-driven moves (once; later calls are ignored).

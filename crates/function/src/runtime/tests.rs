@@ -403,12 +403,12 @@ mod shadow {
         let mut resend_queue: std::collections::VecDeque<SessionKey> = Default::default();
         let mut resend_at = u64::MAX;
         let round = |step: usize,
-                         queue: &std::collections::VecDeque<SessionKey>,
-                         corrupted: &Option<SessionKey>,
-                         shadow: &mut Shadow<Counter>,
-                         resend_queue: &mut std::collections::VecDeque<SessionKey>,
-                         resend_at: &mut u64,
-                         outcome: &mut ResendOutcome| {
+                     queue: &std::collections::VecDeque<SessionKey>,
+                     corrupted: &Option<SessionKey>,
+                     shadow: &mut Shadow<Counter>,
+                     resend_queue: &mut std::collections::VecDeque<SessionKey>,
+                     resend_at: &mut u64,
+                     outcome: &mut ResendOutcome| {
             let Some(r) = resend else { return };
             if outcome.ran || step < r.after || !queue.is_empty() {
                 return;
@@ -420,8 +420,9 @@ mod shadow {
                 .cloned()
                 .collect();
             let done = shadow.reawait(&keys).unwrap();
-            outcome.corrupted_excluded =
-                corrupted.as_ref().is_some_and(|c| done.excluded.contains(c));
+            outcome.corrupted_excluded = corrupted
+                .as_ref()
+                .is_some_and(|c| done.excluded.contains(c));
             resend_queue.extend(keys.into_iter().filter(|k| !done.excluded.contains(k)));
             *resend_at = done.at_seq;
         };
