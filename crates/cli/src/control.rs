@@ -292,6 +292,17 @@ fn print_move(a: &MigrateArgs, status: &serde_json::Value) -> anyhow::Result<Exi
             f["copy"]["digest_match"],
             f["shadow"]["buffered_peak"]
         );
+        if let Some(rounds) = f["copy"]["resends"].as_array().filter(|r| !r.is_empty()) {
+            for (i, r) in rounds.iter().enumerate() {
+                out!(
+                    "  re-send {}: {} differing buckets, {} records ({} owned by the destination, not re-sent)",
+                    i + 1,
+                    r["buckets"].as_array().map_or(0, Vec::len),
+                    r["records"],
+                    r["excluded"]
+                );
+            }
+        }
         out!(
             "  seqs: first under move mode {}, cutover {}; phases (ms) {}",
             f["first_seq"],

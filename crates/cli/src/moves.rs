@@ -14,6 +14,9 @@ pub(crate) struct MoveReport {
     pub(crate) tombstones: u64,
     pub(crate) bytes_copied: u64,
     pub(crate) digest_match: bool,
+    /// Rounds that re-sent differing digest buckets, and the records they re-sent.
+    pub(crate) resend_rounds: u64,
+    pub(crate) records_resent: u64,
     pub(crate) buffered_peak: u64,
     pub(crate) first_seq: u64,
     pub(crate) cutover_seq: u64,
@@ -97,6 +100,8 @@ pub(crate) async fn live_move(
         tombstones: f.copy.tombstones,
         bytes_copied: f.copy.bytes_copied,
         digest_match: f.copy.digest_match,
+        resend_rounds: f.copy.resends.len() as u64,
+        records_resent: f.copy.resends.iter().map(|r| r.records).sum(),
         buffered_peak: f.shadow.buffered_peak,
         first_seq: f.first_seq,
         cutover_seq: f.cutover_seq,
