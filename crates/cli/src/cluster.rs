@@ -27,9 +27,11 @@ impl NodeProcess {
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the handoff executable")?;
         let mut cmd = Command::new(exe);
+        // The nodes' log filter: warnings only, unless HANDOFF_NODE_LOG says otherwise.
+        let log = std::env::var("HANDOFF_NODE_LOG").unwrap_or_else(|_| "warn".into());
         cmd.args([
             "--log",
-            "warn",
+            &log,
             "node",
             "--name",
             name,

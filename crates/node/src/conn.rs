@@ -21,11 +21,15 @@ const READ_BATCH: usize = 256;
 /// Bytes gathered before one socket write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// Read buffer of a connection: large enough that a copy stream (about 500-byte records)
+/// arrives in a few reads per hundred records.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 pub(crate) type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
 
 pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), FrameError> {
     let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::new(rd, FrameCodec);
+    let mut reader = FramedRead::with_capacity(rd, FrameCodec, READ_BUFFER_BYTES);
     let (tx, rx) = mpsc::channel::<Vec<Frame>>(node.limits.conn_queue.max(1));
     let writer = tokio::spawn(write_loop(wr, rx));
     let result = async {

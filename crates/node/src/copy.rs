@@ -53,6 +53,12 @@ pub struct CopyReport {
     pub resends: Vec<ResendRound>,
     /// Time from the manifest to the destination's answer.
     pub elapsed_ms: u64,
+    /// Time to rank the sessions into the manifest (before `elapsed_ms` starts).
+    pub manifest_ms: u64,
+    /// Time from the connection to the destination's answer to the manifest.
+    pub ready_ms: u64,
+    /// Time to stream the records (the first round), after any lead.
+    pub stream_ms: u64,
     /// The rate the copy was paced at (bytes/s; 0: not paced, the plan set no cap).
     pub paced_bps: u64,
 }
@@ -127,6 +133,7 @@ pub async fn copy_to(
         return Err(NodeError::UnknownInstance(instance.to_owned()).into());
     }
     let result = async {
+        let began = Instant::now();
         // A subset (sessions going back after an abort) is final: no signal for them reaches
         // this instance any more, so an absent one is gone for good (a tombstone).
         let subset = only.is_some();
@@ -138,8 +145,16 @@ pub async fn copy_to(
                     .sum(),
                 keys,
             },
-            None => manifest(h.table(), order, now_us),
+            None => {
+                // Ranking every session (hot-first sorts them all) is long, synchronous work:
+                // off the async workers, so the serving path keeps its threads meanwhile.
+                let table = h.table().clone();
+                tokio::task::spawn_blocking(move || manifest(&table, order, now_us))
+                    .await
+                    .map_err(|e| dest_err(format!("manifest task failed: {e}")))?
+            }
         };
+        let manifest_ms = began.elapsed().as_millis() as u64;
         let rate = plan.check(m.bytes, CORE_COPY_BPS)?;
         let start = Instant::now();
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(destination))
@@ -161,6 +176,7 @@ pub async fn copy_to(
         send_manifest(&mut f, instance, &m.keys, destination).await?;
         // The destination answers the manifest once its shadow is ready (or refuses).
         answer(&mut f, destination, Duration::from_secs(30), "the manifest").await?;
+        let ready_ms = start.elapsed().as_millis() as u64;
         // Lead K (seed 000 R3): the destination knows its manifest, so it already serves the
         // sessions created since the switch; the records follow after the lead.
         if !lead.is_zero() {
@@ -172,10 +188,13 @@ pub async fn copy_to(
         let mut report = CopyReport {
             sessions_at_start: m.keys.len() as u64,
             paced_bps: if paced { rate } else { 0 },
+            manifest_ms,
+            ready_ms,
             ..CopyReport::default()
         };
         let mut out = Outbound {
             f: &mut f,
+            paced,
             pacer: Pacer::new(if paced { rate } else { u64::MAX }, 256 * 1024, 0),
             epoch: Instant::now(),
             destination,
@@ -186,6 +205,7 @@ pub async fn copy_to(
         report.records_copied = sent.records;
         report.tombstones = sent.tombstones;
         report.bytes_copied = sent.bytes;
+        report.stream_ms = out.epoch.elapsed().as_millis() as u64;
         let mut verdict = answer(
             out.f,
             destination,
@@ -252,6 +272,18 @@ pub async fn copy_to(
             return Err(CopyError::MissingTombstone);
         }
         report.elapsed_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(
+            instance,
+            records = report.records_copied,
+            bytes = report.bytes_copied,
+            manifest_ms = report.manifest_ms,
+            ready_ms = report.ready_ms,
+            stream_ms = report.stream_ms,
+            elapsed_ms = report.elapsed_ms,
+            resends = report.resends.len(),
+            digest_match = report.digest_match,
+            "copy sent"
+        );
         Ok(report)
     }
     .await;
@@ -358,14 +390,23 @@ struct Streamed {
 /// The source's side of a copy connection, with its pace.
 struct Outbound<'a> {
     f: &'a mut PeerFramed,
+    /// Whether the plan caps the rate (otherwise the pacer is not consulted).
+    paced: bool,
     pacer: Pacer,
     epoch: Instant,
     destination: SocketAddr,
 }
 
+/// Bytes a copy's source buffers before writing them to the connection.
+const FLUSH_BYTES: usize = 256 * 1024;
+
 impl Outbound<'_> {
     /// Sends one record (or tombstone) per key not in `skip`, as the table has it now, then
     /// `CopyEnd` with their count and digest.
+    ///
+    /// Hot path of a move (one iteration per session): each record is digested and encoded
+    /// straight from the table into the connection's buffer under its shard's read lock, with
+    /// no record clone, and the buffer goes out in large writes.
     async fn stream(
         &mut self,
         h: &InstanceHandle,
@@ -379,6 +420,7 @@ impl Outbound<'_> {
             addr: destination,
             reason: e.to_string(),
         };
+        let paced = self.paced;
         let mut digest = Digest::default();
         let mut sent = Streamed {
             records: 0,
@@ -386,17 +428,16 @@ impl Outbound<'_> {
             bytes: 0,
         };
         for key in keys.iter().filter(|k| !skip.contains(*k)) {
-            let (frame, size) = match h.table().get(key) {
-                Some(r) => {
-                    digest.add(key, r.seq, &r.bytes);
-                    let size = (key.len() + r.bytes.len()) as u64;
+            let buf = self.f.write_buffer_mut();
+            let written = h.table().with(key, |r| {
+                digest.add(key, r.seq, &r.bytes);
+                Frame::encode_copy_record(buf, key, r.seq, &r.bytes);
+                (key.len() + r.bytes.len()) as u64
+            });
+            let size = match written {
+                Some(size) => {
                     sent.bytes += size;
-                    let frame = Frame::CopyRecord {
-                        key: key.clone(),
-                        seq: r.seq,
-                        bytes: r.bytes,
-                    };
-                    (frame, size)
+                    size
                 }
                 None => {
                     let seq = match log.seq_of(key) {
@@ -407,24 +448,29 @@ impl Outbound<'_> {
                     };
                     digest.add(key, seq, tombstone_digest_bytes());
                     sent.tombstones += 1;
-                    let frame = Frame::Tombstone {
+                    Frame::Tombstone {
                         key: key.clone(),
                         seq,
-                    };
-                    (frame, key.len() as u64)
+                    }
+                    .encode(buf);
+                    key.len() as u64
                 }
             };
-            let wait = self
-                .pacer
-                .delay_us(size, self.epoch.elapsed().as_micros() as u64);
-            if wait > 0 {
-                SinkExt::<Frame>::flush(self.f).await.map_err(io)?;
-                tokio::time::sleep(Duration::from_micros(wait)).await;
-                self.pacer
-                    .delay_us(size, self.epoch.elapsed().as_micros() as u64);
-            }
-            self.f.feed(frame).await.map_err(io)?;
             sent.records += 1;
+            if paced {
+                let wait = self
+                    .pacer
+                    .delay_us(size, self.epoch.elapsed().as_micros() as u64);
+                if wait > 0 {
+                    SinkExt::<Frame>::flush(self.f).await.map_err(io)?;
+                    tokio::time::sleep(Duration::from_micros(wait)).await;
+                    self.pacer
+                        .delay_us(size, self.epoch.elapsed().as_micros() as u64);
+                }
+            }
+            if self.f.write_buffer().len() >= FLUSH_BYTES {
+                SinkExt::<Frame>::flush(self.f).await.map_err(io)?;
+            }
         }
         self.f
             .send(Frame::CopyEnd {
@@ -448,6 +494,7 @@ pub(crate) async fn peer_session(
     let mut digest = Digest::default();
     let mut received = 0u64;
     let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::new();
+    let mut in_flight = std::collections::VecDeque::new();
     // After a mismatch: the re-send rounds asked for so far, and whether one may begin.
     let mut rounds = 0usize;
     let mut resend_open = false;
@@ -558,12 +605,10 @@ pub(crate) async fn peer_session(
                     .await?;
                     return Ok(());
                 };
-                if !batch.is_empty()
-                    && !h
-                        .control(Control::Records(std::mem::take(&mut batch)))
-                        .await
-                {
-                    return Err(FrameError::Io("instance stopped".into()));
+                hand_records(h, &mut batch, &mut in_flight).await?;
+                // Every record is applied before the digests are answered.
+                for applied in in_flight.drain(..) {
+                    let _ = applied.await;
                 }
                 let mut differing = match Digest::from_parts(theirs, records) {
                     Some(theirs) => theirs.differing_buckets(&digest),
@@ -618,14 +663,44 @@ pub(crate) async fn peer_session(
                 .await?;
                 return Ok(());
             };
-            if !h
-                .control(Control::Records(std::mem::take(&mut batch)))
-                .await
-            {
-                return Err(FrameError::Io("instance stopped".into()));
-            }
+            hand_records(h, &mut batch, &mut in_flight).await?;
         }
     }
+    Ok(())
+}
+
+/// Batches of copied records queued for the instance at once. The instance's queue is shared
+/// with the steer's signals, so a deep backlog of records would delay the answers of creates
+/// routed to this destination; a few batches keep it busy without that.
+const RECORD_BATCHES_IN_FLIGHT: usize = 8;
+
+/// Hands a batch of records to the instance, first waiting for the oldest batch in flight
+/// when [`RECORD_BATCHES_IN_FLIGHT`] are (backpressure reaches the source through TCP).
+async fn hand_records(
+    h: &InstanceHandle,
+    batch: &mut Vec<(SessionKey, u64, Option<Bytes>)>,
+    in_flight: &mut std::collections::VecDeque<oneshot::Receiver<()>>,
+) -> Result<(), FrameError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    while in_flight.len() >= RECORD_BATCHES_IN_FLIGHT {
+        if let Some(oldest) = in_flight.pop_front() {
+            let _ = oldest.await;
+        }
+    }
+    let (done, applied) = oneshot::channel();
+    let records = std::mem::take(batch);
+    if !h
+        .control(Control::Records {
+            records,
+            done: Some(done),
+        })
+        .await
+    {
+        return Err(FrameError::Io("instance stopped".into()));
+    }
+    in_flight.push_back(applied);
     Ok(())
 }
 

@@ -62,8 +62,15 @@ pub enum Control {
         /// The answer.
         done: oneshot::Sender<Result<(), MoveStepError>>,
     },
-    /// Copied records (`None` bytes: a tombstone).
-    Records(Vec<(SessionKey, u64, Option<Bytes>)>),
+    /// Copied records (`None` bytes: a tombstone); `done` is dropped once they are applied
+    /// (the copy's reader keeps only a few batches ahead of the instance, so signals queued
+    /// behind them never wait long).
+    Records {
+        /// The records, in stream order.
+        records: Vec<(SessionKey, u64, Option<Bytes>)>,
+        /// Dropped when applied.
+        done: Option<oneshot::Sender<()>>,
+    },
     /// A digest mismatch: drop these sessions' copied state and await their records again.
     Reawait {
         /// The sessions of the differing buckets.
@@ -261,7 +268,10 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
             };
             let _ = done.send(r);
         }
-        Control::Records(records) => {
+        Control::Records {
+            records,
+            done: _done,
+        } => {
             for (key, seq, bytes) in records {
                 if let Err(e) = hosted.on_record(key, seq, bytes, &mut replayed) {
                     local.move_errors += 1;

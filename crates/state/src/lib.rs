@@ -59,21 +59,65 @@ pub struct RecordView {
 
 type Shard = HashMap<SessionKey, Record, FixedState>;
 
-/// A hasher with fixed keys: shard choice and iteration order must not depend on the process
-/// (two copies of an instance must agree on which shard holds a key).
+/// The hasher of the table's shards: XXH3 with fixed seeds, so shard choice, digest buckets
+/// and iteration order are the same in every process and with every toolchain (std's
+/// `DefaultHasher` promises neither), and a key costs a few nanoseconds to hash.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct FixedState;
 
+/// Seed of [`key_hash`] (shards, digest buckets).
+const KEY_SEED: u64 = 0x6861_6e64_6f66_6621;
+/// Seed of the hash inside a shard: it must differ from [`KEY_SEED`], or every key of a shard
+/// would share the low bits the map indexes by.
+const MAP_SEED: u64 = 0x7368_6172_645f_6d61;
+
 impl BuildHasher for FixedState {
-    type Hasher = std::collections::hash_map::DefaultHasher;
+    type Hasher = KeyHasher;
     fn build_hasher(&self) -> Self::Hasher {
-        std::collections::hash_map::DefaultHasher::new()
+        KeyHasher(MAP_SEED)
     }
 }
 
-/// Which shard (and, later, which digest bucket) a key belongs to. Stable across processes.
+/// The [`std::hash::Hasher`] of [`FixedState`]: each write is hashed with XXH3, seeded by what
+/// came before (a key hashes as its length, then its bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A [`BuildHasher`] for in-memory sets of session keys that no other process needs to agree
+/// with (a move's awaited and buffered sessions): [`KeyHasher`] with a seed drawn once per
+/// process, so keys chosen to collide cannot be precomputed.
+#[derive(Clone, Copy, Debug)]
+pub struct SeededState(u64);
+
+impl Default for SeededState {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        Self(*SEED.get_or_init(|| std::hash::RandomState::new().hash_one(KEY_SEED)))
+    }
+}
+
+impl BuildHasher for SeededState {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> Self::Hasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// Which shard and which digest bucket a key belongs to. Stable across processes and builds.
 pub fn key_hash(key: &[u8]) -> u64 {
-    FixedState.hash_one(key)
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, KEY_SEED)
 }
 
 /// Sessions of one instance, sharded for concurrent readers.
@@ -133,6 +177,26 @@ impl SessionTable {
     /// A copy of one record (cheap: the bytes are shared).
     pub fn get(&self, key: &[u8]) -> Option<Record> {
         self.shard(key).read().get(key).cloned()
+    }
+
+    /// Runs `f` on one record under its shard's read lock, with no copy of it (keep `f` short:
+    /// the shard's writer waits meanwhile).
+    pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&Record) -> R) -> Option<R> {
+        self.shard(key).read().get(key).map(f)
+    }
+
+    /// Makes room for `additional` more sessions spread over the shards (a move's destination
+    /// learning how many records are coming), so the copy does not rehash as it fills.
+    pub fn reserve(&self, additional: usize) {
+        let per_shard = additional.div_ceil(SHARDS);
+        for shard in self.shards.iter() {
+            shard.write().reserve(per_shard);
+        }
+    }
+
+    /// The timer deadline of one session (`u64::MAX`: none), without copying its record.
+    pub fn deadline_us(&self, key: &[u8]) -> Option<u64> {
+        self.shard(key).read().get(key).map(|r| r.deadline_us)
     }
 
     /// Stores a session after a signal with `seq` changed it at steer time `now_us`.

@@ -92,3 +92,36 @@ proptest! {
         prop_assert_eq!(dump, expected);
     }
 }
+
+/// Two nodes, or a node before and after an upgrade, must agree on shards and digest buckets:
+/// the key hash is pinned to XXH3-64 with the table's seed, whatever the toolchain.
+#[test]
+fn the_key_hash_is_stable_across_builds() {
+    assert_eq!(
+        key_hash(b"001010000000001"),
+        xxhash_rust::xxh3::xxh3_64_with_seed(b"001010000000001", KEY_SEED)
+    );
+    assert_eq!(key_hash(b""), PINNED_EMPTY);
+    assert_eq!(crate::bucket_of(b"abc"), (key_hash(b"abc") % 256) as usize);
+}
+
+/// `key_hash(b"")` as computed when the seed was chosen (a change of hash or seed breaks
+/// compatibility between nodes and must be deliberate).
+const PINNED_EMPTY: u64 = 5_073_774_845_862_215_975;
+
+/// Keys of one shard must spread over the map inside it: the in-shard hash is not the shard
+/// hash (which would put every key of a shard in the same few map slots).
+#[test]
+fn in_shard_hashes_are_independent_of_the_shard() {
+    use std::hash::BuildHasher;
+    let in_shard_0: Vec<SessionKey> = (0..100_000u32)
+        .map(key)
+        .filter(|k| key_hash(k).is_multiple_of(SHARDS as u64))
+        .take(500)
+        .collect();
+    let low_bits: std::collections::HashSet<u64> = in_shard_0
+        .iter()
+        .map(|k| FixedState.hash_one(k) % 64)
+        .collect();
+    assert!(low_bits.len() > 48, "{} of 64 slots used", low_bits.len());
+}

@@ -270,11 +270,7 @@ impl Frame {
     /// Fields longer than their length prefix allows are a caller bug; they are truncated so the
     /// frame stays well formed, and the receiver's checks then reject the content.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let start = dst.len();
-        dst.put_u16(MAGIC);
-        dst.put_u8(VERSION);
-        dst.put_u8(self.kind());
-        dst.put_u32(0);
+        let start = begin(dst, self.kind());
         match self {
             Frame::Hello {
                 role,
@@ -338,13 +334,7 @@ impl Frame {
                 dst.put_u32(n as u32);
                 keys[..n].iter().for_each(|k| put_bytes16(dst, k));
             }
-            Frame::CopyRecord { key, seq, bytes } => {
-                put_bytes16(dst, key);
-                dst.put_u64(*seq);
-                let n = bytes.len().min(MAX_BODY / 2);
-                dst.put_u32(n as u32);
-                dst.put_slice(&bytes[..n]);
-            }
+            Frame::CopyRecord { key, seq, bytes } => put_copy_record(dst, key, *seq, bytes),
             Frame::Tombstone { key, seq } => {
                 put_bytes16(dst, key);
                 dst.put_u64(*seq);
@@ -362,8 +352,16 @@ impl Frame {
                 dst.put_slice(m.as_bytes());
             }
         }
-        let body_len = (dst.len() - start - HEADER_LEN) as u32;
-        dst[start + 4..start + 8].copy_from_slice(&body_len.to_be_bytes());
+        finish(dst, start);
+    }
+
+    /// Encodes a [`Frame::CopyRecord`] from borrowed parts, byte for byte as [`Frame::encode`]
+    /// would: a copy's source writes records straight from its table into the connection's
+    /// buffer, with no record clone or frame value per record.
+    pub fn encode_copy_record(dst: &mut BytesMut, key: &[u8], seq: u64, bytes: &[u8]) {
+        let start = begin(dst, kind::COPY_RECORD);
+        put_copy_record(dst, key, seq, bytes);
+        finish(dst, start);
     }
 
     /// Decodes a body of `kind` (the header has been checked by the codec). Never panics.
@@ -512,6 +510,30 @@ fn put_str8(dst: &mut BytesMut, s: &str) {
     let s = truncate_str(s, u8::MAX as usize);
     dst.put_u8(s.len() as u8);
     dst.put_slice(s.as_bytes());
+}
+
+/// Writes a frame header with a zero body length; returns where the frame starts.
+fn begin(dst: &mut BytesMut, kind: u8) -> usize {
+    let start = dst.len();
+    dst.put_u16(MAGIC);
+    dst.put_u8(VERSION);
+    dst.put_u8(kind);
+    dst.put_u32(0);
+    start
+}
+
+/// Fills in the body length of the frame written from `start`.
+fn finish(dst: &mut BytesMut, start: usize) {
+    let body_len = (dst.len() - start - HEADER_LEN) as u32;
+    dst[start + 4..start + 8].copy_from_slice(&body_len.to_be_bytes());
+}
+
+fn put_copy_record(dst: &mut BytesMut, key: &[u8], seq: u64, bytes: &[u8]) {
+    put_bytes16(dst, key);
+    dst.put_u64(seq);
+    let n = bytes.len().min(MAX_BODY / 2);
+    dst.put_u32(n as u32);
+    dst.put_slice(&bytes[..n]);
 }
 
 fn put_bytes16(dst: &mut BytesMut, b: &[u8]) {

@@ -107,6 +107,20 @@ fn frame() -> impl Strategy<Value = Frame> {
 }
 
 proptest! {
+    /// The borrowed encoder of a copy record writes exactly what the frame's encoder writes.
+    #[test]
+    fn a_borrowed_copy_record_encodes_like_the_frame(
+        key in bytes(40),
+        seq in any::<u64>(),
+        body in bytes(2000),
+    ) {
+        let mut a = BytesMut::new();
+        Frame::CopyRecord { key: key.clone(), seq, bytes: body.clone() }.encode(&mut a);
+        let mut b = BytesMut::from(&b"prefix"[..]);
+        Frame::encode_copy_record(&mut b, &key, seq, &body);
+        prop_assert_eq!(&b[6..], &a[..]);
+    }
+
     #[test]
     fn frames_round_trip_through_the_codec(frames in proptest::collection::vec(frame(), 1..8)) {
         let mut buf = BytesMut::new();

@@ -24,7 +24,8 @@
 use super::{Applied, ClassifiedOutput, Instance};
 use crate::{Function, SessionKey, SignalKind, Stamp};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use handoff_state::SeededState;
+use std::collections::{HashMap, HashSet};
 
 /// Limits of a shadow: a move that would exceed one is aborted, never left to grow memory.
 #[derive(Clone, Copy, Debug)]
@@ -122,22 +123,17 @@ struct Buffered<P> {
     prepared: P,
 }
 
-enum Later<P> {
-    Signal(Buffered<P>),
-    Tick(Stamp),
-}
-
 /// An instance being filled by a move.
 pub struct Shadow<F: Function> {
     instance: Instance<F>,
     /// Whether the manifest has arrived; until then every stateful signal is buffered.
     manifest_known: bool,
-    awaiting: HashSet<SessionKey>,
-    buffers: HashMap<SessionKey, Vec<Buffered<F::Prepared>>>,
+    awaiting: HashSet<SessionKey, SeededState>,
+    buffers: HashMap<SessionKey, Vec<Buffered<F::Prepared>>, SeededState>,
     ticks: Vec<Stamp>,
     /// Sessions a create routed to this copy alone (not a shadow copy) has touched: this copy
     /// is their owner, so a re-send must never replace them with the source's.
-    claimed: HashSet<SessionKey>,
+    claimed: HashSet<SessionKey, SeededState>,
     claims_overflowed: bool,
     limits: ShadowLimits,
     stats: ShadowStats,
@@ -163,10 +159,10 @@ impl<F: Function> Shadow<F> {
         Self {
             instance,
             manifest_known: false,
-            awaiting: HashSet::new(),
-            buffers: HashMap::new(),
+            awaiting: HashSet::default(),
+            buffers: HashMap::default(),
             ticks: Vec::new(),
-            claimed: HashSet::new(),
+            claimed: HashSet::default(),
             claims_overflowed: false,
             limits,
             stats: ShadowStats::default(),
@@ -258,6 +254,7 @@ impl<F: Function> Shadow<F> {
         self.manifest_known = true;
         self.awaiting = manifest.into_iter().collect();
         self.stats.awaiting = self.awaiting.len();
+        self.instance.table().reserve(self.awaiting.len());
         let mut outside: Vec<SessionKey> = self
             .buffers
             .keys()
@@ -334,19 +331,22 @@ impl<F: Function> Shadow<F> {
         bytes: Option<Bytes>,
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<RecordOutcome, ShadowError> {
-        if !self.awaiting.contains(&key) {
+        if !self.awaiting.remove(&key) {
             self.stats.unexpected_records += 1;
             return Ok(RecordOutcome::Unexpected);
         }
-        self.stats.bytes += (key.len() + bytes.as_ref().map_or(0, Bytes::len)) as u64;
+        let size = (key.len() + bytes.as_ref().map_or(0, Bytes::len)) as u64;
         match bytes {
-            Some(b) => self
-                .instance
-                .import_record(key.clone(), seq, b)
-                .map_err(|e| ShadowError::BadRecord(e.reason))?,
+            Some(b) => {
+                if let Err(e) = self.instance.import_record(key.clone(), seq, b) {
+                    // Still awaited: a re-send of its bucket may bring a good copy.
+                    self.awaiting.insert(key);
+                    return Err(ShadowError::BadRecord(e.reason));
+                }
+            }
             None => self.instance.remove_session(&key),
         }
-        self.awaiting.remove(&key);
+        self.stats.bytes += size;
         self.stats.awaiting = self.awaiting.len();
         self.stats.records += 1;
         let (replayed, discarded) = self.replay(&key, seq, out);
@@ -362,41 +362,68 @@ impl<F: Function> Shadow<F> {
     /// Applies the key's buffered signals with seq above `seq` and the ticks above it, merged
     /// in seq order, on the session as it now stands; discards the rest. Returns (replayed,
     /// discarded).
+    ///
+    /// Hot path of the copy (one call per record): buffered signals are already in seq order
+    /// (they were buffered as they came), so this merges them with the tick log in place, and
+    /// a tick is only handed to the timer when the session's deadline has come (the others
+    /// would leave it unchanged), which keeps a long tick log from costing a table lookup per
+    /// tick per record.
     fn replay(
         &mut self,
         key: &SessionKey,
         seq: u64,
         out: &mut Vec<ClassifiedOutput>,
     ) -> (usize, usize) {
-        let buffered = self.buffers.remove(key).unwrap_or_default();
+        let buffered = if self.buffers.is_empty() {
+            Vec::new()
+        } else {
+            self.buffers.remove(key).unwrap_or_default()
+        };
         self.stats.buffered -= buffered.len();
         // Ticks are logged in seq order: those after the record are a suffix.
-        let first_later = self.ticks.partition_point(|t| t.seq <= seq);
-        let mut later: BTreeMap<u64, Later<F::Prepared>> = self.ticks[first_later..]
-            .iter()
-            .map(|t| (t.seq, Later::Tick(*t)))
-            .collect();
+        let mut next_tick = self.ticks.partition_point(|t| t.seq <= seq);
+        if buffered.is_empty() && next_tick == self.ticks.len() {
+            return (0, 0);
+        }
         let mut discarded = 0;
+        let mut replayed = 0;
+        let mut deadline = self.deadline(key);
         for b in buffered {
-            if b.stamp.seq > seq {
-                later.insert(b.stamp.seq, Later::Signal(b));
-            } else {
+            if b.stamp.seq <= seq {
                 discarded += 1;
+                continue;
+            }
+            while let Some(t) = self.ticks.get(next_tick).copied() {
+                if t.seq > b.stamp.seq {
+                    break;
+                }
+                next_tick += 1;
+                replayed += 1;
+                if t.now_us >= deadline {
+                    self.instance.fire_timer(key, t);
+                    deadline = self.deadline(key);
+                }
+            }
+            self.instance
+                .apply_prepared(b.stamp, b.kind, key, &b.prepared, out);
+            deadline = self.deadline(key);
+            replayed += 1;
+        }
+        while let Some(t) = self.ticks.get(next_tick).copied() {
+            next_tick += 1;
+            replayed += 1;
+            if t.now_us >= deadline {
+                self.instance.fire_timer(key, t);
+                deadline = self.deadline(key);
             }
         }
         self.stats.discarded += discarded as u64;
-        let mut replayed = 0;
-        for item in later.into_values() {
-            match item {
-                Later::Signal(b) => {
-                    self.instance
-                        .apply_prepared(b.stamp, b.kind, key, &b.prepared, out);
-                }
-                Later::Tick(t) => self.instance.fire_timer(key, t),
-            }
-            replayed += 1;
-        }
         (replayed, discarded)
+    }
+
+    /// The session's timer deadline (`u64::MAX`: absent or no timer).
+    fn deadline(&self, key: &SessionKey) -> u64 {
+        self.instance.table().deadline_us(key).unwrap_or(u64::MAX)
     }
 
     /// Gives up on every record still awaited (its sender is gone): each such session is taken
