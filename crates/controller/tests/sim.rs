@@ -7,11 +7,13 @@
 //! cargo test -p handoff-controller --test sim -- --ignored replay --nocapture`.
 
 use handoff_controller::machine::Phase;
-use handoff_controller::sim::{run, run_scenario, soak, FaultClass, Scenario, SimReport, Trigger};
+use handoff_controller::sim::{
+    run, run_scenario, soak_with, FaultClass, Scenario, SimReport, Trigger,
+};
 use std::collections::BTreeMap;
 
 /// Seeds the sweep runs (round-robin over the classes: 60 each).
-const SWEEP: u64 = 480;
+const SWEEP: u64 = 540;
 
 /// Bugs this simulation found that are still open (the regression test `open_bug_*` below
 /// fails until it is fixed). Fixed since, each kept as a regression test `fixed_*`: B (a
@@ -60,6 +62,11 @@ fn a_sweep_of_seeds_over_every_fault_class_keeps_every_invariant() {
             ("controller crashed", r.controller_crashes > 0),
             ("destination crashed", r.destination_crashed.is_some()),
             ("source crashed", r.source_crashed.is_some()),
+            ("steer crashed", r.steer_crashed.is_some()),
+            (
+                "steer crashed, route installed again",
+                r.phases.contains(&Phase::SteerServe),
+            ),
             ("control lost", r.control_lost > 0),
             ("final state compared", r.checked.contains(&"final_state")),
         ] {
@@ -321,7 +328,8 @@ fn fixed_i_a_restarted_copy_back_no_longer_abandons_sessions_still_in_flight() {
 
 // --- tools --------------------------------------------------------------------------------------
 
-/// Soak: `HANDOFF_SIM_SEEDS` seeds (default 10 000) round-robin over the classes.
+/// Soak: `HANDOFF_SIM_SEEDS` seeds (default 10 000) round-robin over the classes, or all
+/// under `HANDOFF_SIM_FAULTS` when set.
 #[test]
 #[ignore = "soak; run with --ignored"]
 fn soak_many_seeds() {
@@ -329,10 +337,14 @@ fn soak_many_seeds() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let found = soak(0..n);
+    let only: Option<FaultClass> = std::env::var("HANDOFF_SIM_FAULTS")
+        .ok()
+        .map(|f| f.parse().expect("a fault class"));
+    let class_of = |seed: u64| only.unwrap_or_else(|| FaultClass::for_seed(seed));
+    let found = soak_with(0..n, class_of);
     let mut by: BTreeMap<(FaultClass, &str), Vec<u64>> = BTreeMap::new();
     for (seed, v) in &found {
-        by.entry((FaultClass::for_seed(*seed), v.invariant))
+        by.entry((class_of(*seed), v.invariant))
             .or_default()
             .push(*seed);
     }
@@ -344,7 +356,7 @@ fn soak_many_seeds() {
         );
     }
     if let Some((seed, _)) = found.first() {
-        let r = run(*seed, FaultClass::for_seed(*seed));
+        let r = run(*seed, class_of(*seed));
         panic!("{} violations in {n} seeds; the first:\n{r}", found.len());
     }
 }
