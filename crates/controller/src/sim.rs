@@ -34,8 +34,16 @@
 //! the session exists —, update, delete or a stateless ping, chosen by the RNG) once it got
 //! the answer to the previous one; the steer injects a tick every 5 ms.
 //!
-//! Not modelled: the steer crashing or restarting, a node restarting (a crashed node stays
-//! down), retransmissions by clients (a client that gets no answer in time counts it lost and
+//! A steer crash ([`FaultClass::SteerCrash`]) loses the steer's route state, its pending
+//! answers, the outputs that reach it while it is down, and the signals it stamped above a
+//! random cut (the same on every link: those still in its queues); what it wrote arrives.
+//! It restarts from its route file. If a move was in progress it routes nothing and refuses
+//! move commands with `RouteLost` until the machine rebinds both nodes (a bind fences off the
+//! earlier run's frames) and serves the route again. Lost signals leave the reference; an
+//! answer lost at the dead steer must never arrive.
+//!
+//! Not modelled: a steer crash that writes one copy of a signal but not the other (see
+//! docs/moves.md, "Known limits"), a node restarting (a crashed node stays down), retransmissions by clients (a client that gets no answer in time counts it lost and
 //! sends its next operation), the standby/failover protocol, memory or queue limits
 //! (shedding), a retired link's close after its grace period, the copy's pacing plans and
 //! re-sending of differing digest buckets (the machine aborts on a mismatch), and several

@@ -284,6 +284,54 @@ fn operator_abort_the_source_serves_again_only_after_every_seq_below_the_abort()
 }
 
 #[test]
+fn steer_crash_before_the_cutover_aborts_and_brings_the_created_sessions_back() {
+    let r = scenario(8, FaultClass::SteerCrash, |sc| {
+        sc.abort_safe = false;
+        sc.steer_crash = Some(Trigger::at_phase(Phase::Verify, 500));
+        sc.steer_down_us = 5_000;
+    });
+    check(&r);
+    assert_eq!(r.steer_crashed, Some(Phase::Verify), "{r}");
+    assert_eq!(r.phase, Phase::Aborted, "{r}");
+    // The restarted steer refused the cutover (route lost); the destination named the
+    // sessions created on it and they came back to the source.
+    for p in [Phase::SteerRebind, Phase::LostKeys, Phase::SteerServe] {
+        assert!(r.phases.contains(&p), "{p:?} missing: {r}");
+    }
+    assert!(r.created_during_move > 0, "{r}");
+    assert_eq!(r.lost_on_abort, 0, "{r}");
+    for inv in ["every_answered", "final_state", "route_settled"] {
+        assert!(r.checked.contains(&inv), "{inv} not checked: {r}");
+    }
+}
+
+#[test]
+fn steer_crash_after_the_cutover_finishes_the_move_on_the_destination() {
+    let r = scenario(5, FaultClass::SteerCrash, |sc| {
+        sc.steer_crash = Some(Trigger::at_phase(Phase::Drain, 0));
+        sc.steer_down_us = 5_000;
+    });
+    check(&r);
+    assert_eq!(r.phase, Phase::Done, "{r}");
+    assert!(r.phases.contains(&Phase::SteerServe), "{r}");
+    assert!(!r.phases.contains(&Phase::LostKeys), "{r}");
+    assert!(r.checked.contains(&"final_state"), "{r}");
+}
+
+#[test]
+fn steer_crash_with_no_move_in_progress_serves_on() {
+    // Before the move (Prepare) the route file says serving: nothing to install again.
+    let r = scenario(2, FaultClass::SteerCrash, |sc| {
+        sc.steer_crash = Some(Trigger::at_phase(Phase::Prepare, 0));
+        sc.steer_down_us = 5_000;
+    });
+    check(&r);
+    assert_eq!(r.phase, Phase::Done, "{r}");
+    assert!(!r.phases.contains(&Phase::SteerRebind), "{r}");
+    assert!(r.checked.contains(&"final_state"), "{r}");
+}
+
+#[test]
 fn mixed_faults_keep_every_invariant() {
     let r = scenario(15, FaultClass::Mixed, |sc| {
         sc.control_loss = 0.1;

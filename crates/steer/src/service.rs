@@ -953,3 +953,36 @@ impl State<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_file_survives_a_restart_and_a_bad_one_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("handoff-steer-route-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mme-1.route.json");
+        assert_eq!(
+            read_route_file(&path),
+            None,
+            "no file: serve from the config"
+        );
+        let node: SocketAddr = "10.0.0.2:7001".parse().unwrap();
+        write_route_file(Some(&path), node, "cut over");
+        assert_eq!(
+            read_route_file(&path),
+            Some(RouteFile {
+                node,
+                phase: "cut over".into()
+            })
+        );
+        std::fs::write(&path, b"{not json").unwrap();
+        assert_eq!(
+            read_route_file(&path),
+            None,
+            "garbage is ignored, not a panic"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
