@@ -1724,11 +1724,13 @@ impl Sim {
             return;
         };
         let node = &self.nodes[B];
-        if node.alive && node.inst.is_some() {
+        // As service.rs: the source's link must be bound too (after a restart, its last
+        // applied seq is known only then; the copy's manifest waits for it).
+        if node.alive && node.inst.is_some() && self.steer.up[self.steer.source] {
             let st = &mut self.steer;
             st.up[B] = true;
-            let first = st.seq + 1;
-            let last_sent = st.sent_source;
+            let first = st.seq.max(st.base[st.source]) + 1;
+            let last_sent = st.sent_source.max(st.base[st.source]);
             let r = st
                 .route
                 .begin_move(first, p.abort_safe)

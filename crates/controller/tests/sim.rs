@@ -20,7 +20,8 @@ const SWEEP: u64 = 540;
 /// repeated FinishShadow is answered), C (a repeated FinishMove is answered), D (a session
 /// coming back is unfrozen), F (a subset copy's tombstone for a session never held carries seq
 /// 0), G (a hand-over marker reaching a source that expects the session freezes it), I (an
-/// abort waits for returning records still streaming before giving up on any).
+/// abort waits for returning records still streaming before giving up on any), J (move mode
+/// waits for a restarted steer's source link).
 const OPEN_BUGS: &[(&str, &str)] = &[];
 
 /// Sweep seeds that fail on open bugs: (seed, the bugs that must all be fixed for it to pass).
@@ -372,6 +373,19 @@ fn fixed_g_a_hand_over_marker_reaching_an_expecting_source_is_ignored() {
 #[test]
 fn fixed_i_a_restarted_copy_back_no_longer_abandons_sessions_still_in_flight() {
     check(&run(9187, FaultClass::ControllerCrash));
+}
+
+/// Regression: a steer restarted while its `begin_move` was pending entered move mode again
+/// before its source link had bound, answering `last_sent` 0: the source took its manifest
+/// while signals of the steer's previous run were still reaching it, and streamed a record
+/// missing one of them (seeds 880 and 2119 under steer-crash: a counter one too low).
+#[test]
+fn fixed_j_move_mode_waits_for_the_restarted_steers_source_link() {
+    for seed in [880, 2119] {
+        let r = run(seed, FaultClass::SteerCrash);
+        check(&r);
+        assert_eq!(r.phase, Phase::Done, "{r}");
+    }
 }
 
 // --- tools --------------------------------------------------------------------------------------

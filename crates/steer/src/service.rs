@@ -465,9 +465,11 @@ pub(crate) async fn run(
                 }
                 retiring.retain(|(l, until)| if now >= *until { l.close(); false } else { true });
                 if let Some(p) = pending.take() {
-                    if dest.as_ref().is_some_and(Link::is_up) {
-                        let first = seq + 1;
-                        let last_sent = sent.source;
+                    // The source's link must be bound too: after a restart its last applied seq
+                    // (what the copy's manifest must wait for) is known only then.
+                    if dest.as_ref().is_some_and(Link::is_up) && source.is_up() {
+                        let first = seq.max(source.base_seq()) + 1;
+                        let last_sent = sent.source.max(source.base_seq());
                         let r = route
                             .begin_move(first, p.abort_safe)
                             .map(|()| Boundary { boundary: first, last_sent })
