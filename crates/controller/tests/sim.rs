@@ -40,14 +40,25 @@ fn scenario(seed: u64, faults: FaultClass, f: impl FnOnce(&mut Scenario)) -> Sim
     run_scenario(sc)
 }
 
+// The sweep runs as two tests, so the test harness runs its halves on two threads.
 #[test]
 fn a_sweep_of_seeds_over_every_fault_class_keeps_every_invariant() {
+    sweep(0..SWEEP / 2);
+}
+
+#[test]
+fn a_sweep_of_seeds_over_every_fault_class_keeps_every_invariant_second_half() {
+    sweep(SWEEP / 2..SWEEP);
+}
+
+fn sweep(seeds: std::ops::Range<u64>) {
+    let n = seeds.end - seeds.start;
     let mut failed: Vec<SimReport> = Vec::new();
     let mut known_failing = Vec::new();
     let mut known_passing = Vec::new();
     let mut outcomes: BTreeMap<(FaultClass, String), u64> = BTreeMap::new();
     let mut seen = BTreeMap::<&str, u64>::new();
-    for seed in 0..SWEEP {
+    for seed in seeds {
         let class = FaultClass::for_seed(seed);
         let r = run(seed, class);
         *outcomes
@@ -98,7 +109,7 @@ fn a_sweep_of_seeds_over_every_fault_class_keeps_every_invariant() {
     }
     if !failed.is_empty() {
         let mut msg = format!(
-            "{} of {SWEEP} seeds broke an invariant: {:?}\n",
+            "{} of {n} seeds broke an invariant: {:?}\n",
             failed.len(),
             failed.iter().map(|r| r.scenario.seed).collect::<Vec<_>>()
         );
