@@ -43,6 +43,14 @@ pub struct NetDriver {
 }
 
 fn failure(e: ClientError) -> Failure {
+    if let ClientError::Refused { code, .. } = &e {
+        if *code == handoff_wire::code::ROUTE_LOST {
+            return Failure::RouteLost { cut_over: false };
+        }
+        if *code == handoff_wire::code::ROUTE_LOST_CUT_OVER {
+            return Failure::RouteLost { cut_over: true };
+        }
+    }
     if e.is_refusal() {
         Failure::Refused(e.to_string())
     } else {
@@ -230,6 +238,50 @@ impl NetDriver {
             Action::AbortCommit => {
                 let v = self
                     .steer(s.steer, &SteerRequest::AbortCommit { instance })
+                    .await?;
+                Outcome::Boundary {
+                    boundary: num(&v, "boundary")?,
+                    last_sent: num(&v, "last_sent")?,
+                }
+            }
+            Action::RebindRoute => {
+                let v = self
+                    .steer(
+                        s.steer,
+                        &SteerRequest::Rebind {
+                            instance,
+                            source: s.source,
+                            destination: s.destination,
+                        },
+                    )
+                    .await?;
+                Outcome::Rebound {
+                    source: v["source"].as_u64(),
+                    destination: v["destination"].as_u64(),
+                }
+            }
+            Action::CreatedKeys { at: side } => {
+                let v = self
+                    .node(at(*side), &AdminRequest::CreatedKeys { instance }, short)
+                    .await?;
+                let keys: Vec<String> =
+                    serde_json::from_value(v["created"].clone()).map_err(bad)?;
+                let keys = keys
+                    .iter()
+                    .map(|k| hex::decode(k).map(Bytes::from))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Failure::Refused(format!("bad key: {e}")))?;
+                Outcome::Keys(keys)
+            }
+            Action::ServeRoute { owner } => {
+                let v = self
+                    .steer(
+                        s.steer,
+                        &SteerRequest::Serve {
+                            instance,
+                            node: at(*owner),
+                        },
+                    )
                     .await?;
                 Outcome::Boundary {
                     boundary: num(&v, "boundary")?,

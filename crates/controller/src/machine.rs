@@ -117,6 +117,21 @@ pub enum Action {
     },
     /// Steer: second abort step. Answer: [`Outcome::Boundary`].
     AbortCommit,
+    /// Steer (restarted, route lost): link both nodes again and learn what each applied;
+    /// signals of the instance stay unrouted. Answer: [`Outcome::Rebound`].
+    RebindRoute,
+    /// A side's keys it got a create for while a shadow (the sessions created on the
+    /// destination during the move). Answer: [`Outcome::Keys`].
+    CreatedKeys {
+        /// Which side.
+        at: Side,
+    },
+    /// Steer (restarted, route rebound): serve the instance from `owner`, at seqs above
+    /// everything either node applied. Answer: [`Outcome::Boundary`].
+    ServeRoute {
+        /// The side that owns the instance from now on.
+        owner: Side,
+    },
 }
 
 /// A successful answer to an [`Action`].
@@ -146,6 +161,14 @@ pub enum Outcome {
     Applied(u64),
     /// Session keys.
     Keys(Vec<Bytes>),
+    /// A restarted steer linked both nodes again: the last seq each had applied when bound
+    /// (`None`: that node could not be bound).
+    Rebound {
+        /// The source's last applied seq.
+        source: Option<u64>,
+        /// The destination's last applied seq.
+        destination: Option<u64>,
+    },
 }
 
 /// What a copy reported.
@@ -196,6 +219,13 @@ pub enum Failure {
     Refused(String),
     /// The peer could not be reached, or the connection broke.
     Unreachable(String),
+    /// The steer restarted during the move and lost the instance's route (it routes none of
+    /// its signals until the route is installed again); `cut_over`: the route had flipped to
+    /// the destination before the restart.
+    RouteLost {
+        /// Whether the flip had happened.
+        cut_over: bool,
+    },
 }
 
 impl std::fmt::Display for Failure {
@@ -203,6 +233,12 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Refused(m) => write!(f, "refused: {m}"),
             Failure::Unreachable(m) => write!(f, "unreachable: {m}"),
+            Failure::RouteLost { cut_over } => {
+                write!(
+                    f,
+                    "the steer restarted and lost the route (cut over: {cut_over})"
+                )
+            }
         }
     }
 }
@@ -251,6 +287,14 @@ pub enum Phase {
     AbortDrop,
     /// Aborted: the source serves.
     Aborted,
+    /// The steer restarted and lost the route: it links both nodes again (fencing off what
+    /// its previous run still had in flight) and learns what each applied.
+    SteerRebind,
+    /// Route lost before the cutover: the destination names the sessions created on it.
+    LostKeys,
+    /// Route lost: the steer serves the instance again, from the source (before the cutover,
+    /// then the abort goes on) or the destination (after it, then the move finishes).
+    SteerServe,
     /// Stopped with the cluster needing an operator (the reason says why).
     Failed,
 }
@@ -281,6 +325,14 @@ impl Phase {
                 | Phase::AbortReturn
                 | Phase::AbortDrop
                 | Phase::Aborted
+        )
+    }
+
+    /// Whether the move is re-installing a route a restarted steer lost.
+    pub fn is_route_recovery(self) -> bool {
+        matches!(
+            self,
+            Phase::SteerRebind | Phase::LostKeys | Phase::SteerServe
         )
     }
 }
@@ -349,6 +401,14 @@ pub struct MoveMachine {
     /// AbortReturn: the source awaits no more returning records (or waiting gave up).
     #[serde(default)]
     pub source_settled: bool,
+    /// The steer lost the route (restarted): `Some(forward)`, forward meaning it had cut over
+    /// (the move finishes) rather than not (it aborts).
+    #[serde(default)]
+    pub route_lost: Option<bool>,
+    /// Route lost: the last seqs the source and the destination had applied when the
+    /// restarted steer bound them again.
+    #[serde(default)]
+    pub rebound: (u64, u64),
     /// Figures.
     pub figures: MoveFigures,
     /// When the current phase began (driver's clock, ms).
@@ -382,6 +442,8 @@ impl MoveMachine {
             source_drained: false,
             abort_boundary: 0,
             source_settled: false,
+            route_lost: None,
+            rebound: (0, 0),
             figures: MoveFigures::default(),
             phase_started_ms: now_ms,
         })
@@ -448,6 +510,17 @@ impl MoveMachine {
             Phase::AbortDrop => Action::DropInstance {
                 at: Side::Destination,
             },
+            Phase::SteerRebind => Action::RebindRoute,
+            Phase::LostKeys => Action::CreatedKeys {
+                at: Side::Destination,
+            },
+            Phase::SteerServe => Action::ServeRoute {
+                owner: if self.route_lost == Some(true) {
+                    Side::Destination
+                } else {
+                    Side::Source
+                },
+            },
             Phase::Done | Phase::Aborted | Phase::Failed => return None,
         })
     }
@@ -464,7 +537,11 @@ impl MoveMachine {
 
     /// Asks for an abort: honoured at the next step before cutover; ignored after it.
     pub fn request_abort(&mut self, reason: impl Into<String>) {
-        if !self.phase.past_cutover() && !self.phase.is_abort() && !self.phase.is_terminal() {
+        if !self.phase.past_cutover()
+            && !self.phase.is_abort()
+            && !self.phase.is_terminal()
+            && self.route_lost.is_none()
+        {
             self.abort_requested = true;
             if self.reason.is_none() {
                 self.reason = Some(reason.into());
@@ -475,7 +552,11 @@ impl MoveMachine {
     /// Aborts at once, between actions: `true` if the move entered its abort path (it is
     /// before the cutover and not already aborting).
     pub fn abort_now(&mut self, reason: impl Into<String>, now_ms: u64) -> bool {
-        if self.phase.past_cutover() || self.phase.is_abort() || self.phase.is_terminal() {
+        if self.phase.past_cutover()
+            || self.phase.is_abort()
+            || self.phase.is_terminal()
+            || self.route_lost.is_some()
+        {
             return false;
         }
         if self.phase == Phase::Cutover && self.in_flight {
@@ -616,7 +697,86 @@ impl MoveMachine {
                 };
                 self.enter(next, now_ms);
             }
-            (Phase::AbortExpect, _) => self.enter(Phase::AbortCommit, now_ms),
+            (Phase::AbortExpect, _) => {
+                let next = self.after_expect();
+                self.enter(next, now_ms)
+            }
+            (
+                Phase::SteerRebind,
+                Outcome::Rebound {
+                    source,
+                    destination,
+                },
+            ) => {
+                let forward = self.route_lost == Some(true);
+                // The new owner must be linked; the other side only fences and reports.
+                let (owner, other) = if forward {
+                    (destination, source)
+                } else {
+                    (source, destination)
+                };
+                let Some(owner_seq) = owner else {
+                    return self.fail(
+                        "SteerRebind: unreachable: the steer could not link the instance's owner"
+                            .into(),
+                        now_ms,
+                    );
+                };
+                let other_seq = other.unwrap_or(0);
+                self.rebound = if forward {
+                    (other_seq, owner_seq)
+                } else {
+                    (owner_seq, other_seq)
+                };
+                let next = if forward {
+                    Phase::SteerServe
+                } else if self.spec.abort_safe {
+                    // Every create reached the source too: nothing to bring back.
+                    self.created.clear();
+                    Phase::SteerServe
+                } else {
+                    Phase::LostKeys
+                };
+                self.enter(next, now_ms);
+            }
+            (Phase::LostKeys, Outcome::Keys(keys)) => {
+                self.figures.created_during_move = keys.len() as u64;
+                self.created = keys;
+                let next = if self.created.is_empty() {
+                    Phase::SteerServe
+                } else {
+                    Phase::AbortExpect
+                };
+                self.enter(next, now_ms);
+            }
+            (
+                Phase::SteerServe,
+                Outcome::Boundary {
+                    boundary,
+                    last_sent: _,
+                },
+            ) => {
+                let (source_seq, dest_seq) = self.rebound;
+                if self.route_lost == Some(true) {
+                    // Both nodes were bound again, which fenced off every signal the old run
+                    // of the steer still had in flight: each has applied all it will ever get
+                    // below `boundary`. The drain is done; the destination may leave shadow
+                    // mode.
+                    if self.figures.cutover_seq == 0 {
+                        self.figures.cutover_seq = boundary;
+                    }
+                    self.last_sent = source_seq;
+                    self.enter(Phase::Finish, now_ms);
+                } else {
+                    // As after an abort's commit, with the fence in place of the last seqs
+                    // sent: the destination sends back what it applied by `dest_seq`, the
+                    // source has applied every seq it will get from the old run.
+                    self.last_sent = dest_seq;
+                    self.abort_boundary = source_seq.saturating_add(1);
+                    let next = self.after_commit();
+                    self.enter(next, now_ms);
+                }
+            }
             (
                 Phase::AbortCommit,
                 Outcome::Boundary {
@@ -687,6 +847,33 @@ impl MoveMachine {
         }
     }
 
+    /// Where an abort goes once the source expects the returning sessions.
+    fn after_expect(&self) -> Phase {
+        if self.route_lost.is_some() {
+            Phase::SteerServe
+        } else {
+            Phase::AbortCommit
+        }
+    }
+
+    /// The steer lost the route (it restarted). Before the cutover the move aborts, after it
+    /// it finishes; either way the route is installed again first.
+    fn lose_route(&mut self, cut_over: bool, now_ms: u64) {
+        let forward = cut_over || self.phase.past_cutover();
+        tracing::warn!(
+            id = self.spec.id,
+            phase = ?self.phase,
+            forward,
+            "the steer restarted and lost the route; installing it again"
+        );
+        self.route_lost = Some(forward);
+        self.abort_requested = false;
+        if !forward && self.reason.is_none() {
+            self.reason = Some("the steer restarted during the move".into());
+        }
+        self.enter(Phase::SteerRebind, now_ms);
+    }
+
     /// Where an abort goes once the route is back with the source.
     fn after_commit(&self) -> Phase {
         if self.created.is_empty() {
@@ -707,6 +894,14 @@ impl MoveMachine {
 
     fn failed(&mut self, f: Failure, now_ms: u64) {
         self.in_flight = false;
+        if let Failure::RouteLost { cut_over } = f {
+            if self.route_lost.is_none() {
+                return self.lose_route(cut_over, now_ms);
+            }
+            // Lost again while re-installing it (the steer restarted once more): rebind.
+            self.route_lost = Some(self.route_lost == Some(true) || cut_over);
+            return self.enter(Phase::SteerRebind, now_ms);
+        }
         let retry = matches!(f, Failure::Unreachable(_)) && self.attempts + 1 < MAX_ATTEMPTS;
         if retry {
             self.attempts += 1;
@@ -723,7 +918,7 @@ impl MoveMachine {
             // retry forward).
             Phase::Cutover => match f {
                 Failure::Refused(_) => self.start_abort(why, now_ms),
-                Failure::Unreachable(_) => self.fail(why, now_ms),
+                Failure::Unreachable(_) | Failure::RouteLost { .. } => self.fail(why, now_ms),
             },
             // Past the flip the move only goes forward: a source that cannot be asked has
             // stopped anyway (the destination is still waited for); the destination and steer
@@ -739,20 +934,24 @@ impl MoveMachine {
             // The steer refused: the route is not moving (never switched, or already back).
             Phase::AbortBegin => match f {
                 Failure::Refused(_) => self.enter(Phase::AbortDrop, now_ms),
-                Failure::Unreachable(_) => self.fail(why, now_ms),
+                Failure::Unreachable(_) | Failure::RouteLost { .. } => self.fail(why, now_ms),
             },
             Phase::AbortExpect => {
                 // The source cannot take them back: they stay lost with the destination.
                 self.figures.lost_on_abort = self.created.len() as u64;
                 self.created.clear();
-                self.enter(Phase::AbortCommit, now_ms);
+                let next = self.after_expect();
+                self.enter(next, now_ms);
             }
+            Phase::SteerRebind | Phase::SteerServe => self.fail(why, now_ms),
+            // The destination cannot name the sessions created on it: they are lost with it.
+            Phase::LostKeys => self.fail(why, now_ms),
             Phase::AbortCommit => match f {
                 Failure::Refused(_) => {
                     let next = self.after_commit();
                     self.enter(next, now_ms)
                 }
-                Failure::Unreachable(_) => self.fail(why, now_ms),
+                Failure::Unreachable(_) | Failure::RouteLost { .. } => self.fail(why, now_ms),
             },
             // The destination cannot learn the returning sessions' old state: it may still
             // send back what it has.
@@ -787,7 +986,8 @@ impl MoveMachine {
         }
         self.attempts = 0;
         self.polls = 0;
-        if self.phase.past_cutover() || self.phase.is_abort() {
+        if self.phase.past_cutover() || self.phase.is_abort() || self.phase.is_route_recovery() {
+            // Every step from here is repeatable (re-binding and serving the route too).
             self.in_flight = false;
             return;
         }

@@ -34,8 +34,16 @@
 //! the session exists —, update, delete or a stateless ping, chosen by the RNG) once it got
 //! the answer to the previous one; the steer injects a tick every 5 ms.
 //!
-//! Not modelled: the steer crashing or restarting, a node restarting (a crashed node stays
-//! down), retransmissions by clients (a client that gets no answer in time counts it lost and
+//! A steer crash ([`FaultClass::SteerCrash`]) loses the steer's route state, its pending
+//! answers, the outputs that reach it while it is down, and the signals it stamped above a
+//! random cut (the same on every link: those still in its queues); what it wrote arrives.
+//! It restarts from its route file. If a move was in progress it routes nothing and refuses
+//! move commands with `RouteLost` until the machine rebinds both nodes (a bind fences off the
+//! earlier run's frames) and serves the route again. Lost signals leave the reference; an
+//! answer lost at the dead steer must never arrive.
+//!
+//! Not modelled: a steer crash that writes one copy of a signal but not the other (see
+//! docs/moves.md, "Known limits"), a node restarting (a crashed node stays down), retransmissions by clients (a client that gets no answer in time counts it lost and
 //! sends its next operation), the standby/failover protocol, memory or queue limits
 //! (shedding), a retired link's close after its grace period, the copy's pacing plans and
 //! re-sending of differing digest buckets (the machine aborts on a mismatch), and several
@@ -233,13 +241,16 @@ pub enum FaultClass {
     SourceCrash,
     /// The operator asks for an abort at a random point.
     OperatorAbort,
-    /// A random mix of the above (at most one node crash).
+    /// The steer crashes (losing its route state and the signals it had not written yet) and
+    /// restarts a little later; the controller installs the route again.
+    SteerCrash,
+    /// A random mix of the above (at most one node crash; a steer crash only without one).
     Mixed,
 }
 
 impl FaultClass {
     /// Every class, in the order [`soak`] cycles through them.
-    pub const ALL: [FaultClass; 8] = [
+    pub const ALL: [FaultClass; 9] = [
         FaultClass::None,
         FaultClass::Delays,
         FaultClass::ControlLoss,
@@ -247,6 +258,7 @@ impl FaultClass {
         FaultClass::DestinationCrash,
         FaultClass::SourceCrash,
         FaultClass::OperatorAbort,
+        FaultClass::SteerCrash,
         FaultClass::Mixed,
     ];
 
@@ -265,6 +277,7 @@ impl FaultClass {
             FaultClass::DestinationCrash => "destination-crash",
             FaultClass::SourceCrash => "source-crash",
             FaultClass::OperatorAbort => "operator-abort",
+            FaultClass::SteerCrash => "steer-crash",
             FaultClass::Mixed => "mixed",
         }
     }
@@ -355,6 +368,10 @@ pub struct Scenario {
     /// Operator's abort; `true`: [`MoveMachine::request_abort`] (honoured when the action in
     /// flight completes), `false`: the driver's [`MoveMachine::abort_now`] between actions.
     pub operator_abort: Option<(Trigger, bool)>,
+    /// Steer crash.
+    pub steer_crash: Option<Trigger>,
+    /// How long a crashed steer stays down, µs.
+    pub steer_down_us: u64,
     /// Trace every signal too (long; for replaying a failing seed).
     pub verbose: bool,
 }
@@ -391,6 +408,8 @@ impl Scenario {
             destination_crash: None,
             source_crash: None,
             operator_abort: None,
+            steer_crash: None,
+            steer_down_us: 0,
             verbose: false,
         };
         match faults {
@@ -422,6 +441,16 @@ impl Scenario {
                 if r.gen_bool(0.3) {
                     sc.operator_abort = Some((Trigger::random(&mut r), r.gen_bool(0.5)));
                 }
+                // Drawn last, so the other faults of a Mixed seed stay what they were.
+                let node_crash = sc.destination_crash.is_some() || sc.source_crash.is_some();
+                if !node_crash && r.gen_bool(0.3) {
+                    sc.steer_crash = Some(Trigger::random(&mut r));
+                    sc.steer_down_us = r.gen_range(500..60_000);
+                }
+            }
+            FaultClass::SteerCrash => {
+                sc.steer_crash = Some(Trigger::random(&mut r));
+                sc.steer_down_us = r.gen_range(500..60_000);
             }
         }
         sc
@@ -480,6 +509,14 @@ pub struct SimReport {
     pub source_crashed: Option<Phase>,
     /// Whether the operator's abort was asked for.
     pub operator_abort: bool,
+    /// The phase the steer crashed in, if it did.
+    pub steer_crashed: Option<Phase>,
+    /// Signals stamped by the steer but lost in its crash (never delivered, removed from the
+    /// admitted ones), and datagrams it dropped unstamped while down or while its route was
+    /// lost.
+    pub lost_in_steer_crash: u64,
+    /// Of the admitted signals, those whose answer reached the steer while it was down.
+    pub answers_lost_in_steer_crash: u64,
     /// Sessions created on the destination during an aborted move.
     pub created_during_move: u64,
     /// Of which lost (their node was gone or unreachable).
@@ -522,7 +559,7 @@ impl SimReport {
     /// One line: the outcome.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} ({}): {:?} via {:?}{}; {} signals, {} ticks, {} shed, {} answers, {} unanswered, {} client timeouts; {} control messages lost, {} controller crash(es){}{}{}; {} events, {} µs",
+            "seed {} ({}): {:?} via {:?}{}; {} signals, {} ticks, {} shed, {} answers, {} unanswered, {} client timeouts; {} control messages lost, {} controller crash(es){}{}{}{}; {} events, {} µs",
             self.scenario.seed,
             self.scenario.faults,
             self.phase,
@@ -550,6 +587,9 @@ impl SimReport {
             } else {
                 ""
             },
+            self.steer_crashed
+                .map(|p| format!(", steer crashed in {p:?} ({} signals lost, {} answers lost)", self.lost_in_steer_crash, self.answers_lost_in_steer_crash))
+                .unwrap_or_default(),
             self.events,
             self.end_us,
         )
@@ -594,9 +634,14 @@ pub fn run_scenario(sc: Scenario) -> SimReport {
 /// Runs every seed of `seeds`, each under [`FaultClass::for_seed`], and returns every
 /// violation found (a panic counts as one).
 pub fn soak(seeds: Range<u64>) -> Vec<(u64, Violation)> {
+    soak_with(seeds, FaultClass::for_seed)
+}
+
+/// As [`soak`], every seed under the class `class_of` gives it.
+pub fn soak_with(seeds: Range<u64>, class_of: impl Fn(u64) -> FaultClass) -> Vec<(u64, Violation)> {
     let mut out = Vec::new();
     for seed in seeds {
-        let class = FaultClass::for_seed(seed);
+        let class = class_of(seed);
         match std::panic::catch_unwind(|| run(seed, class)) {
             Ok(r) => out.extend(r.violations.into_iter().map(|v| (seed, v))),
             Err(p) => {
@@ -690,6 +735,8 @@ struct Frame {
     payload: Bytes,
     flags: u8,
     client: Option<usize>,
+    /// The steer incarnation that stamped it.
+    inc: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -731,6 +778,7 @@ enum Fault {
     ControllerCrash,
     NodeCrash(usize),
     OperatorAbort { request: bool },
+    SteerCrash,
 }
 
 #[derive(Debug)]
@@ -792,6 +840,21 @@ enum Ev {
     },
     Fault(Fault),
     Restart,
+    SteerRestart,
+    /// A (restarted) steer's link binds the instance at a node.
+    Bind {
+        node: usize,
+        inc: u32,
+    },
+    /// The node's answer: its last applied seq (`None`: it hosts no instance).
+    Bound {
+        node: usize,
+        inc: u32,
+        last_seq: Option<u64>,
+    },
+    RebindCheck {
+        inc: u32,
+    },
     LinkDown(usize),
     StopTraffic,
 }
@@ -861,6 +924,22 @@ struct Steer {
     flip: Option<(u64, u64)>,
     finished: bool,
     pending: Option<PendingBegin>,
+    /// Whether it runs.
+    alive: bool,
+    /// Its run (incremented by a restart).
+    inc: u32,
+    /// Per run: the last seq whose frames were written out (the rest died with the run).
+    cuts: Vec<u64>,
+    /// The route was lost in a restart during a move (`Some(cut over)`).
+    lost: Option<bool>,
+    /// What the route file says: the node served from, and the phase.
+    disk: (usize, &'static str),
+    /// The last seq each node had applied when bound by this run.
+    base: [u64; 2],
+    /// A rebind waiting for both links.
+    rebind: Option<(ReplyTo, u64)>,
+    /// The highest seq of this run a node has received.
+    delivered: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -900,6 +979,8 @@ struct Node {
     pending: BTreeMap<u64, usize>,
     copies: BTreeMap<u64, CopyTask>,
     incoming: BTreeMap<(usize, u64), Incoming>,
+    /// The steer run whose binding is current (earlier runs' frames are fenced off).
+    fence: u32,
 }
 
 struct Controller {
@@ -947,6 +1028,9 @@ struct Sim {
     destination_crashed: Option<Phase>,
     source_crashed: Option<Phase>,
     operator_abort: bool,
+    steer_crashed: Option<Phase>,
+    lost_in_steer_crash: u64,
+    lost_answers: BTreeSet<u64>,
     phases: Vec<Phase>,
     next_copy: u64,
     checked: Vec<&'static str>,
@@ -982,6 +1066,7 @@ impl Sim {
             pending: BTreeMap::new(),
             copies: BTreeMap::new(),
             incoming: BTreeMap::new(),
+            fence: 0,
         };
         let source: Box<dyn Hosted> = Box::new(Hosting::new(func.clone()));
         let mut sim = Self {
@@ -1004,6 +1089,14 @@ impl Sim {
                 flip: None,
                 finished: false,
                 pending: None,
+                alive: true,
+                inc: 0,
+                cuts: vec![u64::MAX],
+                lost: None,
+                disk: (A, "serving"),
+                base: [0, 0],
+                rebind: None,
+                delivered: 0,
             },
             nodes: [node(Some(source)), node(None)],
             ctl: Controller {
@@ -1033,6 +1126,9 @@ impl Sim {
             destination_crashed: None,
             source_crashed: None,
             operator_abort: false,
+            steer_crashed: None,
+            lost_in_steer_crash: 0,
+            lost_answers: BTreeSet::new(),
             phases: Vec::new(),
             next_copy: 0,
             checked: Vec::new(),
@@ -1158,6 +1254,12 @@ impl Sim {
                 client,
                 payload,
             } => {
+                if !self.steer.alive {
+                    // The node's connection to the crashed steer is gone with its output.
+                    self.lost_answers.insert(seq);
+                    self.verbose(|| format!("steer down: answer of seq {seq} lost"));
+                    return;
+                }
                 let at = self.link(Ep::Steer, Ep::Client(client));
                 self.at(
                     at,
@@ -1199,6 +1301,18 @@ impl Sim {
             }
             Ev::Fault(f) => self.fault(f),
             Ev::Restart => self.ctl_restart(),
+            Ev::SteerRestart => self.steer_restart(),
+            Ev::Bind { node, inc } => self.node_bind(node, inc),
+            Ev::Bound {
+                node,
+                inc,
+                last_seq,
+            } => self.steer_bound(node, inc, last_seq),
+            Ev::RebindCheck { inc } => {
+                if inc == self.steer.inc {
+                    self.rebind_answer(true);
+                }
+            }
             Ev::LinkDown(n) => {
                 self.steer.up[n] = false;
                 self.trace(format!("steer: link to {} is down", node_name(n)));
@@ -1321,7 +1435,15 @@ impl Sim {
         client: Option<(usize, u64)>,
     ) {
         let st = &mut self.steer;
-        let next = st.seq + 1;
+        if !st.alive || st.lost.is_some() {
+            // Down, or restarted during a move and its route not installed again: dropped
+            // unstamped (ticks are not injected).
+            if kind != SignalKind::Tick {
+                self.lost_in_steer_crash += 1;
+            }
+            return;
+        }
+        let next = st.seq.max(st.base[st.source]) + 1;
         let delivery = st.route.preview(next, kind, &key);
         let (to_source, to_dest) = match delivery {
             Delivery::Source => (true, false),
@@ -1358,7 +1480,14 @@ impl Sim {
             payload: payload.clone(),
             flags: 0,
             client: client.map(|c| c.0),
+            inc: st.inc,
         };
+        if self.log.last().is_some_and(|a| a.seq >= next) {
+            self.violation(
+                "seq_reuse",
+                format!("seq {next} stamped again after a steer restart"),
+            );
+        }
         match delivery {
             Delivery::HandOver => {
                 self.send_signal(
@@ -1413,9 +1542,85 @@ impl Sim {
     /// A move command at the steer (`handoff_steer::service::State::command`).
     fn steer_request(&mut self, action: Action, reply: ReplyTo) {
         let refused = |e: String| Err(Failure::Refused(e));
+        if !self.steer.alive {
+            let d = self.rng.gen_range(100..3_000);
+            self.at(
+                self.now + d,
+                Ev::Reply {
+                    inc: reply.inc,
+                    req: reply.req,
+                    result: Err(Failure::Unreachable("the steer is down".into())),
+                },
+            );
+            return;
+        }
+        if let Some(cut_over) = self.steer.lost {
+            if !matches!(action, Action::RebindRoute | Action::ServeRoute { .. }) {
+                self.trace(format!("steer: route lost, refuses {action:?}"));
+                self.reply(reply, Err(Failure::RouteLost { cut_over }));
+                return;
+            }
+        }
         let st = &mut self.steer;
         let last_seq = st.seq;
         let r = match action {
+            Action::RebindRoute => {
+                if st.lost.is_none() {
+                    refused("the route is not lost: nothing to rebind".into())
+                } else {
+                    // Fresh links to both nodes: binding fences off the earlier run.
+                    st.up = [false, false];
+                    st.base = [0, 0];
+                    st.source = A;
+                    st.dest = Some(B);
+                    let inc = st.inc;
+                    if let Some((old, _)) = st.rebind.replace((reply, self.now)) {
+                        self.reply(old, Err(Failure::Refused("superseded".into())));
+                    }
+                    for n in [A, B] {
+                        let at = self.link(Ep::Steer, Ep::Node(n));
+                        self.at(at, Ev::Bind { node: n, inc });
+                    }
+                    self.at(self.now + DEST_UP_TIMEOUT_US, Ev::RebindCheck { inc });
+                    self.trace("steer: rebinding both nodes".into());
+                    return;
+                }
+            }
+            Action::ServeRoute { owner } => {
+                let node = side_node(owner);
+                if st.lost.is_none() {
+                    match st.flip {
+                        Some((boundary, last_sent)) if st.source == node && st.dest.is_none() => {
+                            Ok(Outcome::Boundary {
+                                boundary,
+                                last_sent,
+                            })
+                        }
+                        _ => refused("the route is not lost: nothing to serve".into()),
+                    }
+                } else if st.rebind.is_some() {
+                    refused("the rebind has not completed".into())
+                } else if !st.up[node] {
+                    refused(format!("the link to {} is down", node_name(node)))
+                } else {
+                    let top = st.seq.max(st.base[A]).max(st.base[B]);
+                    st.seq = top;
+                    let b = (top + 1, st.base[1 - node]);
+                    st.source = node;
+                    st.dest = None;
+                    st.route = Route::new(10_000_000);
+                    st.sent_source = top;
+                    st.sent_dest = 0;
+                    st.flip = Some(b);
+                    st.finished = true;
+                    st.lost = None;
+                    st.disk = (node, "serving");
+                    Ok(Outcome::Boundary {
+                        boundary: b.0,
+                        last_sent: b.1,
+                    })
+                }
+            }
             Action::BeginMove { abort_safe } => {
                 if st.dest.is_some() || st.pending.is_some() {
                     refused("a move is already in progress".into())
@@ -1448,6 +1653,9 @@ impl Sim {
                         .map(|()| (boundary, st.sent_source))
                         .map_err(|e| e.to_string());
                     st.flip = r.as_ref().ok().copied();
+                    if r.is_ok() {
+                        st.disk = (st.source, "cut over");
+                    }
                     r.map(|(boundary, last_sent)| Outcome::Boundary {
                         boundary,
                         last_sent,
@@ -1465,6 +1673,7 @@ impl Sim {
                     st.sent_source = st.sent_dest;
                     st.flip = None;
                     st.finished = true;
+                    st.disk = (st.source, "serving");
                     Ok(Outcome::Done)
                 }
                 Err(e) => refused(e.to_string()),
@@ -1493,6 +1702,7 @@ impl Sim {
                             let b = (last_seq + 1, st.sent_dest);
                             st.flip = Some(b);
                             st.dest = None;
+                            st.disk = (st.source, "serving");
                             Ok(Outcome::Boundary {
                                 boundary: b.0,
                                 last_sent: b.1,
@@ -1514,16 +1724,21 @@ impl Sim {
             return;
         };
         let node = &self.nodes[B];
-        if node.alive && node.inst.is_some() {
+        // As service.rs: the source's link must be bound too (after a restart, its last
+        // applied seq is known only then; the copy's manifest waits for it).
+        if node.alive && node.inst.is_some() && self.steer.up[self.steer.source] {
             let st = &mut self.steer;
             st.up[B] = true;
-            let first = st.seq + 1;
-            let last_sent = st.sent_source;
+            let first = st.seq.max(st.base[st.source]) + 1;
+            let last_sent = st.sent_source.max(st.base[st.source]);
             let r = st
                 .route
                 .begin_move(first, p.abort_safe)
                 .map(|()| Outcome::FirstSeq { first, last_sent })
                 .map_err(|e| Failure::Refused(e.to_string()));
+            if r.is_ok() {
+                st.disk = (st.source, "moving");
+            }
             self.trace(format!("steer: move mode on: {r:?}"));
             self.reply(p.reply, r);
         } else if self.now - p.since > DEST_UP_TIMEOUT_US {
@@ -1545,8 +1760,24 @@ impl Sim {
 
     /// One signal at a node (`handoff_node::instance::run`).
     fn node_signal(&mut self, n: usize, s: Frame) {
+        if s.seq > self.steer.cuts[s.inc as usize] {
+            // Still in the crashed steer's queues: never written out.
+            self.verbose(|| format!("{}: seq {} died with the steer", node_name(n), s.seq));
+            return;
+        }
+        if s.inc == self.steer.inc {
+            self.steer.delivered = self.steer.delivered.max(s.seq);
+        }
         let node = &mut self.nodes[n];
         if !node.alive {
+            return;
+        }
+        if s.inc < node.fence {
+            self.trace(format!(
+                "{}: seq {} of an earlier steer run fenced off",
+                node_name(n),
+                s.seq
+            ));
             return;
         }
         let Some(inst) = node.inst.as_mut() else {
@@ -1735,6 +1966,10 @@ impl Sim {
                 Some(i) => Ok(Outcome::Applied(i.stats().last_seq)),
                 None => unknown(),
             },
+            Action::CreatedKeys { .. } => match &node.inst {
+                Some(i) => Ok(Outcome::Keys(i.created_during_move())),
+                None => unknown(),
+            },
             Action::FinishShadow { force, .. } => match node.inst.as_mut() {
                 Some(i) => {
                     if *force {
@@ -1800,7 +2035,7 @@ impl Sim {
         };
         if !matches!(
             action,
-            Action::AppliedSeq { .. } | Action::DropInstance { .. }
+            Action::AppliedSeq { .. } | Action::DropInstance { .. } | Action::CreatedKeys { .. }
         ) {
             self.after_control(n, replayed);
         }
@@ -2097,6 +2332,7 @@ impl Sim {
         match f {
             Fault::ControllerCrash => self.ctl_crash(),
             Fault::NodeCrash(n) => self.node_crash(n),
+            Fault::SteerCrash => self.steer_crash(),
             Fault::OperatorAbort { request } => {
                 if self.ctl.ended {
                     return;
@@ -2171,6 +2407,150 @@ impl Sim {
         self.at(self.now + d, Ev::LinkDown(n));
     }
 
+    /// The steer dies: its route state, its pending answers and every signal it stamped but
+    /// had not written out yet (a random suffix, the same on every link: above `cut`) are
+    /// gone; what it wrote still arrives. It restarts after `steer_down_us`.
+    fn steer_crash(&mut self) {
+        if !self.steer.alive {
+            return;
+        }
+        let phase = self.ctl.m.phase;
+        self.steer_crashed = Some(phase);
+        let route_phase = self.steer.route.phase();
+        let st = &mut self.steer;
+        let seq = st.seq;
+        let floor = st.delivered.min(st.seq);
+        let cut = self.rng.gen_range(floor..=st.seq);
+        let inc = st.inc as usize;
+        st.cuts[inc] = cut;
+        st.alive = false;
+        let lost: Vec<u64> = self
+            .log
+            .iter()
+            .filter(|a| a.seq > cut)
+            .map(|a| a.seq)
+            .collect();
+        let stamped_lost = self
+            .log
+            .iter()
+            .filter(|a| a.seq > cut && a.client.is_some())
+            .count() as u64;
+        self.log.retain(|a| a.seq <= cut);
+        self.lost_in_steer_crash += stamped_lost;
+        self.trace(format!(
+            "CRASH of the steer in {phase:?} (route {}, seq {}, cut at {cut}: {} stamped signals lost)",
+            route_phase,
+            seq,
+            lost.len()
+        ));
+        // Answers it owed die with it (the controller sees the connections break).
+        if let Some(p) = self.steer.pending.take() {
+            self.steer_conn_broke(p.reply);
+        }
+        if let Some((r, _)) = self.steer.rebind.take() {
+            self.steer_conn_broke(r);
+        }
+        let at = self.now + self.sc.steer_down_us.max(1);
+        self.at(at, Ev::SteerRestart);
+    }
+
+    fn steer_conn_broke(&mut self, r: ReplyTo) {
+        let d = self.rng.gen_range(100..3_000);
+        self.at(
+            self.now + d,
+            Ev::Reply {
+                inc: r.inc,
+                req: r.req,
+                result: Err(Failure::Unreachable("the steer connection broke".into())),
+            },
+        );
+    }
+
+    /// The steer starts again from its route file: serving from the node it names, or, if a
+    /// move was in progress, routing nothing until the controller installs the route again.
+    fn steer_restart(&mut self) {
+        let st = &mut self.steer;
+        let (node, phase) = st.disk;
+        st.alive = true;
+        st.inc += 1;
+        st.cuts.push(u64::MAX);
+        st.route = Route::new(10_000_000);
+        st.seq = 0;
+        st.source = node;
+        st.dest = None;
+        st.up = [false, false];
+        st.base = [0, 0];
+        st.sent_source = 0;
+        st.sent_dest = 0;
+        st.flip = None;
+        st.finished = false;
+        st.pending = None;
+        st.rebind = None;
+        st.delivered = 0;
+        st.lost = match phase {
+            "serving" => None,
+            p => Some(p == "cut over"),
+        };
+        let inc = st.inc;
+        self.trace(format!(
+            "steer restarts (run {inc}): route file says {phase} from {}",
+            node_name(node)
+        ));
+        let at = self.link(Ep::Steer, Ep::Node(node));
+        self.at(at, Ev::Bind { node, inc });
+    }
+
+    /// A steer's bind at a node: fences off earlier runs' frames, answers the last applied seq.
+    fn node_bind(&mut self, n: usize, inc: u32) {
+        let node = &mut self.nodes[n];
+        if !node.alive {
+            return;
+        }
+        node.fence = node.fence.max(inc);
+        let last_seq = node.inst.as_ref().map(|i| i.stats().last_seq);
+        let at = self.link(Ep::Node(n), Ep::Steer);
+        self.at(
+            at,
+            Ev::Bound {
+                node: n,
+                inc,
+                last_seq,
+            },
+        );
+    }
+
+    fn steer_bound(&mut self, n: usize, inc: u32, last_seq: Option<u64>) {
+        let st = &mut self.steer;
+        if !st.alive || inc != st.inc {
+            return;
+        }
+        let Some(seq) = last_seq else {
+            self.trace(format!("steer: {} refused the bind", node_name(n)));
+            return;
+        };
+        st.up[n] = true;
+        st.base[n] = seq;
+        self.trace(format!("steer: {} bound at seq {seq}", node_name(n)));
+        self.rebind_answer(false);
+    }
+
+    /// Answers a rebind once both nodes are bound (or, at the time-out, with what is).
+    fn rebind_answer(&mut self, timed_out: bool) {
+        let st = &mut self.steer;
+        if st.rebind.is_none() || !(timed_out || (st.up[A] && st.up[B])) {
+            return;
+        }
+        let Some((reply, _)) = st.rebind.take() else {
+            return;
+        };
+        let r = Outcome::Rebound {
+            source: st.up[A].then_some(st.base[A]),
+            destination: st.up[B].then_some(st.base[B]),
+        };
+        self.trace(format!("steer: rebind answers {r:?}"));
+        self.reply(reply, Ok(r));
+    }
+
     /// Called when the controller starts an action; `true` if the controller crashed at once.
     fn triggers(&mut self) -> bool {
         let count = self.actions_started;
@@ -2199,6 +2579,11 @@ impl Sim {
         if let Some((t, request)) = self.sc.operator_abort {
             if hit(&t) && self.fired.insert((3, 0)) {
                 due.push((Fault::OperatorAbort { request }, t.after_us));
+            }
+        }
+        if let Some(t) = self.sc.steer_crash {
+            if hit(&t) && self.fired.insert((4, 0)) {
+                due.push((Fault::SteerCrash, t.after_us));
             }
         }
         let mut crashed = false;
@@ -2295,12 +2680,15 @@ impl Sim {
             | Action::Cutover
             | Action::FinishMove
             | Action::AbortBegin
-            | Action::AbortCommit => Target::Steer,
+            | Action::AbortCommit
+            | Action::RebindRoute
+            | Action::ServeRoute { .. } => Target::Steer,
             Action::PrepareShadow => Target::Node(B),
             Action::ExpectSessions { .. } => Target::Node(A),
             Action::Copy { from, .. } => Target::Node(side_node(*from)),
             Action::ShadowStats { at }
             | Action::AppliedSeq { at }
+            | Action::CreatedKeys { at }
             | Action::FinishShadow { at, .. }
             | Action::DropInstance { at } => Target::Node(side_node(*at)),
             Action::Wait { .. } => unreachable!("handled above"),
@@ -2488,9 +2876,12 @@ impl Sim {
         let exactly_once = |which: &dyn Fn(&Admitted) -> bool, found: &mut Vec<String>| {
             for a in signals.iter().filter(|a| which(a)) {
                 let n = self.answers.get(&a.seq).map_or(0, Vec::len);
-                if n != 1 && found.len() < 10 {
+                // An answer that reached the steer while it was down is lost (the client
+                // retransmits); it must not arrive later too.
+                let want = usize::from(!self.lost_answers.contains(&a.seq));
+                if n != want && found.len() < 10 {
                     found.push(format!(
-                        "seq {} ({:?} {:?}, {:?} to {}) answered {n} times",
+                        "seq {} ({:?} {:?}, {:?} to {}) answered {n} times (want {want})",
                         a.seq,
                         a.kind,
                         a.key,
@@ -2674,6 +3065,9 @@ impl Sim {
             destination_crashed: self.destination_crashed,
             source_crashed: self.source_crashed,
             operator_abort: self.operator_abort,
+            steer_crashed: self.steer_crashed,
+            lost_in_steer_crash: self.lost_in_steer_crash,
+            answers_lost_in_steer_crash: self.lost_answers.len() as u64,
             created_during_move: m.figures.created_during_move,
             lost_on_abort: m.figures.lost_on_abort,
             checked: self.checked,

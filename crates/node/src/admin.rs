@@ -91,6 +91,12 @@ pub enum AdminRequest {
         /// The instance.
         instance: String,
     },
+    /// The sessions a move destination got a create for (hex keys; what an abort must bring
+    /// back when the steer restarted and lost its own list).
+    CreatedKeys {
+        /// The instance.
+        instance: String,
+    },
     /// Ends a move destination's shadow mode once settled; it serves from then on.
     FinishShadow {
         /// The instance.
@@ -296,6 +302,22 @@ pub(crate) async fn session(
                         let (done, answer) = tokio::sync::oneshot::channel();
                         if h.control(crate::instance::Control::ShadowStats(done)).await {
                             reply(&answer.await.ok().flatten())
+                        } else {
+                            error(code::UNKNOWN_INSTANCE, "instance stopped")
+                        }
+                    }
+                    Err(e) => error(e.code(), e.to_string()),
+                };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::CreatedKeys { instance } => {
+                let f = match node.instance(&instance) {
+                    Ok(h) => {
+                        let (done, answer) = tokio::sync::oneshot::channel();
+                        if h.control(crate::instance::Control::CreatedKeys(done)).await {
+                            let keys = answer.await.unwrap_or_default();
+                            let hex: Vec<String> = keys.iter().map(hex::encode).collect();
+                            reply(&serde_json::json!({ "created": hex }))
                         } else {
                             error(code::UNKNOWN_INSTANCE, "instance stopped")
                         }

@@ -80,6 +80,8 @@ pub enum Control {
     },
     /// Shadow counters, once everything queued before is applied.
     ShadowStats(oneshot::Sender<Option<ShadowStats>>),
+    /// The keys a shadow got a create for (`Hosted::created_during_move`).
+    CreatedKeys(oneshot::Sender<Vec<SessionKey>>),
     /// Leave shadow mode (when settled).
     FinishShadow(oneshot::Sender<Result<(), MoveStepError>>),
     /// Give up on the records still awaited (their sender is gone), then leave shadow mode.
@@ -284,6 +286,9 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
         }
         Control::ShadowStats(done) => {
             let _ = done.send(hosted.shadow_stats());
+        }
+        Control::CreatedKeys(done) => {
+            let _ = done.send(hosted.created_during_move());
         }
         Control::FinishShadow(done) => {
             let _ = done.send(hosted.finish_shadow());

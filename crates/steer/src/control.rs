@@ -62,6 +62,25 @@ pub enum SteerRequest {
         /// The new node.
         to: SocketAddr,
     },
+    /// After a restart that lost a move's route: links `source` and `destination` again
+    /// (which fences off whatever the previous run still had in flight) and answers the last
+    /// seq each had applied (null: not reachable in time). Signals stay unrouted.
+    Rebind {
+        /// The instance.
+        instance: String,
+        /// The move's source.
+        source: SocketAddr,
+        /// The move's destination.
+        destination: SocketAddr,
+    },
+    /// After `rebind`: `node` (one of the two) owns the instance; signals go there again, at
+    /// seqs above everything either node applied. Answers the boundary.
+    Serve {
+        /// The instance.
+        instance: String,
+        /// The owner.
+        node: SocketAddr,
+    },
 }
 
 /// One service in a status reply.
@@ -86,10 +105,11 @@ pub(crate) async fn serve(
     name: String,
     token: String,
     services: Arc<Vec<ServiceHandle>>,
+    incarnation: u64,
     stop: CancellationToken,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let ctx = Arc::new((name, token, services));
+    let ctx = Arc::new((name, token, services, incarnation));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -112,7 +132,7 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = session(stream, &ctx.0, &ctx.1, &ctx.2) => {
+                r = session(stream, &ctx.0, &ctx.1, &ctx.2, ctx.3) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "control connection closed");
                     }
@@ -135,6 +155,7 @@ async fn session(
     name: &str,
     token: &str,
     services: &[ServiceHandle],
+    incarnation: u64,
 ) -> Result<(), handoff_wire::FrameError> {
     let mut f = Framed::new(stream, FrameCodec);
     if !handoff_wire::client::accept_admin_hello(&mut f, token, name, HELLO_TIMEOUT).await? {
@@ -149,7 +170,7 @@ async fn session(
         let reply = match serde_json::from_slice::<SteerRequest>(&body) {
             Ok(req) => {
                 tracing::info!(?req, "control request");
-                handle(req, services).await
+                handle(req, services, incarnation).await
             }
             Err(e) => Err((code::BAD_REQUEST, format!("bad request: {e}"))),
         };
@@ -188,7 +209,16 @@ async fn ask<T>(
 }
 
 fn refused<T>(r: Result<T, String>) -> Result<T, (u16, String)> {
-    r.map_err(|e| (code::WRONG_FRAME, e))
+    r.map_err(|e| {
+        let c = if e.starts_with(crate::service::ROUTE_LOST_CUT_OVER) {
+            code::ROUTE_LOST_CUT_OVER
+        } else if e.starts_with(crate::service::ROUTE_LOST) {
+            code::ROUTE_LOST
+        } else {
+            code::WRONG_FRAME
+        };
+        (c, e)
+    })
 }
 
 /// Session keys as hex strings (keys are bytes; JSON carries them as text).
@@ -196,7 +226,7 @@ pub fn keys_to_hex(keys: &[bytes::Bytes]) -> Vec<String> {
     keys.iter().map(hex::encode).collect()
 }
 
-async fn handle(req: SteerRequest, services: &[ServiceHandle]) -> Reply {
+async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64) -> Reply {
     use serde_json::json;
     Ok(match req {
         SteerRequest::Status => {
@@ -209,7 +239,7 @@ async fn handle(req: SteerRequest, services: &[ServiceHandle]) -> Reply {
                     stats: s.stats.snapshot(),
                 });
             }
-            json!({ "services": out })
+            json!({ "services": out, "incarnation": incarnation })
         }
         SteerRequest::BeginMove {
             instance,
@@ -261,6 +291,31 @@ async fn handle(req: SteerRequest, services: &[ServiceHandle]) -> Reply {
                 .await?,
             )?;
             json!({ "released": instance })
+        }
+        SteerRequest::Rebind {
+            instance,
+            source,
+            destination,
+        } => {
+            let r = refused(
+                ask(services, &instance, |done| MoveCommand::Rebind {
+                    source,
+                    destination,
+                    done,
+                })
+                .await?,
+            )?;
+            json!({ "source": r.source, "destination": r.destination, "incarnation": incarnation })
+        }
+        SteerRequest::Serve { instance, node } => {
+            let b = refused(
+                ask(services, &instance, |done| MoveCommand::Serve {
+                    node,
+                    done,
+                })
+                .await?,
+            )?;
+            json!(b)
         }
     })
 }

@@ -48,12 +48,27 @@ pub struct SteerConfig {
     /// Where the control listener (move commands from a controller or a source node) binds;
     /// none: in-process control only.
     pub control: Option<SocketAddr>,
+    /// Where each service's route is kept across restarts (`<instance>.route.json`: its node,
+    /// and whether a move was in progress). A service restarted in the middle of a move routes
+    /// none of its signals until the controller installs the route again (`rebind`, then
+    /// `serve`); one restarted between moves serves from the node it last served from. None:
+    /// nothing is kept, and a restart during a move is not safe.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Who the steer says it is to nodes.
 pub(crate) struct Identity {
     pub(crate) name: String,
     pub(crate) token: String,
+}
+
+/// A number that differs between two runs of a steer (start time and process id), reported
+/// in status so a controller can tell the steer restarted.
+fn new_incarnation() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 40)
 }
 
 impl Default for SteerConfig {
@@ -65,6 +80,7 @@ impl Default for SteerConfig {
             services: Vec::new(),
             token: String::new(),
             control: None,
+            state_dir: None,
         }
     }
 }
@@ -104,6 +120,7 @@ pub(crate) struct ServiceHandle {
 pub struct Steer {
     services: Arc<Vec<ServiceHandle>>,
     control: Option<SocketAddr>,
+    incarnation: u64,
     stop: CancellationToken,
 }
 
@@ -114,6 +131,7 @@ impl Steer {
         classifier: impl Fn(&str) -> Option<Arc<dyn Classifier>>,
     ) -> Result<Self, SteerError> {
         let stop = CancellationToken::new();
+        let incarnation = new_incarnation();
         let identity = Arc::new(Identity {
             name: config.name.clone(),
             token: config.token.clone(),
@@ -135,8 +153,13 @@ impl Steer {
             let addr = socket.local_addr().unwrap_or(svc.listen);
             let stats = Arc::new(SteerStats::default());
             let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
+            let route_file = config
+                .state_dir
+                .as_ref()
+                .map(|d| d.join(format!("{}.route.json", svc.instance)));
             tokio::spawn(service::run(
                 svc.clone(),
+                route_file,
                 identity.clone(),
                 Duration::from_millis(config.tick_ms.max(1)),
                 config.link_queue.max(1),
@@ -173,14 +196,22 @@ impl Steer {
                 config.name.clone(),
                 config.token.clone(),
                 services.clone(),
+                incarnation,
                 stop.child_token(),
             ));
         }
+        tracing::info!(incarnation, "steer up");
         Ok(Self {
             services,
             control,
+            incarnation,
             stop,
         })
+    }
+
+    /// This run's incarnation (differs after a restart).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The bound address of the control listener, if one was configured.

@@ -54,6 +54,9 @@ pub struct SteerStats {
     pub link_connects: AtomicU64,
     /// Last seq stamped.
     pub last_seq: AtomicU64,
+    /// Datagrams dropped unstamped because the steer restarted during a move and the route is
+    /// not installed again yet (clients retransmit).
+    pub unrouted: AtomicU64,
 }
 
 /// A plain copy of [`SteerStats`] for reports.
@@ -71,6 +74,8 @@ pub struct SteerStatsSnapshot {
     pub lost_in_link: u64,
     pub link_connects: u64,
     pub last_seq: u64,
+    #[serde(default)]
+    pub unrouted: u64,
 }
 
 impl SteerStats {
@@ -98,6 +103,7 @@ impl SteerStats {
             lost_in_link: self.lost_in_link.load(Relaxed),
             link_connects: self.link_connects.load(Relaxed),
             last_seq: self.last_seq.load(Relaxed),
+            unrouted: self.unrouted.load(Relaxed),
         }
     }
 }
@@ -190,6 +196,25 @@ pub enum MoveCommand {
         /// The answer.
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// After a restart that lost a move's route: links both nodes again (fencing off what the
+    /// previous run had in flight) and answers the last seq each had applied when bound.
+    Rebind {
+        /// The move's source.
+        source: SocketAddr,
+        /// The move's destination.
+        destination: SocketAddr,
+        /// The answer.
+        done: oneshot::Sender<Result<Rebound, String>>,
+    },
+    /// After [`MoveCommand::Rebind`]: `node` owns the instance and signals flow again, at
+    /// seqs above everything either node applied. Answers the boundary (and, as `last_sent`,
+    /// the other node's last applied seq). Repeatable.
+    Serve {
+        /// The owner (one of the two rebound nodes).
+        node: SocketAddr,
+        /// The answer.
+        done: oneshot::Sender<Result<Boundary, String>>,
+    },
     /// The route's state.
     Status {
         /// The answer.
@@ -205,6 +230,78 @@ pub struct Boundary {
     pub boundary: u64,
     /// The last seq sent to the side the route left.
     pub last_sent: u64,
+}
+
+/// What a rebind found: the last seq each node had applied when bound (`None`: not bound in
+/// time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rebound {
+    /// The move's source.
+    pub source: Option<u64>,
+    /// The move's destination.
+    pub destination: Option<u64>,
+}
+
+/// The start of the refusal a service gives every move command while its route is lost (the
+/// control listener answers it with `code::ROUTE_LOST`).
+pub const ROUTE_LOST: &str = "route lost: the steer restarted during a move";
+/// As [`ROUTE_LOST`], the route having cut over to the destination (`code::ROUTE_LOST_CUT_OVER`).
+pub const ROUTE_LOST_CUT_OVER: &str =
+    "route lost after the cutover: the steer restarted during a move";
+
+/// A service's route as kept on disk across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RouteFile {
+    /// The node serving (a move's source).
+    node: SocketAddr,
+    /// `serving`, `moving`, `aborting` or `cut over`.
+    phase: String,
+}
+
+fn read_route_file(path: &std::path::Path) -> Option<RouteFile> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the route file");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "route file does not parse; ignored");
+            None
+        }
+    }
+}
+
+/// Writes the route file (write, sync, rename) before the command is answered.
+fn write_route_file(path: Option<&std::path::Path>, node: SocketAddr, phase: &str) {
+    let Some(path) = path else { return };
+    let body = RouteFile {
+        node,
+        phase: phase.to_owned(),
+    };
+    let tmp = path.with_extension("tmp");
+    let r = serde_json::to_vec(&body)
+        .map_err(std::io::Error::other)
+        .and_then(|b| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&b)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the route file: a restart now would lose the route");
+    }
+}
+
+/// A rebind waiting for both links.
+struct PendingRebind {
+    since: tokio::time::Instant,
+    done: oneshot::Sender<Result<Rebound, String>>,
 }
 
 /// A service's route, as reported to a controller.
@@ -226,6 +323,9 @@ pub struct RouteStatus {
     pub created_during_move: usize,
     /// Signals held (stop-and-copy only).
     pub held: usize,
+    /// The steer restarted during a move and the route is not installed again yet.
+    #[serde(default)]
+    pub route_lost: bool,
 }
 
 /// Signals a hold keeps before shedding.
@@ -254,6 +354,7 @@ struct PendingBegin {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     cfg: ServiceConfig,
+    route_file: Option<std::path::PathBuf>,
     identity: Arc<crate::Identity>,
     tick: Duration,
     queue: usize,
@@ -278,9 +379,21 @@ pub(crate) async fn run(
             stop.clone(),
         )
     };
-    let mut source = spawn_link(cfg.node);
+    // A route kept from a previous run: serve from the node it last served from, or, if a
+    // move was in progress, route nothing until the controller installs the route again.
+    let kept = route_file.as_deref().and_then(read_route_file);
+    let first_node = kept.as_ref().map_or(cfg.node, |k| k.node);
+    let mut lost: Option<bool> = match kept.as_ref().map(|k| k.phase.as_str()) {
+        None | Some("serving") => None,
+        Some(p) => Some(p == "cut over"),
+    };
+    if let Some(cut_over) = lost {
+        tracing::warn!(instance = %cfg.instance, cut_over, "restarted during a move: signals are not routed until the route is installed again");
+    }
+    let mut rebind: Option<PendingRebind> = None;
+    let mut source = spawn_link(first_node);
     let mut addrs = Addrs {
-        source: cfg.node,
+        source: first_node,
         dest: None,
     };
     let mut dest: Option<Link> = None;
@@ -311,13 +424,30 @@ pub(crate) async fn run(
                         retiring: &mut retiring,
                         last_seq: seq,
                         sent: &mut sent,
+                        lost: &mut lost,
+                        rebind: &mut rebind,
+                        route_file: route_file.as_deref(),
                     };
                     st.command(c, &cfg.instance, &spawn_link);
+                    seq = st.last_seq;
                 }
                 continue;
             }
-            _ = housekeeping.tick(), if pending.is_some() || !retiring.is_empty() || hold.as_ref().is_some_and(|h| h.target.is_some()) => {
+            _ = housekeeping.tick(), if pending.is_some() || rebind.is_some() || !retiring.is_empty() || hold.as_ref().is_some_and(|h| h.target.is_some()) => {
                 let now = tokio::time::Instant::now();
+                if let Some(r) = rebind.take() {
+                    let dest_up = dest.as_ref().is_some_and(Link::is_up);
+                    if (source.is_up() && dest_up) || now - r.since > DEST_UP_TIMEOUT {
+                        let b = Rebound {
+                            source: source.is_up().then(|| source.base_seq()),
+                            destination: dest.as_ref().filter(|d| d.is_up()).map(Link::base_seq),
+                        };
+                        tracing::info!(instance = %cfg.instance, ?b, "route rebound");
+                        let _ = r.done.send(Ok(b));
+                    } else {
+                        rebind = Some(r);
+                    }
+                }
                 if let Some(h) = hold.as_mut() {
                     if release_step(h, now) {
                         let h = hold.take().expect("hold present");
@@ -325,6 +455,7 @@ pub(crate) async fn run(
                             let old = std::mem::replace(&mut source, link);
                             retiring.push((old, now + RETIRE_GRACE));
                             addrs.source = to;
+                            write_route_file(route_file.as_deref(), to, "serving");
                             tracing::info!(instance = %cfg.instance, node = %to, "hold released");
                         }
                         if let Some(d) = h.done {
@@ -334,13 +465,18 @@ pub(crate) async fn run(
                 }
                 retiring.retain(|(l, until)| if now >= *until { l.close(); false } else { true });
                 if let Some(p) = pending.take() {
-                    if dest.as_ref().is_some_and(Link::is_up) {
-                        let first = seq + 1;
-                        let last_sent = sent.source;
+                    // The source's link must be bound too: after a restart its last applied seq
+                    // (what the copy's manifest must wait for) is known only then.
+                    if dest.as_ref().is_some_and(Link::is_up) && source.is_up() {
+                        let first = seq.max(source.base_seq()) + 1;
+                        let last_sent = sent.source.max(source.base_seq());
                         let r = route
                             .begin_move(first, p.abort_safe)
                             .map(|()| Boundary { boundary: first, last_sent })
                             .map_err(|e| e.to_string());
+                        if r.is_ok() {
+                            write_route_file(route_file.as_deref(), addrs.source, "moving");
+                        }
                         tracing::info!(instance = %cfg.instance, first_seq = first, "move mode on");
                         let _ = p.done.send(r);
                     } else if now - p.since > DEST_UP_TIMEOUT {
@@ -354,7 +490,12 @@ pub(crate) async fn run(
                 }
                 continue;
             }
-            _ = ticker.tick() => (SignalKind::Tick, Bytes::new(), Bytes::new(), local),
+            _ = ticker.tick() => {
+                if lost.is_some() {
+                    continue;
+                }
+                (SignalKind::Tick, Bytes::new(), Bytes::new(), local)
+            }
             r = socket.recv_from(&mut buf) => {
                 let Ok((n, client)) = r else { continue };
                 let datagram = &buf[..n];
@@ -368,6 +509,12 @@ pub(crate) async fn run(
                 }
             }
         };
+        if lost.is_some() {
+            // Restarted during a move: where this signal may go is unknown until the
+            // controller installs the route again. Dropped unstamped; the client retransmits.
+            stats.unrouted.fetch_add(1, Relaxed);
+            continue;
+        }
         let Some(next) = seq.max(source.base_seq()).checked_add(1) else {
             // The node claims to have applied u64::MAX: refuse to wrap, drop and count.
             stats.no_link.fetch_add(1, Relaxed);
@@ -491,6 +638,9 @@ struct State<'a> {
     retiring: &'a mut Vec<(Link, tokio::time::Instant)>,
     last_seq: u64,
     sent: &'a mut Sent,
+    lost: &'a mut Option<bool>,
+    rebind: &'a mut Option<PendingRebind>,
+    route_file: Option<&'a std::path::Path>,
 }
 
 /// Moves held signals onto the release target's link as room allows; `true` once all are
@@ -535,6 +685,7 @@ impl State<'_> {
             last_seq: self.last_seq,
             created_during_move: self.route.created_during_move(),
             held: self.hold.as_ref().map_or(0, |h| h.queue.len()),
+            route_lost: self.lost.is_some(),
         }
     }
 
@@ -553,7 +704,121 @@ impl State<'_> {
         spawn_link: &impl Fn(SocketAddr) -> Link,
     ) {
         let last_seq = self.last_seq;
+        if let Some(cut_over) = *self.lost {
+            let why = if cut_over {
+                ROUTE_LOST_CUT_OVER
+            } else {
+                ROUTE_LOST
+            };
+            let why = why.to_owned();
+            match c {
+                MoveCommand::Rebind { .. }
+                | MoveCommand::Serve { .. }
+                | MoveCommand::Status { .. } => {}
+                MoveCommand::Begin { done, .. }
+                | MoveCommand::Cutover { done }
+                | MoveCommand::AbortCommit { done } => {
+                    let _ = done.send(Err(why));
+                    return;
+                }
+                MoveCommand::Finish { done } | MoveCommand::Release { done, .. } => {
+                    let _ = done.send(Err(why));
+                    return;
+                }
+                MoveCommand::Abort { done } | MoveCommand::AbortBegin { done } => {
+                    let _ = done.send(Err(why));
+                    return;
+                }
+                MoveCommand::Hold { done } => {
+                    let _ = done.send(Err(why));
+                    return;
+                }
+            }
+        }
         match c {
+            MoveCommand::Rebind {
+                source,
+                destination,
+                done,
+            } => {
+                if self.lost.is_none() {
+                    let _ = done.send(Err("the route is not lost: nothing to rebind".into()));
+                    return;
+                }
+                // Fresh links: binding fences off any earlier binding of the instance on each
+                // node, and each answers the last seq it applied.
+                self.source.close();
+                *self.source = spawn_link(source);
+                self.addrs.source = source;
+                if let Some(d) = self.dest.take() {
+                    d.close();
+                }
+                *self.dest = Some(spawn_link(destination));
+                self.addrs.dest = Some(destination);
+                if let Some(old) = self.rebind.take() {
+                    let _ = old.done.send(Err("superseded by a newer rebind".into()));
+                }
+                *self.rebind = Some(PendingRebind {
+                    since: tokio::time::Instant::now(),
+                    done,
+                });
+            }
+            MoveCommand::Serve { node, done } => {
+                if self.lost.is_none() {
+                    // A repeat after a lost answer.
+                    let r = match self.sent.flip {
+                        Some(b) if self.addrs.source == node && self.dest.is_none() => Ok(b),
+                        _ => Err("the route is not lost: nothing to serve".into()),
+                    };
+                    let _ = done.send(r);
+                    return;
+                }
+                if self.rebind.is_some() {
+                    let _ = done.send(Err("the rebind has not completed".into()));
+                    return;
+                }
+                let dest_base = self.dest.as_ref().map_or(0, Link::base_seq);
+                let src_base = self.source.base_seq();
+                let (owner_up, other_base) = if Some(node) == self.addrs.dest {
+                    (self.dest.as_ref().is_some_and(Link::is_up), src_base)
+                } else if node == self.addrs.source {
+                    (self.source.is_up(), dest_base)
+                } else {
+                    let _ = done.send(Err(format!("{node} is not one of the rebound nodes")));
+                    return;
+                };
+                if !owner_up {
+                    let _ = done.send(Err(format!("the link to {node} is down")));
+                    return;
+                }
+                if Some(node) == self.addrs.dest {
+                    if let Some(d) = self.dest.take() {
+                        let old = std::mem::replace(self.source, d);
+                        self.retiring
+                            .push((old, tokio::time::Instant::now() + RETIRE_GRACE));
+                    }
+                } else {
+                    self.retire_dest();
+                }
+                self.addrs.source = node;
+                self.addrs.dest = None;
+                *self.route = Route::new(MAX_CREATED_DURING_MOVE);
+                let top = self.last_seq.max(src_base).max(dest_base);
+                self.last_seq = top;
+                let b = Boundary {
+                    boundary: top + 1,
+                    last_sent: other_base,
+                };
+                self.sent.source = top;
+                self.sent.dest = 0;
+                self.sent.flip = Some(b);
+                // A finish repeated by the controller is answered.
+                self.sent.finished = true;
+                *self.lost = None;
+                write_route_file(self.route_file, node, "serving");
+                tracing::info!(instance, %node, boundary = b.boundary, "route installed again");
+                let _ = done.send(Ok(b));
+            }
             MoveCommand::Begin {
                 destination,
                 abort_safe,
@@ -589,6 +854,7 @@ impl State<'_> {
                     .map_err(|e| e.to_string());
                 self.sent.flip = r.as_ref().ok().copied();
                 if r.is_ok() {
+                    write_route_file(self.route_file, self.addrs.source, "cut over");
                     tracing::info!(instance, boundary, "cutover");
                 }
                 let _ = done.send(r);
@@ -611,6 +877,7 @@ impl State<'_> {
                     self.sent.source = self.sent.dest;
                     self.sent.flip = None;
                     self.sent.finished = true;
+                    write_route_file(self.route_file, self.addrs.source, "serving");
                 }
                 let _ = done.send(r);
             }
@@ -624,6 +891,7 @@ impl State<'_> {
                 let r = self.route.abort().map_err(|e| e.to_string());
                 if r.is_ok() {
                     self.retire_dest();
+                    write_route_file(self.route_file, self.addrs.source, "serving");
                 }
                 let _ = done.send(r);
             }
@@ -654,6 +922,7 @@ impl State<'_> {
                 if r.is_ok() {
                     tracing::info!(instance, boundary = last_seq + 1, "move aborted");
                     self.retire_dest();
+                    write_route_file(self.route_file, self.addrs.source, "serving");
                 }
                 let _ = done.send(r);
             }
@@ -684,5 +953,38 @@ impl State<'_> {
                 let _ = done.send(self.status(instance));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_file_survives_a_restart_and_a_bad_one_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("handoff-steer-route-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mme-1.route.json");
+        assert_eq!(
+            read_route_file(&path),
+            None,
+            "no file: serve from the config"
+        );
+        let node: SocketAddr = "10.0.0.2:7001".parse().unwrap();
+        write_route_file(Some(&path), node, "cut over");
+        assert_eq!(
+            read_route_file(&path),
+            Some(RouteFile {
+                node,
+                phase: "cut over".into()
+            })
+        );
+        std::fs::write(&path, b"{not json").unwrap();
+        assert_eq!(
+            read_route_file(&path),
+            None,
+            "garbage is ignored, not a panic"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -242,6 +242,11 @@ pub mod code {
     pub const EXISTS: u16 = 6;
     /// The hello's token does not match the one the receiver requires.
     pub const UNAUTHORIZED: u16 = 7;
+    /// The steer restarted during a move and lost the instance's route (it had not cut
+    /// over): it routes none of the instance's signals until the route is installed again.
+    pub const ROUTE_LOST: u16 = 8;
+    /// As [`ROUTE_LOST`], the route having flipped to the move's destination before.
+    pub const ROUTE_LOST_CUT_OVER: u16 = 9;
 }
 
 impl Frame {

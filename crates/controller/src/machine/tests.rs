@@ -316,3 +316,81 @@ fn bad_specs_are_refused() {
     s.destination = s.source;
     assert!(MoveMachine::new(s, 0).is_err());
 }
+
+/// A steer that restarted during the copy refuses the cutover with `RouteLost`: the machine
+/// rebinds, asks the destination for the sessions created there, has the source expect them,
+/// serves the route from the source at the rebind's fence and then brings them back.
+#[test]
+fn a_route_lost_before_the_cutover_aborts_through_a_rebind() {
+    let k = Bytes::from_static(b"k1");
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let mut lost_once = false;
+    let taken = run(&mut m, |a, _| match a {
+        Action::Cutover if !lost_once => {
+            lost_once = true;
+            Err(Failure::RouteLost { cut_over: false })
+        }
+        Action::RebindRoute => Ok(Outcome::Rebound {
+            source: Some(70),
+            destination: Some(75),
+        }),
+        Action::CreatedKeys { .. } => Ok(Outcome::Keys(vec![k.clone()])),
+        Action::ServeRoute { owner } => {
+            assert_eq!(*owner, Side::Source);
+            Ok(Outcome::Boundary {
+                boundary: 76,
+                last_sent: 75,
+            })
+        }
+        Action::AppliedSeq { .. } => Ok(Outcome::Applied(75)),
+        other => Ok(healthy(other, &[])),
+    });
+    assert_eq!(m.phase, Phase::Aborted, "{m:?}");
+    assert_eq!(m.figures.created_during_move, 1);
+    assert!(taken.contains(&Action::ExpectSessions {
+        keys: vec![k.clone()]
+    }));
+    assert!(taken.contains(&Action::Copy {
+        from: Side::Destination,
+        keys: Some(vec![k]),
+        after_seq: 75,
+        lead_ms: 0,
+    }));
+    assert!(
+        !taken.contains(&Action::AbortBegin),
+        "the steer lost its keys"
+    );
+    assert_eq!(
+        m.abort_boundary, 71,
+        "the source's fence, not the new boundary"
+    );
+}
+
+/// Lost after the flip: the route is served from the destination and the move finishes.
+#[test]
+fn a_route_lost_after_the_cutover_finishes_on_the_destination() {
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let mut lost_once = false;
+    let taken = run(&mut m, |a, _| match a {
+        Action::FinishMove if !lost_once => {
+            lost_once = true;
+            Err(Failure::RouteLost { cut_over: true })
+        }
+        Action::RebindRoute => Ok(Outcome::Rebound {
+            source: Some(49),
+            destination: Some(80),
+        }),
+        Action::ServeRoute { .. } => Ok(Outcome::Boundary {
+            boundary: 81,
+            last_sent: 49,
+        }),
+        other => Ok(healthy(other, &[])),
+    });
+    assert_eq!(m.phase, Phase::Done, "{m:?}");
+    assert!(taken.contains(&Action::ServeRoute {
+        owner: Side::Destination
+    }));
+    assert!(!taken.contains(&Action::CreatedKeys {
+        at: Side::Destination
+    }));
+}
