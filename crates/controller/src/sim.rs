@@ -1803,6 +1803,10 @@ impl Sim {
         };
         let mut out = Vec::new();
         let shadow = s.flags & FLAG_SHADOW != 0;
+        if s.kind == SignalKind::Create && !shadow {
+            // As the node does: a create this copy answers claims the session.
+            inst.claim(&s.key);
+        }
         let applied = inst.apply(stamp, s.kind, &s.key, &s.payload, &mut out);
         if self.sc.verbose {
             let line = format!(
@@ -1967,7 +1971,10 @@ impl Sim {
                 None => unknown(),
             },
             Action::CreatedKeys { .. } => match &node.inst {
-                Some(i) => Ok(Outcome::Keys(i.created_during_move())),
+                Some(i) => i
+                    .created_during_move()
+                    .map(Outcome::Keys)
+                    .ok_or_else(|| Failure::Refused("too many sessions created".into())),
                 None => unknown(),
             },
             Action::FinishShadow { force, .. } => match node.inst.as_mut() {

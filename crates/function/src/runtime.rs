@@ -446,9 +446,8 @@ pub enum MoveStepError {
 pub enum Hosting<F: Function> {
     /// Serving (or a move's source).
     Serving(Instance<F>),
-    /// A move's destination, with the keys it got a create for while a shadow (see
-    /// [`Hosted::created_during_move`]).
-    Shadow(shadow::Shadow<F>, BTreeSet<SessionKey>),
+    /// A move's destination.
+    Shadow(shadow::Shadow<F>),
 }
 
 impl<F: Function> Hosting<F> {
@@ -460,7 +459,7 @@ impl<F: Function> Hosting<F> {
     fn instance(&self) -> &Instance<F> {
         match self {
             Self::Serving(i) => i,
-            Self::Shadow(s, _) => s.instance(),
+            Self::Shadow(s) => s.instance(),
         }
     }
 
@@ -542,12 +541,12 @@ pub trait Hosted: Send {
     ) -> Result<shadow::RecordOutcome, MoveStepError>;
     /// The shadow's counters, if this is a shadow.
     fn shadow_stats(&self) -> Option<shadow::ShadowStats>;
-    /// The keys a shadow got a create for, sorted (empty if serving). Outside abort-safe mode
-    /// the steer sends a move's destination only the creates it answers, so these are the
-    /// sessions created there during the move: what an abort must bring back when the steer
-    /// lost its own list (it restarted).
-    fn created_during_move(&self) -> Vec<SessionKey> {
-        Vec::new()
+    /// The keys a shadow got a create it answers for ([`Hosted::claim`]), sorted (empty if
+    /// serving). Outside abort-safe mode these are the sessions created on a move's
+    /// destination during the move: what an abort must bring back when the steer lost its own
+    /// list (it restarted). `None` if the shadow could not remember them all.
+    fn created_during_move(&self) -> Option<Vec<SessionKey>> {
+        Some(Vec::new())
     }
     /// Ends shadow mode once settled: the instance serves from here on.
     fn finish_shadow(&mut self) -> Result<(), MoveStepError>;
@@ -582,12 +581,7 @@ impl<F: Function> Hosted for Hosting<F> {
     ) -> Result<Applied, MoveStepError> {
         match self {
             Self::Serving(i) => Ok(i.apply_signal(stamp, kind, key, payload, out)),
-            Self::Shadow(s, created) => {
-                if kind == SignalKind::Create && !created.contains(key) {
-                    created.insert(key.clone());
-                }
-                Ok(s.on_signal(stamp, kind, key, payload, out)?)
-            }
+            Self::Shadow(s) => Ok(s.on_signal(stamp, kind, key, payload, out)?),
         }
     }
     fn table(&self) -> &Arc<SessionTable> {
@@ -620,13 +614,10 @@ impl<F: Function> Hosted for Hosting<F> {
         }
         let fresh = Instance::new(i.function.clone());
         let old = std::mem::replace(i, fresh);
-        *self = Self::Shadow(
-            match manifest {
-                Some(m) => shadow::Shadow::new(old, m, limits),
-                None => shadow::Shadow::pending(old, limits),
-            },
-            BTreeSet::new(),
-        );
+        *self = Self::Shadow(match manifest {
+            Some(m) => shadow::Shadow::new(old, m, limits),
+            None => shadow::Shadow::pending(old, limits),
+        });
         Ok(())
     }
     fn expect_records(
@@ -645,11 +636,11 @@ impl<F: Function> Hosted for Hosting<F> {
         };
         let fresh = Instance::new(i.function.clone());
         let serving = std::mem::replace(i, fresh);
-        *self = Self::Shadow(shadow::Shadow::new(serving, keys, limits), BTreeSet::new());
+        *self = Self::Shadow(shadow::Shadow::new(serving, keys, limits));
         Ok(())
     }
     fn expects(&self, keys: &[SessionKey]) -> bool {
-        matches!(self, Self::Shadow(s, _) if s.manifest_known() && keys.iter().all(|k| s.awaits(k)))
+        matches!(self, Self::Shadow(s) if s.manifest_known() && keys.iter().all(|k| s.awaits(k)))
     }
     fn set_manifest(
         &mut self,
@@ -657,7 +648,7 @@ impl<F: Function> Hosted for Hosting<F> {
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<(), MoveStepError> {
         match self {
-            Self::Shadow(s, _) if !s.manifest_known() => {
+            Self::Shadow(s) if !s.manifest_known() => {
                 s.set_manifest(manifest, out);
                 Ok(())
             }
@@ -672,14 +663,14 @@ impl<F: Function> Hosted for Hosting<F> {
         }
     }
     fn awaits_manifest(&self) -> bool {
-        matches!(self, Self::Shadow(s, _) if !s.manifest_known())
+        matches!(self, Self::Shadow(s) if !s.manifest_known())
     }
     fn hand_over(&mut self, key: &SessionKey, seq: u64) {
         match self {
             Self::Serving(i) => i.hand_over(key, seq),
             // A late marker reaching a source that already expects the session back: its
             // old copy must stay as it was until the record arrives.
-            Self::Shadow(s, _) => s.hand_over(key, seq),
+            Self::Shadow(s) => s.hand_over(key, seq),
         }
     }
     fn claim(&mut self, key: &SessionKey) {
@@ -704,7 +695,7 @@ impl<F: Function> Hosted for Hosting<F> {
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<shadow::RecordOutcome, MoveStepError> {
         match self {
-            Self::Shadow(s, _) => Ok(s.on_record(key, seq, bytes, out)?),
+            Self::Shadow(s) => Ok(s.on_record(key, seq, bytes, out)?),
             Self::Serving(_) => Err(MoveStepError::WrongPhase {
                 expected: "shadow",
                 actual: "serving",
@@ -713,24 +704,24 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn shadow_stats(&self) -> Option<shadow::ShadowStats> {
         match self {
-            Self::Shadow(s, _) => Some(s.stats()),
+            Self::Shadow(s) => Some(s.stats()),
             Self::Serving(_) => None,
         }
     }
-    fn created_during_move(&self) -> Vec<SessionKey> {
+    fn created_during_move(&self) -> Option<Vec<SessionKey>> {
         match self {
-            Self::Shadow(_, created) => created.iter().cloned().collect(),
-            Self::Serving(_) => Vec::new(),
+            Self::Shadow(s) => s.claimed_keys(),
+            Self::Serving(_) => Some(Vec::new()),
         }
     }
     fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> usize {
         match self {
-            Self::Shadow(s, _) => s.abandon_awaited(out),
+            Self::Shadow(s) => s.abandon_awaited(out),
             Self::Serving(_) => 0,
         }
     }
     fn finish_shadow(&mut self) -> Result<(), MoveStepError> {
-        let Self::Shadow(s, _) = self else {
+        let Self::Shadow(s) = self else {
             // Already serving: a repeated finish (its first answer was lost) is done.
             return Ok(());
         };
@@ -743,7 +734,7 @@ impl<F: Function> Hosted for Hosting<F> {
         }
         // Swap in a placeholder to take the shadow by value.
         let function = s.instance().function.clone();
-        let Self::Shadow(s, _) = std::mem::replace(self, Self::new(function)) else {
+        let Self::Shadow(s) = std::mem::replace(self, Self::new(function)) else {
             return Ok(());
         };
         *self = Self::Serving(s.into_instance());

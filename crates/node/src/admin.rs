@@ -315,9 +315,17 @@ pub(crate) async fn session(
                     Ok(h) => {
                         let (done, answer) = tokio::sync::oneshot::channel();
                         if h.control(crate::instance::Control::CreatedKeys(done)).await {
-                            let keys = answer.await.unwrap_or_default();
-                            let hex: Vec<String> = keys.iter().map(hex::encode).collect();
-                            reply(&serde_json::json!({ "created": hex }))
+                            match answer.await {
+                                Ok(Some(keys)) => {
+                                    let hex: Vec<String> = keys.iter().map(hex::encode).collect();
+                                    reply(&serde_json::json!({ "created": hex }))
+                                }
+                                Ok(None) => error(
+                                    code::BAD_REQUEST,
+                                    "more sessions were created here than the shadow remembers",
+                                ),
+                                Err(_) => error(code::UNKNOWN_INSTANCE, "instance stopped"),
+                            }
                         } else {
                             error(code::UNKNOWN_INSTANCE, "instance stopped")
                         }

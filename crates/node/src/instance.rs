@@ -80,8 +80,9 @@ pub enum Control {
     },
     /// Shadow counters, once everything queued before is applied.
     ShadowStats(oneshot::Sender<Option<ShadowStats>>),
-    /// The keys a shadow got a create for (`Hosted::created_during_move`).
-    CreatedKeys(oneshot::Sender<Vec<SessionKey>>),
+    /// The keys a shadow got a create it answers for (`Hosted::created_during_move`; `None`:
+    /// more than it could remember).
+    CreatedKeys(oneshot::Sender<Option<Vec<SessionKey>>>),
     /// Leave shadow mode (when settled).
     FinishShadow(oneshot::Sender<Result<(), MoveStepError>>),
     /// Give up on the records still awaited (their sender is gone), then leave shadow mode.

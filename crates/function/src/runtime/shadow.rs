@@ -193,6 +193,19 @@ impl<F: Function> Shadow<F> {
         self.claimed.insert(key.clone());
     }
 
+    /// The sessions claimed so far (see [`Shadow::claim`]), sorted: outside abort-safe mode,
+    /// the sessions created on this destination during the move, which an abort must bring
+    /// back when the steer lost its own list (it restarted). `None` if more were claimed than
+    /// the shadow could remember, so the list would be incomplete.
+    pub fn claimed_keys(&self) -> Option<Vec<SessionKey>> {
+        if self.claims_overflowed {
+            return None;
+        }
+        let mut keys: Vec<SessionKey> = self.claimed.iter().cloned().collect();
+        keys.sort();
+        Some(keys)
+    }
+
     /// Drops the copied state of `keys` and awaits their records again (a digest mismatch:
     /// only the differing buckets are re-sent, DESIGN.md "Verify"). From here on their
     /// signals are buffered and ticks logged, as before their first record; the source re-sends
