@@ -98,6 +98,9 @@ struct Contender {
     records_missing: Option<u64>,
     /// Most signals the destination buffered at once (live move only).
     buffered_peak: Option<u64>,
+    /// Most signals it buffered at once waiting for their session's record, after the
+    /// manifest arrived: the part the copy order decides (live move only).
+    buffered_for_records_peak: Option<u64>,
     /// Signals the destination held buffered on average while it was a shadow, sampled every
     /// 20 ms (live move only).
     buffered_mean: Option<f64>,
@@ -142,6 +145,9 @@ struct Ratios {
     buffered_peak_random_over_hot_first: Option<f64>,
     /// Mean buffered updates (sampled) with random copy order over hot-first.
     buffered_mean_random_over_hot_first: Option<f64>,
+    /// Peak updates buffered waiting for their session's record (after the manifest), random
+    /// copy order over hot-first: the effect of the order alone.
+    buffered_for_records_peak_random_over_hot_first: Option<f64>,
 }
 
 /// `num / den`, or `None` when that is not a finite number.
@@ -166,6 +172,8 @@ struct RatioInputs {
     random_peak: Option<f64>,
     hot_mean: Option<f64>,
     random_mean: Option<f64>,
+    hot_for_records_peak: Option<f64>,
+    random_for_records_peak: Option<f64>,
 }
 
 impl RatioInputs {
@@ -178,6 +186,10 @@ impl RatioInputs {
             redis_ms_over_handoff_ms: ratio(self.redis_ms, self.handoff_ms),
             buffered_peak_random_over_hot_first: ratio(self.random_peak, self.hot_peak),
             buffered_mean_random_over_hot_first: ratio(self.random_mean, self.hot_mean),
+            buffered_for_records_peak_random_over_hot_first: ratio(
+                self.random_for_records_peak,
+                self.hot_for_records_peak,
+            ),
         }
     }
 }
@@ -190,6 +202,9 @@ struct HotFirstVsRandom {
     hot_first_buffered_mean: Option<f64>,
     random_buffered_mean: Option<f64>,
     mean_random_over_hot_first: Option<f64>,
+    hot_first_buffered_for_records_peak: Option<u64>,
+    random_buffered_for_records_peak: Option<u64>,
+    for_records_peak_random_over_hot_first: Option<f64>,
     note: &'static str,
 }
 
@@ -378,6 +393,12 @@ pub async fn run(args: MoveBenchArgs) -> anyhow::Result<ExitCode> {
             .map(|v| v as f64),
         hot_mean: by("handoff").and_then(|c| c.buffered_mean),
         random_mean: by("handoff_random").and_then(|c| c.buffered_mean),
+        hot_for_records_peak: by("handoff")
+            .and_then(|c| c.buffered_for_records_peak)
+            .map(|v| v as f64),
+        random_for_records_peak: by("handoff_random")
+            .and_then(|c| c.buffered_for_records_peak)
+            .map(|v| v as f64),
     };
     let ratios = inputs.ratios();
     let hot_first_vs_random = HotFirstVsRandom {
@@ -387,9 +408,17 @@ pub async fn run(args: MoveBenchArgs) -> anyhow::Result<ExitCode> {
         hot_first_buffered_mean: inputs.hot_mean,
         random_buffered_mean: inputs.random_mean,
         mean_random_over_hot_first: ratios.buffered_mean_random_over_hot_first,
+        hot_first_buffered_for_records_peak: by("handoff")
+            .and_then(|c| c.buffered_for_records_peak),
+        random_buffered_for_records_peak: by("handoff_random")
+            .and_then(|c| c.buffered_for_records_peak),
+        for_records_peak_random_over_hot_first: ratios
+            .buffered_for_records_peak_random_over_hot_first,
         note: "the peak includes every signal the destination buffered before the source's \
-               manifest reached it, whatever the copy order; the mean (sampled every 20 ms) \
-               also shows how fast each order drains the buffers",
+               manifest reached it, whatever the copy order; the for-records peak counts only \
+               updates buffered after it, waiting for their session's record (the order's \
+               effect); the mean (sampled every 20 ms) also shows how fast each order drains \
+               the buffers",
     };
     let report = MoveBenchReport {
         contenders,
@@ -508,6 +537,7 @@ async fn loaded_run(
                         bytes: m.bytes_copied + m.tombstones * key_len(),
                         records: m.records_copied,
                         buffered_peak: Some(m.buffered_peak),
+                        buffered_for_records_peak: Some(m.buffered_for_records_peak),
                         buffered_mean: Some(samples.mean),
                         copy_ms: Some(m.phases_ms.copy),
                     };
@@ -523,6 +553,7 @@ async fn loaded_run(
                         bytes: m.bytes_copied,
                         records: m.records_copied + m.tombstones,
                         buffered_peak: None,
+                        buffered_for_records_peak: None,
                         buffered_mean: None,
                         copy_ms: None,
                     };
@@ -577,6 +608,7 @@ struct MoveFigures {
     bytes: u64,
     records: u64,
     buffered_peak: Option<u64>,
+    buffered_for_records_peak: Option<u64>,
     buffered_mean: Option<f64>,
     copy_ms: Option<u64>,
 }
@@ -685,6 +717,7 @@ fn loaded_contender(
         unverifiable: Some(oracle.unverifiable),
         records_missing: None,
         buffered_peak: fig.buffered_peak,
+        buffered_for_records_peak: fig.buffered_for_records_peak,
         buffered_mean: fig.buffered_mean,
         move_outlasted_load: outlasted,
         error,
@@ -1190,6 +1223,12 @@ fn print_human(r: &MoveBenchReport, path: &std::path::Path) {
         opt_f(h.random_buffered_mean, 1),
         opt_f(h.hot_first_buffered_mean, 1)
     );
+    out!(
+        "  waiting for records peak, random / hot-first {}  ({} vs {}, after the manifest)",
+        opt_f(h.for_records_peak_random_over_hot_first, 2),
+        opt(h.random_buffered_for_records_peak),
+        opt(h.hot_first_buffered_for_records_peak)
+    );
     out!("  report: {}", path.display());
 }
 
@@ -1213,6 +1252,8 @@ mod tests {
             random_peak: Some(250.0),
             hot_mean: Some(0.0),
             random_mean: Some(3.0),
+            hot_for_records_peak: Some(4.0),
+            random_for_records_peak: Some(60.0),
         };
         assert_eq!(
             inputs.ratios(),
@@ -1224,6 +1265,7 @@ mod tests {
                 redis_ms_over_handoff_ms: Some(3.0),
                 buffered_peak_random_over_hot_first: Some(25.0),
                 buffered_mean_random_over_hot_first: None,
+                buffered_for_records_peak_random_over_hot_first: Some(15.0),
             }
         );
         assert_eq!(ratio(Some(f64::NAN), Some(1.0)), None);

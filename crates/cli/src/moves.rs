@@ -18,6 +18,8 @@ pub(crate) struct MoveReport {
     pub(crate) resend_rounds: u64,
     pub(crate) records_resent: u64,
     pub(crate) buffered_peak: u64,
+    /// Of those, buffered after the manifest (waiting for a record): the copy order's share.
+    pub(crate) buffered_for_records_peak: u64,
     pub(crate) first_seq: u64,
     pub(crate) cutover_seq: u64,
     pub(crate) phases_ms: PhasesMs,
@@ -103,6 +105,7 @@ pub(crate) async fn live_move(
         resend_rounds: f.copy.resends.len() as u64,
         records_resent: f.copy.resends.iter().map(|r| r.records).sum(),
         buffered_peak: f.shadow.buffered_peak,
+        buffered_for_records_peak: f.shadow.buffered_for_records_peak,
         first_seq: f.first_seq,
         cutover_seq: f.cutover_seq,
         phases_ms: PhasesMs {

@@ -200,6 +200,10 @@ pub struct ShadowView {
     pub buffered: u64,
     /// Most signals buffered at once.
     pub buffered_peak: u64,
+    /// Most signals buffered at once while waiting for their session's record (after the
+    /// manifest: the figure the copy order decides).
+    #[serde(default)]
+    pub buffered_for_records_peak: u64,
     /// Records received.
     pub records: u64,
     /// Bytes received.

@@ -756,7 +756,8 @@ enum Target {
 #[derive(Clone, Debug)]
 enum PeerMsg {
     Manifest(Vec<Bytes>),
-    Ready,
+    /// The destination's last applied seq when it took the manifest.
+    Ready(u64),
     Refuse(String),
     Record {
         key: Bytes,
@@ -960,6 +961,9 @@ struct CopyTask {
     stage: CopyStage,
     log: Option<DeletionLog>,
     manifest: Vec<Bytes>,
+    /// The seq this copy must have applied before it streams (the destination's, when it
+    /// took the manifest).
+    stream_after: u64,
     next: usize,
     digest: Digest,
     report: CopyOutcome,
@@ -1961,6 +1965,7 @@ impl Sim {
                     awaiting: s.awaiting as u64,
                     buffered: s.buffered as u64,
                     buffered_peak: s.buffered_peak as u64,
+                    buffered_for_records_peak: s.buffered_for_records_peak as u64,
                     records: s.records,
                     bytes: s.bytes,
                 }))),
@@ -2024,6 +2029,7 @@ impl Sim {
                         stage: CopyStage::Waiting,
                         log: None,
                         manifest: Vec::new(),
+                        stream_after: 0,
                         next: 0,
                         digest: Digest::default(),
                         report: CopyOutcome::default(),
@@ -2107,7 +2113,10 @@ impl Sim {
                     return;
                 }
                 let log = DeletionLog::default();
-                inst.set_deletion_log(Some(log.clone()));
+                if let Err(e) = inst.begin_source_copy(log.clone(), task.keys.is_none()) {
+                    self.copy_fail(n, id, e.to_string());
+                    return;
+                }
                 task.log = Some(log);
                 task.manifest = match &task.keys {
                     Some(keys) => keys.clone(),
@@ -2129,6 +2138,18 @@ impl Sim {
                 self.send_peer(n, to, id, PeerMsg::Manifest(manifest));
             }
             CopyStage::Streaming => {
+                if task.next == 0 && inst.stats().last_seq < task.stream_after {
+                    if now - task.started > COPY_WAIT_US {
+                        let why = format!(
+                            "the source never applied seq {} (the destination's)",
+                            task.stream_after
+                        );
+                        self.copy_fail(n, id, why);
+                    } else {
+                        self.at(now + 1_000, Ev::CopyStep { node: n, copy: id });
+                    }
+                    return;
+                }
                 let subset = task.keys.is_some();
                 if task.next < task.manifest.len() {
                     let key = task.manifest[task.next].clone();
@@ -2204,10 +2225,11 @@ impl Sim {
         }
         match msg {
             // Answers to a copy's source.
-            PeerMsg::Ready => {
+            PeerMsg::Ready(at_seq) => {
                 let lead = match self.nodes[to].copies.get_mut(&copy) {
                     Some(t) if t.stage == CopyStage::AwaitReady => {
                         t.stage = CopyStage::Streaming;
+                        t.stream_after = at_seq;
                         t.lead_us
                     }
                     _ => return,
@@ -2236,16 +2258,9 @@ impl Sim {
                 let mut replayed = Vec::new();
                 let r = match self.nodes[to].inst.as_mut() {
                     None => Err("unknown instance counter-1".to_owned()),
-                    Some(i) => {
-                        let r = if i.awaits_manifest() {
-                            i.set_manifest(keys.clone(), &mut replayed)
-                        } else if i.expects(&keys) {
-                            Ok(())
-                        } else {
-                            i.begin_shadow(Some(keys.clone()), ShadowLimits::default())
-                        };
-                        r.map_err(|e| e.to_string())
-                    }
+                    Some(i) => i
+                        .take_manifest(keys.clone(), &mut replayed)
+                        .map_err(|e| e.to_string()),
                 };
                 self.after_control(to, replayed);
                 self.trace(format!(
@@ -2254,7 +2269,7 @@ impl Sim {
                     keys.len()
                 ));
                 match r {
-                    Ok(()) => {
+                    Ok(at_seq) => {
                         let batch_max = self.rng.gen_range(1..=8);
                         self.nodes[to].incoming.insert(
                             (from, copy),
@@ -2265,7 +2280,7 @@ impl Sim {
                                 batch_max,
                             },
                         );
-                        self.send_peer(to, from, copy, PeerMsg::Ready);
+                        self.send_peer(to, from, copy, PeerMsg::Ready(at_seq));
                     }
                     Err(e) => self.send_peer(to, from, copy, PeerMsg::Refuse(e)),
                 }

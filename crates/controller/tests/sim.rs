@@ -168,11 +168,11 @@ fn control_loss_a_move_with_lost_requests_and_replies_still_ends_cleanly() {
     check(&r);
     assert_eq!(r.phase, Phase::Done, "{r}");
     assert!(r.control_lost > 0, "{r}");
-    // Here a lost Copy reply makes the retried copy refused (the destination already has its
-    // manifest): the move aborts, and the source holds exactly the reference's state.
+    // Here a Copy reply is lost and the driver asks again: the destination, which already has
+    // its manifest, takes the repeated one (it re-awaits the sessions) and the move completes.
     let r = run(50, FaultClass::ControlLoss);
     check(&r);
-    assert_eq!(r.phase, Phase::Aborted, "{r}");
+    assert_eq!(r.phase, Phase::Done, "{r}");
     assert!(r.checked.contains(&"final_state"));
 }
 
@@ -397,6 +397,30 @@ fn fixed_j_move_mode_waits_for_the_restarted_steers_source_link() {
         check(&r);
         assert_eq!(r.phase, Phase::Done, "{r}");
     }
+}
+
+/// Regression: a controller crashed while the source's copy was still waiting to take its
+/// manifest; the restarted controller aborted, the source began expecting its sessions back,
+/// and the stale copy then took a manifest anyway, failed half-way (a shadow keeps no
+/// deletion log) and left the destination awaiting records forever, so the abort's prime was
+/// refused and four creates were never answered (seed 4152 under controller-crash). A full
+/// copy from a source that expects sessions back is now refused before its manifest.
+#[test]
+fn fixed_k_a_stale_copy_after_an_abort_takes_no_manifest() {
+    let r = run(4152, FaultClass::ControllerCrash);
+    check(&r);
+    assert_eq!(r.phase, Phase::Aborted, "{r}");
+}
+
+/// Regression: the copy's answer was lost, the driver asked again and the destination refused
+/// the repeated manifest ("instance is shadow"), so a complete copy aborted the move and the
+/// abort's prime was refused the same way (seed 8012 under control-loss). A repeated manifest
+/// now re-awaits the listed sessions and the copy runs again.
+#[test]
+fn fixed_l_a_repeated_copy_after_a_lost_answer_runs_again() {
+    let r = run(8012, FaultClass::ControlLoss);
+    check(&r);
+    assert_eq!(r.phase, Phase::Done, "{r}");
 }
 
 // --- tools --------------------------------------------------------------------------------------

@@ -523,6 +523,44 @@ pub trait Hosted: Send {
     ) -> Result<(), MoveStepError>;
     /// Whether this is a shadow still waiting for its manifest.
     fn awaits_manifest(&self) -> bool;
+    /// A copy's manifest arrives: a shadow waiting for one takes it; sessions announced by
+    /// [`Hosted::expect_records`] (an aborted move's, coming back) need nothing more; a shadow
+    /// that already knows a manifest takes this one as a repeated or overlapping copy (an
+    /// answer to an earlier copy was lost, or an abort sends old state): the listed sessions
+    /// it holds are dropped and awaited again, except those a create routed here claimed
+    /// ([`shadow::Shadow::reawait`]); a serving, empty instance becomes a shadow with it.
+    ///
+    /// Answers with the seq the sender must have applied before it reads the records it
+    /// streams: after a re-await, the last seq applied here (a re-awaited session's record
+    /// must include every signal this copy applied to the state it dropped); otherwise 0.
+    fn take_manifest(
+        &mut self,
+        manifest: Vec<SessionKey>,
+        out: &mut Vec<ClassifiedOutput>,
+    ) -> Result<u64, MoveStepError> {
+        if self.awaits_manifest() {
+            self.set_manifest(manifest, out)?;
+        } else if self.expects(&manifest) {
+        } else if self.shadow_stats().is_some() {
+            return Ok(self.reawait(&manifest)?.at_seq);
+        } else {
+            self.begin_shadow(Some(manifest), shadow::ShadowLimits::default())?;
+        }
+        Ok(0)
+    }
+    /// Starts logging deletions for a copy from this instance. A full copy (a move's source
+    /// streaming everything) needs a serving instance: once an aborted move's sessions are
+    /// expected back here it is refused, so a stale copy never takes a manifest.
+    fn begin_source_copy(&mut self, log: DeletionLog, full: bool) -> Result<(), MoveStepError> {
+        if full && self.shadow_stats().is_some() {
+            return Err(MoveStepError::WrongPhase {
+                expected: "serving (the move's source)",
+                actual: "expecting sessions back (an abort began)",
+            });
+        }
+        self.set_deletion_log(Some(log));
+        Ok(())
+    }
     /// See [`Instance::hand_over`] (a move's source; ignored by a shadow).
     fn hand_over(&mut self, key: &SessionKey, seq: u64);
     /// A create routed to this copy alone touches `key` (see [`shadow::Shadow::claim`]);
@@ -636,7 +674,7 @@ impl<F: Function> Hosted for Hosting<F> {
         };
         let fresh = Instance::new(i.function.clone());
         let serving = std::mem::replace(i, fresh);
-        *self = Self::Shadow(shadow::Shadow::new(serving, keys, limits));
+        *self = Self::Shadow(shadow::Shadow::returning(serving, keys, limits));
         Ok(())
     }
     fn expects(&self, keys: &[SessionKey]) -> bool {

@@ -94,6 +94,10 @@ pub enum CopyError {
         /// What went wrong.
         reason: String,
     },
+    /// The instance cannot be copied from now (a full copy from a source that already
+    /// expects an aborted move's sessions back).
+    #[error("copy refused: {0}")]
+    WrongPhase(MoveStepError),
     /// A manifest session vanished without a logged deletion (or the log overflowed).
     #[error("session deleted during the copy without a tombstone; the copy cannot be exact")]
     MissingTombstone,
@@ -129,8 +133,19 @@ pub async fn copy_to(
     };
     // Log deletions before taking the manifest: a listed session deleted later has a tombstone.
     let log = DeletionLog::default();
-    if !h.control(Control::DeletionLog(Some(log.clone()))).await {
+    let (done, begun) = oneshot::channel();
+    let control = Control::BeginSourceCopy {
+        log: log.clone(),
+        full: only.is_none(),
+        done,
+    };
+    if !h.control(control).await {
         return Err(NodeError::UnknownInstance(instance.to_owned()).into());
+    }
+    match begun.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(CopyError::WrongPhase(e)),
+        Err(_) => return Err(NodeError::UnknownInstance(instance.to_owned()).into()),
     }
     let result = async {
         let began = Instant::now();
@@ -175,7 +190,11 @@ pub async fn copy_to(
         .map_err(io)?;
         send_manifest(&mut f, instance, &m.keys, destination).await?;
         // The destination answers the manifest once its shadow is ready (or refuses).
-        answer(&mut f, destination, Duration::from_secs(30), "the manifest").await?;
+        let ready = answer(&mut f, destination, Duration::from_secs(30), "the manifest").await?;
+        // A destination that had a manifest already (this copy repeats one whose answer was
+        // lost) re-awaits the sessions at its seq: read them only once this copy has applied
+        // as much.
+        wait_applied(&h, ready["at_seq"].as_u64().unwrap_or(0), destination).await?;
         let ready_ms = start.elapsed().as_millis() as u64;
         // Lead K (seed 000 R3): the destination knows its manifest, so it already serves the
         // sessions created since the switch; the records follow after the lead.
@@ -569,9 +588,13 @@ pub(crate) async fn peer_session(
                     return Err(FrameError::Io("instance stopped".into()));
                 }
                 match answer.await {
-                    Ok(Ok(())) => {
+                    Ok(Ok(at_seq)) => {
                         tracing::info!(instance, sessions = count, "move destination ready");
-                        let body = serde_json::json!({ "ready": instance, "sessions": count });
+                        let body = serde_json::json!({
+                            "ready": instance,
+                            "sessions": count,
+                            "at_seq": at_seq,
+                        });
                         send(tx, vec![reply(&body)]).await?;
                     }
                     Ok(Err(e)) => {

@@ -44,6 +44,15 @@ pub struct Batch {
 pub enum Control {
     /// Start (`Some`) or stop logging deletions for a copy stream.
     DeletionLog(Option<DeletionLog>),
+    /// A copy from this instance begins: log deletions (see `Hosted::begin_source_copy`).
+    BeginSourceCopy {
+        /// The log.
+        log: DeletionLog,
+        /// A full copy (not a key subset).
+        full: bool,
+        /// The answer.
+        done: oneshot::Sender<Result<(), MoveStepError>>,
+    },
     /// Become a move's destination, before the manifest is known (prepare phase).
     PrepareShadow(oneshot::Sender<Result<(), MoveStepError>>),
     /// The source's manifest arrived: a prepared shadow takes it; a serving (empty) instance
@@ -51,8 +60,8 @@ pub enum Control {
     Manifest {
         /// The source's manifest.
         manifest: Vec<SessionKey>,
-        /// The answer.
-        done: oneshot::Sender<Result<(), MoveStepError>>,
+        /// The answer: the last seq applied here (see `Hosted::take_manifest`).
+        done: oneshot::Sender<Result<u64, MoveStepError>>,
     },
     /// Expect the records of these sessions from another node (an aborted move's sessions
     /// coming back); their signals are buffered until they arrive.
@@ -254,6 +263,9 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
     let mut replayed = Vec::new();
     match c {
         Control::DeletionLog(log) => hosted.set_deletion_log(log),
+        Control::BeginSourceCopy { log, full, done } => {
+            let _ = done.send(hosted.begin_source_copy(log, full));
+        }
         Control::PrepareShadow(done) => {
             let _ = done.send(hosted.begin_shadow(None, ShadowLimits::default()));
         }
@@ -261,15 +273,7 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
             let _ = done.send(hosted.expect_records(keys, ShadowLimits::default()));
         }
         Control::Manifest { manifest, done } => {
-            let r = if hosted.awaits_manifest() {
-                hosted.set_manifest(manifest, &mut replayed)
-            } else if hosted.expects(&manifest) {
-                // Sessions coming back after an aborted move: announced before.
-                Ok(())
-            } else {
-                hosted.begin_shadow(Some(manifest), ShadowLimits::default())
-            };
-            let _ = done.send(r);
+            let _ = done.send(hosted.take_manifest(manifest, &mut replayed));
         }
         Control::Records {
             records,

@@ -1,7 +1,7 @@
 //! Copy planning for a move (DESIGN.md "Live move", step 3; seed 000 R24–R27): which sessions
 //! are streamed in which order, and whether a plan's limits can be met at all.
 
-use crate::{SessionKey, SessionTable, SHARDS};
+use crate::{SessionKey, SessionTable};
 
 /// The order sessions are copied in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -28,21 +28,20 @@ pub struct Manifest {
     pub bytes: u64,
 }
 
-/// Plans the copy of `table` at steer time `now_us`. Visits one shard at a time.
+/// Plans the copy of `table` at steer time `now_us`. Visits one shard at a time, copying
+/// only keys (a refcount each), never record bytes.
 pub fn manifest(table: &SessionTable, order: CopyOrder, now_us: u64) -> Manifest {
     let half_life = table.half_life_us();
     let mut entries: Vec<(SessionKey, f32, u64)> = Vec::with_capacity(table.len());
     let mut bytes = 0u64;
-    for shard in 0..SHARDS {
-        for (key, rec) in table.shard_snapshot(shard) {
-            bytes += (key.len() + rec.bytes.len()) as u64;
-            let tiebreak = match order {
-                CopyOrder::Random { seed } => mix(seed ^ crate::key_hash(&key)),
-                _ => 0,
-            };
-            entries.push((key, rec.freq.at(now_us, half_life), tiebreak));
-        }
-    }
+    table.scan(|key, rec| {
+        bytes += (key.len() + rec.bytes.len()) as u64;
+        let tiebreak = match order {
+            CopyOrder::Random { seed } => mix(seed ^ crate::key_hash(key)),
+            _ => 0,
+        };
+        entries.push((key.clone(), rec.freq.at(now_us, half_life), tiebreak));
+    });
     match order {
         CopyOrder::HotFirst => {
             entries.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)))

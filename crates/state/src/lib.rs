@@ -179,6 +179,16 @@ impl SessionTable {
         self.shard(key).read().get(key).cloned()
     }
 
+    /// Visits every record, one shard at a time under that shard's read lock, with no copy of
+    /// the records (keep `f` short: each shard's writer waits while it is visited).
+    pub fn scan(&self, mut f: impl FnMut(&SessionKey, &Record)) {
+        for shard in self.shards.iter() {
+            for (key, rec) in shard.read().iter() {
+                f(key, rec);
+            }
+        }
+    }
+
     /// Runs `f` on one record under its shard's read lock, with no copy of it (keep `f` short:
     /// the shard's writer waits meanwhile).
     pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&Record) -> R) -> Option<R> {

@@ -64,6 +64,10 @@ pub enum ShadowError {
     /// A re-send was asked of a shadow that has no manifest yet.
     #[error("a re-send needs the manifest first")]
     NoManifest,
+    /// A re-send was asked of sessions coming back after an aborted move: their sender no
+    /// longer gets their signals, so its records could miss what this copy applied.
+    #[error("sessions coming back after an abort cannot be re-sent")]
+    Returning,
 }
 
 /// What [`Shadow::reawait`] did: the sessions it will not take again and the seq it stood at.
@@ -101,6 +105,12 @@ pub struct ShadowStats {
     pub buffered: usize,
     /// Most signals buffered at once.
     pub buffered_peak: usize,
+    /// Of the signals buffered now, those buffered after the manifest arrived: updates waiting
+    /// for their session's record, the figure the copy order decides (before the manifest,
+    /// every stateful signal is buffered whatever the order).
+    pub buffered_for_records: usize,
+    /// Most signals buffered for records at once.
+    pub buffered_for_records_peak: usize,
     /// Records and tombstones imported.
     pub records: u64,
     /// Bytes of the records imported (keys and values).
@@ -121,6 +131,8 @@ struct Buffered<P> {
     stamp: Stamp,
     kind: SignalKind,
     prepared: P,
+    /// Buffered after the manifest arrived (waiting for the session's record).
+    for_record: bool,
 }
 
 /// An instance being filled by a move.
@@ -135,6 +147,8 @@ pub struct Shadow<F: Function> {
     /// is their owner, so a re-send must never replace them with the source's.
     claimed: HashSet<SessionKey, SeededState>,
     claims_overflowed: bool,
+    /// Sessions coming back to an aborted move's source (not a move's destination).
+    returning: bool,
     limits: ShadowLimits,
     stats: ShadowStats,
 }
@@ -152,6 +166,20 @@ impl<F: Function> Shadow<F> {
         s
     }
 
+    /// A serving instance (an aborted move's source) expecting `keys` back from the move's
+    /// destination; unlike a destination's, its sessions cannot be re-sent
+    /// ([`Shadow::reawait`] refuses): after the abort's boundary their sender no longer gets
+    /// their signals.
+    pub fn returning(
+        instance: Instance<F>,
+        keys: impl IntoIterator<Item = SessionKey>,
+        limits: ShadowLimits,
+    ) -> Self {
+        let mut s = Self::new(instance, keys, limits);
+        s.returning = true;
+        s
+    }
+
     /// A shadow that does not know its manifest yet: the steer may already route signals to
     /// it (the source takes its manifest only after the switch), so until
     /// [`Shadow::set_manifest`] every stateful signal is buffered and every tick logged.
@@ -164,6 +192,7 @@ impl<F: Function> Shadow<F> {
             ticks: Vec::new(),
             claimed: HashSet::default(),
             claims_overflowed: false,
+            returning: false,
             limits,
             stats: ShadowStats::default(),
         }
@@ -220,6 +249,9 @@ impl<F: Function> Shadow<F> {
     pub fn reawait(&mut self, keys: &[SessionKey]) -> Result<Reawaited, ShadowError> {
         if !self.manifest_known {
             return Err(ShadowError::NoManifest);
+        }
+        if self.returning {
+            return Err(ShadowError::Returning);
         }
         if self.claims_overflowed {
             return Err(ShadowError::ClaimsFull(self.limits.max_buffered));
@@ -313,13 +345,22 @@ impl<F: Function> Shadow<F> {
             if self.stats.buffered >= self.limits.max_buffered {
                 return Err(ShadowError::BufferFull(self.limits.max_buffered));
             }
+            let for_record = self.manifest_known;
             self.buffers.entry(key.clone()).or_default().push(Buffered {
                 stamp,
                 kind,
                 prepared,
+                for_record,
             });
             self.stats.buffered += 1;
             self.stats.buffered_peak = self.stats.buffered_peak.max(self.stats.buffered);
+            if for_record {
+                self.stats.buffered_for_records += 1;
+                self.stats.buffered_for_records_peak = self
+                    .stats
+                    .buffered_for_records_peak
+                    .max(self.stats.buffered_for_records);
+            }
             return Ok(Applied::Buffered);
         }
         if self
@@ -393,6 +434,7 @@ impl<F: Function> Shadow<F> {
             self.buffers.remove(key).unwrap_or_default()
         };
         self.stats.buffered -= buffered.len();
+        self.stats.buffered_for_records -= buffered.iter().filter(|b| b.for_record).count();
         // Ticks are logged in seq order: those after the record are a suffix.
         let mut next_tick = self.ticks.partition_point(|t| t.seq <= seq);
         if buffered.is_empty() && next_tick == self.ticks.len() {

@@ -575,6 +575,7 @@ mod shadow {
             )
             .unwrap();
         assert_eq!(shadow.stats().buffered, 1);
+        assert_eq!(shadow.stats().buffered_for_records, 1);
         assert!(!shadow.is_settled());
         apply(&mut source, 2, 0, [2, 1]);
         apply(&mut source, 3, 0, [2, 1]);
@@ -597,6 +598,41 @@ mod shadow {
         assert_eq!(shadow.stats().skipped, 1);
         assert_eq!(shadow.instance().table.get(&key).unwrap().bytes, r.bytes);
         assert!(shadow.is_settled());
+    }
+
+    #[test]
+    fn signals_before_the_manifest_do_not_count_as_waiting_for_records() {
+        let key = Bytes::from_static(&[1]);
+        let other = Bytes::from_static(&[2]);
+        let mut shadow = Shadow::pending(Instance::new(Arc::new(Counter)), ShadowLimits::default());
+        let mut out = Vec::new();
+        let update = |seq, k: &Bytes| (Stamp { seq, now_us: 0 }, [2, k[0]]);
+        let (s1, d1) = update(1, &key);
+        shadow
+            .on_signal(s1, SignalKind::Update, &key, &d1, &mut out)
+            .unwrap();
+        assert_eq!(shadow.stats().buffered, 1);
+        assert_eq!(shadow.stats().buffered_for_records, 0);
+        // The manifest names `key` only; a later update of it waits for its record.
+        shadow.set_manifest([key.clone()], &mut out);
+        let (s2, d2) = update(2, &key);
+        shadow
+            .on_signal(s2, SignalKind::Update, &key, &d2, &mut out)
+            .unwrap();
+        let (s3, d3) = update(3, &other);
+        shadow
+            .on_signal(s3, SignalKind::Update, &other, &d3, &mut out)
+            .unwrap();
+        let st = shadow.stats();
+        assert_eq!((st.buffered, st.buffered_for_records), (2, 1), "{st:?}");
+        shadow.on_record(key, 0, None, &mut out).unwrap();
+        let st = shadow.stats();
+        assert_eq!((st.buffered, st.buffered_for_records), (0, 0), "{st:?}");
+        assert_eq!(
+            (st.buffered_peak, st.buffered_for_records_peak),
+            (2, 1),
+            "{st:?}"
+        );
     }
 
     #[test]
