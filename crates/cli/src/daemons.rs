@@ -172,6 +172,11 @@ pub struct SteerArgs {
     /// file's `token`.
     #[arg(long, env = "HANDOFF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Directory where each service's route is kept across restarts, so a steer restarted
+    /// during a move recovers with the controller (see `docs/moves.md`). Overrides the config
+    /// file's `state_dir`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 pub fn parse_service(spec: &str) -> anyhow::Result<ServiceConfig> {
@@ -210,6 +215,9 @@ pub fn load_steer_config(a: &SteerArgs) -> anyhow::Result<SteerConfig> {
     if let Some(t) = &a.token {
         cfg.token = t.clone();
     }
+    if let Some(d) = &a.state_dir {
+        cfg.state_dir = Some(d.clone());
+    }
     if cfg.services.is_empty() {
         bail!("no service configured: give --service or a --config with [[services]]");
     }
@@ -218,6 +226,11 @@ pub fn load_steer_config(a: &SteerArgs) -> anyhow::Result<SteerConfig> {
 
 pub async fn steer(a: SteerArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_steer_config(&a)?;
+    if cfg.control.is_some() && cfg.state_dir.is_none() {
+        tracing::warn!(
+            "no --state-dir: routes are not kept, so a restart of this steer during a move is not safe"
+        );
+    }
     let names: Vec<String> = cfg.services.iter().map(|s| s.instance.clone()).collect();
     let catalog = crate::catalog();
     let steer = Steer::start(cfg, |f| catalog.classifier(f)).await?;
@@ -292,6 +305,7 @@ mod tests {
         );
         assert_eq!(cfg.services.len(), 1);
         assert_eq!(cfg.services[0].instance, "mme-1");
+        assert!(cfg.state_dir.is_some() && d.state_dir.is_none());
     }
 
     #[test]
