@@ -970,6 +970,8 @@ struct CopyTask {
 }
 
 struct Incoming {
+    /// The shadow's copy epoch this copy's records belong to.
+    epoch: u64,
     digest: Digest,
     received: u64,
     batch: Vec<(Bytes, u64, Option<Bytes>)>,
@@ -2075,10 +2077,8 @@ impl Sim {
         let Some(task) = self.nodes[n].copies.remove(&id) else {
             return;
         };
-        if task.log.is_some() {
-            if let Some(i) = self.nodes[n].inst.as_mut() {
-                i.set_deletion_log(None);
-            }
+        if let (Some(log), Some(i)) = (&task.log, self.nodes[n].inst.as_mut()) {
+            i.end_source_copy(log);
         }
         self.trace(format!("{}: copy {id} fails: {why}", node_name(n)));
         self.reply(task.reply, Err(Failure::Refused(why)));
@@ -2241,8 +2241,8 @@ impl Sim {
                 let Some(mut task) = self.nodes[to].copies.remove(&copy) else {
                     return;
                 };
-                if let Some(i) = self.nodes[to].inst.as_mut() {
-                    i.set_deletion_log(None);
+                if let (Some(log), Some(i)) = (&task.log, self.nodes[to].inst.as_mut()) {
+                    i.end_source_copy(log);
                 }
                 task.report.digest_match = matched;
                 task.report.differing_buckets = differing;
@@ -2269,18 +2269,19 @@ impl Sim {
                     keys.len()
                 ));
                 match r {
-                    Ok(at_seq) => {
+                    Ok(taken) => {
                         let batch_max = self.rng.gen_range(1..=8);
                         self.nodes[to].incoming.insert(
                             (from, copy),
                             Incoming {
+                                epoch: taken.epoch,
                                 digest: Digest::default(),
                                 received: 0,
                                 batch: Vec::new(),
                                 batch_max,
                             },
                         );
-                        self.send_peer(to, from, copy, PeerMsg::Ready(at_seq));
+                        self.send_peer(to, from, copy, PeerMsg::Ready(taken.at_seq));
                     }
                     Err(e) => self.send_peer(to, from, copy, PeerMsg::Refuse(e)),
                 }
@@ -2319,9 +2320,17 @@ impl Sim {
             return false;
         };
         let batch = std::mem::take(&mut inc.batch);
+        let epoch = inc.epoch;
         let mut replayed = Vec::new();
         let mut errors = Vec::new();
         match self.nodes[n].inst.as_mut() {
+            Some(i) if i.copy_epoch() != epoch => {
+                // As the node does: a superseded copy's records are dropped.
+                errors.push(format!(
+                    "{} records of copy {copy} (epoch {epoch}) dropped: superseded",
+                    batch.len()
+                ));
+            }
             Some(i) => {
                 for (key, seq, bytes) in batch {
                     let tomb = bytes.is_none();

@@ -88,6 +88,11 @@ pub const MAX_LOGGED_DELETIONS: usize = 1_000_000;
 pub struct DeletionLog(Arc<std::sync::Mutex<(HashMap<SessionKey, u64>, bool)>>);
 
 impl DeletionLog {
+    /// Whether `other` is this very log (not an equal one).
+    pub fn is(&self, other: &DeletionLog) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     fn record(&self, key: &SessionKey, seq: u64) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if g.0.len() >= MAX_LOGGED_DELETIONS && !g.0.contains_key(key) {
@@ -471,6 +476,15 @@ impl<F: Function> Hosting<F> {
     }
 }
 
+/// What [`Hosted::take_manifest`] answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManifestTaken {
+    /// The seq the sender must have applied before it reads the records it streams (0: none).
+    pub at_seq: u64,
+    /// The copy epoch the records of this copy belong to.
+    pub epoch: u64,
+}
+
 /// The object-safe face of a hosted instance, so a node can host instances of any function.
 pub trait Hosted: Send {
     /// The function's name.
@@ -537,17 +551,27 @@ pub trait Hosted: Send {
         &mut self,
         manifest: Vec<SessionKey>,
         out: &mut Vec<ClassifiedOutput>,
-    ) -> Result<u64, MoveStepError> {
+    ) -> Result<ManifestTaken, MoveStepError> {
+        let mut at_seq = 0;
         if self.awaits_manifest() {
             self.set_manifest(manifest, out)?;
         } else if self.expects(&manifest) {
         } else if self.shadow_stats().is_some() {
-            return Ok(self.reawait(&manifest)?.at_seq);
+            at_seq = self.reawait(&manifest)?.at_seq;
         } else {
             self.begin_shadow(Some(manifest), shadow::ShadowLimits::default())?;
         }
-        Ok(0)
+        Ok(ManifestTaken {
+            at_seq,
+            epoch: self.copy_epoch(),
+        })
     }
+    /// The shadow's copy epoch ([`shadow::Shadow::epoch`]; 0 outside shadow mode): records
+    /// handed over with another epoch are dropped.
+    fn copy_epoch(&self) -> u64;
+    /// Stops logging deletions for the copy that installed `log` (a copy that ends never
+    /// switches off another copy's log).
+    fn end_source_copy(&mut self, log: &DeletionLog);
     /// Starts logging deletions for a copy from this instance. A full copy (a move's source
     /// streaming everything) needs a serving instance: once an aborted move's sessions are
     /// expected back here it is refused, so a stale copy never takes a manifest.
@@ -714,6 +738,19 @@ impl<F: Function> Hosted for Hosting<F> {
     fn claim(&mut self, key: &SessionKey) {
         if let Self::Shadow(s) = self {
             s.claim(key);
+        }
+    }
+    fn copy_epoch(&self) -> u64 {
+        match self {
+            Self::Shadow(s) => s.epoch(),
+            Self::Serving(_) => 0,
+        }
+    }
+    fn end_source_copy(&mut self, log: &DeletionLog) {
+        if let Self::Serving(i) = self {
+            if i.deletions.as_ref().is_some_and(|d| d.is(log)) {
+                i.set_deletion_log(None);
+            }
         }
     }
     fn reawait(&mut self, keys: &[SessionKey]) -> Result<shadow::Reawaited, MoveStepError> {

@@ -306,7 +306,7 @@ pub async fn copy_to(
         Ok(report)
     }
     .await;
-    let _ = h.control(Control::DeletionLog(None)).await;
+    let _ = h.control(Control::EndSourceCopy(log)).await;
     result
 }
 
@@ -514,6 +514,8 @@ pub(crate) async fn peer_session(
     let mut received = 0u64;
     let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::new();
     let mut in_flight = std::collections::VecDeque::new();
+    // The shadow's copy epoch this connection's records belong to.
+    let mut epoch = 0u64;
     // After a mismatch: the re-send rounds asked for so far, and whether one may begin.
     let mut rounds = 0usize;
     let mut resend_open = false;
@@ -553,12 +555,15 @@ pub(crate) async fn peer_session(
                     resend_open = false;
                     rounds += 1;
                     let body = match reawait(h, keys).await? {
-                        Ok(done) => serde_json::json!({
+                        Ok(done) => {
+                            epoch = done.epoch;
+                            serde_json::json!({
                             "resend": rounds,
                             "at_seq": done.at_seq,
                             "awaited": done.awaited,
                             "excluded": done.excluded.iter().map(hex::encode).collect::<Vec<_>>(),
-                        }),
+                            })
+                        }
                         Err(e) => {
                             send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await?;
                             return Ok(());
@@ -588,12 +593,13 @@ pub(crate) async fn peer_session(
                     return Err(FrameError::Io("instance stopped".into()));
                 }
                 match answer.await {
-                    Ok(Ok(at_seq)) => {
+                    Ok(Ok(taken)) => {
                         tracing::info!(instance, sessions = count, "move destination ready");
+                        epoch = taken.epoch;
                         let body = serde_json::json!({
                             "ready": instance,
                             "sessions": count,
-                            "at_seq": at_seq,
+                            "at_seq": taken.at_seq,
                         });
                         send(tx, vec![reply(&body)]).await?;
                     }
@@ -628,7 +634,7 @@ pub(crate) async fn peer_session(
                     .await?;
                     return Ok(());
                 };
-                hand_records(h, &mut batch, &mut in_flight).await?;
+                hand_records(h, &mut batch, epoch, &mut in_flight).await?;
                 // Every record is applied before the digests are answered.
                 for applied in in_flight.drain(..) {
                     let _ = applied.await;
@@ -686,7 +692,7 @@ pub(crate) async fn peer_session(
                 .await?;
                 return Ok(());
             };
-            hand_records(h, &mut batch, &mut in_flight).await?;
+            hand_records(h, &mut batch, epoch, &mut in_flight).await?;
         }
     }
     Ok(())
@@ -702,6 +708,7 @@ const RECORD_BATCHES_IN_FLIGHT: usize = 8;
 async fn hand_records(
     h: &InstanceHandle,
     batch: &mut Vec<(SessionKey, u64, Option<Bytes>)>,
+    epoch: u64,
     in_flight: &mut std::collections::VecDeque<oneshot::Receiver<()>>,
 ) -> Result<(), FrameError> {
     if batch.is_empty() {
@@ -717,6 +724,7 @@ async fn hand_records(
     if !h
         .control(Control::Records {
             records,
+            epoch,
             done: Some(done),
         })
         .await

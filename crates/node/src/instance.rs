@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use handoff_function::runtime::shadow::{Reawaited, ShadowLimits, ShadowStats};
+use handoff_function::runtime::ManifestTaken;
 use handoff_function::runtime::{
     Applied, ClassifiedOutput, DeletionLog, Hosted, InstanceStats, MoveStepError,
 };
@@ -44,6 +45,8 @@ pub struct Batch {
 pub enum Control {
     /// Start (`Some`) or stop logging deletions for a copy stream.
     DeletionLog(Option<DeletionLog>),
+    /// A copy from this instance ended: stop the deletion log it installed.
+    EndSourceCopy(DeletionLog),
     /// A copy from this instance begins: log deletions (see `Hosted::begin_source_copy`).
     BeginSourceCopy {
         /// The log.
@@ -60,8 +63,8 @@ pub enum Control {
     Manifest {
         /// The source's manifest.
         manifest: Vec<SessionKey>,
-        /// The answer: the last seq applied here (see `Hosted::take_manifest`).
-        done: oneshot::Sender<Result<u64, MoveStepError>>,
+        /// The answer (see `Hosted::take_manifest`).
+        done: oneshot::Sender<Result<ManifestTaken, MoveStepError>>,
     },
     /// Expect the records of these sessions from another node (an aborted move's sessions
     /// coming back); their signals are buffered until they arrive.
@@ -77,6 +80,8 @@ pub enum Control {
     Records {
         /// The records, in stream order.
         records: Vec<(SessionKey, u64, Option<Bytes>)>,
+        /// The copy epoch they belong to (records of a superseded copy are dropped).
+        epoch: u64,
         /// Dropped when applied.
         done: Option<oneshot::Sender<()>>,
     },
@@ -125,6 +130,8 @@ pub struct TaskStats {
     pub fenced: u64,
     /// Sessions handed over to a move's destination (frozen here).
     pub handovers: u64,
+    /// Copied records dropped because a later copy superseded theirs.
+    pub stale_copy_records: u64,
     /// Whether the instance is a settled shadow (internal: lets answer bookkeeping be pruned).
     #[serde(skip)]
     pub settled_hint: bool,
@@ -263,6 +270,7 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
     let mut replayed = Vec::new();
     match c {
         Control::DeletionLog(log) => hosted.set_deletion_log(log),
+        Control::EndSourceCopy(log) => hosted.end_source_copy(&log),
         Control::BeginSourceCopy { log, full, done } => {
             let _ = done.send(hosted.begin_source_copy(log, full));
         }
@@ -277,8 +285,17 @@ fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<Cl
         }
         Control::Records {
             records,
+            epoch,
             done: _done,
         } => {
+            if epoch != hosted.copy_epoch() {
+                local.stale_copy_records += records.len() as u64;
+                tracing::debug!(
+                    records = records.len(),
+                    "records of a superseded copy dropped"
+                );
+                return replayed;
+            }
             for (key, seq, bytes) in records {
                 if let Err(e) = hosted.on_record(key, seq, bytes, &mut replayed) {
                     local.move_errors += 1;

@@ -57,11 +57,14 @@ pub struct RecordView {
     pub bytes: Bytes,
 }
 
-type Shard = HashMap<SessionKey, Record, FixedState>;
+/// One shard's map. Its hash needs no agreement between processes (only the shard choice
+/// does, [`key_hash`]), so it is seeded per process: session keys are chosen by clients, and
+/// a public seed would let them pick keys that collide.
+type Shard = HashMap<SessionKey, Record, SeededState>;
 
-/// The hasher of the table's shards: XXH3 with fixed seeds, so shard choice, digest buckets
-/// and iteration order are the same in every process and with every toolchain (std's
-/// `DefaultHasher` promises neither), and a key costs a few nanoseconds to hash.
+/// XXH3 with a fixed seed, as a [`BuildHasher`]: the same in every process and with every
+/// toolchain (std's `DefaultHasher` promises neither), for maps whose layout two processes
+/// must agree on. The session table itself uses [`SeededState`] inside its shards.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct FixedState;
 
@@ -151,7 +154,7 @@ impl SessionTable {
     /// An empty table whose change frequencies halve every `half_life_us` of steer time.
     pub fn new(half_life_us: u64) -> Self {
         let shards = (0..SHARDS)
-            .map(|_| RwLock::new(HashMap::with_hasher(FixedState)))
+            .map(|_| RwLock::new(HashMap::with_hasher(SeededState::default())))
             .collect();
         Self {
             shards,

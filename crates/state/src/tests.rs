@@ -97,17 +97,31 @@ proptest! {
 /// the key hash is pinned to XXH3-64 with the table's seed, whatever the toolchain.
 #[test]
 fn the_key_hash_is_stable_across_builds() {
-    assert_eq!(
-        key_hash(b"001010000000001"),
-        xxhash_rust::xxh3::xxh3_64_with_seed(b"001010000000001", KEY_SEED)
-    );
-    assert_eq!(key_hash(b""), PINNED_EMPTY);
+    // One key per length class of XXH3 (0, 1-3, 4-8, 9-16, 17-128, 129-240, above).
+    let got: Vec<u64> = PINNED
+        .iter()
+        .map(|(len, _)| key_hash(&pinned_key(*len)))
+        .collect();
+    let want: Vec<u64> = PINNED.iter().map(|(_, h)| *h).collect();
+    assert_eq!(got, want);
     assert_eq!(crate::bucket_of(b"abc"), (key_hash(b"abc") % 256) as usize);
 }
 
-/// `key_hash(b"")` as computed when the seed was chosen (a change of hash or seed breaks
-/// compatibility between nodes and must be deliberate).
-const PINNED_EMPTY: u64 = 5_073_774_845_862_215_975;
+fn pinned_key(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + 1) as u8).collect()
+}
+
+/// `key_hash` of [`pinned_key`] of each length, as computed when the seed was chosen (a change
+/// of hash or seed breaks compatibility between nodes and must be deliberate).
+const PINNED: [(usize, u64); 7] = [
+    (0, 5_073_774_845_862_215_975),
+    (2, 10_034_101_181_813_373_220),
+    (6, 16_467_504_764_968_512_778),
+    (12, 4_532_215_427_553_091_364),
+    (40, 2_757_918_229_831_701_295),
+    (200, 9_976_349_091_935_489_074),
+    (300, 10_142_945_516_226_462_230),
+];
 
 /// Keys of one shard must spread over the map inside it: the in-shard hash is not the shard
 /// hash (which would put every key of a shard in the same few map slots).
@@ -121,7 +135,7 @@ fn in_shard_hashes_are_independent_of_the_shard() {
         .collect();
     let low_bits: std::collections::HashSet<u64> = in_shard_0
         .iter()
-        .map(|k| FixedState.hash_one(k) % 64)
+        .map(|k| SeededState::default().hash_one(k) % 64)
         .collect();
     assert!(low_bits.len() > 48, "{} of 64 slots used", low_bits.len());
 }

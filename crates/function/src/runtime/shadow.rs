@@ -81,6 +81,8 @@ pub struct Reawaited {
     pub at_seq: u64,
     /// Keys now awaited again.
     pub awaited: usize,
+    /// The shadow's copy epoch from here on (see [`Shadow::epoch`]).
+    pub epoch: u64,
 }
 
 /// What happened to one copied record.
@@ -149,6 +151,9 @@ pub struct Shadow<F: Function> {
     claims_overflowed: bool,
     /// Sessions coming back to an aborted move's source (not a move's destination).
     returning: bool,
+    /// Bumped by every manifest and re-await: records of an earlier copy still on their way
+    /// must not be taken for the ones awaited now (see [`Shadow::epoch`]).
+    epoch: u64,
     limits: ShadowLimits,
     stats: ShadowStats,
 }
@@ -193,6 +198,7 @@ impl<F: Function> Shadow<F> {
             claimed: HashSet::default(),
             claims_overflowed: false,
             returning: false,
+            epoch: 0,
             limits,
             stats: ShadowStats::default(),
         }
@@ -264,19 +270,38 @@ impl<F: Function> Shadow<F> {
             at_seq: self.instance.stats.last_seq,
             ..Reawaited::default()
         };
+        let mut dropped = false;
         for key in keys {
-            if self.claimed.contains(key) {
+            // A claimed session whose record never arrived (it did not decode) still needs
+            // one: only a claimed session this copy holds is its own.
+            if self.claimed.contains(key) && !self.awaiting.contains(key) {
                 done.excluded.push(key.clone());
                 continue;
             }
             if self.awaiting.insert(key.clone()) {
                 self.instance.remove_session(key);
                 self.stats.reawaited += 1;
+                dropped = true;
             }
             done.awaited += 1;
         }
+        // Only dropped state makes records already on their way stale: a re-await that
+        // dropped nothing (an abort's prime of sessions this copy owns) leaves a copy still
+        // streaming undisturbed.
+        if dropped {
+            self.epoch += 1;
+        }
+        done.epoch = self.epoch;
         self.stats.awaiting = self.awaiting.len();
         Ok(done)
+    }
+
+    /// The copy epoch: it changes with every manifest and re-await. A copy's records are
+    /// handed over with the epoch its manifest (or re-send) got; records of an older epoch
+    /// come from a copy that was superseded (repeated after a lost answer, or re-sent) and
+    /// were read from the source before this copy's seq, so they are dropped, never applied.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Whether the record of `key` is still awaited.
@@ -297,6 +322,7 @@ impl<F: Function> Shadow<F> {
         out: &mut Vec<ClassifiedOutput>,
     ) {
         self.manifest_known = true;
+        self.epoch += 1;
         self.awaiting = manifest.into_iter().collect();
         self.stats.awaiting = self.awaiting.len();
         self.instance.table().reserve(self.awaiting.len());

@@ -601,6 +601,59 @@ mod shadow {
     }
 
     #[test]
+    fn a_reawait_bumps_the_copy_epoch_only_when_it_drops_state_and_keeps_claimed_sessions() {
+        let a = Bytes::from_static(&[1]);
+        let b = Bytes::from_static(&[2]);
+        let c = Bytes::from_static(&[3]);
+        let mut source = Instance::new(Arc::new(Counter));
+        apply(&mut source, 1, 0, [1, 1]);
+        apply(&mut source, 2, 0, [1, 2]);
+        let mut shadow = Shadow::new(
+            Instance::new(Arc::new(Counter)),
+            [a.clone(), b.clone(), c.clone()],
+            ShadowLimits::default(),
+        );
+        let first = shadow.epoch();
+        let mut out = Vec::new();
+        let ra = source.table.get(&a).unwrap();
+        shadow
+            .on_record(a.clone(), ra.seq, Some(ra.bytes), &mut out)
+            .unwrap();
+        // b's record does not decode: b stays awaited.
+        assert!(shadow
+            .on_record(b.clone(), 2, Some(Bytes::from_static(b"x")), &mut out)
+            .is_err());
+        // Creates routed here claim a and b.
+        shadow.claim(&a);
+        shadow.claim(&b);
+        // Sessions this copy owns, or still awaits, drop nothing: the epoch stays.
+        let r = shadow.reawait(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(
+            r.excluded,
+            vec![a.clone()],
+            "a is this copy's own; b still needs a record"
+        );
+        assert_eq!((r.epoch, shadow.epoch()), (first, first));
+        // c's record arrives, then c is re-awaited: its state is dropped, the epoch moves on.
+        shadow.on_record(c.clone(), 0, None, &mut out).unwrap();
+        let r = shadow.reawait(std::slice::from_ref(&c)).unwrap();
+        assert!(r.excluded.is_empty());
+        assert_eq!((r.epoch, shadow.epoch()), (first + 1, first + 1));
+        assert!(shadow.awaits(&b) && shadow.awaits(&c) && !shadow.awaits(&a));
+    }
+
+    #[test]
+    fn a_returning_shadow_refuses_to_reawait() {
+        let k = Bytes::from_static(&[1]);
+        let mut s = Shadow::returning(
+            Instance::new(Arc::new(Counter)),
+            [k.clone()],
+            ShadowLimits::default(),
+        );
+        assert!(s.reawait(&[k]).is_err());
+    }
+
+    #[test]
     fn signals_before_the_manifest_do_not_count_as_waiting_for_records() {
         let key = Bytes::from_static(&[1]);
         let other = Bytes::from_static(&[2]);
