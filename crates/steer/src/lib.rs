@@ -106,6 +106,14 @@ pub enum SteerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The state directory cannot be created or written.
+    #[error("state directory {dir}: {source}")]
+    StateDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// One running service, as the steer's handle and its control listener see it.
@@ -132,6 +140,18 @@ impl Steer {
     ) -> Result<Self, SteerError> {
         let stop = CancellationToken::new();
         let incarnation = new_incarnation();
+        if let Some(dir) = &config.state_dir {
+            // Checked before serving: a route that could not be kept would make a restart
+            // during a move unsafe without anyone knowing.
+            let probe = dir.join(".write-probe");
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&probe, b"ok"))
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|source| SteerError::StateDir {
+                    dir: dir.clone(),
+                    source,
+                })?;
+        }
         let identity = Arc::new(Identity {
             name: config.name.clone(),
             token: config.token.clone(),

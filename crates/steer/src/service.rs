@@ -249,6 +249,18 @@ pub const ROUTE_LOST: &str = "route lost: the steer restarted during a move";
 pub const ROUTE_LOST_CUT_OVER: &str =
     "route lost after the cutover: the steer restarted during a move";
 
+/// What a route file says at start.
+#[derive(Debug, PartialEq, Eq)]
+enum Kept {
+    /// No file: serve from the configured node.
+    Nothing,
+    /// The file's route.
+    Route(RouteFile),
+    /// A file that cannot be read or parsed: its route is lost, as if a move had been in
+    /// progress (the controller installs it again), never silently the configured node.
+    Unreadable,
+}
+
 /// A service's route as kept on disk across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct RouteFile {
@@ -258,20 +270,20 @@ struct RouteFile {
     phase: String,
 }
 
-fn read_route_file(path: &std::path::Path) -> Option<RouteFile> {
+fn read_route_file(path: &std::path::Path) -> Kept {
     let text = match std::fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Kept::Nothing,
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the route file");
-            return None;
+            tracing::error!(path = %path.display(), error = %e, "cannot read the route file: the route counts as lost");
+            return Kept::Unreadable;
         }
     };
     match serde_json::from_slice(&text) {
-        Ok(r) => Some(r),
+        Ok(r) => Kept::Route(r),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "route file does not parse; ignored");
-            None
+            tracing::error!(path = %path.display(), error = %e, "route file does not parse: the route counts as lost");
+            Kept::Unreadable
         }
     }
 }
@@ -292,7 +304,12 @@ fn write_route_file(path: Option<&std::path::Path>, node: SocketAddr, phase: &st
             f.write_all(&b)?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|()| std::fs::rename(&tmp, path))
+        // The rename is durable only once the directory is synced.
+        .and_then(|()| match path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        });
     if let Err(e) = r {
         tracing::error!(path = %path.display(), error = %e, "cannot write the route file: a restart now would lose the route");
     }
@@ -381,11 +398,17 @@ pub(crate) async fn run(
     };
     // A route kept from a previous run: serve from the node it last served from, or, if a
     // move was in progress, route nothing until the controller installs the route again.
-    let kept = route_file.as_deref().and_then(read_route_file);
-    let first_node = kept.as_ref().map_or(cfg.node, |k| k.node);
-    let mut lost: Option<bool> = match kept.as_ref().map(|k| k.phase.as_str()) {
-        None | Some("serving") => None,
-        Some(p) => Some(p == "cut over"),
+    let kept = route_file.as_deref().map_or(Kept::Nothing, read_route_file);
+    let first_node = match &kept {
+        Kept::Route(k) => k.node,
+        Kept::Nothing | Kept::Unreadable => cfg.node,
+    };
+    let mut lost: Option<bool> = match &kept {
+        Kept::Nothing => None,
+        Kept::Route(k) if k.phase == "serving" => None,
+        Kept::Route(k) => Some(k.phase == "cut over"),
+        // Unknown: the controller decides from its own record of the move.
+        Kept::Unreadable => Some(false),
     };
     if let Some(cut_over) = lost {
         tracing::warn!(instance = %cfg.instance, cut_over, "restarted during a move: signals are not routed until the route is installed again");
@@ -773,8 +796,14 @@ impl State<'_> {
                     let _ = done.send(r);
                     return;
                 }
-                if self.rebind.is_some() {
+                if self.rebind.is_some() || self.addrs.dest.is_none() {
                     let _ = done.send(Err("the rebind has not completed".into()));
+                    return;
+                }
+                if *self.lost == Some(true) && Some(node) != self.addrs.dest {
+                    let _ = done.send(Err(
+                        "the route had cut over: only the destination may serve".into(),
+                    ));
                     return;
                 }
                 let dest_base = self.dest.as_ref().map_or(0, Link::base_seq);
@@ -961,20 +990,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_route_file_survives_a_restart_and_a_bad_one_is_ignored() {
+    fn the_route_file_survives_a_restart_and_a_bad_one_loses_the_route() {
         let dir = std::env::temp_dir().join(format!("handoff-steer-route-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("mme-1.route.json");
         assert_eq!(
             read_route_file(&path),
-            None,
+            Kept::Nothing,
             "no file: serve from the config"
         );
         let node: SocketAddr = "10.0.0.2:7001".parse().unwrap();
         write_route_file(Some(&path), node, "cut over");
         assert_eq!(
             read_route_file(&path),
-            Some(RouteFile {
+            Kept::Route(RouteFile {
                 node,
                 phase: "cut over".into()
             })
@@ -982,8 +1011,8 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         assert_eq!(
             read_route_file(&path),
-            None,
-            "garbage is ignored, not a panic"
+            Kept::Unreadable,
+            "garbage loses the route (the controller installs it again), not a panic"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
