@@ -2084,6 +2084,16 @@ impl Sim {
         self.reply(task.reply, Err(Failure::Refused(why)));
     }
 
+    /// A copy waiting for its source to apply a seq: fails with `why` once `overdue`,
+    /// otherwise looks again in a millisecond (`handoff_node::copy::wait_applied`).
+    fn copy_wait(&mut self, n: usize, id: u64, overdue: bool, why: String) {
+        if overdue {
+            self.copy_fail(n, id, why);
+        } else {
+            self.at(self.now + 1_000, Ev::CopyStep { node: n, copy: id });
+        }
+    }
+
     /// The source side of a copy (`handoff_node::copy::copy_to`), one step at a time.
     fn copy_step(&mut self, n: usize, id: u64) {
         if !self.nodes[n].alive {
@@ -2101,15 +2111,12 @@ impl Sim {
             CopyStage::Waiting => {
                 let applied = inst.stats().last_seq;
                 if applied < task.after_seq {
-                    if now - task.started > COPY_WAIT_US {
-                        let why = format!(
-                            "the source never applied seq {} (at {applied})",
-                            task.after_seq
-                        );
-                        self.copy_fail(n, id, why);
-                    } else {
-                        self.at(now + 1_000, Ev::CopyStep { node: n, copy: id });
-                    }
+                    let why = format!(
+                        "the source never applied seq {} (at {applied})",
+                        task.after_seq
+                    );
+                    let overdue = now - task.started > COPY_WAIT_US;
+                    self.copy_wait(n, id, overdue, why);
                     return;
                 }
                 let log = DeletionLog::default();
@@ -2139,15 +2146,12 @@ impl Sim {
             }
             CopyStage::Streaming => {
                 if task.next == 0 && inst.stats().last_seq < task.stream_after {
-                    if now - task.started > COPY_WAIT_US {
-                        let why = format!(
-                            "the source never applied seq {} (the destination's)",
-                            task.stream_after
-                        );
-                        self.copy_fail(n, id, why);
-                    } else {
-                        self.at(now + 1_000, Ev::CopyStep { node: n, copy: id });
-                    }
+                    let why = format!(
+                        "the source never applied seq {} (the destination's)",
+                        task.stream_after
+                    );
+                    let overdue = now - task.started > COPY_WAIT_US;
+                    self.copy_wait(n, id, overdue, why);
                     return;
                 }
                 let subset = task.keys.is_some();

@@ -73,8 +73,8 @@ pub enum ShadowError {
 /// What [`Shadow::reawait`] did: the sessions it will not take again and the seq it stood at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reawaited {
-    /// Keys asked for that a create routed here has claimed since: their state is this copy's
-    /// own, so the source must not re-send them.
+    /// Keys asked for that a create routed here has claimed since their record arrived: their
+    /// state is this copy's own, so the source must not re-send them.
     pub excluded: Vec<SessionKey>,
     /// The last seq applied when the keys were dropped: the source must have applied it
     /// before it reads the records it re-sends.
@@ -250,8 +250,10 @@ impl<F: Function> Shadow<F> {
     /// left the source's session unchanged, so it would leave this one unchanged too (the
     /// function is deterministic): only later ticks need logging.
     ///
-    /// Keys a create routed here has claimed are excluded (this copy owns them now); keys
-    /// still awaited stay awaited.
+    /// Keys a create routed here has claimed are excluded once their record has arrived (this
+    /// copy owns them now); keys still awaited stay awaited, claimed or not. Only a re-await
+    /// that drops state moves the copy epoch on ([`Shadow::epoch`]). Refused by a returning
+    /// shadow ([`Shadow::returning`]).
     pub fn reawait(&mut self, keys: &[SessionKey]) -> Result<Reawaited, ShadowError> {
         if !self.manifest_known {
             return Err(ShadowError::NoManifest);
