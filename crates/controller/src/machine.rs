@@ -385,6 +385,10 @@ pub struct MoveMachine {
     pub reason: Option<String>,
     /// An abort was asked for (acted on at the next step boundary before cutover).
     pub abort_requested: bool,
+    /// The cutover was asked of the steer at least once: from then on the flip may have
+    /// happened (a lost answer), so an operator's abort is no longer honoured.
+    #[serde(default)]
+    pub cutover_sent: bool,
     /// Keys to send back on abort.
     pub created: Vec<Bytes>,
     /// The last seq the steer sent to the side a route flip left.
@@ -439,6 +443,7 @@ impl MoveMachine {
             polls: 0,
             reason: None,
             abort_requested: false,
+            cutover_sent: false,
             created: Vec::new(),
             last_sent: 0,
             source_fence: 0,
@@ -537,6 +542,9 @@ impl MoveMachine {
     /// Marks the current action as about to be sent (persist the machine after this).
     pub fn start_action(&mut self) {
         self.in_flight = true;
+        if self.phase == Phase::Cutover {
+            self.cutover_sent = true;
+        }
     }
 
     /// Asks for an abort: honoured at the next step before cutover; ignored after it.
@@ -563,7 +571,7 @@ impl MoveMachine {
         {
             return false;
         }
-        if self.phase == Phase::Cutover && self.in_flight {
+        if self.phase == Phase::Cutover && (self.in_flight || self.cutover_sent) {
             // The flip may have happened: only the steer's answer tells; go forward.
             return false;
         }
@@ -831,6 +839,16 @@ impl MoveMachine {
             (Phase::AbortReturn, _) => self.enter(Phase::AbortDrop, now_ms),
             (Phase::AbortDrop, _) => self.enter(Phase::Aborted, now_ms),
             (p, o) => self.fail(format!("unexpected answer {o:?} in phase {p:?}"), now_ms),
+        }
+        if self.abort_requested && self.phase == Phase::Cutover && self.cutover_sent {
+            // The flip was asked for and its answer is not in: it may have happened, and an
+            // abort then would drop the instance's new owner. The move goes forward.
+            tracing::warn!(
+                id = self.spec.id,
+                "abort requested while the flip may have happened: going forward"
+            );
+            self.abort_requested = false;
+            self.reason = None;
         }
         if self.abort_requested && self.phase.past_cutover() {
             // Asked while the flip was in flight, and the flip happened: the move only goes

@@ -924,6 +924,8 @@ struct Steer {
     sent_dest: u64,
     flip: Option<(u64, u64)>,
     finished: bool,
+    /// The current move's `begin_move` answer (first seq, last sent), repeated on request.
+    begun: Option<(u64, u64)>,
     pending: Option<PendingBegin>,
     /// Whether it runs.
     alive: bool,
@@ -1094,6 +1096,7 @@ impl Sim {
                 sent_dest: 0,
                 flip: None,
                 finished: false,
+                begun: None,
                 pending: None,
                 alive: true,
                 inc: 0,
@@ -1627,12 +1630,27 @@ impl Sim {
                     })
                 }
             }
+            // As service.rs: a repeat of this very move (its answer was lost) is answered.
+            Action::BeginMove { .. } if st.dest == Some(B) && st.pending.is_some() => {
+                if let Some(p) = st.pending.as_mut() {
+                    let old = std::mem::replace(&mut p.reply, reply);
+                    self.reply(old, Err(Failure::Refused("superseded".into())));
+                }
+                return;
+            }
+            Action::BeginMove { .. }
+                if st.dest == Some(B) && st.begun.is_some() && st.route.phase() == "moving" =>
+            {
+                let (first, last_sent) = st.begun.unwrap_or_default();
+                Ok(Outcome::FirstSeq { first, last_sent })
+            }
             Action::BeginMove { abort_safe } => {
                 if st.dest.is_some() || st.pending.is_some() {
                     refused("a move is already in progress".into())
                 } else {
                     st.dest = Some(B);
                     st.flip = None;
+                    st.begun = None;
                     st.finished = false;
                     st.pending = Some(PendingBegin {
                         abort_safe,
@@ -1744,6 +1762,7 @@ impl Sim {
                 .map_err(|e| Failure::Refused(e.to_string()));
             if r.is_ok() {
                 st.disk = (st.source, "moving");
+                st.begun = Some((first, last_sent));
             }
             self.trace(format!("steer: move mode on: {r:?}"));
             self.reply(p.reply, r);
@@ -2518,7 +2537,9 @@ impl Sim {
         st.sent_source = 0;
         st.sent_dest = 0;
         st.flip = None;
-        st.finished = false;
+        // As service.rs: a route kept as serving answers a repeated finish.
+        st.finished = phase == "serving";
+        st.begun = None;
         st.pending = None;
         st.rebind = None;
         st.delivered = 0;

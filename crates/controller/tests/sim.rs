@@ -423,6 +423,40 @@ fn fixed_l_a_repeated_copy_after_a_lost_answer_runs_again() {
     assert_eq!(r.phase, Phase::Done, "{r}");
 }
 
+/// Regression: `begin_move`'s answer was lost and the retry was refused ("a move is already
+/// in progress"), so the move aborted while the steer was in move mode (seeds 15230, 16076,
+/// 21935 under control-loss, found by a 30,000-seed soak). A repeated `begin_move` for the same
+/// destination now gets the first answer again.
+#[test]
+fn fixed_m_a_repeated_begin_move_gets_the_same_answer() {
+    for seed in [15230, 16076, 21935] {
+        let r = run(seed, FaultClass::ControlLoss);
+        check(&r);
+        assert_eq!(r.phase, Phase::Done, "{r}");
+    }
+}
+
+/// Regression: an operator's abort arrived while the cutover's answer was lost; the machine
+/// aborted, the steer (already cut over) refused `abort_begin`, and the abort dropped the
+/// instance's new owner (seed 27404 under mixed). Once the cutover has been asked for, an abort
+/// is no longer honoured.
+#[test]
+fn fixed_n_no_abort_once_the_cutover_was_asked_for() {
+    let r = run(27404, FaultClass::Mixed);
+    check(&r);
+    assert_eq!(r.phase, Phase::Done, "{r}");
+}
+
+/// Regression: `finish_move` succeeded, its answer was lost, the steer restarted (its route
+/// file: serving from the destination) and refused the repeated finish, so a finished move
+/// failed (seed 18278 under mixed). A steer restarted with a serving route answers it.
+#[test]
+fn fixed_o_a_finish_repeated_after_a_steer_restart_is_answered() {
+    let r = run(18278, FaultClass::Mixed);
+    check(&r);
+    assert_eq!(r.phase, Phase::Done, "{r}");
+}
+
 // --- tools --------------------------------------------------------------------------------------
 
 /// Soak: `HANDOFF_SIM_SEEDS` seeds (default 10 000) round-robin over the classes, or all

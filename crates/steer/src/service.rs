@@ -422,7 +422,12 @@ pub(crate) async fn run(
     let mut dest: Option<Link> = None;
     let mut hold: Option<Hold> = None;
     // The last seq sent on each link (what a side must apply before it has drained).
-    let mut sent = Sent::default();
+    let mut sent = Sent {
+        // A route kept as serving: any move it was part of has finished, so a finish asked
+        // again (its answer lost in the restart) is answered, not refused.
+        finished: matches!(&kept, Kept::Route(k) if k.phase == "serving"),
+        ..Sent::default()
+    };
     let mut pending: Option<PendingBegin> = None;
     let mut retiring: Vec<(Link, tokio::time::Instant)> = Vec::new();
     let mut route = Route::new(MAX_CREATED_DURING_MOVE);
@@ -497,8 +502,9 @@ pub(crate) async fn run(
                             .begin_move(first, p.abort_safe)
                             .map(|()| Boundary { boundary: first, last_sent })
                             .map_err(|e| e.to_string());
-                        if r.is_ok() {
+                        if let Ok(b) = &r {
                             write_route_file(route_file.as_deref(), addrs.source, "moving");
+                            sent.begun = Some(*b);
                         }
                         tracing::info!(instance = %cfg.instance, first_seq = first, "move mode on");
                         let _ = p.done.send(r);
@@ -642,6 +648,9 @@ struct Sent {
     flip: Option<Boundary>,
     /// The last move finished (a repeated finish is answered, not refused).
     finished: bool,
+    /// The current move's answer to `begin_move`, repeated to a controller that asks again
+    /// because it lost the first one.
+    begun: Option<Boundary>,
 }
 
 /// Where the service's links point.
@@ -853,10 +862,24 @@ impl State<'_> {
                 abort_safe,
                 done,
             } => {
+                // A repeat of this very move (its answer was lost): the same answer, or, while
+                // the destination link still comes up, the answer when it does.
+                if self.addrs.dest == Some(destination) && self.hold.is_none() {
+                    if let Some(p) = self.pending.as_mut() {
+                        let old = std::mem::replace(&mut p.done, done);
+                        let _ = old.send(Err("superseded by a repeated begin_move".into()));
+                        return;
+                    }
+                    if let (Some(b), "moving") = (self.sent.begun, self.route.phase()) {
+                        let _ = done.send(Ok(b));
+                        return;
+                    }
+                }
                 if self.dest.is_some() || self.pending.is_some() || self.hold.is_some() {
                     let _ = done.send(Err("a move is already in progress".into()));
                     return;
                 }
+                self.sent.begun = None;
                 *self.dest = Some(spawn_link(destination));
                 self.addrs.dest = Some(destination);
                 self.sent.flip = None;
