@@ -214,14 +214,7 @@ impl NetDriver {
                 let v = self
                     .steer(s.steer, &SteerRequest::AbortBegin { instance })
                     .await?;
-                let keys: Vec<String> =
-                    serde_json::from_value(v["created"].clone()).map_err(bad)?;
-                let keys = keys
-                    .iter()
-                    .map(|k| hex::decode(k).map(Bytes::from))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Failure::Refused(format!("bad key: {e}")))?;
-                Outcome::Keys(keys)
+                Outcome::Keys(created_keys(&v)?)
             }
             Action::ExpectSessions { keys } => {
                 self.node(
@@ -264,14 +257,7 @@ impl NetDriver {
                 let v = self
                     .node(at(*side), &AdminRequest::CreatedKeys { instance }, short)
                     .await?;
-                let keys: Vec<String> =
-                    serde_json::from_value(v["created"].clone()).map_err(bad)?;
-                let keys = keys
-                    .iter()
-                    .map(|k| hex::decode(k).map(Bytes::from))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Failure::Refused(format!("bad key: {e}")))?;
-                Outcome::Keys(keys)
+                Outcome::Keys(created_keys(&v)?)
             }
             Action::ServeRoute { owner } => {
                 let v = self
@@ -403,4 +389,14 @@ pub async fn drive(
         p.reason = m.reason.clone();
     });
     m
+}
+
+/// The `created` list of a steer's `abort_begin` or a node's `created_keys` answer: hex keys.
+fn created_keys(v: &serde_json::Value) -> Result<Vec<Bytes>, Failure> {
+    let keys: Vec<String> = serde_json::from_value(v["created"].clone())
+        .map_err(|e| Failure::Refused(format!("bad reply: {e}")))?;
+    keys.iter()
+        .map(|k| hex::decode(k).map(Bytes::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Refused(format!("bad key: {e}")))
 }
