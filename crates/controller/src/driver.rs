@@ -1,7 +1,7 @@
 //! Runs a [`MoveMachine`] against real nodes and a steer over the control protocol.
 
 use crate::machine::{
-    Action, CopyOutcome, Failure, MoveMachine, Outcome, ShadowView, Side, POLL_MS,
+    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, ShadowView, Side, POLL_MS,
 };
 use bytes::Bytes;
 use handoff_node::AdminRequest;
@@ -43,18 +43,24 @@ pub struct NetDriver {
 }
 
 fn failure(e: ClientError) -> Failure {
-    if let ClientError::Refused { code, .. } = &e {
-        if *code == handoff_wire::code::ROUTE_LOST {
-            return Failure::RouteLost { cut_over: false };
-        }
-        if *code == handoff_wire::code::ROUTE_LOST_CUT_OVER {
-            return Failure::RouteLost { cut_over: true };
+    if let ClientError::Refused { code, message, .. } = &e {
+        if let f @ Failure::RouteLost { .. } = refusal(*code, message) {
+            return f;
         }
     }
     if e.is_refusal() {
         Failure::Refused(e.to_string())
     } else {
         Failure::Unreachable(e.to_string())
+    }
+}
+
+/// What a peer's refusal with a stable `code` means to the move machine.
+pub fn refusal(code: u16, message: &str) -> Failure {
+    match code {
+        handoff_wire::code::ROUTE_LOST => Failure::RouteLost { cut_over: false },
+        handoff_wire::code::ROUTE_LOST_CUT_OVER => Failure::RouteLost { cut_over: true },
+        _ => Failure::Refused(format!("refused ({code}): {message}")),
     }
 }
 
@@ -86,195 +92,18 @@ impl NetDriver {
         c.request(req).await.map_err(failure)
     }
 
-    /// Performs one action of `m`.
+    /// Performs one action of `m`: its request ([`request_for`]) to the peer that carries
+    /// it out, and the peer's answer read back ([`outcome_of`]).
     pub async fn perform(&self, m: &MoveMachine, action: &Action) -> Result<Outcome, Failure> {
-        let s = &m.spec;
-        let at = |side: Side| match side {
-            Side::Source => s.source,
-            Side::Destination => s.destination,
+        let v = match request_for(&m.spec, action) {
+            Request::Wait { ms } => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                serde_json::Value::Null
+            }
+            Request::Node { addr, req, timeout } => self.node(addr, &req, timeout).await?,
+            Request::Steer(req) => self.steer(m.spec.steer, &req).await?,
         };
-        let instance = s.instance.clone();
-        let short = Duration::from_secs(10);
-        let bad = |e: serde_json::Error| Failure::Refused(format!("bad reply: {e}"));
-        let num = |v: &serde_json::Value, k: &str| {
-            v[k].as_u64()
-                .ok_or_else(|| Failure::Refused(format!("reply lacks {k}: {v}")))
-        };
-        Ok(match action {
-            Action::PrepareShadow => {
-                self.node(
-                    s.destination,
-                    &AdminRequest::PrepareShadow {
-                        instance,
-                        function: s.function.clone(),
-                    },
-                    short,
-                )
-                .await?;
-                Outcome::Done
-            }
-            Action::BeginMove { abort_safe } => {
-                let v = self
-                    .steer(
-                        s.steer,
-                        &SteerRequest::BeginMove {
-                            instance,
-                            destination: s.destination,
-                            abort_safe: *abort_safe,
-                        },
-                    )
-                    .await?;
-                Outcome::FirstSeq {
-                    first: num(&v, "first_seq")?,
-                    last_sent: num(&v, "last_sent")?,
-                }
-            }
-            Action::Wait { ms } => {
-                tokio::time::sleep(Duration::from_millis(*ms)).await;
-                Outcome::Done
-            }
-            Action::Copy {
-                from,
-                keys,
-                after_seq,
-                lead_ms,
-            } => {
-                let to = match from {
-                    Side::Source => s.destination,
-                    Side::Destination => s.source,
-                };
-                let req = AdminRequest::CopyTo {
-                    instance,
-                    destination: to,
-                    order: s.order,
-                    plan: s.plan,
-                    after_seq: *after_seq,
-                    keys: keys.as_ref().map(|k| k.iter().map(hex::encode).collect()),
-                    lead_ms: *lead_ms,
-                };
-                // A copy takes as long as its plan allows: wait for its deadline, or long.
-                let limit = match s.plan.deadline_ms {
-                    Some(d) => Duration::from_millis(d.saturating_mul(2).max(60_000)),
-                    None => Duration::from_secs(3_600),
-                };
-                let v = self.node(at(*from), &req, limit).await?;
-                Outcome::Copied(serde_json::from_value::<CopyOutcome>(v).map_err(bad)?)
-            }
-            Action::ShadowStats { at: side } => {
-                let v = self
-                    .node(at(*side), &AdminRequest::ShadowStats { instance }, short)
-                    .await?;
-                Outcome::Shadow(if v.is_null() {
-                    None
-                } else {
-                    Some(serde_json::from_value::<ShadowView>(v).map_err(bad)?)
-                })
-            }
-            Action::Cutover => {
-                let v = self
-                    .steer(s.steer, &SteerRequest::Cutover { instance })
-                    .await?;
-                Outcome::Boundary {
-                    boundary: num(&v, "boundary")?,
-                    last_sent: num(&v, "last_sent")?,
-                }
-            }
-            Action::AppliedSeq { at: side } => {
-                let v = self.node(at(*side), &AdminRequest::Stats, short).await?;
-                let seq = v["instances"]
-                    .as_array()
-                    .and_then(|a| a.iter().find(|i| i["instance"] == instance.as_str()))
-                    .and_then(|i| i["stats"]["last_seq"].as_u64())
-                    .ok_or_else(|| Failure::Refused(format!("{instance} is not hosted there")))?;
-                Outcome::Applied(seq)
-            }
-            Action::FinishShadow { at: side, force } => {
-                self.node(
-                    at(*side),
-                    &AdminRequest::FinishShadow {
-                        instance,
-                        force: *force,
-                    },
-                    short,
-                )
-                .await?;
-                Outcome::Done
-            }
-            Action::FinishMove => {
-                self.steer(s.steer, &SteerRequest::FinishMove { instance })
-                    .await?;
-                Outcome::Done
-            }
-            Action::DropInstance { at: side } => {
-                self.node(at(*side), &AdminRequest::DropInstance { instance }, short)
-                    .await?;
-                Outcome::Done
-            }
-            Action::AbortBegin => {
-                let v = self
-                    .steer(s.steer, &SteerRequest::AbortBegin { instance })
-                    .await?;
-                Outcome::Keys(created_keys(&v)?)
-            }
-            Action::ExpectSessions { keys } => {
-                self.node(
-                    s.source,
-                    &AdminRequest::ExpectSessions {
-                        instance,
-                        keys: keys.iter().map(hex::encode).collect(),
-                    },
-                    short,
-                )
-                .await?;
-                Outcome::Done
-            }
-            Action::AbortCommit => {
-                let v = self
-                    .steer(s.steer, &SteerRequest::AbortCommit { instance })
-                    .await?;
-                Outcome::Boundary {
-                    boundary: num(&v, "boundary")?,
-                    last_sent: num(&v, "last_sent")?,
-                }
-            }
-            Action::RebindRoute => {
-                let v = self
-                    .steer(
-                        s.steer,
-                        &SteerRequest::Rebind {
-                            instance,
-                            source: s.source,
-                            destination: s.destination,
-                        },
-                    )
-                    .await?;
-                Outcome::Rebound {
-                    source: v["source"].as_u64(),
-                    destination: v["destination"].as_u64(),
-                }
-            }
-            Action::CreatedKeys { at: side } => {
-                let v = self
-                    .node(at(*side), &AdminRequest::CreatedKeys { instance }, short)
-                    .await?;
-                Outcome::Keys(created_keys(&v)?)
-            }
-            Action::ServeRoute { owner } => {
-                let v = self
-                    .steer(
-                        s.steer,
-                        &SteerRequest::Serve {
-                            instance,
-                            node: at(*owner),
-                        },
-                    )
-                    .await?;
-                Outcome::Boundary {
-                    boundary: num(&v, "boundary")?,
-                    last_sent: num(&v, "last_sent")?,
-                }
-            }
-        })
+        outcome_of(&m.spec, action, v)
     }
 
     /// Polls the destination's shadow while a copy runs, for progress.
@@ -389,6 +218,170 @@ pub async fn drive(
         p.reason = m.reason.clone();
     });
     m
+}
+
+/// What carries out an action: a node's admin request, a steer's control request, or a wait.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Wait this long, then answer `Done`.
+    Wait {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// A node's admin request.
+    Node {
+        /// The node.
+        addr: SocketAddr,
+        /// The request.
+        req: AdminRequest,
+        /// How long the answer may take.
+        timeout: Duration,
+    },
+    /// A request to the move's steer.
+    Steer(SteerRequest),
+}
+
+/// The request that carries out `action` of a move with `spec` (the daemon, the source-driven
+/// variant and the simulation all send exactly this).
+pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
+    let at = |side: Side| match side {
+        Side::Source => s.source,
+        Side::Destination => s.destination,
+    };
+    let instance = s.instance.clone();
+    let short = Duration::from_secs(10);
+    let node = |addr, req| Request::Node {
+        addr,
+        req,
+        timeout: short,
+    };
+    match action {
+        Action::PrepareShadow => node(
+            s.destination,
+            AdminRequest::PrepareShadow {
+                instance,
+                function: s.function.clone(),
+            },
+        ),
+        Action::BeginMove { abort_safe } => Request::Steer(SteerRequest::BeginMove {
+            instance,
+            destination: s.destination,
+            abort_safe: *abort_safe,
+        }),
+        Action::Wait { ms } => Request::Wait { ms: *ms },
+        Action::Copy {
+            from,
+            keys,
+            after_seq,
+            lead_ms,
+        } => {
+            let to = match from {
+                Side::Source => s.destination,
+                Side::Destination => s.source,
+            };
+            let req = AdminRequest::CopyTo {
+                instance,
+                destination: to,
+                order: s.order,
+                plan: s.plan,
+                after_seq: *after_seq,
+                keys: keys.as_ref().map(|k| k.iter().map(hex::encode).collect()),
+                lead_ms: *lead_ms,
+            };
+            // A copy takes as long as its plan allows: wait for its deadline, or long.
+            let timeout = match s.plan.deadline_ms {
+                Some(d) => Duration::from_millis(d.saturating_mul(2).max(60_000)),
+                None => Duration::from_secs(3_600),
+            };
+            Request::Node {
+                addr: at(*from),
+                req,
+                timeout,
+            }
+        }
+        Action::ShadowStats { at: side } => node(at(*side), AdminRequest::ShadowStats { instance }),
+        Action::Cutover => Request::Steer(SteerRequest::Cutover { instance }),
+        Action::AppliedSeq { at: side } => node(at(*side), AdminRequest::Stats),
+        Action::FinishShadow { at: side, force } => node(
+            at(*side),
+            AdminRequest::FinishShadow {
+                instance,
+                force: *force,
+            },
+        ),
+        Action::FinishMove => Request::Steer(SteerRequest::FinishMove { instance }),
+        Action::DropInstance { at: side } => {
+            node(at(*side), AdminRequest::DropInstance { instance })
+        }
+        Action::AbortBegin => Request::Steer(SteerRequest::AbortBegin { instance }),
+        Action::ExpectSessions { keys } => node(
+            s.source,
+            AdminRequest::ExpectSessions {
+                instance,
+                keys: keys.iter().map(hex::encode).collect(),
+            },
+        ),
+        Action::AbortCommit => Request::Steer(SteerRequest::AbortCommit { instance }),
+        Action::RebindRoute => Request::Steer(SteerRequest::Rebind {
+            instance,
+            source: s.source,
+            destination: s.destination,
+        }),
+        Action::CreatedKeys { at: side } => node(at(*side), AdminRequest::CreatedKeys { instance }),
+        Action::ServeRoute { owner } => Request::Steer(SteerRequest::Serve {
+            instance,
+            node: at(*owner),
+        }),
+    }
+}
+
+/// Reads the answer `v` to the request for `action` (see [`request_for`]) as its outcome.
+pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result<Outcome, Failure> {
+    let bad = |e: serde_json::Error| Failure::Refused(format!("bad reply: {e}"));
+    let num = |v: &serde_json::Value, k: &str| {
+        v[k].as_u64()
+            .ok_or_else(|| Failure::Refused(format!("reply lacks {k}: {v}")))
+    };
+    let boundary = |v: &serde_json::Value| -> Result<Outcome, Failure> {
+        Ok(Outcome::Boundary {
+            boundary: num(v, "boundary")?,
+            last_sent: num(v, "last_sent")?,
+        })
+    };
+    Ok(match action {
+        Action::PrepareShadow
+        | Action::Wait { .. }
+        | Action::FinishShadow { .. }
+        | Action::FinishMove
+        | Action::DropInstance { .. }
+        | Action::ExpectSessions { .. } => Outcome::Done,
+        Action::BeginMove { .. } => Outcome::FirstSeq {
+            first: num(&v, "first_seq")?,
+            last_sent: num(&v, "last_sent")?,
+        },
+        Action::Copy { .. } => {
+            Outcome::Copied(serde_json::from_value::<CopyOutcome>(v).map_err(bad)?)
+        }
+        Action::ShadowStats { .. } => Outcome::Shadow(if v.is_null() {
+            None
+        } else {
+            Some(serde_json::from_value::<ShadowView>(v).map_err(bad)?)
+        }),
+        Action::Cutover | Action::AbortCommit | Action::ServeRoute { .. } => boundary(&v)?,
+        Action::AppliedSeq { .. } => {
+            let seq = v["instances"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["instance"] == s.instance.as_str()))
+                .and_then(|i| i["stats"]["last_seq"].as_u64())
+                .ok_or_else(|| Failure::Refused(format!("{} is not hosted there", s.instance)))?;
+            Outcome::Applied(seq)
+        }
+        Action::AbortBegin | Action::CreatedKeys { .. } => Outcome::Keys(created_keys(&v)?),
+        Action::RebindRoute => Outcome::Rebound {
+            source: v["source"].as_u64(),
+            destination: v["destination"].as_u64(),
+        },
+    })
 }
 
 /// The `created` list of a steer's `abort_begin` or a node's `created_keys` answer: hex keys.

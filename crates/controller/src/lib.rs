@@ -7,7 +7,6 @@
 pub mod daemon;
 pub mod driver;
 pub mod machine;
-pub mod sim;
 pub mod source;
 pub mod store;
 

@@ -2,7 +2,7 @@
 //! variant) drives moves over TCP. Hello with the shared token, then one JSON request per
 //! `Admin` frame, answered by an `AdminReply` or an `Error`. Never on the signal path.
 
-use crate::service::RouteStatus;
+use crate::service_core::{Answer, Command, RouteStatus};
 use crate::{MoveCommand, ServiceHandle, SteerStatsSnapshot};
 use futures::{SinkExt, StreamExt};
 use handoff_wire::{code, Frame, FrameCodec};
@@ -185,11 +185,12 @@ async fn session(
 
 type Reply = Result<serde_json::Value, (u16, String)>;
 
-async fn ask<T>(
+/// Carries out `command` on the service of `instance`; refusals carry their stable code.
+async fn ask(
     services: &[ServiceHandle],
     instance: &str,
-    make: impl FnOnce(oneshot::Sender<T>) -> MoveCommand,
-) -> Result<T, (u16, String)> {
+    command: Command,
+) -> Result<Answer, (u16, String)> {
     let svc = services
         .iter()
         .find(|s| s.instance == instance)
@@ -199,26 +200,15 @@ async fn ask<T>(
                 format!("no service for instance {instance}"),
             )
         })?;
-    let (tx, rx) = oneshot::channel();
+    let stopped = || (code::BAD_REQUEST, "the service stopped".to_owned());
+    let (done, rx) = oneshot::channel();
     svc.commands
-        .send(make(tx))
+        .send(MoveCommand { command, done })
         .await
-        .map_err(|_| (code::BAD_REQUEST, "the service stopped".to_owned()))?;
+        .map_err(|_| stopped())?;
     rx.await
-        .map_err(|_| (code::BAD_REQUEST, "the service stopped".to_owned()))
-}
-
-fn refused<T>(r: Result<T, String>) -> Result<T, (u16, String)> {
-    r.map_err(|e| {
-        let c = if e.starts_with(crate::service::ROUTE_LOST_CUT_OVER) {
-            code::ROUTE_LOST_CUT_OVER
-        } else if e.starts_with(crate::service::ROUTE_LOST) {
-            code::ROUTE_LOST
-        } else {
-            code::WRONG_FRAME
-        };
-        (c, e)
-    })
+        .map_err(|_| stopped())?
+        .map_err(|e| (e.code(), e.to_string()))
 }
 
 /// Session keys as hex strings (keys are bytes; JSON carries them as text).
@@ -226,96 +216,95 @@ pub fn keys_to_hex(keys: &[bytes::Bytes]) -> Vec<String> {
     keys.iter().map(hex::encode).collect()
 }
 
-async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64) -> Reply {
+impl SteerRequest {
+    /// The instance and the service core's command for a move request (`None` for `status`,
+    /// which spans every service).
+    pub fn command(&self) -> Option<(&str, Command)> {
+        Some(match self {
+            Self::Status => return None,
+            Self::BeginMove {
+                instance,
+                destination,
+                abort_safe,
+            } => (
+                instance,
+                Command::Begin {
+                    destination: *destination,
+                    abort_safe: *abort_safe,
+                },
+            ),
+            Self::Cutover { instance } => (instance, Command::Cutover),
+            Self::FinishMove { instance } => (instance, Command::Finish),
+            Self::AbortBegin { instance } => (instance, Command::AbortBegin),
+            Self::AbortCommit { instance } => (instance, Command::AbortCommit),
+            Self::Hold { instance } => (instance, Command::Hold),
+            Self::Release { instance, to } => (instance, Command::Release { to: *to }),
+            Self::Rebind {
+                instance,
+                source,
+                destination,
+            } => (
+                instance,
+                Command::Rebind {
+                    source: *source,
+                    destination: *destination,
+                },
+            ),
+            Self::Serve { instance, node } => (instance, Command::Serve { node: *node }),
+        })
+    }
+}
+
+/// The reply body of a move request's answer (`None`: an answer that does not fit the
+/// request, a bug).
+pub fn reply_body(
+    req: &SteerRequest,
+    answer: Answer,
+    incarnation: u64,
+) -> Option<serde_json::Value> {
     use serde_json::json;
-    Ok(match req {
-        SteerRequest::Status => {
-            let mut out = Vec::new();
-            for s in services {
-                let route = ask(services, &s.instance, |done| MoveCommand::Status { done }).await?;
-                out.push(ServiceStatus {
-                    listen: s.listen,
-                    route,
-                    stats: s.stats.snapshot(),
-                });
-            }
-            json!({ "services": out, "incarnation": incarnation })
+    Some(match (req, answer) {
+        (SteerRequest::BeginMove { .. }, Answer::Boundary(b)) => {
+            json!({ "first_seq": b.boundary, "last_sent": b.last_sent })
         }
-        SteerRequest::BeginMove {
-            instance,
-            destination,
-            abort_safe,
-        } => {
-            let first = refused(
-                ask(services, &instance, |done| MoveCommand::Begin {
-                    destination,
-                    abort_safe,
-                    done,
-                })
-                .await?,
-            )?;
-            json!({ "first_seq": first.boundary, "last_sent": first.last_sent })
-        }
-        SteerRequest::Cutover { instance } => {
-            let b = refused(ask(services, &instance, |done| MoveCommand::Cutover { done }).await?)?;
-            json!(b)
-        }
-        SteerRequest::FinishMove { instance } => {
-            refused(ask(services, &instance, |done| MoveCommand::Finish { done }).await?)?;
-            json!({ "finished": instance })
-        }
-        SteerRequest::AbortBegin { instance } => {
-            let keys =
-                refused(ask(services, &instance, |done| MoveCommand::AbortBegin { done }).await?)?;
+        (
+            SteerRequest::Cutover { .. }
+            | SteerRequest::AbortCommit { .. }
+            | SteerRequest::Serve { .. },
+            Answer::Boundary(b),
+        ) => json!(b),
+        (SteerRequest::FinishMove { instance }, Answer::Done) => json!({ "finished": instance }),
+        (SteerRequest::Release { instance, .. }, Answer::Done) => json!({ "released": instance }),
+        (SteerRequest::AbortBegin { .. }, Answer::Keys(keys)) => {
             json!({ "created": keys_to_hex(&keys) })
         }
-        SteerRequest::AbortCommit { instance } => {
-            let b = refused(
-                ask(services, &instance, |done| MoveCommand::AbortCommit {
-                    done,
-                })
-                .await?,
-            )?;
-            json!(b)
-        }
-        SteerRequest::Hold { instance } => {
-            let last = refused(ask(services, &instance, |done| MoveCommand::Hold { done }).await?)?;
-            json!({ "last_seq": last })
-        }
-        SteerRequest::Release { instance, to } => {
-            refused(
-                ask(services, &instance, |done| MoveCommand::Release {
-                    to,
-                    done,
-                })
-                .await?,
-            )?;
-            json!({ "released": instance })
-        }
-        SteerRequest::Rebind {
-            instance,
-            source,
-            destination,
-        } => {
-            let r = refused(
-                ask(services, &instance, |done| MoveCommand::Rebind {
-                    source,
-                    destination,
-                    done,
-                })
-                .await?,
-            )?;
+        (SteerRequest::Hold { .. }, Answer::LastSeq(last)) => json!({ "last_seq": last }),
+        (SteerRequest::Rebind { .. }, Answer::Rebound(r)) => {
             json!({ "source": r.source, "destination": r.destination, "incarnation": incarnation })
         }
-        SteerRequest::Serve { instance, node } => {
-            let b = refused(
-                ask(services, &instance, |done| MoveCommand::Serve {
-                    node,
-                    done,
-                })
-                .await?,
-            )?;
-            json!(b)
-        }
+        _ => return None,
     })
+}
+
+async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64) -> Reply {
+    let Some((instance, command)) = req.command() else {
+        let mut out = Vec::new();
+        for s in services {
+            let Answer::Status(route) = ask(services, &s.instance, Command::Status).await? else {
+                return Err(unexpected());
+            };
+            out.push(ServiceStatus {
+                listen: s.listen,
+                route,
+                stats: s.stats.snapshot(),
+            });
+        }
+        return Ok(serde_json::json!({ "services": out, "incarnation": incarnation }));
+    };
+    let answer = ask(services, instance, command).await?;
+    reply_body(&req, answer, incarnation).ok_or_else(unexpected)
+}
+
+fn unexpected() -> (u16, String) {
+    (code::BAD_REQUEST, "the service answered out of turn".into())
 }

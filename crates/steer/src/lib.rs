@@ -18,11 +18,16 @@ pub mod control;
 mod link;
 pub mod route;
 mod service;
+pub mod service_core;
+mod stats;
 
 pub use control::{ServiceStatus, SteerRequest};
-pub use service::{
-    Boundary, MoveCommand, RouteStatus, ServiceConfig, SteerStats, SteerStatsSnapshot,
+pub use route::RoutePhase;
+pub use service::{MoveCommand, ServiceConfig};
+pub use service_core::{
+    Answer, Boundary, Command, CommandError, Rebound, RouteStatus, ServiceCore,
 };
+pub use stats::{DropCounter, SteerStats, SteerStatsSnapshot};
 
 use handoff_function::runtime::Classifier;
 use std::net::SocketAddr;
@@ -116,6 +121,23 @@ pub enum SteerError {
     },
 }
 
+/// Why an in-process move command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// No service serves the instance.
+    #[error("no service for instance {0}")]
+    UnknownInstance(String),
+    /// The service stopped before answering.
+    #[error("the service stopped")]
+    Stopped,
+    /// The service refused the command.
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// An answer of the wrong kind (a bug).
+    #[error("unexpected answer {0:?}")]
+    Unexpected(Answer),
+}
+
 /// One running service, as the steer's handle and its control listener see it.
 pub(crate) struct ServiceHandle {
     pub(crate) instance: String,
@@ -177,18 +199,18 @@ impl Steer {
                 .state_dir
                 .as_ref()
                 .map(|d| d.join(format!("{}.route.json", svc.instance)));
-            tokio::spawn(service::run(
-                svc.clone(),
+            tokio::spawn(service::run(service::ServiceRun {
+                cfg: svc.clone(),
                 route_file,
-                identity.clone(),
-                Duration::from_millis(config.tick_ms.max(1)),
-                config.link_queue.max(1),
-                cls,
+                identity: identity.clone(),
+                tick: Duration::from_millis(config.tick_ms.max(1)),
+                queue: config.link_queue.max(1),
+                classifier: cls,
                 socket,
-                stats.clone(),
-                cmd_rx,
-                stop.child_token(),
-            ));
+                stats: stats.clone(),
+                commands: cmd_rx,
+                stop: stop.child_token(),
+            }));
             tracing::info!(instance = %svc.instance, %addr, node = %svc.node, "service up");
             services.push(ServiceHandle {
                 instance: svc.instance.clone(),
@@ -263,16 +285,34 @@ impl Steer {
         }
     }
 
-    async fn ask<T>(
-        &self,
-        instance: &str,
-        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> MoveCommand,
-    ) -> Result<T, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self.command(instance, make(tx)).await {
-            return Err(format!("no service for instance {instance}"));
+    /// Carries out `command` on the service of `instance` and returns its answer.
+    pub async fn ask(&self, instance: &str, command: Command) -> Result<Answer, AskError> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if !self.command(instance, MoveCommand { command, done }).await {
+            return Err(AskError::UnknownInstance(instance.to_owned()));
         }
-        rx.await.map_err(|_| "the service stopped".to_owned())?
+        Ok(rx.await.map_err(|_| AskError::Stopped)??)
+    }
+
+    async fn boundary(&self, instance: &str, command: Command) -> Result<Boundary, AskError> {
+        match self.ask(instance, command).await? {
+            Answer::Boundary(b) => Ok(b),
+            other => Err(AskError::Unexpected(other)),
+        }
+    }
+
+    async fn keys(&self, instance: &str, command: Command) -> Result<Vec<bytes::Bytes>, AskError> {
+        match self.ask(instance, command).await? {
+            Answer::Keys(k) => Ok(k),
+            other => Err(AskError::Unexpected(other)),
+        }
+    }
+
+    async fn done(&self, instance: &str, command: Command) -> Result<(), AskError> {
+        match self.ask(instance, command).await? {
+            Answer::Done => Ok(()),
+            other => Err(AskError::Unexpected(other)),
+        }
     }
 
     /// Enters move mode towards `destination`; returns the first seq under it.
@@ -281,67 +321,59 @@ impl Steer {
         instance: &str,
         destination: SocketAddr,
         abort_safe: bool,
-    ) -> Result<u64, String> {
-        self.ask(instance, |done| MoveCommand::Begin {
+    ) -> Result<u64, AskError> {
+        let c = Command::Begin {
             destination,
             abort_safe,
-            done,
-        })
-        .await
-        .map(|b| b.boundary)
+        };
+        Ok(self.boundary(instance, c).await?.boundary)
     }
 
     /// Flips the route; returns the boundary seq and the last seq sent to the source.
-    pub async fn cutover(&self, instance: &str) -> Result<Boundary, String> {
-        self.ask(instance, |done| MoveCommand::Cutover { done })
-            .await
+    pub async fn cutover(&self, instance: &str) -> Result<Boundary, AskError> {
+        self.boundary(instance, Command::Cutover).await
     }
 
     /// Makes the destination the owner.
-    pub async fn finish_move(&self, instance: &str) -> Result<(), String> {
-        self.ask(instance, |done| MoveCommand::Finish { done })
-            .await
+    pub async fn finish_move(&self, instance: &str) -> Result<(), AskError> {
+        self.done(instance, Command::Finish).await
     }
 
     /// Returns the route to the source; returns the sessions created on the destination.
-    pub async fn abort_move(&self, instance: &str) -> Result<Vec<bytes::Bytes>, String> {
-        self.ask(instance, |done| MoveCommand::Abort { done }).await
+    pub async fn abort_move(&self, instance: &str) -> Result<Vec<bytes::Bytes>, AskError> {
+        self.keys(instance, Command::Abort).await
     }
 
     /// Two-step abort, first step: only the sessions created during the move (returned) still
     /// go to the destination.
-    pub async fn abort_begin(&self, instance: &str) -> Result<Vec<bytes::Bytes>, String> {
-        self.ask(instance, |done| MoveCommand::AbortBegin { done })
-            .await
+    pub async fn abort_begin(&self, instance: &str) -> Result<Vec<bytes::Bytes>, AskError> {
+        self.keys(instance, Command::AbortBegin).await
     }
 
     /// Two-step abort, second step: everything goes to the source from the returned boundary.
-    pub async fn abort_commit(&self, instance: &str) -> Result<Boundary, String> {
-        self.ask(instance, |done| MoveCommand::AbortCommit { done })
-            .await
+    pub async fn abort_commit(&self, instance: &str) -> Result<Boundary, AskError> {
+        self.boundary(instance, Command::AbortCommit).await
     }
 
     /// Holds the instance's signals at the steer; returns the last seq sent to its node.
-    pub async fn hold(&self, instance: &str) -> Result<u64, String> {
-        self.ask(instance, |done| MoveCommand::Hold { done }).await
+    pub async fn hold(&self, instance: &str) -> Result<u64, AskError> {
+        match self.ask(instance, Command::Hold).await? {
+            Answer::LastSeq(s) => Ok(s),
+            other => Err(AskError::Unexpected(other)),
+        }
     }
 
     /// Ends a hold: `to` becomes the instance's node and gets the held signals first.
-    pub async fn release(&self, instance: &str, to: SocketAddr) -> Result<(), String> {
-        self.ask(instance, |done| MoveCommand::Release { to, done })
-            .await
+    pub async fn release(&self, instance: &str, to: SocketAddr) -> Result<(), AskError> {
+        self.done(instance, Command::Release { to }).await
     }
 
     /// The route of `instance`.
-    pub async fn route_status(&self, instance: &str) -> Result<RouteStatus, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if !self
-            .command(instance, MoveCommand::Status { done: tx })
-            .await
-        {
-            return Err(format!("no service for instance {instance}"));
+    pub async fn route_status(&self, instance: &str) -> Result<RouteStatus, AskError> {
+        match self.ask(instance, Command::Status).await? {
+            Answer::Status(s) => Ok(s),
+            other => Err(AskError::Unexpected(other)),
         }
-        rx.await.map_err(|_| "the service stopped".to_owned())
     }
 
     /// Stops every service.

@@ -1,12 +1,13 @@
-//! The framed TCP link from the steer to the node hosting a service's instance.
+//! The framed TCP link from the steer to the node hosting a service's instance. It reports
+//! when it binds (with the node's last applied seq) and when it fails to the service loop,
+//! which hands both to the service core.
 
-use crate::service::SteerStats;
+use crate::service_core::{LinkId, ROUTE};
+use crate::stats::SteerStats;
 use futures::{SinkExt, StreamExt};
 use handoff_wire::{Frame, FrameCodec, FrameError, Role, SignalFrame, VERSION};
 use std::net::SocketAddr;
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
-};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -15,8 +16,6 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-/// The route id a service binds its instance to (one instance per link).
-pub(crate) const ROUTE: u32 = 1;
 /// Bytes gathered before one socket write.
 const WRITE_BATCH_BYTES: usize = 128 * 1024;
 /// Longest wait for a connection or a handshake answer.
@@ -26,69 +25,71 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// A link's news for the service loop.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LinkEvent {
+    /// Bound; the node had applied `base`.
+    Up(LinkId, u64),
+    /// The connection failed (the link reconnects by itself).
+    Down(LinkId),
+}
+
+/// What every link of a service shares.
+#[derive(Clone)]
+pub(crate) struct LinkContext {
+    pub(crate) instance: String,
+    pub(crate) identity: Arc<crate::Identity>,
+    pub(crate) queue: usize,
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) stats: Arc<SteerStats>,
+    pub(crate) events: mpsc::Sender<LinkEvent>,
+    pub(crate) stop: CancellationToken,
+}
+
 pub(crate) struct Link {
     pub(crate) tx: mpsc::Sender<SignalFrame>,
-    up: Arc<AtomicBool>,
-    base: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
 impl Link {
-    pub(crate) fn spawn(
-        node: SocketAddr,
-        instance: String,
-        identity: Arc<crate::Identity>,
-        queue: usize,
-        socket: Arc<UdpSocket>,
-        stats: Arc<SteerStats>,
-        stop: CancellationToken,
-    ) -> Self {
-        let stop = stop.child_token();
-        let (tx, rx) = mpsc::channel(queue);
-        let up = Arc::new(AtomicBool::new(false));
-        let base = Arc::new(AtomicU64::new(0));
-        tokio::spawn(maintain(
-            node,
-            instance,
-            identity,
-            rx,
-            socket,
-            stats,
-            up.clone(),
-            base.clone(),
-            stop.clone(),
-        ));
-        Self { tx, up, base, stop }
+    pub(crate) fn spawn(id: LinkId, node: SocketAddr, cx: &LinkContext) -> Self {
+        let stop = cx.stop.child_token();
+        let (tx, rx) = mpsc::channel(cx.queue.max(1));
+        tokio::spawn(maintain(id, node, cx.clone(), rx, stop.clone()));
+        Self { tx, stop }
     }
 
     /// Closes the link (its queue is dropped; outputs still in flight are lost).
     pub(crate) fn close(&self) {
         self.stop.cancel();
     }
-
-    /// Whether the link is connected and the route bound.
-    pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Acquire)
-    }
-
-    /// The last seq the node had applied when the route was last bound.
-    pub(crate) fn base_seq(&self) -> u64 {
-        self.base.load(Acquire)
-    }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn maintain(
+    id: LinkId,
     node: SocketAddr,
-    instance: String,
-    identity: Arc<crate::Identity>,
+    cx: LinkContext,
     mut rx: mpsc::Receiver<SignalFrame>,
-    socket: Arc<UdpSocket>,
-    stats: Arc<SteerStats>,
-    up: Arc<AtomicBool>,
-    base: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
+    let LinkContext {
+        instance,
+        identity,
+        socket,
+        stats,
+        events,
+        ..
+    } = cx;
+    let report = |e: LinkEvent| {
+        let events = events.clone();
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = events.send(e) => {}
+            }
+        }
+    };
     let mut backoff = Duration::from_millis(50);
     loop {
         let attempt = tokio::select! {
@@ -98,15 +99,14 @@ async fn maintain(
         match attempt {
             Ok((stream, last_seq)) => {
                 backoff = Duration::from_millis(50);
-                base.store(last_seq, Release);
-                up.store(true, Release);
                 stats.link_connects.fetch_add(1, Relaxed);
                 tracing::info!(%node, instance, last_seq, "node link up");
+                report(LinkEvent::Up(id, last_seq)).await;
                 let reason = serve(stream, &mut rx, &socket, &stats, &stop).await;
-                up.store(false, Relaxed);
                 if stop.is_cancelled() {
                     return;
                 }
+                report(LinkEvent::Down(id)).await;
                 tracing::warn!(%node, instance, %reason, "node link down");
             }
             Err(e) => tracing::debug!(%node, instance, error = %e, "node link attempt failed"),

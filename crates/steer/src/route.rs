@@ -33,6 +33,46 @@ pub enum Delivery {
     HandOver,
 }
 
+/// A route's phase, as reported in status and kept in the route file (the serialised names
+/// are stable: route files written by earlier versions still parse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum RoutePhase {
+    /// No move: the instance's owner gets everything.
+    #[serde(rename = "serving")]
+    Serving,
+    /// Move mode (step 2 to 5).
+    #[serde(rename = "moving")]
+    Moving,
+    /// Flipped at a boundary; the destination owns the signals from it.
+    #[serde(rename = "cut over")]
+    CutOver,
+    /// The first step of a two-step abort.
+    #[serde(rename = "aborting")]
+    Aborting,
+    /// A stop-and-copy hold at the steer (status only: the route itself is serving).
+    #[serde(rename = "held")]
+    Held,
+}
+
+impl RoutePhase {
+    /// The phase's stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Moving => "moving",
+            Self::CutOver => "cut over",
+            Self::Aborting => "aborting",
+            Self::Held => "held",
+        }
+    }
+}
+
+impl std::fmt::Display for RoutePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Why a route refused a step (the move must abort or the command is refused).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -40,9 +80,9 @@ pub enum RouteError {
     #[error("route is {actual}, expected {expected}")]
     WrongPhase {
         /// The phase the command needs.
-        expected: &'static str,
+        expected: RoutePhase,
         /// The phase the route is in.
-        actual: &'static str,
+        actual: RoutePhase,
     },
     /// More sessions were created during the move than the steer may remember.
     #[error("more than {0} sessions created during the move")]
@@ -91,12 +131,12 @@ impl Route {
         }
     }
 
-    fn phase_name(&self) -> &'static str {
+    fn phase_name(&self) -> RoutePhase {
         match self.phase {
-            Phase::Serving => "serving",
-            Phase::Moving { .. } => "moving",
-            Phase::CutOver { .. } => "cut over",
-            Phase::Aborting { .. } => "aborting",
+            Phase::Serving => RoutePhase::Serving,
+            Phase::Moving { .. } => RoutePhase::Moving,
+            Phase::CutOver { .. } => RoutePhase::CutOver,
+            Phase::Aborting { .. } => RoutePhase::Aborting,
         }
     }
 
@@ -114,7 +154,7 @@ impl Route {
                 Ok(())
             }
             _ => Err(RouteError::WrongPhase {
-                expected: "serving",
+                expected: RoutePhase::Serving,
                 actual: self.phase_name(),
             }),
         }
@@ -172,7 +212,7 @@ impl Route {
     pub fn cutover(&mut self, boundary: u64, last_stamped: u64) -> Result<(), RouteError> {
         if !matches!(self.phase, Phase::Moving { .. }) {
             return Err(RouteError::WrongPhase {
-                expected: "moving",
+                expected: RoutePhase::Moving,
                 actual: self.phase_name(),
             });
         }
@@ -195,7 +235,7 @@ impl Route {
                 Ok(())
             }
             _ => Err(RouteError::WrongPhase {
-                expected: "cut over",
+                expected: RoutePhase::CutOver,
                 actual: self.phase_name(),
             }),
         }
@@ -221,7 +261,7 @@ impl Route {
             other => {
                 self.phase = other;
                 return Err(RouteError::WrongPhase {
-                    expected: "moving",
+                    expected: RoutePhase::Moving,
                     actual: self.phase_name(),
                 });
             }
@@ -241,7 +281,7 @@ impl Route {
                 Ok(())
             }
             _ => Err(RouteError::WrongPhase {
-                expected: "aborting",
+                expected: RoutePhase::Aborting,
                 actual: self.phase_name(),
             }),
         }
@@ -255,8 +295,8 @@ impl Route {
         Ok(keys)
     }
 
-    /// The phase's name, for status reports.
-    pub fn phase(&self) -> &'static str {
+    /// The phase, for status reports and the route file.
+    pub fn phase(&self) -> RoutePhase {
         self.phase_name()
     }
 

@@ -247,6 +247,14 @@ pub mod code {
     pub const ROUTE_LOST: u16 = 8;
     /// As [`ROUTE_LOST`], the route having flipped to the move's destination before.
     pub const ROUTE_LOST_CUT_OVER: u16 = 9;
+    /// The request does not fit the phase its target is in (a cutover outside a move, a move
+    /// while another is in progress, a serve before the rebind completed, ...).
+    pub const WRONG_PHASE: u16 = 10;
+    /// A node the request needs did not answer or bind in time.
+    pub const NOT_REACHABLE: u16 = 11;
+    /// A newer request of the same kind replaced this one, or the operation it waited for was
+    /// aborted.
+    pub const SUPERSEDED: u16 = 12;
 }
 
 impl Frame {

@@ -4,12 +4,10 @@
 //!
 //! A failing seed prints its report (seed, scenario, violations, trace tail) and how to replay
 //! it: `HANDOFF_SIM_SEED=<seed> HANDOFF_SIM_FAULTS=<class> [HANDOFF_SIM_VERBOSE=1]
-//! cargo test -p handoff-controller --test sim -- --ignored replay --nocapture`.
+//! cargo test -p handoff-sim --test sim -- --ignored replay --nocapture`.
 
 use handoff_controller::machine::Phase;
-use handoff_controller::sim::{
-    run, run_scenario, soak_with, FaultClass, Scenario, SimReport, Trigger,
-};
+use handoff_sim::{run, run_scenario, soak_with, FaultClass, Scenario, SimReport, Trigger};
 use std::collections::BTreeMap;
 
 /// Seeds the sweep runs (round-robin over the classes: 60 each).

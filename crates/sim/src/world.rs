@@ -50,10 +50,11 @@
 //! controllers. Time-outs and back-offs are scaled down (see the constants) so a run covers
 //! a whole move in a few hundred milliseconds of virtual time.
 
-use crate::machine::{
+use bytes::Bytes;
+use handoff_controller::driver::{outcome_of, refusal, request_for, Request};
+use handoff_controller::machine::{
     Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, Phase, ShadowView, Side, POLL_MS,
 };
-use bytes::Bytes;
 use handoff_function::runtime::shadow::ShadowLimits;
 use handoff_function::runtime::{
     Applied, ClassifiedOutput, DeletionLog, Hosted, Hosting, Instance,
@@ -62,10 +63,18 @@ use handoff_function::{
     BadRecord, Classified, Function, MalformedSignal, Output, Ruleset, SignalKind, Stamp,
 };
 use handoff_state::{CopyOrder, CopyPlan, Digest};
-use handoff_steer::route::{Delivery, Route};
+use handoff_steer::control::reply_body;
+use handoff_steer::route::{Delivery, RoutePhase};
+use handoff_steer::service_core::{
+    Admission, Answer, CommandError, Dropped, Effect, Inbound, Kept, KeptRoute, LinkId,
+    ServiceCore, Timeouts,
+};
+use handoff_steer::SteerRequest;
+use handoff_wire::{SIGNAL_HANDOVER, SIGNAL_SHADOW};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -613,7 +622,7 @@ impl std::fmt::Display for SimReport {
         }
         write!(
             f,
-            "replay: HANDOFF_SIM_SEED={} HANDOFF_SIM_FAULTS={} cargo test -p handoff-controller --test sim -- --ignored replay --nocapture",
+            "replay: HANDOFF_SIM_SEED={} HANDOFF_SIM_FAULTS={} cargo test -p handoff-sim --test sim -- --ignored replay --nocapture",
             self.scenario.seed, self.scenario.faults
         )
     }
@@ -696,8 +705,55 @@ const TRACE_TAIL: usize = 80;
 
 const A: usize = 0;
 const B: usize = 1;
-const FLAG_HANDOVER: u8 = 1;
-const FLAG_SHADOW: u8 = 2;
+/// The steer's bind retries back off from this (scaled from 50 ms) ...
+const BIND_RETRY_US: u64 = 5_000;
+/// ... to at most this (scaled from 2 s).
+const BIND_RETRY_MAX_US: u64 = 100_000;
+/// How often the steer's core is polled while a command waits on a link.
+const STEER_POLL_US: u64 = 5_000;
+
+/// A node's address (as the move's spec names it).
+fn node_addr(n: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n as u8 + 1], 7001))
+}
+
+/// The node at a spec's address.
+fn node_at(a: SocketAddr) -> usize {
+    if a == node_addr(A) {
+        A
+    } else {
+        B
+    }
+}
+
+/// The address client `c` sends from.
+fn client_addr(c: usize) -> SocketAddr {
+    SocketAddr::from(([10, 1, (c >> 8) as u8, c as u8], 9000))
+}
+
+/// The client behind an address (`None`: the steer's own, for ticks).
+fn client_of(a: SocketAddr) -> Option<usize> {
+    match a {
+        SocketAddr::V4(v) if v.ip().octets()[..2] == [10, 1] => {
+            let o = v.ip().octets();
+            Some(usize::from(o[2]) << 8 | usize::from(o[3]))
+        }
+        _ => None,
+    }
+}
+
+/// The steer's service address (ticks come from it).
+const SERVICE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(10, 0, 0, 9),
+    5000,
+));
+
+/// The steer's time limits, scaled like the other time-outs.
+fn steer_timeouts() -> Timeouts {
+    Timeouts {
+        link_up_us: DEST_UP_TIMEOUT_US,
+    }
+}
 
 fn node_name(n: usize) -> &'static str {
     if n == A {
@@ -737,6 +793,8 @@ struct Frame {
     client: Option<usize>,
     /// The steer incarnation that stamped it.
     inc: u32,
+    /// The steer link that carried it.
+    link: LinkId,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -824,7 +882,9 @@ enum Ev {
     Step {
         inc: u32,
     },
-    DestUp,
+    SteerPoll {
+        inc: u32,
+    },
     Peer {
         from: usize,
         to: usize,
@@ -846,15 +906,17 @@ enum Ev {
     Bind {
         node: usize,
         inc: u32,
+        link: LinkId,
+        /// The back-off before the next try if this one is refused.
+        retry_us: u64,
     },
     /// The node's answer: its last applied seq (`None`: it hosts no instance).
     Bound {
         node: usize,
         inc: u32,
+        link: LinkId,
         last_seq: Option<u64>,
-    },
-    RebindCheck {
-        inc: u32,
+        retry_us: u64,
     },
     LinkDown(usize),
     StopTraffic,
@@ -908,39 +970,25 @@ struct Admitted {
     auth: usize,
 }
 
-struct PendingBegin {
-    abort_safe: bool,
-    since: u64,
-    reply: ReplyTo,
-}
-
+/// The steer: the real service core ([`ServiceCore`]) and what the simulation adds around it
+/// (its runs, the cut of a crash, its route file, its links).
 struct Steer {
-    route: Route,
-    seq: u64,
-    source: usize,
-    dest: Option<usize>,
-    up: [bool; 2],
-    sent_source: u64,
-    sent_dest: u64,
-    flip: Option<(u64, u64)>,
-    finished: bool,
-    /// The current move's `begin_move` answer (first seq, last sent), repeated on request.
-    begun: Option<(u64, u64)>,
-    pending: Option<PendingBegin>,
+    core: ServiceCore<ReplyTo>,
+    /// Move requests the core has not answered yet: their action and request (a crash breaks
+    /// their connections).
+    asked: BTreeMap<(u32, u64), (Action, SteerRequest)>,
     /// Whether it runs.
     alive: bool,
     /// Its run (incremented by a restart).
     inc: u32,
     /// Per run: the last seq whose frames were written out (the rest died with the run).
     cuts: Vec<u64>,
-    /// The route was lost in a restart during a move (`Some(cut over)`).
-    lost: Option<bool>,
-    /// What the route file says: the node served from, and the phase.
-    disk: (usize, &'static str),
-    /// The last seq each node had applied when bound by this run.
-    base: [u64; 2],
-    /// A rebind waiting for both links.
-    rebind: Option<(ReplyTo, u64)>,
+    /// What the route file says.
+    disk: KeptRoute,
+    /// The links the core opened, and the node each goes to.
+    links: BTreeMap<LinkId, usize>,
+    /// A poll of the core is scheduled.
+    poll_due: bool,
     /// The highest seq of this run a node has received.
     delivered: u64,
 }
@@ -987,8 +1035,8 @@ struct Node {
     pending: BTreeMap<u64, usize>,
     copies: BTreeMap<u64, CopyTask>,
     incoming: BTreeMap<(usize, u64), Incoming>,
-    /// The steer run whose binding is current (earlier runs' frames are fenced off).
-    fence: u32,
+    /// The steer binding that is current (earlier runs' and links' frames are fenced off).
+    fence: (u32, LinkId),
 }
 
 struct Controller {
@@ -1074,7 +1122,7 @@ impl Sim {
             pending: BTreeMap::new(),
             copies: BTreeMap::new(),
             incoming: BTreeMap::new(),
-            fence: 0,
+            fence: (0, LinkId(0)),
         };
         let source: Box<dyn Hosted> = Box::new(Hosting::new(func.clone()));
         let mut sim = Self {
@@ -1087,24 +1135,17 @@ impl Sim {
             func,
             clients,
             steer: Steer {
-                route: Route::new(10_000_000),
-                seq: 0,
-                source: A,
-                dest: None,
-                up: [true, false],
-                sent_source: 0,
-                sent_dest: 0,
-                flip: None,
-                finished: false,
-                begun: None,
-                pending: None,
+                core: ServiceCore::new("counter-1", node_addr(A), Kept::Nothing, steer_timeouts()),
+                asked: BTreeMap::new(),
                 alive: true,
                 inc: 0,
                 cuts: vec![u64::MAX],
-                lost: None,
-                disk: (A, "serving"),
-                base: [0, 0],
-                rebind: None,
+                disk: KeptRoute {
+                    node: node_addr(A),
+                    phase: RoutePhase::Serving,
+                },
+                links: BTreeMap::new(),
+                poll_due: false,
                 delivered: 0,
             },
             nodes: [node(Some(source)), node(None)],
@@ -1143,6 +1184,14 @@ impl Sim {
             checked: Vec::new(),
             sc,
         };
+        // The first run's source link is bound from the start (the node has applied nothing).
+        for e in sim.steer.core.take_effects() {
+            if let Effect::OpenLink { id, node } = e {
+                sim.steer.links.insert(id, node_at(node));
+                sim.steer.core.link_up(id, 0);
+                sim.nodes[node_at(node)].fence = (0, id);
+            }
+        }
         sim.phases.push(sim.ctl.m.phase);
         sim.persist();
         for c in 0..sim.clients.len() {
@@ -1291,7 +1340,13 @@ impl Sim {
             Ev::Reply { inc, req, result } => self.ctl_reply(inc, req, result),
             Ev::Complete { inc, req, result } => self.ctl_complete(inc, req, result),
             Ev::Step { inc } => self.ctl_step(inc),
-            Ev::DestUp => self.dest_up(),
+            Ev::SteerPoll { inc } => {
+                if inc == self.steer.inc && self.steer.alive {
+                    self.steer.poll_due = false;
+                    self.steer.core.poll(self.now, |_| usize::MAX);
+                    self.steer_effects();
+                }
+            }
             Ev::Peer {
                 from,
                 to,
@@ -1311,19 +1366,27 @@ impl Sim {
             Ev::Fault(f) => self.fault(f),
             Ev::Restart => self.ctl_restart(),
             Ev::SteerRestart => self.steer_restart(),
-            Ev::Bind { node, inc } => self.node_bind(node, inc),
+            Ev::Bind {
+                node,
+                inc,
+                link,
+                retry_us,
+            } => self.node_bind(node, inc, link, retry_us),
             Ev::Bound {
                 node,
                 inc,
+                link,
                 last_seq,
-            } => self.steer_bound(node, inc, last_seq),
-            Ev::RebindCheck { inc } => {
-                if inc == self.steer.inc {
-                    self.rebind_answer(true);
-                }
-            }
+                retry_us,
+            } => self.steer_bound(node, inc, link, last_seq, retry_us),
             Ev::LinkDown(n) => {
-                self.steer.up[n] = false;
+                let ids: Vec<LinkId> = (self.steer.links.iter())
+                    .filter(|(_, to)| **to == n)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.steer.core.link_down(id);
+                }
                 self.trace(format!("steer: link to {} is down", node_name(n)));
             }
             Ev::StopTraffic => {
@@ -1435,7 +1498,7 @@ impl Sim {
         }
     }
 
-    /// The steer's service loop for one signal (`handoff_steer::service::run`).
+    /// One signal at the steer: the real service core stamps and routes it.
     fn admit(
         &mut self,
         kind: SignalKind,
@@ -1443,103 +1506,92 @@ impl Sim {
         payload: Bytes,
         client: Option<(usize, u64)>,
     ) {
-        let st = &mut self.steer;
-        if !st.alive || st.lost.is_some() {
-            // Down, or restarted during a move and its route not installed again: dropped
-            // unstamped (ticks are not injected).
+        if !self.steer.alive {
             if kind != SignalKind::Tick {
                 self.lost_in_steer_crash += 1;
             }
             return;
         }
-        let next = st.seq.max(st.base[st.source]) + 1;
-        let delivery = st.route.preview(next, kind, &key);
-        let (to_source, to_dest) = match delivery {
-            Delivery::Source => (true, false),
-            Delivery::Destination => (false, true),
-            Delivery::Both | Delivery::HandOver => (true, true),
-        };
-        let dest_up = st.dest.is_some_and(|d| st.up[d]);
-        if (to_source && !st.up[st.source]) || (to_dest && !dest_up) {
-            if kind != SignalKind::Tick {
-                self.shed += 1;
-                self.verbose(|| format!("steer: {kind:?} {key:?} dropped, no link"));
-            }
-            return;
-        }
-        if let Err(e) = st.route.decide(next, kind, &key) {
-            self.shed += 1;
-            self.trace(format!("steer: route refused a signal: {e}"));
-            return;
-        }
-        st.seq = next;
-        let source = st.source;
-        let dest = st.dest.unwrap_or(B);
-        if to_source {
-            st.sent_source = next;
-        }
-        if to_dest {
-            st.sent_dest = next;
-        }
-        let frame = Frame {
-            seq: next,
-            now_us: self.now,
+        let inbound = Inbound {
             kind,
             key: key.clone(),
             payload: payload.clone(),
-            flags: 0,
-            client: client.map(|c| c.0),
-            inc: st.inc,
+            client: client.map_or(SERVICE, |c| client_addr(c.0)),
         };
-        if self.log.last().is_some_and(|a| a.seq >= next) {
+        // Links have room: queue limits are not modelled.
+        let (seq, delivery, frames) = match self.steer.core.admit(inbound, self.now, |_| true) {
+            Admission::Routed {
+                seq,
+                delivery,
+                frames,
+            } => (seq, delivery, frames),
+            Admission::Dropped(why) => {
+                if kind != SignalKind::Tick {
+                    if why == Dropped::Unrouted {
+                        // Restarted during a move and its route not installed again.
+                        self.lost_in_steer_crash += 1;
+                    } else {
+                        self.shed += 1;
+                    }
+                    self.verbose(|| format!("steer: {kind:?} {key:?} dropped: {why:?}"));
+                }
+                return;
+            }
+            Admission::Held { seq } => {
+                self.violation(
+                    "steer_hold",
+                    format!("seq {seq} held: no hold was asked for"),
+                );
+                return;
+            }
+        };
+        if self.log.last().is_some_and(|a| a.seq >= seq) {
             self.violation(
                 "seq_reuse",
-                format!("seq {next} stamped again after a steer restart"),
+                format!("seq {seq} stamped again after a steer restart"),
             );
         }
-        match delivery {
-            Delivery::HandOver => {
-                self.send_signal(
-                    source,
-                    Frame {
-                        flags: FLAG_HANDOVER,
-                        payload: Bytes::new(),
-                        ..frame.clone()
-                    },
+        let inc = self.steer.inc;
+        let mut auth = A;
+        for (link, f) in frames {
+            let Some(&node) = self.steer.links.get(&link) else {
+                self.violation(
+                    "steer_link",
+                    format!("seq {seq} routed to unknown {link:?}"),
                 );
-                self.send_signal(dest, frame);
+                continue;
+            };
+            if f.flags == 0 {
+                auth = node;
             }
-            Delivery::Both => {
-                self.send_signal(
-                    dest,
-                    Frame {
-                        flags: FLAG_SHADOW,
-                        ..frame.clone()
-                    },
-                );
-                self.send_signal(source, frame);
-            }
-            Delivery::Source => self.send_signal(source, frame),
-            Delivery::Destination => self.send_signal(dest, frame),
+            let frame = Frame {
+                seq: f.seq,
+                now_us: f.now_us,
+                kind: SignalKind::from_u8(f.kind).unwrap_or(SignalKind::Stateless),
+                key: f.key,
+                payload: f.payload,
+                flags: f.flags,
+                client: client_of(f.client),
+                inc,
+                link,
+            };
+            self.send_signal(node, frame);
         }
         if kind == SignalKind::Tick {
             self.ticks += 1;
         }
         self.verbose(|| {
-            format!("steer: seq {next} {kind:?} {key:?} client {client:?} → {delivery:?}")
+            format!("steer: seq {seq} {kind:?} {key:?} client {client:?} → {delivery:?}")
         });
         self.log.push(Admitted {
-            seq: next,
+            seq,
             now_us: self.now,
             kind,
             key,
             payload,
             client,
             delivery,
-            auth: match delivery {
-                Delivery::Source | Delivery::Both => source,
-                Delivery::Destination | Delivery::HandOver => dest,
-            },
+            auth,
         });
     }
 
@@ -1548,9 +1600,9 @@ impl Sim {
         self.at(at, Ev::Signal { node, frame });
     }
 
-    /// A move command at the steer (`handoff_steer::service::State::command`).
+    /// A move request at the steer: the request the driver sends for `action`
+    /// ([`request_for`]), carried out by the real service core.
     fn steer_request(&mut self, action: Action, reply: ReplyTo) {
-        let refused = |e: String| Err(Failure::Refused(e));
         if !self.steer.alive {
             let d = self.rng.gen_range(100..3_000);
             self.at(
@@ -1563,222 +1615,89 @@ impl Sim {
             );
             return;
         }
-        if let Some(cut_over) = self.steer.lost {
-            if !matches!(action, Action::RebindRoute | Action::ServeRoute { .. }) {
-                self.trace(format!("steer: route lost, refuses {action:?}"));
-                self.reply(reply, Err(Failure::RouteLost { cut_over }));
+        let req = match request_for(&self.ctl.m.spec, &action) {
+            Request::Steer(r) => r,
+            other => {
+                let why = format!("not a steer request: {other:?}");
+                self.reply(reply, Err(Failure::Refused(why)));
                 return;
             }
-        }
-        let st = &mut self.steer;
-        let last_seq = st.seq;
-        let r = match action {
-            Action::RebindRoute => {
-                if st.lost.is_none() {
-                    refused("the route is not lost: nothing to rebind".into())
-                } else {
-                    // Fresh links to both nodes: binding fences off the earlier run.
-                    st.up = [false, false];
-                    st.base = [0, 0];
-                    st.source = A;
-                    st.dest = Some(B);
-                    let inc = st.inc;
-                    if let Some((old, _)) = st.rebind.replace((reply, self.now)) {
-                        self.reply(old, Err(Failure::Refused("superseded".into())));
-                    }
-                    for n in [A, B] {
-                        let at = self.link(Ep::Steer, Ep::Node(n));
-                        self.at(at, Ev::Bind { node: n, inc });
-                    }
-                    self.at(self.now + DEST_UP_TIMEOUT_US, Ev::RebindCheck { inc });
-                    self.trace("steer: rebinding both nodes".into());
-                    return;
-                }
-            }
-            Action::ServeRoute { owner } => {
-                let node = side_node(owner);
-                if st.lost.is_none() {
-                    match st.flip {
-                        Some((boundary, last_sent)) if st.source == node && st.dest.is_none() => {
-                            Ok(Outcome::Boundary {
-                                boundary,
-                                last_sent,
-                            })
-                        }
-                        _ => refused("the route is not lost: nothing to serve".into()),
-                    }
-                } else if st.rebind.is_some() {
-                    refused("the rebind has not completed".into())
-                } else if !st.up[node] {
-                    refused(format!("the link to {} is down", node_name(node)))
-                } else {
-                    let top = st.seq.max(st.base[A]).max(st.base[B]);
-                    st.seq = top;
-                    let b = (top + 1, st.base[1 - node]);
-                    st.source = node;
-                    st.dest = None;
-                    st.route = Route::new(10_000_000);
-                    st.sent_source = top;
-                    st.sent_dest = 0;
-                    st.flip = Some(b);
-                    st.finished = true;
-                    st.lost = None;
-                    st.disk = (node, "serving");
-                    Ok(Outcome::Boundary {
-                        boundary: b.0,
-                        last_sent: b.1,
-                    })
-                }
-            }
-            // As service.rs: a repeat of this very move (its answer was lost) is answered.
-            Action::BeginMove { .. } if st.dest == Some(B) && st.pending.is_some() => {
-                if let Some(p) = st.pending.as_mut() {
-                    let old = std::mem::replace(&mut p.reply, reply);
-                    self.reply(old, Err(Failure::Refused("superseded".into())));
-                }
-                return;
-            }
-            Action::BeginMove { .. }
-                if st.dest == Some(B) && st.begun.is_some() && st.route.phase() == "moving" =>
-            {
-                let (first, last_sent) = st.begun.unwrap_or_default();
-                Ok(Outcome::FirstSeq { first, last_sent })
-            }
-            Action::BeginMove { abort_safe } => {
-                if st.dest.is_some() || st.pending.is_some() {
-                    refused("a move is already in progress".into())
-                } else {
-                    st.dest = Some(B);
-                    st.flip = None;
-                    st.begun = None;
-                    st.finished = false;
-                    st.pending = Some(PendingBegin {
-                        abort_safe,
-                        since: self.now,
-                        reply,
-                    });
-                    let at = self.now + self.rng.gen_range(200..3_000);
-                    self.at(at, Ev::DestUp);
-                    self.trace("steer: begin move, linking the destination".into());
-                    return;
-                }
-            }
-            Action::Cutover => {
-                if let (Some((boundary, last_sent)), "cut over") = (st.flip, st.route.phase()) {
-                    Ok(Outcome::Boundary {
-                        boundary,
-                        last_sent,
-                    })
-                } else {
-                    let boundary = last_seq + 1;
-                    let r = st
-                        .route
-                        .cutover(boundary, last_seq)
-                        .map(|()| (boundary, st.sent_source))
-                        .map_err(|e| e.to_string());
-                    st.flip = r.as_ref().ok().copied();
-                    if r.is_ok() {
-                        st.disk = (st.source, "cut over");
-                    }
-                    r.map(|(boundary, last_sent)| Outcome::Boundary {
-                        boundary,
-                        last_sent,
-                    })
-                    .map_err(Failure::Refused)
-                }
-            }
-            // As service.rs: a repeated finish (lost answer) is answered, not refused.
-            Action::FinishMove if st.finished && st.route.phase() == "serving" => Ok(Outcome::Done),
-            Action::FinishMove => match st.route.finish() {
-                Ok(()) => {
-                    if let Some(d) = st.dest.take() {
-                        st.source = d;
-                    }
-                    st.sent_source = st.sent_dest;
-                    st.flip = None;
-                    st.finished = true;
-                    st.disk = (st.source, "serving");
-                    Ok(Outcome::Done)
-                }
-                Err(e) => refused(e.to_string()),
-            },
-            Action::AbortBegin => {
-                if let Some(p) = st.pending.take() {
-                    st.dest = None;
-                    self.reply(p.reply, Err(Failure::Refused("aborted".into())));
-                    Ok(Outcome::Keys(Vec::new()))
-                } else {
-                    st.route
-                        .abort_begin()
-                        .map(Outcome::Keys)
-                        .map_err(|e| Failure::Refused(e.to_string()))
-                }
-            }
-            Action::AbortCommit => {
-                if let (Some((boundary, last_sent)), "serving") = (st.flip, st.route.phase()) {
-                    Ok(Outcome::Boundary {
-                        boundary,
-                        last_sent,
-                    })
-                } else {
-                    match st.route.abort_commit() {
-                        Ok(()) => {
-                            let b = (last_seq + 1, st.sent_dest);
-                            st.flip = Some(b);
-                            st.dest = None;
-                            st.disk = (st.source, "serving");
-                            Ok(Outcome::Boundary {
-                                boundary: b.0,
-                                last_sent: b.1,
-                            })
-                        }
-                        Err(e) => refused(e.to_string()),
-                    }
-                }
-            }
-            other => refused(format!("not a steer request: {other:?}")),
         };
-        let line = format!("steer: answers {r:?} (route {})", self.steer.route.phase());
-        self.trace(line);
-        self.reply(reply, r);
-    }
-
-    fn dest_up(&mut self) {
-        let Some(p) = self.steer.pending.take() else {
+        let Some((_, command)) = req.command() else {
+            self.reply(
+                reply,
+                Err(Failure::Refused("status is no move request".into())),
+            );
             return;
         };
-        let node = &self.nodes[B];
-        // As service.rs: the source's link must be bound too (after a restart, its last
-        // applied seq is known only then; the copy's manifest waits for it).
-        if node.alive && node.inst.is_some() && self.steer.up[self.steer.source] {
-            let st = &mut self.steer;
-            st.up[B] = true;
-            let first = st.seq.max(st.base[st.source]) + 1;
-            let last_sent = st.sent_source.max(st.base[st.source]);
-            let r = st
-                .route
-                .begin_move(first, p.abort_safe)
-                .map(|()| Outcome::FirstSeq { first, last_sent })
-                .map_err(|e| Failure::Refused(e.to_string()));
-            if r.is_ok() {
-                st.disk = (st.source, "moving");
-                st.begun = Some((first, last_sent));
+        self.steer
+            .asked
+            .insert((reply.inc, reply.req), (action, req.clone()));
+        self.steer.core.command(command, reply, self.now);
+        self.steer_effects();
+    }
+
+    /// Carries out the steer core's effects.
+    fn steer_effects(&mut self) {
+        for e in self.steer.core.take_effects() {
+            match e {
+                Effect::Reply(to, r) => self.steer_answer(to, r),
+                Effect::OpenLink { id, node } => {
+                    let n = node_at(node);
+                    self.steer.links.insert(id, n);
+                    self.steer_bind(n, id, BIND_RETRY_US);
+                }
+                Effect::CloseLink(id) | Effect::RetireLink(id) => {
+                    // Frames already on their way still arrive (FIFO links).
+                    self.steer.links.remove(&id);
+                }
+                Effect::PersistRoute(k) => self.steer.disk = k,
+                Effect::Send(id, f) => {
+                    self.violation("steer_hold", format!("held seq {} sent on {id:?}", f.seq));
+                }
             }
-            self.trace(format!("steer: move mode on: {r:?}"));
-            self.reply(p.reply, r);
-        } else if self.now - p.since > DEST_UP_TIMEOUT_US {
-            self.steer.dest = None;
-            self.trace("steer: the destination link never came up".into());
-            self.reply(
-                p.reply,
-                Err(Failure::Refused(
-                    "the destination node did not accept the route in time".into(),
-                )),
-            );
-        } else {
-            self.steer.pending = Some(p);
-            self.at(self.now + 5_000, Ev::DestUp);
         }
+        if self.steer.core.needs_poll() && !self.steer.poll_due {
+            self.steer.poll_due = true;
+            let inc = self.steer.inc;
+            self.at(self.now + STEER_POLL_US, Ev::SteerPoll { inc });
+        }
+    }
+
+    /// The steer core's answer, as its control listener sends it and the driver reads it.
+    fn steer_answer(&mut self, to: ReplyTo, r: Result<Answer, CommandError>) {
+        let Some((action, req)) = self.steer.asked.remove(&(to.inc, to.req)) else {
+            self.violation("steer_answer", format!("answer to unknown request {to:?}"));
+            return;
+        };
+        let result = match r {
+            Ok(answer) => match reply_body(&req, answer, u64::from(self.steer.inc)) {
+                Some(v) => outcome_of(&self.ctl.m.spec, &action, v),
+                None => Err(Failure::Refused(format!("answer out of turn to {req:?}"))),
+            },
+            Err(e) => Err(refusal(e.code(), &e.to_string())),
+        };
+        let line = format!(
+            "steer: answers {action:?} → {result:?} (route {})",
+            self.steer.core.phase()
+        );
+        self.trace(line);
+        self.reply(to, result);
+    }
+
+    /// The steer's link `link` binds the instance at node `n`.
+    fn steer_bind(&mut self, n: usize, link: LinkId, retry_us: u64) {
+        let inc = self.steer.inc;
+        let at = self.link(Ep::Steer, Ep::Node(n));
+        self.at(
+            at,
+            Ev::Bind {
+                node: n,
+                inc,
+                link,
+                retry_us,
+            },
+        );
     }
 
     // --- nodes: signals ---------------------------------------------------------------------
@@ -1797,9 +1716,9 @@ impl Sim {
         if !node.alive {
             return;
         }
-        if s.inc < node.fence {
+        if (s.inc, s.link) < node.fence {
             self.trace(format!(
-                "{}: seq {} of an earlier steer run fenced off",
+                "{}: seq {} of an earlier steer binding fenced off",
                 node_name(n),
                 s.seq
             ));
@@ -1809,7 +1728,7 @@ impl Sim {
             self.verbose(|| format!("{}: seq {} for no instance", node_name(n), s.seq));
             return;
         };
-        if s.flags & FLAG_HANDOVER != 0 {
+        if s.flags & SIGNAL_HANDOVER != 0 {
             inst.hand_over(&s.key, s.seq);
             let shadow = inst.shadow_stats().is_some();
             self.verbose(|| {
@@ -1827,7 +1746,7 @@ impl Sim {
             now_us: s.now_us,
         };
         let mut out = Vec::new();
-        let shadow = s.flags & FLAG_SHADOW != 0;
+        let shadow = s.flags & SIGNAL_SHADOW != 0;
         if s.kind == SignalKind::Create && !shadow {
             // As the node does: a create this copy answers claims the session.
             inst.claim(&s.key);
@@ -2470,20 +2389,14 @@ impl Sim {
         }
         let phase = self.ctl.m.phase;
         self.steer_crashed = Some(phase);
-        let route_phase = self.steer.route.phase();
-        let st = &mut self.steer;
-        let seq = st.seq;
-        let floor = st.delivered.min(st.seq);
-        let cut = self.rng.gen_range(floor..=st.seq);
-        let inc = st.inc as usize;
-        st.cuts[inc] = cut;
-        st.alive = false;
-        let lost: Vec<u64> = self
-            .log
-            .iter()
-            .filter(|a| a.seq > cut)
-            .map(|a| a.seq)
-            .collect();
+        let route_phase = self.steer.core.phase();
+        let seq = self.steer.core.last_seq();
+        let floor = self.steer.delivered.min(seq);
+        let cut = self.rng.gen_range(floor..=seq);
+        let inc = self.steer.inc as usize;
+        self.steer.cuts[inc] = cut;
+        self.steer.alive = false;
+        let lost = self.log.iter().filter(|a| a.seq > cut).count();
         let stamped_lost = self
             .log
             .iter()
@@ -2492,29 +2405,24 @@ impl Sim {
         self.log.retain(|a| a.seq <= cut);
         self.lost_in_steer_crash += stamped_lost;
         self.trace(format!(
-            "CRASH of the steer in {phase:?} (route {}, seq {}, cut at {cut}: {} stamped signals lost)",
-            route_phase,
-            seq,
-            lost.len()
+            "CRASH of the steer in {phase:?} (route {route_phase}, seq {seq}, cut at {cut}: {lost} stamped signals lost)"
         ));
         // Answers it owed die with it (the controller sees the connections break).
-        if let Some(p) = self.steer.pending.take() {
-            self.steer_conn_broke(p.reply);
-        }
-        if let Some((r, _)) = self.steer.rebind.take() {
-            self.steer_conn_broke(r);
+        let asked = std::mem::take(&mut self.steer.asked);
+        for (inc, req) in asked.into_keys() {
+            self.steer_conn_broke(inc, req);
         }
         let at = self.now + self.sc.steer_down_us.max(1);
         self.at(at, Ev::SteerRestart);
     }
 
-    fn steer_conn_broke(&mut self, r: ReplyTo) {
+    fn steer_conn_broke(&mut self, inc: u32, req: u64) {
         let d = self.rng.gen_range(100..3_000);
         self.at(
             self.now + d,
             Ev::Reply {
-                inc: r.inc,
-                req: r.req,
+                inc,
+                req,
                 result: Err(Failure::Unreachable("the steer connection broke".into())),
             },
         );
@@ -2523,88 +2431,86 @@ impl Sim {
     /// The steer starts again from its route file: serving from the node it names, or, if a
     /// move was in progress, routing nothing until the controller installs the route again.
     fn steer_restart(&mut self) {
+        let disk = self.steer.disk;
         let st = &mut self.steer;
-        let (node, phase) = st.disk;
         st.alive = true;
         st.inc += 1;
         st.cuts.push(u64::MAX);
-        st.route = Route::new(10_000_000);
-        st.seq = 0;
-        st.source = node;
-        st.dest = None;
-        st.up = [false, false];
-        st.base = [0, 0];
-        st.sent_source = 0;
-        st.sent_dest = 0;
-        st.flip = None;
-        // As service.rs: a route kept as serving answers a repeated finish.
-        st.finished = phase == "serving";
-        st.begun = None;
-        st.pending = None;
-        st.rebind = None;
+        st.core = ServiceCore::new(
+            "counter-1",
+            node_addr(A),
+            Kept::Route(disk),
+            steer_timeouts(),
+        );
+        st.links.clear();
+        st.poll_due = false;
         st.delivered = 0;
-        st.lost = match phase {
-            "serving" => None,
-            p => Some(p == "cut over"),
-        };
         let inc = st.inc;
         self.trace(format!(
-            "steer restarts (run {inc}): route file says {phase} from {}",
-            node_name(node)
+            "steer restarts (run {inc}): route file says {} from {}",
+            disk.phase,
+            node_name(node_at(disk.node))
         ));
-        let at = self.link(Ep::Steer, Ep::Node(node));
-        self.at(at, Ev::Bind { node, inc });
+        self.steer_effects();
     }
 
-    /// A steer's bind at a node: fences off earlier runs' frames, answers the last applied seq.
-    fn node_bind(&mut self, n: usize, inc: u32) {
+    /// A steer's bind at a node: fences off earlier bindings' frames, answers the last applied
+    /// seq (`None`: no instance to bind).
+    fn node_bind(&mut self, n: usize, inc: u32, link: LinkId, retry_us: u64) {
         let node = &mut self.nodes[n];
         if !node.alive {
             return;
         }
-        node.fence = node.fence.max(inc);
         let last_seq = node.inst.as_ref().map(|i| i.stats().last_seq);
+        if last_seq.is_some() {
+            node.fence = node.fence.max((inc, link));
+        }
         let at = self.link(Ep::Node(n), Ep::Steer);
         self.at(
             at,
             Ev::Bound {
                 node: n,
                 inc,
+                link,
                 last_seq,
+                retry_us,
             },
         );
     }
 
-    fn steer_bound(&mut self, n: usize, inc: u32, last_seq: Option<u64>) {
-        let st = &mut self.steer;
-        if !st.alive || inc != st.inc {
+    fn steer_bound(
+        &mut self,
+        n: usize,
+        inc: u32,
+        link: LinkId,
+        last_seq: Option<u64>,
+        retry_us: u64,
+    ) {
+        if !self.steer.alive || inc != self.steer.inc || !self.steer.links.contains_key(&link) {
             return;
         }
         let Some(seq) = last_seq else {
+            // As the real link does: try again after a back-off while anyone still cares.
             self.trace(format!("steer: {} refused the bind", node_name(n)));
+            if !self.ctl.ended {
+                let next = (retry_us * 2).min(BIND_RETRY_MAX_US);
+                let at = self.now + retry_us;
+                self.at(
+                    at,
+                    Ev::Bind {
+                        node: n,
+                        inc,
+                        link,
+                        retry_us: next,
+                    },
+                );
+            }
             return;
         };
-        st.up[n] = true;
-        st.base[n] = seq;
+        self.steer.core.link_up(link, seq);
         self.trace(format!("steer: {} bound at seq {seq}", node_name(n)));
-        self.rebind_answer(false);
-    }
-
-    /// Answers a rebind once both nodes are bound (or, at the time-out, with what is).
-    fn rebind_answer(&mut self, timed_out: bool) {
-        let st = &mut self.steer;
-        if st.rebind.is_none() || !(timed_out || (st.up[A] && st.up[B])) {
-            return;
-        }
-        let Some((reply, _)) = st.rebind.take() else {
-            return;
-        };
-        let r = Outcome::Rebound {
-            source: st.up[A].then_some(st.base[A]),
-            destination: st.up[B].then_some(st.base[B]),
-        };
-        self.trace(format!("steer: rebind answers {r:?}"));
-        self.reply(reply, Ok(r));
+        self.steer.core.poll(self.now, |_| usize::MAX);
+        self.steer_effects();
     }
 
     /// Called when the controller starts an action; `true` if the controller crashed at once.
@@ -3039,13 +2945,14 @@ impl Sim {
                     ));
                 }
                 self.checked.push("route_settled");
-                let st = &self.steer;
-                if st.route.phase() != "serving" || st.source != owner || st.dest.is_some() {
+                let st = self.steer.core.status();
+                if st.phase != RoutePhase::Serving
+                    || st.node != node_addr(owner)
+                    || st.destination.is_some()
+                {
                     let d = format!(
                         "route {} from {} (destination {:?})",
-                        st.route.phase(),
-                        node_name(st.source),
-                        st.dest
+                        st.phase, st.node, st.destination
                     );
                     late.push(("route_settled", d));
                 }
