@@ -381,6 +381,9 @@ pub struct Scenario {
     pub steer_crash: Option<Trigger>,
     /// How long a crashed steer stays down, µs.
     pub steer_down_us: u64,
+    /// The reply to the first request for this action is lost (a scripted control loss; the
+    /// peer carried the request out).
+    pub lose_reply_to: Option<Action>,
     /// Trace every signal too (long; for replaying a failing seed).
     pub verbose: bool,
 }
@@ -419,6 +422,7 @@ impl Scenario {
             operator_abort: None,
             steer_crash: None,
             steer_down_us: 0,
+            lose_reply_to: None,
             verbose: false,
         };
         match faults {
@@ -2637,27 +2641,19 @@ impl Sim {
         if self.triggers() {
             return;
         }
-        let target = match &action {
-            Action::BeginMove { .. }
-            | Action::Cutover
-            | Action::FinishMove
-            | Action::AbortBegin
-            | Action::AbortCommit
-            | Action::RebindRoute
-            | Action::ServeRoute { .. } => Target::Steer,
-            Action::PrepareShadow => Target::Node(B),
-            Action::ExpectSessions { .. } => Target::Node(A),
-            Action::Copy { from, .. } => Target::Node(side_node(*from)),
-            Action::ShadowStats { at }
-            | Action::AppliedSeq { at }
-            | Action::CreatedKeys { at }
-            | Action::FinishShadow { at, .. }
-            | Action::DropInstance { at } => Target::Node(side_node(*at)),
-            Action::Wait { .. } => unreachable!("handled above"),
+        // Where the driver sends it.
+        let target = match request_for(&self.ctl.m.spec, &action) {
+            Request::Steer(_) => Target::Steer,
+            Request::Node { addr, .. } => Target::Node(node_at(addr)),
+            Request::Wait { .. } => unreachable!("handled above"),
         };
         let loss = self.sc.control_loss;
         let lose_request = loss > 0.0 && self.rng.gen_bool(loss);
-        let lose_reply = loss > 0.0 && self.rng.gen_bool(loss);
+        let scripted = self.sc.lose_reply_to.as_ref() == Some(&action);
+        if scripted {
+            self.sc.lose_reply_to = None;
+        }
+        let lose_reply = (loss > 0.0 && self.rng.gen_bool(loss)) || scripted;
         if lose_request {
             let d = self.rng.gen_range(1..CONTROL_TIMEOUT_US);
             self.control_lost += 1;
