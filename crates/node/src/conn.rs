@@ -138,8 +138,7 @@ async fn steer_session(
                             // Answer only after everything queued before is applied: the
                             // steer resumes above this seq.
                             // This binding fences off any earlier one of the instance.
-                            let Some((binding, last_seq)) = h.bind(Reply::Tcp(tx.clone())).await
-                            else {
+                            let Some((binding, last_seq)) = h.bind().await else {
                                 return Err(FrameError::Io(format!("instance {instance} stopped")));
                             };
                             routes.insert(route, (h, binding));

@@ -1,18 +1,19 @@
-//! The task that runs one instance: applies its signals in seq order and emits outputs.
+//! The task that runs one instance: the shell around its [`InstanceCore`]. It takes batches,
+//! binds and commands off one queue in order, hands them to the core and delivers the outputs
+//! the core produces.
 
+pub use crate::instance_core::TaskStats;
+use crate::instance_core::{Emit, InstanceCore};
 use bytes::Bytes;
-use handoff_function::runtime::shadow::{Reawaited, ShadowLimits, ShadowStats};
+use handoff_function::runtime::shadow::{Reawaited, ShadowStats};
 use handoff_function::runtime::ManifestTaken;
-use handoff_function::runtime::{
-    Applied, ClassifiedOutput, DeletionLog, Hosted, InstanceStats, MoveStepError,
-};
+use handoff_function::runtime::{DeletionLog, Hosted, MoveStepError};
+use handoff_function::RulesetHandle;
 use handoff_function::SessionKey;
-use handoff_function::{RulesetHandle, SignalKind, Stamp};
 use handoff_state::SessionTable;
-use handoff_wire::{Frame, OutputFrame, SignalFrame, SIGNAL_HANDOVER, SIGNAL_SHADOW};
+use handoff_wire::{Frame, OutputFrame, SignalFrame};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -114,33 +115,7 @@ pub enum Control {
 enum Work {
     Batch(Batch),
     Control(Control),
-}
-
-/// Counters the instance task adds to those of the runtime.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct TaskStats {
-    /// Runtime counters.
-    #[serde(flatten)]
-    pub runtime: InstanceStats,
-    /// Signal frames whose kind byte was invalid.
-    pub bad_kind: u64,
-    /// Outputs sent.
-    pub outputs: u64,
-    /// Signals dropped because a newer steer binding fenced off the connection that sent them.
-    pub fenced: u64,
-    /// Sessions handed over to a move's destination (frozen here).
-    pub handovers: u64,
-    /// Copied records dropped because a later copy superseded theirs.
-    pub stale_copy_records: u64,
-    /// Whether the instance is a settled shadow (internal: lets answer bookkeeping be pruned).
-    #[serde(skip)]
-    pub settled_hint: bool,
-    /// Signals a move's destination could not take (the move must abort).
-    pub move_errors: u64,
-    /// Outputs of shadow signals, never sent (the authoritative copy answers).
-    pub shadow_suppressed: u64,
-    /// Outputs that could not be delivered (reply channel closed or UDP send error).
-    pub outputs_undeliverable: u64,
+    Bind(oneshot::Sender<(u64, u64)>),
 }
 
 /// A cheap, cloneable handle to a running instance.
@@ -152,8 +127,18 @@ pub struct InstanceHandle {
     table: Arc<SessionTable>,
     ruleset: RulesetHandle,
     stats: Arc<Mutex<TaskStats>>,
-    binding: Arc<AtomicU64>,
     stop: CancellationToken,
+}
+
+impl Reply {
+    /// Whether both go to the same place.
+    fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Tcp(a), Self::Tcp(b)) => a.same_channel(b),
+            (Self::Udp(a), Self::Udp(b)) => a.same_channel(b),
+            _ => false,
+        }
+    }
 }
 
 impl InstanceHandle {
@@ -172,14 +157,12 @@ impl InstanceHandle {
             table: hosted.table().clone(),
             ruleset: hosted.ruleset().clone(),
             stats: Arc::new(Mutex::new(TaskStats::default())),
-            binding: Arc::new(AtomicU64::new(0)),
             stop: stop.clone(),
         };
         tokio::spawn(run(
-            hosted,
+            InstanceCore::new(hosted),
             rx,
             handle.stats.clone(),
-            handle.binding.clone(),
             stop,
         ));
         handle
@@ -224,19 +207,12 @@ impl InstanceHandle {
     /// the last seq applied once everything queued before is done (`None` if the instance task
     /// has stopped). Signals an older binding still delivers are dropped, so the new steer
     /// resumes exactly above the returned seq.
-    pub async fn bind(&self, reply: Reply) -> Option<(u64, u64)> {
-        let binding = self.binding.fetch_add(1, Ordering::AcqRel) + 1;
+    pub async fn bind(&self) -> Option<(u64, u64)> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let batch = Batch {
-            signals: Vec::new(),
-            reply,
-            drained: Some(tx),
-            binding: Some(binding),
-        };
-        if !self.submit(batch).await {
+        if self.tx.send(Work::Bind(tx)).await.is_err() {
             return None;
         }
-        rx.await.ok().map(|seq| (binding, seq))
+        rx.await.ok()
     }
 
     /// Current counters.
@@ -255,139 +231,98 @@ impl InstanceHandle {
     }
 }
 
-/// Where the answer of a signal a move's destination buffered goes once it is replayed.
-struct PendingReply {
-    route: u32,
-    client: SocketAddr,
-    reply: mpsc::Sender<Vec<Frame>>,
-}
-
-/// Most buffered authoritative signals whose answers a destination keeps track of.
-const MAX_PENDING_REPLIES: usize = 1_000_000;
-
-/// Runs a command; returns the outputs of signals it replayed (a move destination's).
-fn control(hosted: &mut dyn Hosted, c: Control, local: &mut TaskStats) -> Vec<ClassifiedOutput> {
-    let mut replayed = Vec::new();
+/// Runs a command on the core; the outputs of signals it replayed go to `out`.
+fn control(core: &mut InstanceCore<Reply>, c: Control, out: &mut Vec<Emit<Reply>>) {
     match c {
-        Control::DeletionLog(log) => hosted.set_deletion_log(log),
-        Control::EndSourceCopy(log) => hosted.end_source_copy(&log),
+        Control::DeletionLog(log) => core.set_deletion_log(log),
+        Control::EndSourceCopy(log) => core.end_source_copy(&log),
         Control::BeginSourceCopy { log, full, done } => {
-            let _ = done.send(hosted.begin_source_copy(log, full));
+            let _ = done.send(core.begin_source_copy(log, full));
         }
         Control::PrepareShadow(done) => {
-            let _ = done.send(hosted.begin_shadow(None, ShadowLimits::default()));
+            let _ = done.send(core.prepare_shadow());
         }
         Control::ExpectRecords { keys, done } => {
-            let _ = done.send(hosted.expect_records(keys, ShadowLimits::default()));
+            let _ = done.send(core.expect_records(keys));
         }
         Control::Manifest { manifest, done } => {
-            let _ = done.send(hosted.take_manifest(manifest, &mut replayed));
+            let _ = done.send(core.take_manifest(manifest, out));
         }
         Control::Records {
             records,
             epoch,
             done: _done,
-        } => {
-            if epoch != hosted.copy_epoch() {
-                local.stale_copy_records += records.len() as u64;
-                tracing::debug!(
-                    records = records.len(),
-                    "records of a superseded copy dropped"
-                );
-                return replayed;
-            }
-            for (key, seq, bytes) in records {
-                if let Err(e) = hosted.on_record(key, seq, bytes, &mut replayed) {
-                    local.move_errors += 1;
-                    tracing::error!(error = %e, "copied record refused; the move must abort");
-                }
-            }
-        }
+        } => core.records(records, epoch, out),
         Control::Reawait { keys, done } => {
-            let _ = done.send(hosted.reawait(&keys));
+            let _ = done.send(core.reawait(&keys));
         }
         Control::ShadowStats(done) => {
-            let _ = done.send(hosted.shadow_stats());
+            let _ = done.send(core.shadow_stats());
         }
         Control::CreatedKeys(done) => {
-            let _ = done.send(hosted.created_during_move());
+            let _ = done.send(core.created_keys());
         }
         Control::FinishShadow(done) => {
-            let _ = done.send(hosted.finish_shadow());
+            let _ = done.send(core.finish_shadow(false, out));
         }
         Control::AbandonAndFinish(done) => {
-            let n = hosted.abandon_awaited(&mut replayed);
-            if n > 0 {
-                local.move_errors += 1;
-                tracing::warn!(sessions = n, "gave up on records never received");
-            }
-            let _ = done.send(hosted.finish_shadow());
+            let _ = done.send(core.finish_shadow(true, out));
         }
         Control::Import { records, done } => {
-            let mut refused = 0u64;
-            for (key, seq, bytes) in records {
-                if let Err(e) = hosted.import(key, seq, bytes) {
-                    refused += 1;
-                    tracing::warn!(error = e, "pushed record refused");
-                }
-            }
+            let refused = core.import(records);
             if let Some(done) = done {
                 let _ = done.send(refused);
             }
         }
     }
-    replayed
 }
 
-/// Sends the replayed outputs of buffered authoritative signals to their clients; the rest
-/// (replayed shadow signals, answered by the source) are suppressed.
-async fn deliver_replayed(
-    replayed: Vec<ClassifiedOutput>,
-    pending: &mut std::collections::HashMap<u64, PendingReply>,
-    local: &mut TaskStats,
-) {
-    let mut answered = Vec::new();
-    for o in replayed {
-        answered.push(o.seq);
-        match pending.get(&o.seq) {
-            Some(p) => {
-                let frame = Frame::Output(OutputFrame {
-                    route: p.route,
-                    seq: o.seq,
-                    class: o.class as u8,
-                    client: p.client,
-                    payload: o.output.bytes,
-                });
-                if p.reply.send(vec![frame]).await.is_ok() {
-                    local.outputs += 1;
-                } else {
-                    local.outputs_undeliverable += 1;
-                }
+/// Sends outputs, one message per run of outputs with the same reply target; returns how
+/// many could not be delivered.
+async fn deliver(out: &mut Vec<Emit<Reply>>) -> u64 {
+    let mut failed = 0u64;
+    let mut it = out.drain(..).peekable();
+    while let Some(first) = it.next() {
+        let mut run = vec![first];
+        while let Some(next) = it.next_if(|e| e.to.same(&run[0].to)) {
+            run.push(next);
+        }
+        let n = run.len() as u64;
+        let ok = match run[0].to.clone() {
+            Reply::Tcp(tx) => {
+                let frames = run
+                    .into_iter()
+                    .map(|e| {
+                        Frame::Output(OutputFrame {
+                            route: e.route,
+                            seq: e.seq,
+                            class: e.class,
+                            client: e.client,
+                            payload: e.payload,
+                        })
+                    })
+                    .collect();
+                tx.send(frames).await.is_ok()
             }
-            None => local.shadow_suppressed += 1,
+            Reply::Udp(tx) => {
+                let datagrams = run.into_iter().map(|e| (e.payload, e.client)).collect();
+                tx.send(datagrams).await.is_ok()
+            }
+        };
+        if !ok {
+            failed += n;
         }
     }
-    // One answer stream per signal: a replayed signal's entry is done once replayed; a settled
-    // shadow has replayed or discarded everything it buffered.
-    for seq in answered {
-        pending.remove(&seq);
-    }
-    if local.settled_hint {
-        pending.clear();
-    }
+    failed
 }
 
 async fn run(
-    mut hosted: Box<dyn Hosted>,
+    mut core: InstanceCore<Reply>,
     mut rx: mpsc::Receiver<Work>,
     shared: Arc<Mutex<TaskStats>>,
-    binding: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let mut outputs: Vec<ClassifiedOutput> = Vec::new();
-    let mut local = TaskStats::default();
-    let mut pending: std::collections::HashMap<u64, PendingReply> =
-        std::collections::HashMap::new();
+    let mut out: Vec<Emit<Reply>> = Vec::new();
     loop {
         let work = tokio::select! {
             _ = stop.cancelled() => break,
@@ -396,114 +331,23 @@ async fn run(
                 None => break,
             },
         };
-        let batch = match work {
-            Work::Batch(b) => b,
-            Work::Control(c) => {
-                let replayed = control(hosted.as_mut(), c, &mut local);
-                local.runtime = hosted.stats();
-                local.settled_hint = hosted
-                    .shadow_stats()
-                    .is_some_and(|s| s.awaiting == 0 && s.buffered == 0);
-                deliver_replayed(replayed, &mut pending, &mut local).await;
-                *shared.lock() = local;
-                continue;
+        let mut drained = None;
+        match work {
+            Work::Bind(done) => {
+                let _ = done.send(core.bind());
             }
-        };
-        let mut frames = Vec::new();
-        let mut datagrams: Vec<(Bytes, SocketAddr)> = Vec::new();
-        let fenced = batch
-            .binding
-            .is_some_and(|b| b != binding.load(Ordering::Acquire));
-        if fenced {
-            local.fenced += batch.signals.len() as u64;
-        }
-        for s in batch.signals.iter().filter(|_| !fenced) {
-            let Some(kind) = SignalKind::from_u8(s.kind) else {
-                local.bad_kind += 1;
-                continue;
-            };
-            outputs.clear();
-            let stamp = Stamp {
-                seq: s.seq,
-                now_us: s.now_us,
-            };
-            if s.flags & SIGNAL_HANDOVER != 0 {
-                hosted.hand_over(&s.key, s.seq);
-                local.handovers += 1;
-                continue;
-            }
-            if kind == SignalKind::Create && s.flags & SIGNAL_SHADOW == 0 {
-                // A create this copy answers: a move's destination owns the session from here.
-                hosted.claim(&s.key);
-            }
-            match hosted.apply(stamp, kind, &s.key, &s.payload, &mut outputs) {
-                Ok(Applied::Processed) => {}
-                Ok(Applied::Buffered) => {
-                    // An authoritative signal buffered by a move's destination: answer it
-                    // when it is replayed.
-                    if let (Reply::Tcp(tx), true) = (&batch.reply, s.flags & SIGNAL_SHADOW == 0) {
-                        if pending.len() < MAX_PENDING_REPLIES {
-                            pending.insert(
-                                s.seq,
-                                PendingReply {
-                                    route: s.route,
-                                    client: s.client,
-                                    reply: tx.clone(),
-                                },
-                            );
-                        }
-                    }
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    // The shadow cannot go on: the move must abort. Counted and reported.
-                    local.move_errors += 1;
-                    tracing::error!(error = %e, "move destination failed; the move must abort");
-                    continue;
-                }
-            }
-            if s.flags & SIGNAL_SHADOW != 0 {
-                // A shadow copy applies the signal; the authoritative copy answers the client.
-                local.shadow_suppressed += outputs.len() as u64;
-                continue;
-            }
-            for o in outputs.drain(..) {
-                match &batch.reply {
-                    Reply::Tcp(_) => frames.push(Frame::Output(OutputFrame {
-                        route: s.route,
-                        seq: s.seq,
-                        class: o.class as u8,
-                        client: s.client,
-                        payload: o.output.bytes,
-                    })),
-                    Reply::Udp(_) => datagrams.push((o.output.bytes, s.client)),
-                }
+            Work::Control(c) => control(&mut core, c, &mut out),
+            Work::Batch(b) => {
+                core.signals(b.binding, &b.signals, &b.reply, &mut out);
+                drained = b.drained;
             }
         }
-        let produced = (frames.len() + datagrams.len()) as u64;
-        let delivered = match &batch.reply {
-            Reply::Tcp(tx) => {
-                if frames.is_empty() || tx.send(frames).await.is_ok() {
-                    produced
-                } else {
-                    0
-                }
-            }
-            Reply::Udp(tx) => {
-                if datagrams.is_empty() || tx.send(datagrams).await.is_ok() {
-                    produced
-                } else {
-                    0
-                }
-            }
-        };
-        local.outputs += delivered;
-        local.outputs_undeliverable += produced - delivered;
-        local.runtime = hosted.stats();
-        *shared.lock() = local;
-        if let Some(ack) = batch.drained {
-            let _ = ack.send(local.runtime.last_seq);
+        let failed = deliver(&mut out).await;
+        core.undeliverable(failed);
+        let stats = core.stats();
+        *shared.lock() = stats;
+        if let Some(ack) = drained {
+            let _ = ack.send(stats.runtime.last_seq);
         }
     }
     tracing::debug!("instance task stopped");

@@ -15,6 +15,7 @@ mod conn;
 pub mod copy;
 mod direct;
 mod instance;
+pub mod instance_core;
 pub mod push;
 pub mod sys;
 

@@ -53,26 +53,27 @@
 use bytes::Bytes;
 use handoff_controller::driver::{outcome_of, refusal, request_for, Request};
 use handoff_controller::machine::{
-    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, Phase, ShadowView, Side, POLL_MS,
+    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, Phase, Side, POLL_MS,
 };
-use handoff_function::runtime::shadow::ShadowLimits;
-use handoff_function::runtime::{
-    Applied, ClassifiedOutput, DeletionLog, Hosted, Hosting, Instance,
-};
+use handoff_function::runtime::MoveStepError;
+use handoff_function::runtime::{DeletionLog, Hosting, Instance};
 use handoff_function::{
     BadRecord, Classified, Function, MalformedSignal, Output, Ruleset, SignalKind, Stamp,
 };
+use handoff_node::instance_core::{Emit, InstanceCore};
 use handoff_state::{CopyOrder, CopyPlan, Digest};
-use handoff_steer::control::reply_body;
+use handoff_steer::control::{keys_to_hex, reply_body};
 use handoff_steer::route::{Delivery, RoutePhase};
 use handoff_steer::service_core::{
     Admission, Answer, CommandError, Dropped, Effect, Inbound, Kept, KeptRoute, LinkId,
     ServiceCore, Timeouts,
 };
 use handoff_steer::SteerRequest;
-use handoff_wire::{SIGNAL_HANDOVER, SIGNAL_SHADOW};
+use handoff_wire::code;
+use handoff_wire::SignalFrame;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -787,18 +788,21 @@ enum Ep {
 }
 
 #[derive(Clone, Debug)]
+/// A signal frame on a steer link.
 struct Frame {
-    seq: u64,
-    now_us: u64,
-    kind: SignalKind,
-    key: Bytes,
-    payload: Bytes,
-    flags: u8,
-    client: Option<usize>,
+    /// The frame the steer core stamped.
+    frame: SignalFrame,
     /// The steer incarnation that stamped it.
     inc: u32,
     /// The steer link that carried it.
     link: LinkId,
+}
+
+impl std::ops::Deref for Frame {
+    type Target = SignalFrame;
+    fn deref(&self) -> &SignalFrame {
+        &self.frame
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1032,15 +1036,16 @@ struct Incoming {
     batch_max: usize,
 }
 
+/// A node: the real instance core ([`InstanceCore`]; its reply target is the steer run whose
+/// connection a signal came on) and the copies it runs.
 struct Node {
     alive: bool,
-    inst: Option<Box<dyn Hosted>>,
-    /// Buffered authoritative signals: seq → client, answered when replayed.
-    pending: BTreeMap<u64, usize>,
+    inst: Option<InstanceCore<u32>>,
     copies: BTreeMap<u64, CopyTask>,
     incoming: BTreeMap<(usize, u64), Incoming>,
-    /// The steer binding that is current (earlier runs' and links' frames are fenced off).
-    fence: (u32, LinkId),
+    /// The instance's binding for each steer link that bound it (frames of a link bound
+    /// before another are fenced off by the core).
+    bindings: BTreeMap<(u32, LinkId), u64>,
 }
 
 struct Controller {
@@ -1120,15 +1125,14 @@ impl Sim {
                 ops: 0,
             })
             .collect();
-        let node = |inst: Option<Box<dyn Hosted>>| Node {
+        let node = |inst: Option<InstanceCore<u32>>| Node {
             alive: true,
             inst,
-            pending: BTreeMap::new(),
             copies: BTreeMap::new(),
             incoming: BTreeMap::new(),
-            fence: (0, LinkId(0)),
+            bindings: BTreeMap::new(),
         };
-        let source: Box<dyn Hosted> = Box::new(Hosting::new(func.clone()));
+        let source = InstanceCore::new(Box::new(Hosting::new(func.clone())));
         let mut sim = Self {
             rng,
             now: 0,
@@ -1192,8 +1196,11 @@ impl Sim {
         for e in sim.steer.core.take_effects() {
             if let Effect::OpenLink { id, node } = e {
                 sim.steer.links.insert(id, node_at(node));
-                sim.steer.core.link_up(id, 0);
-                sim.nodes[node_at(node)].fence = (0, id);
+                let n = node_at(node);
+                if let Some((binding, last_seq)) = sim.nodes[n].inst.as_mut().map(|i| i.bind()) {
+                    sim.nodes[n].bindings.insert((0, id), binding);
+                    sim.steer.core.link_up(id, last_seq);
+                }
             }
         }
         sim.phases.push(sim.ctl.m.phase);
@@ -1569,13 +1576,7 @@ impl Sim {
                 auth = node;
             }
             let frame = Frame {
-                seq: f.seq,
-                now_us: f.now_us,
-                kind: SignalKind::from_u8(f.kind).unwrap_or(SignalKind::Stateless),
-                key: f.key,
-                payload: f.payload,
-                flags: f.flags,
-                client: client_of(f.client),
+                frame: f,
                 inc,
                 link,
             };
@@ -1706,7 +1707,7 @@ impl Sim {
 
     // --- nodes: signals ---------------------------------------------------------------------
 
-    /// One signal at a node (`handoff_node::instance::run`).
+    /// One signal at a node: the real instance core applies it.
     fn node_signal(&mut self, n: usize, s: Frame) {
         if s.seq > self.steer.cuts[s.inc as usize] {
             // Still in the crashed steer's queues: never written out.
@@ -1720,132 +1721,70 @@ impl Sim {
         if !node.alive {
             return;
         }
-        if (s.inc, s.link) < node.fence {
+        // A link this node never bound cannot carry signals (the steer routes only to bound
+        // links); should one, the core fences it off.
+        let binding = node
+            .bindings
+            .get(&(s.inc, s.link))
+            .copied()
+            .unwrap_or(u64::MAX);
+        let Some(inst) = node.inst.as_mut() else {
+            self.verbose(|| format!("{}: seq {} for no instance", node_name(n), s.seq));
+            return;
+        };
+        let before = inst.stats();
+        let mut out = Vec::new();
+        inst.signals(
+            Some(binding),
+            std::slice::from_ref(&s.frame),
+            &s.inc,
+            &mut out,
+        );
+        let after = inst.stats();
+        if after.fenced > before.fenced {
             self.trace(format!(
                 "{}: seq {} of an earlier steer binding fenced off",
                 node_name(n),
                 s.seq
             ));
-            return;
-        }
-        let Some(inst) = node.inst.as_mut() else {
-            self.verbose(|| format!("{}: seq {} for no instance", node_name(n), s.seq));
-            return;
-        };
-        if s.flags & SIGNAL_HANDOVER != 0 {
-            inst.hand_over(&s.key, s.seq);
-            let shadow = inst.shadow_stats().is_some();
-            self.verbose(|| {
-                format!(
-                    "{}: hand-over marker seq {} {:?} (as a shadow: {shadow})",
-                    node_name(n),
-                    s.seq,
-                    s.key
-                )
-            });
-            return;
-        }
-        let stamp = Stamp {
-            seq: s.seq,
-            now_us: s.now_us,
-        };
-        let mut out = Vec::new();
-        let shadow = s.flags & SIGNAL_SHADOW != 0;
-        if s.kind == SignalKind::Create && !shadow {
-            // As the node does: a create this copy answers claims the session.
-            inst.claim(&s.key);
-        }
-        let applied = inst.apply(stamp, s.kind, &s.key, &s.payload, &mut out);
-        if self.sc.verbose {
+        } else if after.move_errors > before.move_errors {
+            self.trace(format!("{}: move error on seq {}", node_name(n), s.seq));
+        } else if self.sc.verbose {
             let line = format!(
-                "{}: applies seq {} {:?} {:?} flags {}: {applied:?}",
+                "{}: applies seq {} {:?} {:?} flags {} ({} outputs, handovers {})",
                 node_name(n),
                 s.seq,
                 s.kind,
                 s.key,
-                s.flags
+                s.flags,
+                out.len(),
+                after.handovers
             );
             self.trace(line);
         }
-        let node = &mut self.nodes[n];
-        match applied {
-            Ok(Applied::Processed) => {}
-            Ok(Applied::Buffered) => {
-                if let (Some(c), false) = (s.client, shadow) {
-                    node.pending.insert(s.seq, c);
-                }
-                self.verbose(|| {
-                    format!("{}: seq {} buffered (shadow {shadow})", node_name(n), s.seq)
-                });
-                return;
-            }
-            Ok(other) => {
-                self.trace(format!(
-                    "{}: seq {} {:?} {:?} not applied: {other:?} (shadow {shadow})",
-                    node_name(n),
-                    s.seq,
-                    s.kind,
-                    s.key
-                ));
-                return;
-            }
-            Err(e) => {
-                self.trace(format!(
-                    "{}: move error on seq {}: {e}",
-                    node_name(n),
-                    s.seq
-                ));
-                return;
-            }
-        }
-        if shadow {
-            return;
-        }
-        if let Some(c) = s.client {
-            for o in out {
-                self.send_output(n, o.seq, c, o.output.bytes);
-            }
-        }
+        self.emit(n, out);
     }
 
-    fn send_output(&mut self, n: usize, seq: u64, client: usize, payload: Bytes) {
-        let at = self.link(Ep::Node(n), Ep::Steer);
-        self.at(
-            at,
-            Ev::Output {
-                seq,
-                client,
-                payload,
-            },
-        );
-    }
-
-    /// After a command on an instance: answers of replayed buffered authoritative signals go
-    /// to their clients, the rest are suppressed (`deliver_replayed`).
-    fn after_control(&mut self, n: usize, replayed: Vec<ClassifiedOutput>) {
-        let settled = self.nodes[n]
-            .inst
-            .as_ref()
-            .and_then(|i| i.shadow_stats())
-            .is_some_and(|s| s.awaiting == 0 && s.buffered == 0);
-        let mut answered = Vec::new();
-        for o in replayed {
-            answered.push(o.seq);
-            if let Some(&c) = self.nodes[n].pending.get(&o.seq) {
-                self.send_output(n, o.seq, c, o.output.bytes);
+    /// Outputs of node `n` on their way to the steer run whose connection they belong to.
+    fn emit(&mut self, n: usize, out: Vec<Emit<u32>>) {
+        for e in out {
+            let Some(client) = client_of(e.client) else {
+                continue;
+            };
+            if e.to != self.steer.inc {
+                // That run's connection died with it: so did the answer.
+                self.lost_answers.insert(e.seq);
+                continue;
             }
-        }
-        let node = &mut self.nodes[n];
-        for seq in answered {
-            node.pending.remove(&seq);
-        }
-        if settled && !node.pending.is_empty() {
-            let dropped: Vec<u64> = node.pending.keys().copied().collect();
-            node.pending.clear();
-            self.trace(format!(
-                "{}: settled shadow forgets pending answers of seqs {dropped:?}",
-                node_name(n)
-            ));
+            let at = self.link(Ep::Node(n), Ep::Steer);
+            self.at(
+                at,
+                Ev::Output {
+                    seq: e.seq,
+                    client,
+                    payload: e.payload,
+                },
+            );
         }
     }
 
@@ -1891,62 +1830,60 @@ impl Sim {
             return;
         }
         let func = self.func.clone();
-        let unknown = || Err(Failure::Refused("unknown instance counter-1".into()));
-        let refused = |e: handoff_function::runtime::MoveStepError| Failure::Refused(e.to_string());
-        let mut replayed = Vec::new();
+        let unknown = || {
+            Err((
+                code::UNKNOWN_INSTANCE,
+                "instance counter-1 is not hosted here".into(),
+            ))
+        };
+        let step = |r: Result<(), MoveStepError>, ok: serde_json::Value| {
+            r.map(|()| ok)
+                .map_err(|e| (code::WRONG_FRAME, e.to_string()))
+        };
+        let mut out = Vec::new();
         let node = &mut self.nodes[n];
-        let r = match &action {
+        // The node's answer body, as its admin listener sends it (the driver reads it).
+        let body: Result<serde_json::Value, (u16, String)> = match &action {
             Action::PrepareShadow => {
                 let inst = node
                     .inst
-                    .get_or_insert_with(|| Box::new(Hosting::new(func)) as Box<dyn Hosted>);
-                inst.begin_shadow(None, ShadowLimits::default())
-                    .map(|()| Outcome::Done)
-                    .map_err(refused)
+                    .get_or_insert_with(|| InstanceCore::new(Box::new(Hosting::new(func))));
+                step(inst.prepare_shadow(), json!({ "prepared": "counter-1" }))
             }
             Action::ShadowStats { .. } => match &node.inst {
-                Some(i) => Ok(Outcome::Shadow(i.shadow_stats().map(|s| ShadowView {
-                    awaiting: s.awaiting as u64,
-                    buffered: s.buffered as u64,
-                    buffered_peak: s.buffered_peak as u64,
-                    buffered_for_records_peak: s.buffered_for_records_peak as u64,
-                    records: s.records,
-                    bytes: s.bytes,
-                }))),
+                Some(i) => Ok(json!(i.shadow_stats())),
                 None => unknown(),
             },
             Action::AppliedSeq { .. } => match &node.inst {
-                Some(i) => Ok(Outcome::Applied(i.stats().last_seq)),
+                Some(i) => Ok(json!({ "instances": [{
+                    "instance": "counter-1",
+                    "stats": i.stats(),
+                }] })),
                 None => unknown(),
             },
             Action::CreatedKeys { .. } => match &node.inst {
-                Some(i) => i
-                    .created_during_move()
-                    .map(Outcome::Keys)
-                    .ok_or_else(|| Failure::Refused("too many sessions created".into())),
+                Some(i) => match i.created_keys() {
+                    Some(keys) => Ok(json!({ "created": keys_to_hex(&keys) })),
+                    None => Err((code::BAD_REQUEST, "too many sessions created".into())),
+                },
                 None => unknown(),
             },
             Action::FinishShadow { force, .. } => match node.inst.as_mut() {
-                Some(i) => {
-                    if *force {
-                        i.abandon_awaited(&mut replayed);
-                    }
-                    i.finish_shadow().map(|()| Outcome::Done).map_err(refused)
-                }
+                Some(i) => step(
+                    i.finish_shadow(*force, &mut out),
+                    json!({ "serving": "counter-1" }),
+                ),
                 None => unknown(),
             },
             Action::DropInstance { .. } => match node.inst.take() {
-                Some(_) => {
-                    node.pending.clear();
-                    Ok(Outcome::Done)
-                }
+                Some(_) => Ok(json!({ "dropped": "counter-1" })),
                 None => unknown(),
             },
             Action::ExpectSessions { keys } => match node.inst.as_mut() {
-                Some(i) => i
-                    .expect_records(keys.clone(), ShadowLimits::default())
-                    .map(|()| Outcome::Done)
-                    .map_err(refused),
+                Some(i) => step(
+                    i.expect_records(keys.clone()),
+                    json!({ "expecting": keys.len() }),
+                ),
                 None => unknown(),
             },
             Action::Copy {
@@ -1988,14 +1925,13 @@ impl Sim {
                 self.copy_step(n, id);
                 return;
             }
-            other => Err(Failure::Refused(format!("not a node request: {other:?}"))),
+            other => Err((code::BAD_REQUEST, format!("not a node request: {other:?}"))),
         };
-        if !matches!(
-            action,
-            Action::AppliedSeq { .. } | Action::DropInstance { .. } | Action::CreatedKeys { .. }
-        ) {
-            self.after_control(n, replayed);
-        }
+        self.emit(n, out);
+        let r = match body {
+            Ok(v) => outcome_of(&self.ctl.m.spec, &action, v),
+            Err((c, m)) => Err(refusal(c, &m)),
+        };
         self.trace(format!("{}: {action:?} → {r:?}", node_name(n)));
         self.reply(reply, r);
     }
@@ -2051,7 +1987,7 @@ impl Sim {
         };
         match task.stage {
             CopyStage::Waiting => {
-                let applied = inst.stats().last_seq;
+                let applied = inst.stats().runtime.last_seq;
                 if applied < task.after_seq {
                     let why = format!(
                         "the source never applied seq {} (at {applied})",
@@ -2069,7 +2005,7 @@ impl Sim {
                 task.log = Some(log);
                 task.manifest = match &task.keys {
                     Some(keys) => keys.clone(),
-                    None => handoff_state::manifest(inst.table(), self.sc.order, now).keys,
+                    None => handoff_state::manifest(inst.hosted().table(), self.sc.order, now).keys,
                 };
                 task.report.sessions_at_start = task.manifest.len() as u64;
                 let to = task.to;
@@ -2087,7 +2023,7 @@ impl Sim {
                 self.send_peer(n, to, id, PeerMsg::Manifest(manifest));
             }
             CopyStage::Streaming => {
-                if task.next == 0 && inst.stats().last_seq < task.stream_after {
+                if task.next == 0 && inst.stats().runtime.last_seq < task.stream_after {
                     let why = format!(
                         "the source never applied seq {} (the destination's)",
                         task.stream_after
@@ -2099,7 +2035,7 @@ impl Sim {
                 let subset = task.keys.is_some();
                 if task.next < task.manifest.len() {
                     let key = task.manifest[task.next].clone();
-                    let msg = match inst.table().get(&key) {
+                    let msg = match inst.hosted().table().get(&key) {
                         Some(r) => {
                             task.digest.add(&key, r.seq, &r.bytes);
                             task.report.bytes_copied += (key.len() + r.bytes.len()) as u64;
@@ -2201,14 +2137,14 @@ impl Sim {
             }
             // A copy's destination (`handoff_node::copy::peer_session`).
             PeerMsg::Manifest(keys) => {
-                let mut replayed = Vec::new();
+                let mut out = Vec::new();
                 let r = match self.nodes[to].inst.as_mut() {
                     None => Err("unknown instance counter-1".to_owned()),
                     Some(i) => i
-                        .take_manifest(keys.clone(), &mut replayed)
+                        .take_manifest(keys.clone(), &mut out)
                         .map_err(|e| e.to_string()),
                 };
-                self.after_control(to, replayed);
+                self.emit(to, out);
                 self.trace(format!(
                     "{}: manifest of copy {copy} ({} keys) → {r:?}",
                     node_name(to),
@@ -2267,39 +2203,35 @@ impl Sim {
         };
         let batch = std::mem::take(&mut inc.batch);
         let epoch = inc.epoch;
-        let mut replayed = Vec::new();
-        let mut errors = Vec::new();
-        match self.nodes[n].inst.as_mut() {
-            Some(i) if i.copy_epoch() != epoch => {
-                // As the node does: a superseded copy's records are dropped.
-                errors.push(format!(
-                    "{} records of copy {copy} (epoch {epoch}) dropped: superseded",
-                    batch.len()
-                ));
-            }
-            Some(i) => {
-                for (key, seq, bytes) in batch {
-                    let tomb = bytes.is_none();
-                    match i.on_record(key.clone(), seq, bytes, &mut replayed) {
-                        Err(e) => errors.push(format!("record {key:?}@{seq} refused: {e}")),
-                        Ok(o) if self.sc.verbose => errors.push(format!(
-                            "record {key:?}@{seq} (tombstone {tomb}) from {}: {o:?}",
-                            node_name(from)
-                        )),
-                        Ok(_) => {}
-                    }
-                }
-            }
-            None => {
-                self.nodes[n].incoming.remove(&(from, copy));
-                self.send_peer(n, from, copy, PeerMsg::Refuse("instance stopped".into()));
-                return false;
-            }
+        let mut out = Vec::new();
+        let Some(i) = self.nodes[n].inst.as_mut() else {
+            self.nodes[n].incoming.remove(&(from, copy));
+            self.send_peer(n, from, copy, PeerMsg::Refuse("instance stopped".into()));
+            return false;
+        };
+        let before = i.stats();
+        let count = batch.len();
+        if self.sc.verbose {
+            let line = format!(
+                "{}: {count} records of copy {copy} from {}: {batch:?}",
+                node_name(n),
+                node_name(from)
+            );
+            self.trace(line);
         }
-        for e in errors {
-            self.trace(format!("{}: {e}", node_name(n)));
+        let i = self.nodes[n].inst.as_mut().expect("checked above");
+        i.records(batch, epoch, &mut out);
+        let after = i.stats();
+        if after.stale_copy_records > before.stale_copy_records {
+            self.trace(format!(
+                "{}: {count} records of copy {copy} (epoch {epoch}) dropped: superseded",
+                node_name(n)
+            ));
         }
-        self.after_control(n, replayed);
+        if after.move_errors > before.move_errors {
+            self.trace(format!("{}: records of copy {copy} refused", node_name(n)));
+        }
+        self.emit(n, out);
         true
     }
 
@@ -2349,7 +2281,7 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.alive = false;
         node.inst = None;
-        node.pending.clear();
+        node.bindings.clear();
         node.incoming.clear();
         let tasks = std::mem::take(&mut node.copies);
         for (_, t) in tasks {
@@ -2458,16 +2390,16 @@ impl Sim {
         self.steer_effects();
     }
 
-    /// A steer's bind at a node: fences off earlier bindings' frames, answers the last applied
-    /// seq (`None`: no instance to bind).
+    /// A steer's bind at a node: a new binding of the instance (fencing off earlier ones),
+    /// answered with the last applied seq (`None`: no instance to bind).
     fn node_bind(&mut self, n: usize, inc: u32, link: LinkId, retry_us: u64) {
         let node = &mut self.nodes[n];
         if !node.alive {
             return;
         }
-        let last_seq = node.inst.as_ref().map(|i| i.stats().last_seq);
-        if last_seq.is_some() {
-            node.fence = node.fence.max((inc, link));
+        let bound = node.inst.as_mut().map(|i| i.bind());
+        if let Some((binding, _)) = bound {
+            node.bindings.insert((inc, link), binding);
         }
         let at = self.link(Ep::Node(n), Ep::Steer);
         self.at(
@@ -2476,7 +2408,7 @@ impl Sim {
                 node: n,
                 inc,
                 link,
-                last_seq,
+                last_seq: bound.map(|b| b.1),
                 retry_us,
             },
         );
@@ -2857,6 +2789,7 @@ impl Sim {
                 return Err("the owner is still a shadow".into());
             }
             let got: Vec<_> = inst
+                .hosted()
                 .dump()
                 .into_iter()
                 .filter(|r| !except.contains(&r.key))
