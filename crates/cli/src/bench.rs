@@ -49,6 +49,14 @@ pub struct SteerBenchArgs {
     pub json: bool,
 }
 
+/// A settings error as the user gave it: an option out of range is named by its flag.
+pub(crate) fn config_error(e: handoff_bench::ConfigError) -> anyhow::Error {
+    match e {
+        handoff_bench::ConfigError::OutOfRange { .. } => anyhow::anyhow!("--{e}"),
+        handoff_bench::ConfigError::NoLoadFor { .. } => anyhow::anyhow!("{e}"),
+    }
+}
+
 pub async fn run(b: BenchCmd) -> anyhow::Result<ExitCode> {
     match b {
         BenchCmd::Steer(a) => steer(a).await,
@@ -66,7 +74,7 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
         refine: args.refine,
         zipf: args.zipf,
     };
-    options.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
+    options.validate().map_err(config_error)?;
     let pb = progress_bar(0, "{spinner} trial {pos} {msg} [{elapsed_precise}]");
     pb.enable_steady_tick(Duration::from_millis(200));
     let show = |e: SteerEvent| match e {
