@@ -1,9 +1,8 @@
 //! `handoff demo`: a steer, a node hosting `mme-1`, and the load generator, on loopback.
 
-use crate::cluster::{start_steer, NodeProcess};
-use crate::moves::{live_move, MoveReport};
-use crate::report::{human_bytes, progress_bar, Machine};
+use crate::report::{human_bytes, progress_bar};
 use clap::Args;
+use handoff_bench::{live_move, start_steer, Machine, MoveReport, NodeProcess, Subject};
 use handoff_loadgen::oracle::{self, OracleReport};
 use handoff_loadgen::{LoadConfig, LoadReport, Progress};
 use handoff_node::client::AdminClient;
@@ -86,13 +85,16 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--move-at must be within [0, 1)");
     }
     let order = parse_order(&a.order, a.seed)?;
-    let node_a = NodeProcess::spawn("node-a", &["mme-1:vmme"], None).await?;
+    let subject = Subject::new("mme-1", "vmme");
+    let launcher = crate::node_launcher()?;
+    let catalog = crate::catalog();
+    let node_a = NodeProcess::spawn(&launcher, "node-a", &[&subject], None).await?;
     let node_b = if a.no_move {
         None
     } else {
-        Some(NodeProcess::spawn("node-b", &[], None).await?)
+        Some(NodeProcess::spawn(&launcher, "node-b", &[], None).await?)
     };
-    let (steer, service) = start_steer("mme-1", node_a.addr).await?;
+    let (steer, service) = start_steer(&catalog, &subject, node_a.addr).await?;
     let window = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cfg = LoadConfig {
         target: service,
@@ -128,7 +130,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_secs_f64(a.duration * a.move_at)).await;
         pb.println("moving mme-1 from node-a to node-b");
         window.store(true, std::sync::atomic::Ordering::Relaxed);
-        let r = live_move(&steer, node_a.addr, b.addr, order).await;
+        let r = live_move(&steer, &subject, node_a.addr, b.addr, order).await;
         window.store(false, std::sync::atomic::Ordering::Relaxed);
         moved = Some(r?);
     }
@@ -136,7 +138,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let owner = node_b.as_ref().unwrap_or(&node_a);
     let mut admin = AdminClient::connect(owner.addr, "demo").await?;
-    let dump = admin.dump("mme-1").await?;
+    let dump = admin.dump(&subject.instance).await?;
     let records_bytes = dump
         .iter()
         .map(|r| (r.key.len() + r.bytes.len()) as u64)
@@ -144,7 +146,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let oracle = oracle::check(&handoff_vmme::Vmme::default(), &histories, &dump);
     let node_rss_bytes = owner.rss_bytes().await?;
     let steer_stats = steer
-        .stats("mme-1")
+        .stats(&subject.instance)
         .map(|s| s.snapshot())
         .unwrap_or_default();
     steer.shutdown();

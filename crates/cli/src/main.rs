@@ -11,13 +11,10 @@ macro_rules! out {
 
 mod bench;
 mod bench_move;
-mod cluster;
 mod control;
 mod daemons;
 mod demo;
-mod moves;
 mod report;
-mod resp;
 
 use clap::{Parser, Subcommand};
 use handoff_function::runtime::Catalog;
@@ -58,6 +55,16 @@ enum Cmd {
 /// Every function this binary can host or classify.
 pub(crate) fn catalog() -> Catalog {
     Catalog::new().with(handoff_vmme::Vmme::default())
+}
+
+/// How the demo and the benchmarks start `handoff node` processes: this executable, with the
+/// log filter in `HANDOFF_NODE_LOG` (warnings only by default).
+pub(crate) fn node_launcher() -> anyhow::Result<handoff_bench::NodeLauncher> {
+    use anyhow::Context as _;
+    Ok(handoff_bench::NodeLauncher {
+        exe: std::env::current_exe().context("cannot find the handoff executable")?,
+        log: std::env::var("HANDOFF_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+    })
 }
 
 fn init_logging(filter: Option<&str>, default: &str, json: bool) {

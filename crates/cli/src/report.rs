@@ -1,42 +1,6 @@
-//! Report helpers shared by the demo and the benchmarks.
+//! Output helpers shared by the demo and the benchmarks: report files, sizes, progress bars.
 
 use std::path::{Path, PathBuf};
-
-/// What machine a report was measured on.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Machine {
-    pub cpus: usize,
-    pub cpu_model: String,
-    pub memory_bytes: u64,
-    pub kernel: String,
-}
-
-impl Machine {
-    pub fn read() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            .unwrap_or_else(|| "unknown".into());
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_bytes = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024);
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        Self {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu_model,
-            memory_bytes,
-            kernel,
-        }
-    }
-}
 
 /// Writes a JSON report to `dir/name-<unix seconds>.json` and returns the path.
 pub fn write_json(

@@ -97,3 +97,30 @@ fn bench_move_without_redis_server_says_how_to_get_it() {
     assert!(err.contains("redis-server not found"), "{err}");
     assert!(err.contains("scripts/setup"), "{err}");
 }
+
+#[test]
+fn bench_move_refuses_a_function_the_load_generator_cannot_drive() {
+    let out = Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args([
+            "bench",
+            "move",
+            "--function",
+            "radius-acct",
+            "--sessions",
+            "10",
+        ])
+        .output()
+        .expect("run handoff bench move");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs a vmme instance, not radius-acct"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args(["bench", "move", "--rate", "0"])
+        .output()
+        .expect("run handoff bench move");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--rate must be positive"), "{err}");
+}
