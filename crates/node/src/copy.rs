@@ -5,17 +5,23 @@
 //! was deleted meanwhile), then `CopyEnd` with the count and digest of exactly what it sent.
 //! The destination hands everything to its instance in order (the shadow's apply rule does
 //! the rest), digests what it received, and answers whether the digests match.
+//!
+//! This is the shell: sockets, waits and pacing. Every protocol decision is the copy cores'
+//! ([`crate::copy_core`]).
 
 use crate::conn::{error, send, Reader};
+use crate::copy_core::{
+    CopyCoreError, CopyReceiver, CopySender, CopyVerdict, ManifestAnswer, ManifestStep, Outgoing,
+    RecordBatch, Refusal, SenderStep, Streamed,
+};
 use crate::instance::Control;
 use crate::InstanceHandle;
 use crate::{Node, NodeError};
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use handoff_function::runtime::shadow::Reawaited;
 use handoff_function::runtime::{DeletionLog, MoveStepError};
 use handoff_function::SessionKey;
-use handoff_state::{bucket_of, manifest, CopyOrder, CopyPlan, Digest, Infeasible, Pacer};
+use handoff_state::{manifest, CopyOrder, CopyPlan, Infeasible, Pacer};
 use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, MAX_MANIFEST_KEYS, VERSION};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,8 +30,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-/// Most sessions a move's manifest may name (bounds the destination's memory).
-const MAX_MANIFEST_TOTAL: usize = 50_000_000;
 /// Records handed to the destination instance at once.
 const RECORD_BATCH: usize = 256;
 /// Most bytes of hex session keys one JSON answer lists: half a frame body, so the answer is
@@ -36,8 +40,7 @@ const MAX_JSON_KEY_BYTES: usize = handoff_wire::MAX_BODY / 2;
 pub(crate) fn keys_fit_in_json(keys: &[SessionKey]) -> bool {
     keys.iter().map(|k| 2 * k.len() + 3).sum::<usize>() <= MAX_JSON_KEY_BYTES
 }
-/// Most re-send rounds after a digest mismatch before the copy gives up (the move aborts).
-pub const MAX_RESEND_ROUNDS: usize = 3;
+pub use crate::copy_core::{ResendRound, MAX_RESEND_ROUNDS};
 /// What one core is taken to copy per second when planning (bytes/s); conservative.
 pub const CORE_COPY_BPS: u64 = 200_000_000;
 
@@ -71,18 +74,21 @@ pub struct CopyReport {
     pub paced_bps: u64,
 }
 
-/// One re-send of the differing digest buckets (DESIGN.md "Verify", seed 000 R12).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ResendRound {
-    /// The buckets re-sent.
-    pub buckets: Vec<usize>,
-    /// Records and tombstones re-sent.
-    pub records: u64,
-    /// Sessions of those buckets the destination owns by now (created there during the move),
-    /// so not re-sent.
-    pub excluded: u64,
-    /// Record bytes re-sent.
-    pub bytes: u64,
+impl CopyReport {
+    /// The protocol's figures of an ended copy of `sessions` sessions, with the timings of
+    /// `timed`.
+    pub fn of(core: &CopySender, sessions: u64, timed: CopyReport) -> Self {
+        Self {
+            sessions_at_start: sessions,
+            records_copied: core.first.records,
+            tombstones: core.first.tombstones,
+            bytes_copied: core.first.bytes,
+            digest_match: core.verdict.digest_match,
+            differing_buckets: core.verdict.differing_buckets.clone(),
+            resends: core.resends.clone(),
+            ..timed
+        }
+    }
 }
 
 /// Why a copy failed (the move aborts).
@@ -106,15 +112,9 @@ pub enum CopyError {
     /// expects an aborted move's sessions back).
     #[error("copy refused: {0}")]
     WrongPhase(MoveStepError),
-    /// A manifest session vanished without a logged deletion (or the log overflowed).
-    #[error("session deleted during the copy without a tombstone; the copy cannot be exact")]
-    MissingTombstone,
-}
-
-fn tombstone_digest_bytes() -> &'static [u8] {
-    // Tombstones enter the digest as a record with this marker body (no real record is empty:
-    // every function's encoding carries at least a version byte).
-    &[]
+    /// The copy's protocol failed (a tombstone missing, a bad answer).
+    #[error(transparent)]
+    Protocol(#[from] CopyCoreError),
 }
 
 /// Streams `instance`'s sessions to the node at `destination`, which must host an empty
@@ -132,19 +132,24 @@ pub async fn copy_to(
     now_us: u64,
 ) -> Result<CopyReport, CopyError> {
     let h = node.instance(instance)?;
-    // The manifest must include every session created before the steer switched to move mode:
-    // wait until every signal stamped before the switch (seq <= after_seq) is applied.
-    wait_applied(&h, after_seq, destination).await?;
     let dest_err = |reason: String| CopyError::Destination {
         addr: destination,
         reason,
     };
+    let (mut core, mut step) = CopySender::new(after_seq, only);
+    // The manifest must include every session created before the steer switched to move mode:
+    // wait until every signal stamped before the switch (seq <= after_seq) is applied.
+    if let SenderStep::WaitApplied(seq) = step {
+        wait_applied(&h, seq, destination).await?;
+    }
+    step = core.applied()?;
+    debug_assert_eq!(step, SenderStep::TakeManifest);
     // Log deletions before taking the manifest: a listed session deleted later has a tombstone.
     let log = DeletionLog::default();
     let (done, begun) = oneshot::channel();
     let control = Control::BeginSourceCopy {
         log: log.clone(),
-        full: only.is_none(),
+        full: !core.subset(),
         done,
     };
     if !h.control(control).await {
@@ -157,28 +162,28 @@ pub async fn copy_to(
     }
     let result = async {
         let began = Instant::now();
-        // A subset (sessions going back after an abort) is final: no signal for them reaches
-        // this instance any more, so an absent one is gone for good (a tombstone).
-        let subset = only.is_some();
-        let m = match only {
-            Some(keys) => handoff_state::Manifest {
+        let m = if core.subset() {
+            // A subset (sessions going back after an abort) is final: no signal for them
+            // reaches this instance any more, so an absent one is gone for good (a tombstone).
+            let keys = core.keys().to_vec();
+            handoff_state::Manifest {
                 bytes: keys
                     .iter()
                     .filter_map(|k| h.table().get(k).map(|r| (k.len() + r.bytes.len()) as u64))
                     .sum(),
                 keys,
-            },
-            None => {
-                // Ranking every session (hot-first sorts them all) is long, synchronous work:
-                // off the async workers, so the serving path keeps its threads meanwhile.
-                let table = h.table().clone();
-                tokio::task::spawn_blocking(move || manifest(&table, order, now_us))
-                    .await
-                    .map_err(|e| dest_err(format!("manifest task failed: {e}")))?
             }
+        } else {
+            // Ranking every session (hot-first sorts them all) is long, synchronous work:
+            // off the async workers, so the serving path keeps its threads meanwhile.
+            let table = h.table().clone();
+            tokio::task::spawn_blocking(move || manifest(&table, order, now_us))
+                .await
+                .map_err(|e| dest_err(format!("manifest task failed: {e}")))?
         };
         let manifest_ms = began.elapsed().as_millis() as u64;
         let rate = plan.check(m.bytes, CORE_COPY_BPS)?;
+        let sessions = m.keys.len() as u64;
         let start = Instant::now();
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(destination))
             .await
@@ -196,27 +201,13 @@ pub async fn copy_to(
         })
         .await
         .map_err(io)?;
-        send_manifest(&mut f, instance, &m.keys, destination).await?;
-        // The destination answers the manifest once its shadow is ready (or refuses).
-        let ready = answer(&mut f, destination, Duration::from_secs(30), "the manifest").await?;
-        // A destination that had a manifest already (this copy repeats one whose answer was
-        // lost) re-awaits the sessions at its seq: read them only once this copy has applied
-        // as much.
-        wait_applied(&h, ready["at_seq"].as_u64().unwrap_or(0), destination).await?;
-        let ready_ms = start.elapsed().as_millis() as u64;
-        // Lead K (seed 000 R3): the destination knows its manifest, so it already serves the
-        // sessions created since the switch; the records follow after the lead.
-        if !lead.is_zero() {
-            tokio::time::sleep(lead).await;
-        }
         // The core-speed estimate only decides whether a deadline is feasible; the copy is
         // paced only when the plan caps bandwidth or CPU.
         let paced = plan.max_bandwidth_bps.is_some() || plan.max_cpu_percent.is_some();
         let mut report = CopyReport {
-            sessions_at_start: m.keys.len() as u64,
+            sessions_at_start: sessions,
             paced_bps: if paced { rate } else { 0 },
             manifest_ms,
-            ready_ms,
             ..CopyReport::default()
         };
         let mut out = Outbound {
@@ -226,78 +217,61 @@ pub async fn copy_to(
             epoch: Instant::now(),
             destination,
         };
-        let sent = out
-            .stream(&h, &m.keys, &HashSet::new(), &log, subset)
-            .await?;
-        report.records_copied = sent.records;
-        report.tombstones = sent.tombstones;
-        report.bytes_copied = sent.bytes;
-        report.stream_ms = out.epoch.elapsed().as_millis() as u64;
-        let mut verdict = answer(
-            out.f,
-            destination,
-            Duration::from_secs(60),
-            "the copy's end",
-        )
-        .await?;
-        // Verify (R11-R13): on a mismatch only the differing buckets are re-sent, then the
-        // digests of what was re-sent are compared again, a bounded number of times.
+        let mut step = core.manifest(m.keys)?;
+        let mut first_round = true;
         loop {
-            report.digest_match = verdict["digest_match"].as_bool().unwrap_or(false);
-            report.differing_buckets =
-                serde_json::from_value(verdict["differing_buckets"].clone()).unwrap_or_default();
-            if report.digest_match
-                || report.differing_buckets.is_empty()
-                || report.resends.len() >= MAX_RESEND_ROUNDS
-            {
-                break;
-            }
-            let buckets: HashSet<usize> = report.differing_buckets.iter().copied().collect();
-            let keys: Vec<SessionKey> = m
-                .keys
-                .iter()
-                .filter(|k| buckets.contains(&bucket_of(k)))
-                .cloned()
-                .collect();
-            tracing::warn!(
-                instance,
-                buckets = buckets.len(),
-                sessions = keys.len(),
-                "digests differ; re-sending the differing buckets"
-            );
-            send_manifest(out.f, instance, &keys, destination).await?;
-            let ready = answer(out.f, destination, Duration::from_secs(30), "the re-send").await?;
-            let at_seq = ready["at_seq"].as_u64().unwrap_or(u64::MAX);
-            let excluded: HashSet<SessionKey> = ready["excluded"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|k| hex::decode(k.as_str()?).ok())
-                        .map(SessionKey::from)
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Every signal the destination applied to the state it dropped must be in the
-            // records re-sent: read them only once this copy has applied as much.
-            wait_applied(&h, at_seq, destination).await?;
-            let sent = out.stream(&h, &keys, &excluded, &log, subset).await?;
-            report.resends.push(ResendRound {
-                buckets: report.differing_buckets.clone(),
-                records: sent.records,
-                excluded: excluded.len() as u64,
-                bytes: sent.bytes,
-            });
-            verdict = answer(
-                out.f,
-                destination,
-                Duration::from_secs(60),
-                "the re-send's end",
-            )
-            .await?;
+            step = match step {
+                SenderStep::SendManifest(keys) => {
+                    send_manifest(out.f, instance, &keys, destination).await?;
+                    // The destination answers the manifest once its shadow is ready (or
+                    // refuses).
+                    let ready: ManifestAnswer =
+                        answer(out.f, destination, Duration::from_secs(30), "the manifest").await?;
+                    core.ready(ready)?
+                }
+                SenderStep::WaitApplied(seq) => {
+                    // A destination that re-awaits sessions (a repeated copy, or a re-send
+                    // round) needs records that include every signal it applied to the state
+                    // it dropped: read them only once this copy has applied as much.
+                    wait_applied(&h, seq, destination).await?;
+                    if first_round {
+                        report.ready_ms = start.elapsed().as_millis() as u64;
+                        // Lead K (seed 000 R3): the destination knows its manifest, so it
+                        // already serves the sessions created since the switch; the records
+                        // follow after the lead.
+                        if !lead.is_zero() {
+                            tokio::time::sleep(lead).await;
+                        }
+                        out.epoch = Instant::now();
+                    }
+                    core.applied()?
+                }
+                SenderStep::Stream { keys, skip } => {
+                    let sent = out.stream(&h, &keys, &skip, &log, core.subset()).await?;
+                    if first_round {
+                        report.stream_ms = out.epoch.elapsed().as_millis() as u64;
+                        first_round = false;
+                    }
+                    core.streamed(sent, skip.len())?;
+                    let v: CopyVerdict = answer(
+                        out.f,
+                        destination,
+                        Duration::from_secs(60),
+                        "the copy's end",
+                    )
+                    .await?;
+                    core.verdict(v)?
+                }
+                SenderStep::TakeManifest => {
+                    return Err(CopyCoreError::OutOfTurn("take manifest").into())
+                }
+                SenderStep::Done => break,
+            };
         }
         if log.overflowed() {
-            return Err(CopyError::MissingTombstone);
+            return Err(CopyCoreError::MissingTombstone.into());
         }
+        report = CopyReport::of(&core, sessions, report);
         report.elapsed_ms = start.elapsed().as_millis() as u64;
         tracing::info!(
             instance,
@@ -375,13 +349,14 @@ async fn send_manifest(
     SinkExt::<Frame>::flush(f).await.map_err(io)
 }
 
-/// Reads the destination's JSON answer to `what` (a refusal or anything else is an error).
-async fn answer(
+/// Reads the destination's typed answer to `what` (a refusal, a missing field or anything
+/// else is an error).
+async fn answer<T: serde::de::DeserializeOwned>(
     f: &mut PeerFramed,
     destination: SocketAddr,
     within: Duration,
     what: &str,
-) -> Result<serde_json::Value, CopyError> {
+) -> Result<T, CopyError> {
     let dest_err = |reason: String| CopyError::Destination {
         addr: destination,
         reason,
@@ -398,20 +373,13 @@ async fn answer(
     .map_err(|_| dest_err(format!("no answer to {what}")))?;
     match got {
         Some(Ok(Frame::AdminReply(b))) => {
-            serde_json::from_slice(&b).map_err(|e| dest_err(e.to_string()))
+            serde_json::from_slice(&b).map_err(|e| dest_err(format!("bad answer to {what}: {e}")))
         }
         Some(Ok(Frame::Error { code, message })) => {
             Err(dest_err(format!("refused ({code}): {message}")))
         }
         other => Err(dest_err(format!("unexpected answer to {what}: {other:?}"))),
     }
-}
-
-/// What one pass of records sent.
-struct Streamed {
-    records: u64,
-    tombstones: u64,
-    bytes: u64,
 }
 
 /// The source's side of a copy connection, with its pace.
@@ -448,42 +416,25 @@ impl Outbound<'_> {
             reason: e.to_string(),
         };
         let paced = self.paced;
-        let mut digest = Digest::default();
-        let mut sent = Streamed {
-            records: 0,
-            tombstones: 0,
-            bytes: 0,
-        };
+        let mut round = Outgoing::new(subset);
         for key in keys.iter().filter(|k| !skip.contains(*k)) {
             let buf = self.f.write_buffer_mut();
             let written = h.table().with(key, |r| {
-                digest.add(key, r.seq, &r.bytes);
                 Frame::encode_copy_record(buf, key, r.seq, &r.bytes);
-                (key.len() + r.bytes.len()) as u64
+                round.record(key, r.seq, &r.bytes)
             });
             let size = match written {
-                Some(size) => {
-                    sent.bytes += size;
-                    size
-                }
+                Some(size) => size,
                 None => {
-                    let seq = match log.seq_of(key) {
-                        Some(s) => s,
-                        // Never created here (or long gone): below every signal buffered for it.
-                        None if subset => 0,
-                        None => return Err(CopyError::MissingTombstone),
-                    };
-                    digest.add(key, seq, tombstone_digest_bytes());
-                    sent.tombstones += 1;
+                    let seq = round.tombstone(key, log)?;
                     Frame::Tombstone {
                         key: key.clone(),
                         seq,
                     }
-                    .encode(buf);
+                    .encode(self.f.write_buffer_mut());
                     key.len() as u64
                 }
             };
-            sent.records += 1;
             if paced {
                 let wait = self
                     .pacer
@@ -499,10 +450,11 @@ impl Outbound<'_> {
                 SinkExt::<Frame>::flush(self.f).await.map_err(io)?;
             }
         }
+        let (sent, digest) = round.end();
         self.f
             .send(Frame::CopyEnd {
                 records: sent.records,
-                digest: digest.buckets().to_vec(),
+                digest,
             })
             .await
             .map_err(io)?;
@@ -516,200 +468,130 @@ pub(crate) async fn peer_session(
     mut reader: Reader,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
-    let mut manifest: Vec<SessionKey> = Vec::new();
-    let mut target = None;
-    let mut digest = Digest::default();
-    let mut received = 0u64;
-    let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::new();
+    let mut core = CopyReceiver::new(RECORD_BATCH);
+    let mut target: Option<InstanceHandle> = None;
     let mut in_flight = std::collections::VecDeque::new();
-    // The shadow's copy epoch this connection's records belong to.
-    let mut epoch = 0u64;
-    // After a mismatch: the re-send rounds asked for so far, and whether one may begin.
-    let mut rounds = 0usize;
-    let mut resend_open = false;
+    let refuse = |r: Refusal| {
+        let c = match r {
+            Refusal::ManifestTooLarge => code::BAD_REQUEST,
+            Refusal::ManifestAfterStart | Refusal::BeforeManifest(_) => code::WRONG_FRAME,
+        };
+        vec![error(c, r.to_string())]
+    };
     while let Some(frame) = reader.next().await {
-        match frame? {
+        let batch = match frame? {
             Frame::Manifest {
                 instance,
                 keys,
                 last,
             } => {
-                if target.is_some() && !resend_open {
-                    send(
-                        tx,
-                        vec![error(code::WRONG_FRAME, "manifest after the copy began")],
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                if manifest.len() + keys.len() > MAX_MANIFEST_TOTAL {
-                    send(
-                        tx,
-                        vec![error(
-                            code::BAD_REQUEST,
-                            "manifest larger than the node accepts",
-                        )],
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                manifest.extend(keys);
-                if !last {
-                    continue;
-                }
-                let keys = std::mem::take(&mut manifest);
-                if let Some(h) = &target {
-                    // A re-send round: drop the sessions of the differing buckets, await them.
-                    resend_open = false;
-                    rounds += 1;
-                    let body = match reawait(h, keys).await? {
+                let step = match core.manifest_chunk(keys, last) {
+                    Ok(Some(step)) => step,
+                    Ok(None) => continue,
+                    Err(r) => return send(tx, refuse(r)).await,
+                };
+                let h = match (&target, node.instance(&instance)) {
+                    (Some(h), _) => h.clone(),
+                    (None, Ok(h)) => h,
+                    (None, Err(e)) => return send(tx, vec![error(e.code(), e.to_string())]).await,
+                };
+                let body = match step {
+                    ManifestStep::Reawait(keys) => match reawait(&h, keys).await? {
                         Ok(done) if !keys_fit_in_json(&done.excluded) => {
                             let why = format!(
                                 "{} sessions of the differing buckets are this node's own: more than \
                                  a re-send answer can list",
                                 done.excluded.len()
                             );
-                            send(tx, vec![error(code::BAD_REQUEST, why)]).await?;
-                            return Ok(());
+                            return send(tx, vec![error(code::BAD_REQUEST, why)]).await;
                         }
-                        Ok(done) => {
-                            epoch = done.epoch;
-                            serde_json::json!({
-                            "resend": rounds,
-                            "at_seq": done.at_seq,
-                            "awaited": done.awaited,
-                            "excluded": done.excluded.iter().map(hex::encode).collect::<Vec<_>>(),
-                            })
-                        }
+                        Ok(done) => core.reawaited(done),
                         Err(e) => {
-                            send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await?;
-                            return Ok(());
+                            return send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await
                         }
-                    };
-                    digest = Digest::default();
-                    received = 0;
-                    send(tx, vec![reply(&body)]).await?;
-                    continue;
-                }
-                let h = match node.instance(&instance) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        send(tx, vec![error(e.code(), e.to_string())]).await?;
-                        return Ok(());
+                    },
+                    ManifestStep::Take(keys) => {
+                        let (done, answer) = oneshot::channel();
+                        let count = keys.len();
+                        let control = Control::Manifest {
+                            manifest: keys,
+                            done,
+                        };
+                        if !h.control(control).await {
+                            return Err(FrameError::Io("instance stopped".into()));
+                        }
+                        match answer.await {
+                            Ok(Ok(taken)) => {
+                                tracing::info!(
+                                    instance,
+                                    sessions = count,
+                                    "move destination ready"
+                                );
+                                core.taken(taken, count)
+                            }
+                            Ok(Err(e)) => {
+                                return send(tx, vec![error(code::WRONG_FRAME, e.to_string())])
+                                    .await
+                            }
+                            Err(_) => return Err(FrameError::Io("instance stopped".into())),
+                        }
                     }
                 };
-                let (done, answer) = oneshot::channel();
-                let count = keys.len();
-                if !h
-                    .control(Control::Manifest {
-                        manifest: keys,
-                        done,
-                    })
-                    .await
-                {
-                    return Err(FrameError::Io("instance stopped".into()));
-                }
-                match answer.await {
-                    Ok(Ok(taken)) => {
-                        tracing::info!(instance, sessions = count, "move destination ready");
-                        epoch = taken.epoch;
-                        let body = serde_json::json!({
-                            "ready": instance,
-                            "sessions": count,
-                            "at_seq": taken.at_seq,
-                        });
-                        send(tx, vec![reply(&body)]).await?;
-                    }
-                    Ok(Err(e)) => {
-                        send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await?;
-                        return Ok(());
-                    }
-                    Err(_) => return Err(FrameError::Io("instance stopped".into())),
-                }
                 target = Some(h);
+                send(tx, vec![reply(&body)]).await?;
+                continue;
             }
             Frame::CopyRecord { key, seq, bytes } => {
                 let bytes = node.fault_on_copy_record(bytes);
-                digest.add(&key, seq, &bytes);
-                received += 1;
-                batch.push((key, seq, Some(bytes)));
+                match core.record(key, seq, Some(bytes)) {
+                    Ok(b) => b,
+                    Err(r) => return send(tx, refuse(r)).await,
+                }
             }
-            Frame::Tombstone { key, seq } => {
-                digest.add(&key, seq, tombstone_digest_bytes());
-                received += 1;
-                batch.push((key, seq, None));
-            }
+            Frame::Tombstone { key, seq } => match core.record(key, seq, None) {
+                Ok(b) => b,
+                Err(r) => return send(tx, refuse(r)).await,
+            },
             Frame::CopyEnd {
                 records,
                 digest: theirs,
             } => {
-                let Some(h) = &target else {
-                    send(
-                        tx,
-                        vec![error(code::WRONG_FRAME, "copy end before the manifest")],
-                    )
-                    .await?;
-                    return Ok(());
+                let (rest, verdict, more) = match core.end(records, theirs) {
+                    Ok(v) => v,
+                    Err(r) => return send(tx, refuse(r)).await,
                 };
-                hand_records(h, &mut batch, epoch, &mut in_flight).await?;
+                let Some(h) = &target else {
+                    return send(tx, refuse(Refusal::BeforeManifest("copy end"))).await;
+                };
+                hand_records(h, rest, core.epoch(), &mut in_flight).await?;
                 // Every record is applied before the digests are answered.
                 for applied in in_flight.drain(..) {
                     let _ = applied.await;
                 }
-                let mut differing = match Digest::from_parts(theirs, records) {
-                    Some(theirs) => theirs.differing_buckets(&digest),
-                    None => (0..handoff_state::BUCKETS).collect(),
-                };
-                if differing.is_empty() && records != received {
-                    // Equal digests over unequal counts cannot be repaired bucket by bucket.
-                    differing = (0..handoff_state::BUCKETS).collect();
-                }
-                let matched = differing.is_empty();
                 tracing::info!(
                     records,
-                    received,
-                    round = rounds,
-                    digest_match = matched,
+                    received = verdict.records,
+                    digest_match = verdict.digest_match,
                     "copy received"
                 );
-                let body = serde_json::json!({
-                    "records": received,
-                    "digest_match": matched,
-                    "differing_buckets": differing,
-                });
-                send(tx, vec![reply(&body)]).await?;
-                if matched || rounds >= MAX_RESEND_ROUNDS {
+                send(tx, vec![reply(&verdict)]).await?;
+                if !more {
                     return Ok(());
                 }
                 // The source may re-send the differing buckets on this connection.
-                resend_open = true;
+                continue;
             }
             // A push (stop-and-copy and pre-copy baselines) opens with an import header.
-            Frame::Admin(header) if target.is_none() && manifest.is_empty() && received == 0 => {
+            Frame::Admin(header) if core.is_fresh() => {
                 return crate::push::import_session(node, &header, &mut reader, tx).await;
             }
             other => {
-                send(
-                    tx,
-                    vec![error(
-                        code::WRONG_FRAME,
-                        format!("frame not allowed on a peer connection: {other:?}"),
-                    )],
-                )
-                .await?;
-                return Ok(());
+                let why = format!("frame not allowed on a peer connection: {other:?}");
+                return send(tx, vec![error(code::WRONG_FRAME, why)]).await;
             }
-        }
-        if batch.len() >= RECORD_BATCH {
-            let Some(h) = &target else {
-                send(
-                    tx,
-                    vec![error(code::WRONG_FRAME, "records before the manifest")],
-                )
-                .await?;
-                return Ok(());
-            };
-            hand_records(h, &mut batch, epoch, &mut in_flight).await?;
+        };
+        if let (Some(batch), Some(h)) = (batch, &target) {
+            hand_records(h, batch, core.epoch(), &mut in_flight).await?;
         }
     }
     Ok(())
@@ -724,11 +606,11 @@ const RECORD_BATCHES_IN_FLIGHT: usize = 8;
 /// when [`RECORD_BATCHES_IN_FLIGHT`] are (backpressure reaches the source through TCP).
 async fn hand_records(
     h: &InstanceHandle,
-    batch: &mut Vec<(SessionKey, u64, Option<Bytes>)>,
+    records: RecordBatch,
     epoch: u64,
     in_flight: &mut std::collections::VecDeque<oneshot::Receiver<()>>,
 ) -> Result<(), FrameError> {
-    if batch.is_empty() {
+    if records.is_empty() {
         return Ok(());
     }
     while in_flight.len() >= RECORD_BATCHES_IN_FLIGHT {
@@ -737,7 +619,6 @@ async fn hand_records(
         }
     }
     let (done, applied) = oneshot::channel();
-    let records = std::mem::take(batch);
     if !h
         .control(Control::Records {
             records,
@@ -766,7 +647,7 @@ async fn reawait(
         .map_err(|_| FrameError::Io("instance stopped".into()))
 }
 
-fn reply(body: &serde_json::Value) -> Frame {
+fn reply(body: &impl serde::Serialize) -> Frame {
     Frame::AdminReply(serde_json::to_vec(body).unwrap_or_default().into())
 }
 

@@ -13,6 +13,7 @@ mod admin;
 pub mod client;
 mod conn;
 pub mod copy;
+pub mod copy_core;
 mod direct;
 mod instance;
 pub mod instance_core;

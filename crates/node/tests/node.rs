@@ -108,7 +108,8 @@ async fn a_rebind_fences_the_old_connection_and_reports_the_exact_resume_point()
         Frame::Output(o) => assert_eq!(o.seq, last_seq + 1),
         other => panic!("expected the output of seq {}, got {other:?}", last_seq + 1),
     }
-    drop(f);
+    // The old connection stays open until its signals are counted: closing it with its
+    // outputs unread would reset it and lose signals still in the node's socket buffer.
     let h = node.instance("mme-1").unwrap();
     for _ in 0..200 {
         let s = h.stats();
@@ -129,6 +130,7 @@ async fn a_rebind_fences_the_old_connection_and_reports_the_exact_resume_point()
         300 - last_seq,
         "every signal of the old binding past the resume point"
     );
+    drop(f);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,15 +53,20 @@
 use bytes::Bytes;
 use handoff_controller::driver::{outcome_of, refusal, request_for, Request};
 use handoff_controller::machine::{
-    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, Phase, Side, POLL_MS,
+    Action, Failure, MoveMachine, MoveSpec, Outcome, Phase, Side, POLL_MS,
 };
 use handoff_function::runtime::MoveStepError;
 use handoff_function::runtime::{DeletionLog, Hosting, Instance};
 use handoff_function::{
     BadRecord, Classified, Function, MalformedSignal, Output, Ruleset, SignalKind, Stamp,
 };
+use handoff_node::copy::CopyReport;
+use handoff_node::copy_core::{
+    CopyReceiver, CopySender, CopyVerdict, ManifestAnswer, ManifestStep, Outgoing, RecordBatch,
+    SenderStep,
+};
 use handoff_node::instance_core::{Emit, InstanceCore};
-use handoff_state::{CopyOrder, CopyPlan, Digest};
+use handoff_state::{CopyOrder, CopyPlan};
 use handoff_steer::control::{keys_to_hex, reply_body};
 use handoff_steer::route::{Delivery, RoutePhase};
 use handoff_steer::service_core::{
@@ -74,7 +79,7 @@ use handoff_wire::SignalFrame;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -822,8 +827,8 @@ enum Target {
 #[derive(Clone, Debug)]
 enum PeerMsg {
     Manifest(Vec<Bytes>),
-    /// The destination's last applied seq when it took the manifest.
-    Ready(u64),
+    /// The destination's answer to a manifest.
+    Ready(ManifestAnswer),
     Refuse(String),
     Record {
         key: Bytes,
@@ -834,10 +839,8 @@ enum PeerMsg {
         records: u64,
         digest: Vec<u128>,
     },
-    EndAnswer {
-        matched: bool,
-        differing: Vec<usize>,
-    },
+    /// The destination's verdict on a round.
+    Verdict(CopyVerdict),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1001,39 +1004,23 @@ struct Steer {
     delivered: u64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum CopyStage {
-    Waiting,
-    AwaitReady,
-    Streaming,
-    AwaitEnd,
-}
-
+/// A copy's source: the real copy sender ([`CopySender`]) and the step it waits on.
 struct CopyTask {
     to: usize,
-    keys: Option<Vec<Bytes>>,
-    after_seq: u64,
     lead_us: u64,
     reply: ReplyTo,
-    started: u64,
-    stage: CopyStage,
+    core: CopySender,
+    /// What the task does next (`None`: it waits for the destination's answer).
+    step: Option<SenderStep>,
+    /// When the current wait for an applied seq began.
+    waiting_since: u64,
     log: Option<DeletionLog>,
-    manifest: Vec<Bytes>,
-    /// The seq this copy must have applied before it streams (the destination's, when it
-    /// took the manifest).
-    stream_after: u64,
-    next: usize,
-    digest: Digest,
-    report: CopyOutcome,
-}
-
-struct Incoming {
-    /// The shadow's copy epoch this copy's records belong to.
-    epoch: u64,
-    digest: Digest,
-    received: u64,
-    batch: Vec<(Bytes, u64, Option<Bytes>)>,
-    batch_max: usize,
+    sessions: u64,
+    /// Its connection to the destination is open (the manifest went out).
+    connected: bool,
+    /// The round being streamed: its keys, those skipped, the next index, its digest.
+    round: Option<(Vec<Bytes>, HashSet<Bytes>, usize, Outgoing)>,
+    rounds_streamed: usize,
 }
 
 /// A node: the real instance core ([`InstanceCore`]; its reply target is the steer run whose
@@ -1042,7 +1029,8 @@ struct Node {
     alive: bool,
     inst: Option<InstanceCore<u32>>,
     copies: BTreeMap<u64, CopyTask>,
-    incoming: BTreeMap<(usize, u64), Incoming>,
+    /// The destination's side of each copy connection: the real copy receiver.
+    incoming: BTreeMap<(usize, u64), CopyReceiver>,
     /// The instance's binding for each steer link that bound it (frames of a link bound
     /// before another are fenced off by the core).
     bindings: BTreeMap<(u32, LinkId), u64>,
@@ -1364,12 +1352,22 @@ impl Sim {
                 copy,
                 msg,
             } => self.peer(from, to, copy, msg),
-            Ev::CopyStep { node, copy } => self.copy_step(node, copy),
+            Ev::CopyStep { node, copy } => {
+                let streaming = self.nodes[node]
+                    .copies
+                    .get(&copy)
+                    .is_some_and(|t| t.round.is_some());
+                if streaming {
+                    self.copy_record(node, copy);
+                } else {
+                    self.copy_step(node, copy);
+                }
+            }
             Ev::CopyPeerLost { node, copy } => {
                 let live = self.nodes[node]
                     .copies
                     .get(&copy)
-                    .is_some_and(|t| t.stage != CopyStage::Waiting);
+                    .is_some_and(|t| t.connected);
                 if live {
                     self.copy_fail(node, copy, "the destination connection broke".into());
                 }
@@ -1898,22 +1896,21 @@ impl Sim {
                 });
                 self.next_copy += 1;
                 let id = self.next_copy;
+                let (core, step) = CopySender::new(*after_seq, keys.clone());
                 self.nodes[n].copies.insert(
                     id,
                     CopyTask {
                         to,
-                        keys: keys.clone(),
-                        after_seq: *after_seq,
                         lead_us: lead_ms.min(&handoff_state::MAX_LEAD_MS) * 1000,
                         reply,
-                        started: self.now,
-                        stage: CopyStage::Waiting,
+                        core,
+                        step: Some(step),
+                        waiting_since: self.now,
                         log: None,
-                        manifest: Vec::new(),
-                        stream_after: 0,
-                        next: 0,
-                        digest: Digest::default(),
-                        report: CopyOutcome::default(),
+                        sessions: 0,
+                        connected: false,
+                        round: None,
+                        rounds_streamed: 0,
                     },
                 );
                 self.trace(format!(
@@ -1963,7 +1960,7 @@ impl Sim {
     }
 
     /// A copy waiting for its source to apply a seq: fails with `why` once `overdue`,
-    /// otherwise looks again in a millisecond (`handoff_node::copy::wait_applied`).
+    /// otherwise looks again in a millisecond (as `handoff_node::copy::wait_applied` does).
     fn copy_wait(&mut self, n: usize, id: u64, overdue: bool, why: String) {
         if overdue {
             self.copy_fail(n, id, why);
@@ -1972,12 +1969,14 @@ impl Sim {
         }
     }
 
-    /// The source side of a copy (`handoff_node::copy::copy_to`), one step at a time.
+    /// The source side of a copy, one step at a time: the real copy sender decides, this
+    /// carries out its steps as `handoff_node::copy::copy_to` does.
     fn copy_step(&mut self, n: usize, id: u64) {
         if !self.nodes[n].alive {
             return;
         }
         let now = self.now;
+        let order = self.sc.order;
         let Some(task) = self.nodes[n].copies.get_mut(&id) else {
             return;
         };
@@ -1985,120 +1984,169 @@ impl Sim {
             self.copy_fail(n, id, "unknown instance counter-1".into());
             return;
         };
-        match task.stage {
-            CopyStage::Waiting => {
+        let to = task.to;
+        let step = match task.step.take() {
+            Some(SenderStep::WaitApplied(seq)) => {
                 let applied = inst.stats().runtime.last_seq;
-                if applied < task.after_seq {
-                    let why = format!(
-                        "the source never applied seq {} (at {applied})",
-                        task.after_seq
-                    );
-                    let overdue = now - task.started > COPY_WAIT_US;
+                if applied < seq {
+                    task.step = Some(SenderStep::WaitApplied(seq));
+                    let overdue = now - task.waiting_since > COPY_WAIT_US;
+                    let why = format!("the source never applied seq {seq} (at {applied})");
                     self.copy_wait(n, id, overdue, why);
                     return;
                 }
+                match task.core.applied() {
+                    Ok(s) => s,
+                    Err(e) => return self.copy_fail(n, id, e.to_string()),
+                }
+            }
+            Some(other) => other,
+            None => return,
+        };
+        match step {
+            SenderStep::TakeManifest => {
                 let log = DeletionLog::default();
-                if let Err(e) = inst.begin_source_copy(log.clone(), task.keys.is_none()) {
-                    self.copy_fail(n, id, e.to_string());
-                    return;
+                if let Err(e) = inst.begin_source_copy(log.clone(), !task.core.subset()) {
+                    return self.copy_fail(n, id, e.to_string());
                 }
                 task.log = Some(log);
-                task.manifest = match &task.keys {
-                    Some(keys) => keys.clone(),
-                    None => handoff_state::manifest(inst.hosted().table(), self.sc.order, now).keys,
+                let keys = if task.core.subset() {
+                    task.core.keys().to_vec()
+                } else {
+                    handoff_state::manifest(inst.hosted().table(), order, now).keys
                 };
-                task.report.sessions_at_start = task.manifest.len() as u64;
-                let to = task.to;
-                let manifest = task.manifest.clone();
-                if !self.nodes[to].alive {
-                    self.copy_fail(n, id, format!("{}: connection refused", node_name(to)));
-                    return;
-                }
-                task_stage(&mut self.nodes[n], id, CopyStage::AwaitReady);
+                task.sessions = keys.len() as u64;
+                let applied = inst.stats().runtime.last_seq;
                 self.trace(format!(
                     "{}: copy {id} manifest of {} keys at seq {applied}",
                     node_name(n),
-                    manifest.len()
+                    keys.len()
                 ));
-                self.send_peer(n, to, id, PeerMsg::Manifest(manifest));
-            }
-            CopyStage::Streaming => {
-                if task.next == 0 && inst.stats().runtime.last_seq < task.stream_after {
-                    let why = format!(
-                        "the source never applied seq {} (the destination's)",
-                        task.stream_after
-                    );
-                    let overdue = now - task.started > COPY_WAIT_US;
-                    self.copy_wait(n, id, overdue, why);
-                    return;
-                }
-                let subset = task.keys.is_some();
-                if task.next < task.manifest.len() {
-                    let key = task.manifest[task.next].clone();
-                    let msg = match inst.hosted().table().get(&key) {
-                        Some(r) => {
-                            task.digest.add(&key, r.seq, &r.bytes);
-                            task.report.bytes_copied += (key.len() + r.bytes.len()) as u64;
-                            PeerMsg::Record {
-                                key,
-                                seq: r.seq,
-                                bytes: Some(r.bytes),
-                            }
-                        }
-                        None => {
-                            let logged = task.log.as_ref().and_then(|l| l.seq_of(&key));
-                            let seq = match logged {
-                                Some(s) => s,
-                                None if subset => 0,
-                                None => {
-                                    self.copy_fail(
-                                        n,
-                                        id,
-                                        "session deleted during the copy without a tombstone"
-                                            .into(),
-                                    );
-                                    return;
-                                }
-                            };
-                            task.digest.add(&key, seq, &[]);
-                            task.report.tombstones += 1;
-                            PeerMsg::Record {
-                                key,
-                                seq,
-                                bytes: None,
-                            }
-                        }
-                    };
-                    task.next += 1;
-                    task.report.records_copied += 1;
-                    let to = task.to;
-                    if self.sc.verbose {
-                        let line = format!("{}: copy {id} sends {msg:?}", node_name(n));
-                        self.trace(line);
+                let task = self.nodes[n].copies.get_mut(&id).expect("present");
+                match task.core.manifest(keys) {
+                    Ok(step) => {
+                        task.step = Some(step);
+                        self.copy_step(n, id);
                     }
-                    self.send_peer(n, to, id, msg);
-                    let pace = if self.rng.gen_bool(0.3) {
-                        0
-                    } else {
-                        self.rng.gen_range(50..1_500)
-                    };
-                    self.at(now + pace, Ev::CopyStep { node: n, copy: id });
-                } else {
-                    if task.log.as_ref().is_some_and(DeletionLog::overflowed) {
-                        self.copy_fail(n, id, "deletion log overflowed".into());
-                        return;
-                    }
-                    let msg = PeerMsg::End {
-                        records: task.report.records_copied,
-                        digest: task.digest.buckets().to_vec(),
-                    };
-                    task.stage = CopyStage::AwaitEnd;
-                    let to = task.to;
-                    self.send_peer(n, to, id, msg);
+                    Err(e) => self.copy_fail(n, id, e.to_string()),
                 }
             }
-            CopyStage::AwaitReady | CopyStage::AwaitEnd => {}
+            SenderStep::SendManifest(keys) => {
+                if !self.nodes[to].alive {
+                    return self.copy_fail(n, id, format!("{}: connection refused", node_name(to)));
+                }
+                task.connected = true;
+                self.send_peer(n, to, id, PeerMsg::Manifest(keys));
+            }
+            SenderStep::Stream { keys, skip } => {
+                let first = task.rounds_streamed == 0;
+                task.round = Some((keys, skip, 0, Outgoing::new(task.core.subset())));
+                let lead = if first { task.lead_us } else { 0 };
+                self.at(now + lead, Ev::CopyStep { node: n, copy: id });
+            }
+            SenderStep::Done => self.copy_done(n, id),
+            SenderStep::WaitApplied(_) => unreachable!("handled above"),
         }
+    }
+
+    /// Streams the next record of the current round (or its end).
+    fn copy_record(&mut self, n: usize, id: u64) {
+        let now = self.now;
+        let Some(task) = self.nodes[n].copies.get_mut(&id) else {
+            return;
+        };
+        let Some(inst) = self.nodes[n].inst.as_mut() else {
+            return self.copy_fail(n, id, "unknown instance counter-1".into());
+        };
+        let to = task.to;
+        let Some((keys, skip, next, out)) = task.round.as_mut() else {
+            return;
+        };
+        while *next < keys.len() && skip.contains(&keys[*next]) {
+            *next += 1;
+        }
+        if *next >= keys.len() {
+            let Some((_, skip, _, out)) = task.round.take() else {
+                return;
+            };
+            let (sent, digest) = out.end();
+            task.rounds_streamed += 1;
+            if let Err(e) = task.core.streamed(sent, skip.len()) {
+                return self.copy_fail(n, id, e.to_string());
+            }
+            let msg = PeerMsg::End {
+                records: sent.records,
+                digest,
+            };
+            self.send_peer(n, to, id, msg);
+            return;
+        }
+        let key = keys[*next].clone();
+        *next += 1;
+        let msg = match inst.hosted().table().get(&key) {
+            Some(r) => {
+                out.record(&key, r.seq, &r.bytes);
+                PeerMsg::Record {
+                    key,
+                    seq: r.seq,
+                    bytes: Some(r.bytes),
+                }
+            }
+            None => {
+                let log = task.log.clone().unwrap_or_default();
+                match out.tombstone(&key, &log) {
+                    Ok(seq) => PeerMsg::Record {
+                        key,
+                        seq,
+                        bytes: None,
+                    },
+                    Err(e) => return self.copy_fail(n, id, e.to_string()),
+                }
+            }
+        };
+        if self.sc.verbose {
+            let line = format!("{}: copy {id} sends {msg:?}", node_name(n));
+            self.trace(line);
+        }
+        self.send_peer(n, to, id, msg);
+        let pace = if self.rng.gen_bool(0.3) {
+            0
+        } else {
+            self.rng.gen_range(50..1_500)
+        };
+        self.at(now + pace, Ev::CopyStep { node: n, copy: id });
+    }
+
+    /// A copy ended: its report, as the node sends it, read by the driver.
+    fn copy_done(&mut self, n: usize, id: u64) {
+        let Some(task) = self.nodes[n].copies.remove(&id) else {
+            return;
+        };
+        if let (Some(log), Some(i)) = (&task.log, self.nodes[n].inst.as_mut()) {
+            i.end_source_copy(log);
+        }
+        if task.log.as_ref().is_some_and(DeletionLog::overflowed) {
+            self.trace(format!(
+                "{}: copy {id} fails: deletion log overflowed",
+                node_name(n)
+            ));
+            self.reply(
+                task.reply,
+                Err(Failure::Refused("deletion log overflowed".into())),
+            );
+            return;
+        }
+        let report = CopyReport::of(&task.core, task.sessions, CopyReport::default());
+        self.trace(format!("{}: copy {id} ends: {report:?}", node_name(n)));
+        let action = Action::Copy {
+            from: Side::Source,
+            keys: None,
+            after_seq: 0,
+            lead_ms: 0,
+        };
+        let body = serde_json::to_value(&report).unwrap_or_default();
+        let r = outcome_of(&self.ctl.m.spec, &action, body);
+        self.reply(task.reply, r);
     }
 
     fn peer(&mut self, from: usize, to: usize, copy: u64, msg: PeerMsg) {
@@ -2107,102 +2155,131 @@ impl Sim {
         }
         match msg {
             // Answers to a copy's source.
-            PeerMsg::Ready(at_seq) => {
-                let lead = match self.nodes[to].copies.get_mut(&copy) {
-                    Some(t) if t.stage == CopyStage::AwaitReady => {
-                        t.stage = CopyStage::Streaming;
-                        t.stream_after = at_seq;
-                        t.lead_us
-                    }
-                    _ => return,
-                };
-                self.at(self.now + lead, Ev::CopyStep { node: to, copy });
-            }
-            PeerMsg::Refuse(why) => self.copy_fail(to, copy, format!("refused: {why}")),
-            PeerMsg::EndAnswer { matched, differing } => {
-                let Some(mut task) = self.nodes[to].copies.remove(&copy) else {
+            PeerMsg::Ready(answer) => {
+                let Some(t) = self.nodes[to].copies.get_mut(&copy) else {
                     return;
                 };
-                if let (Some(log), Some(i)) = (&task.log, self.nodes[to].inst.as_mut()) {
-                    i.end_source_copy(log);
+                match t.core.ready(answer) {
+                    Ok(step) => {
+                        t.step = Some(step);
+                        t.waiting_since = self.now;
+                        self.copy_step(to, copy);
+                    }
+                    Err(e) => self.copy_fail(to, copy, e.to_string()),
                 }
-                task.report.digest_match = matched;
-                task.report.differing_buckets = differing;
-                self.trace(format!(
-                    "{}: copy {copy} ends: {:?}",
-                    node_name(to),
-                    task.report
-                ));
-                self.reply(task.reply, Ok(Outcome::Copied(task.report)));
+            }
+            PeerMsg::Refuse(why) => self.copy_fail(to, copy, format!("refused: {why}")),
+            PeerMsg::Verdict(v) => {
+                let Some(t) = self.nodes[to].copies.get_mut(&copy) else {
+                    return;
+                };
+                match t.core.verdict(v) {
+                    Ok(step) => {
+                        t.step = Some(step);
+                        self.copy_step(to, copy);
+                    }
+                    Err(e) => self.copy_fail(to, copy, e.to_string()),
+                }
             }
             // A copy's destination (`handoff_node::copy::peer_session`).
             PeerMsg::Manifest(keys) => {
+                let batch_max = self.rng.gen_range(1..=8);
+                let count = keys.len();
+                let rx = self.nodes[to]
+                    .incoming
+                    .entry((from, copy))
+                    .or_insert_with(|| CopyReceiver::new(batch_max));
+                let step = match rx.manifest_chunk(keys, true) {
+                    Ok(Some(step)) => step,
+                    Ok(None) => return,
+                    Err(r) => {
+                        self.nodes[to].incoming.remove(&(from, copy));
+                        return self.send_peer(to, from, copy, PeerMsg::Refuse(r.to_string()));
+                    }
+                };
                 let mut out = Vec::new();
-                let r = match self.nodes[to].inst.as_mut() {
-                    None => Err("unknown instance counter-1".to_owned()),
-                    Some(i) => i
-                        .take_manifest(keys.clone(), &mut out)
-                        .map_err(|e| e.to_string()),
+                let node = &mut self.nodes[to];
+                let answer = match (node.inst.as_mut(), step) {
+                    (None, _) => Err("unknown instance counter-1".to_owned()),
+                    (Some(i), ManifestStep::Take(keys)) => i
+                        .take_manifest(keys, &mut out)
+                        .map(|t| (t, count))
+                        .map_err(|e| e.to_string())
+                        .map(|(t, c)| {
+                            node.incoming
+                                .get_mut(&(from, copy))
+                                .map(|rx| rx.taken(t, c))
+                        }),
+                    (Some(i), ManifestStep::Reawait(keys)) => {
+                        i.reawait(&keys).map_err(|e| e.to_string()).map(|r| {
+                            node.incoming
+                                .get_mut(&(from, copy))
+                                .map(|rx| rx.reawaited(r))
+                        })
+                    }
                 };
                 self.emit(to, out);
                 self.trace(format!(
-                    "{}: manifest of copy {copy} ({} keys) → {r:?}",
-                    node_name(to),
-                    keys.len()
+                    "{}: manifest of copy {copy} ({count} keys) → {answer:?}",
+                    node_name(to)
                 ));
-                match r {
-                    Ok(taken) => {
-                        let batch_max = self.rng.gen_range(1..=8);
-                        self.nodes[to].incoming.insert(
-                            (from, copy),
-                            Incoming {
-                                epoch: taken.epoch,
-                                digest: Digest::default(),
-                                received: 0,
-                                batch: Vec::new(),
-                                batch_max,
-                            },
-                        );
-                        self.send_peer(to, from, copy, PeerMsg::Ready(taken.at_seq));
+                match answer {
+                    Ok(Some(a)) => self.send_peer(to, from, copy, PeerMsg::Ready(a)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.nodes[to].incoming.remove(&(from, copy));
+                        self.send_peer(to, from, copy, PeerMsg::Refuse(e));
                     }
-                    Err(e) => self.send_peer(to, from, copy, PeerMsg::Refuse(e)),
                 }
             }
             PeerMsg::Record { key, seq, bytes } => {
-                let Some(inc) = self.nodes[to].incoming.get_mut(&(from, copy)) else {
+                let Some(rx) = self.nodes[to].incoming.get_mut(&(from, copy)) else {
                     return;
                 };
-                inc.digest.add(&key, seq, bytes.as_deref().unwrap_or(&[]));
-                inc.received += 1;
-                inc.batch.push((key, seq, bytes));
-                if inc.batch.len() >= inc.batch_max {
-                    self.flush_records(to, from, copy);
+                match rx.record(key, seq, bytes) {
+                    Ok(Some(batch)) => {
+                        let epoch = rx.epoch();
+                        self.hand_records(to, from, copy, batch, epoch);
+                    }
+                    Ok(None) => {}
+                    Err(r) => {
+                        self.nodes[to].incoming.remove(&(from, copy));
+                        self.send_peer(to, from, copy, PeerMsg::Refuse(r.to_string()));
+                    }
                 }
             }
             PeerMsg::End { records, digest } => {
-                if !self.flush_records(to, from, copy) {
+                let Some(rx) = self.nodes[to].incoming.get_mut(&(from, copy)) else {
+                    return;
+                };
+                let (rest, verdict, more) = match rx.end(records, digest) {
+                    Ok(v) => v,
+                    Err(r) => {
+                        self.nodes[to].incoming.remove(&(from, copy));
+                        return self.send_peer(to, from, copy, PeerMsg::Refuse(r.to_string()));
+                    }
+                };
+                let epoch = rx.epoch();
+                if !self.hand_records(to, from, copy, rest, epoch) {
                     return;
                 }
-                let Some(inc) = self.nodes[to].incoming.remove(&(from, copy)) else {
-                    return;
-                };
-                let differing = match Digest::from_parts(digest, records) {
-                    Some(theirs) => theirs.differing_buckets(&inc.digest),
-                    None => (0..handoff_state::BUCKETS).collect(),
-                };
-                let matched = differing.is_empty() && records == inc.received;
-                self.send_peer(to, from, copy, PeerMsg::EndAnswer { matched, differing });
+                if !more {
+                    self.nodes[to].incoming.remove(&(from, copy));
+                }
+                self.send_peer(to, from, copy, PeerMsg::Verdict(verdict));
             }
         }
     }
 
-    /// Hands a copy's batched records to the instance; `false` if it is gone.
-    fn flush_records(&mut self, n: usize, from: usize, copy: u64) -> bool {
-        let Some(inc) = self.nodes[n].incoming.get_mut(&(from, copy)) else {
-            return false;
-        };
-        let batch = std::mem::take(&mut inc.batch);
-        let epoch = inc.epoch;
+    /// Hands a batch of copied records to the instance; `false` if it is gone.
+    fn hand_records(
+        &mut self,
+        n: usize,
+        from: usize,
+        copy: u64,
+        batch: RecordBatch,
+        epoch: u64,
+    ) -> bool {
         let mut out = Vec::new();
         let Some(i) = self.nodes[n].inst.as_mut() else {
             self.nodes[n].incoming.remove(&(from, copy));
@@ -2969,11 +3046,5 @@ impl Sim {
             trace_tail,
             scenario: self.sc,
         }
-    }
-}
-
-fn task_stage(node: &mut Node, id: u64, stage: CopyStage) {
-    if let Some(t) = node.copies.get_mut(&id) {
-        t.stage = stage;
     }
 }

@@ -1,0 +1,245 @@
+use super::*;
+use std::collections::BTreeMap;
+
+fn key(i: u32) -> SessionKey {
+    SessionKey::from(i.to_be_bytes().to_vec())
+}
+
+type Table = BTreeMap<SessionKey, (u64, Bytes)>;
+
+fn table(n: u32) -> Table {
+    (0..n)
+        .map(|i| (key(i), (u64::from(i) + 1, Bytes::from(vec![1, i as u8]))))
+        .collect()
+}
+
+/// Streams one round from `t` as the node does; `corrupt` flips the record of one key on the
+/// way (as a faulty link would).
+fn stream(
+    t: &Table,
+    keys: &[SessionKey],
+    skip: &HashSet<SessionKey>,
+    log: &DeletionLog,
+    subset: bool,
+    rx: &mut CopyReceiver,
+    corrupt: Option<&SessionKey>,
+) -> (Streamed, CopyVerdict, bool) {
+    let mut round = Outgoing::new(subset);
+    for k in keys.iter().filter(|k| !skip.contains(*k)) {
+        match t.get(k) {
+            Some((seq, bytes)) => {
+                round.record(k, *seq, bytes);
+                let sent = if Some(k) == corrupt {
+                    Bytes::from_static(&[9, 9])
+                } else {
+                    bytes.clone()
+                };
+                rx.record(k.clone(), *seq, Some(sent)).unwrap();
+            }
+            None => {
+                let seq = round.tombstone(k, log).unwrap();
+                rx.record(k.clone(), seq, None).unwrap();
+            }
+        }
+    }
+    let (sent, digest) = round.end();
+    let (_, verdict, more) = rx.end(sent.records, digest).unwrap();
+    (sent, verdict, more)
+}
+
+fn taken(at_seq: u64) -> ManifestTaken {
+    ManifestTaken { at_seq, epoch: 1 }
+}
+
+#[test]
+fn a_copy_whose_digests_match_ends_after_one_round() {
+    let t = table(50);
+    let log = DeletionLog::default();
+    let (mut tx, step) = CopySender::new(7, None);
+    assert_eq!(
+        step,
+        SenderStep::WaitApplied(7),
+        "the manifest waits for after_seq"
+    );
+    assert_eq!(tx.applied().unwrap(), SenderStep::TakeManifest);
+    let keys: Vec<SessionKey> = t.keys().cloned().collect();
+    let SenderStep::SendManifest(m) = tx.manifest(keys.clone()).unwrap() else {
+        panic!("a manifest to send")
+    };
+    let mut rx = CopyReceiver::new(8);
+    let Some(ManifestStep::Take(m)) = rx.manifest_chunk(m, true).unwrap() else {
+        panic!("the instance takes the manifest")
+    };
+    let a = rx.taken(taken(3), m.len());
+    assert_eq!(tx.ready(a).unwrap(), SenderStep::WaitApplied(3));
+    let SenderStep::Stream { keys, skip } = tx.applied().unwrap() else {
+        panic!("a round to stream")
+    };
+    let (sent, v, more) = stream(&t, &keys, &skip, &log, false, &mut rx, None);
+    assert_eq!(sent.records, 50);
+    assert!(v.digest_match && !more);
+    tx.streamed(sent, 0).unwrap();
+    assert_eq!(tx.verdict(v).unwrap(), SenderStep::Done);
+    assert!(tx.resends.is_empty());
+    assert_eq!(tx.first.records, 50);
+}
+
+#[test]
+fn a_mismatch_re_sends_only_the_differing_buckets_except_the_destinations_own() {
+    let t = table(400);
+    let log = DeletionLog::default();
+    let (mut tx, _) = CopySender::new(0, None);
+    tx.applied().unwrap();
+    let keys: Vec<SessionKey> = t.keys().cloned().collect();
+    let SenderStep::SendManifest(m) = tx.manifest(keys).unwrap() else {
+        panic!()
+    };
+    let mut rx = CopyReceiver::new(1000);
+    let Some(ManifestStep::Take(m)) = rx.manifest_chunk(m, true).unwrap() else {
+        panic!()
+    };
+    tx.ready(rx.taken(taken(0), m.len())).unwrap();
+    let SenderStep::Stream { keys, skip } = tx.applied().unwrap() else {
+        panic!()
+    };
+    let bad = key(17);
+    let (sent, v, more) = stream(&t, &keys, &skip, &log, false, &mut rx, Some(&bad));
+    assert!(!v.digest_match && more);
+    assert_eq!(v.differing_buckets, vec![bucket_of(&bad)]);
+    tx.streamed(sent, 0).unwrap();
+    let SenderStep::SendManifest(again) = tx.verdict(v).unwrap() else {
+        panic!("a re-send round")
+    };
+    assert!(again.contains(&bad));
+    assert!(again.iter().all(|k| bucket_of(k) == bucket_of(&bad)));
+    assert!(
+        again.len() < 400 / 4,
+        "only the differing bucket's sessions"
+    );
+    let Some(ManifestStep::Reawait(keys)) = rx.manifest_chunk(again.clone(), true).unwrap() else {
+        panic!("the destination re-awaits them")
+    };
+    let own = keys
+        .iter()
+        .find(|k| **k != bad)
+        .cloned()
+        .expect("another key");
+    let a = rx.reawaited(Reawaited {
+        excluded: vec![own.clone()],
+        at_seq: 9,
+        awaited: keys.len() - 1,
+        epoch: 2,
+    });
+    assert_eq!((a.resend, a.at_seq), (1, 9));
+    assert_eq!(tx.ready(a).unwrap(), SenderStep::WaitApplied(9));
+    let SenderStep::Stream { keys, skip } = tx.applied().unwrap() else {
+        panic!()
+    };
+    assert!(
+        skip.contains(&own),
+        "the destination's own session is not re-sent"
+    );
+    let (sent, v, _) = stream(&t, &keys, &skip, &log, false, &mut rx, None);
+    assert_eq!(sent.records, again.len() as u64 - 1);
+    assert!(v.digest_match);
+    tx.streamed(sent, skip.len()).unwrap();
+    assert_eq!(tx.verdict(v).unwrap(), SenderStep::Done);
+    assert_eq!(tx.resends.len(), 1);
+    assert_eq!(tx.resends[0].excluded, 1);
+    assert_eq!(rx.epoch(), 2, "records now belong to the re-await's epoch");
+}
+
+#[test]
+fn re_send_rounds_are_bounded() {
+    let (mut tx, _) = CopySender::new(0, None);
+    tx.applied().unwrap();
+    tx.manifest(vec![key(1)]).unwrap();
+    let bad = CopyVerdict {
+        records: 1,
+        digest_match: false,
+        differing_buckets: vec![bucket_of(&key(1))],
+    };
+    for round in 0..=MAX_RESEND_ROUNDS {
+        tx.ready(ManifestAnswer {
+            sessions: 1,
+            at_seq: 0,
+            resend: round as u64,
+            excluded: Vec::new(),
+        })
+        .unwrap();
+        tx.applied().unwrap();
+        tx.streamed(Streamed::default(), 0).unwrap();
+        let step = tx.verdict(bad.clone()).unwrap();
+        if round == MAX_RESEND_ROUNDS {
+            assert_eq!(step, SenderStep::Done, "gives up after the last round");
+            assert!(!tx.verdict.digest_match);
+        } else {
+            assert!(matches!(step, SenderStep::SendManifest(_)));
+        }
+    }
+}
+
+#[test]
+fn tombstones_carry_the_deleting_seq_or_zero_for_a_subset_key_never_held() {
+    let log = DeletionLog::default();
+    let mut full = Outgoing::new(false);
+    assert_eq!(
+        full.tombstone(&key(1), &log),
+        Err(CopyCoreError::MissingTombstone),
+        "a full copy's session vanished without a logged deletion"
+    );
+    let mut subset = Outgoing::new(true);
+    assert_eq!(subset.tombstone(&key(1), &log), Ok(0));
+    let (sent, _) = subset.end();
+    assert_eq!((sent.records, sent.tombstones), (1, 1));
+}
+
+#[test]
+fn equal_digests_over_unequal_counts_differ_in_every_bucket() {
+    let mut rx = CopyReceiver::new(8);
+    rx.manifest_chunk(vec![key(1)], true).unwrap();
+    rx.taken(taken(0), 1);
+    let (_, v, _) = rx.end(1, Digest::default().buckets().to_vec()).unwrap();
+    assert!(!v.digest_match, "one record announced, none received");
+    assert_eq!(v.differing_buckets.len(), handoff_state::BUCKETS);
+}
+
+#[test]
+fn the_receiver_refuses_frames_out_of_turn() {
+    let mut rx = CopyReceiver::new(2);
+    assert_eq!(
+        rx.record(key(1), 1, None),
+        Err(Refusal::BeforeManifest("records"))
+    );
+    assert_eq!(rx.manifest_chunk(vec![key(1)], false), Ok(None), "a chunk");
+    assert!(matches!(
+        rx.manifest_chunk(vec![key(2)], true),
+        Ok(Some(ManifestStep::Take(k))) if k.len() == 2
+    ));
+    rx.taken(taken(0), 2);
+    assert_eq!(rx.record(key(1), 1, None), Ok(None));
+    assert_eq!(
+        rx.record(key(2), 1, None).unwrap().map(|b| b.len()),
+        Some(2),
+        "a full batch is handed over"
+    );
+    assert_eq!(
+        rx.manifest_chunk(vec![key(3)], true),
+        Err(Refusal::ManifestAfterStart),
+        "no manifest while a round runs"
+    );
+}
+
+#[test]
+fn answers_with_a_missing_field_are_refused_not_defaulted() {
+    let v: Result<CopyVerdict, _> = serde_json::from_str(r#"{"records":1,"differing_buckets":[]}"#);
+    assert!(v.is_err(), "digest_match is required");
+    let a: Result<ManifestAnswer, _> =
+        serde_json::from_str(r#"{"sessions":1,"resend":0,"excluded":[]}"#);
+    assert!(a.is_err(), "at_seq is required");
+    let (mut tx, _) = CopySender::new(0, None);
+    assert_eq!(
+        tx.verdict(CopyVerdict::default()),
+        Err(CopyCoreError::OutOfTurn("verdict"))
+    );
+}
