@@ -1,7 +1,7 @@
 //! `handoff bench …`: programs that run contenders side by side and print ratios. The
 //! contenders and reports live in `handoff-bench`; this module parses flags and prints.
 
-use crate::report::{progress_bar, write_json};
+use crate::report::{config_error, progress_bar, write_json};
 use anyhow::Context;
 use clap::Subcommand;
 use handoff_bench::steer_bench::{steer_bench, SteerBenchOptions, SteerEvent};
@@ -49,14 +49,7 @@ pub struct SteerBenchArgs {
     pub json: bool,
 }
 
-/// A settings error as the user gave it: an option out of range is named by its flag.
-pub(crate) fn config_error(e: handoff_bench::ConfigError) -> anyhow::Error {
-    match e {
-        handoff_bench::ConfigError::OutOfRange { .. } => anyhow::anyhow!("--{e}"),
-        handoff_bench::ConfigError::NoLoadFor { .. } => anyhow::anyhow!("{e}"),
-    }
-}
-
+/// Runs a benchmark.
 pub async fn run(b: BenchCmd) -> anyhow::Result<ExitCode> {
     match b {
         BenchCmd::Steer(a) => steer(a).await,

@@ -117,7 +117,7 @@ pub async fn run(args: MoveBenchArgs) -> anyhow::Result<ExitCode> {
     let config = args
         .options()
         .validate(&subject)
-        .map_err(crate::bench::config_error)?;
+        .map_err(crate::report::config_error)?;
     let redis = handoff_bench::transfer::find_redis(&std::env::var_os("PATH").unwrap_or_default())?;
     let bench = MoveBench {
         config,

@@ -37,3 +37,11 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     }
     pb
 }
+
+/// A bench setting that does not validate, as the CLI reports it (naming its flag).
+pub(crate) fn config_error(e: handoff_bench::ConfigError) -> anyhow::Error {
+    match e {
+        handoff_bench::ConfigError::OutOfRange { .. } => anyhow::anyhow!("--{e}"),
+        handoff_bench::ConfigError::NoLoadFor { .. } => anyhow::anyhow!("{e}"),
+    }
+}

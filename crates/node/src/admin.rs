@@ -1,6 +1,6 @@
 //! Admin requests (JSON in `Frame::Admin`) and their replies.
 
-use crate::conn::{error, send, Reader};
+use crate::frames::{error, reply, send, Reader};
 use crate::instance::{Control, TaskStats};
 use crate::Node;
 use futures::StreamExt;
@@ -158,10 +158,6 @@ pub struct NodeStats {
 
 fn default_order() -> handoff_state::CopyOrder {
     handoff_state::CopyOrder::HotFirst
-}
-
-fn reply(v: &impl serde::Serialize) -> Frame {
-    Frame::AdminReply(serde_json::to_vec(v).unwrap_or_default().into())
 }
 
 /// Decodes hex session keys from a request.

@@ -1,6 +1,7 @@
 //! One TCP connection to the node: the hello exchange, then a steer or admin session.
 
 use crate::admin;
+use crate::frames::{error, send, Reader};
 use crate::instance::{Batch, InstanceHandle, Reply};
 use crate::Node;
 use futures::StreamExt;
@@ -24,8 +25,6 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Read buffer of a connection: large enough that a copy stream (about 500-byte records)
 /// arrives in a few reads per hundred records.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-pub(crate) type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
 
 pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), FrameError> {
     let (rd, wr) = stream.into_split();
@@ -86,22 +85,6 @@ pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), Fra
     drop(tx);
     let _ = writer.await;
     result
-}
-
-pub(crate) fn error(code: u16, message: impl Into<String>) -> Frame {
-    Frame::Error {
-        code,
-        message: message.into(),
-    }
-}
-
-pub(crate) async fn send(
-    tx: &mpsc::Sender<Vec<Frame>>,
-    frames: Vec<Frame>,
-) -> Result<(), FrameError> {
-    tx.send(frames)
-        .await
-        .map_err(|_| FrameError::Io("connection writer closed".into()))
 }
 
 /// Signals from a steer: bind routes, then batch consecutive signals per instance.

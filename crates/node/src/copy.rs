@@ -9,12 +9,13 @@
 //! This is the shell: sockets, waits and pacing. Every protocol decision is the copy cores'
 //! ([`crate::copy_core`]).
 
-use crate::conn::{error, send, Reader};
 use crate::copy_core::{
     CopyCoreError, CopyReceiver, CopySender, CopyVerdict, ManifestAnswer, ManifestStep, Outgoing,
     RecordBatch, Refusal, SenderStep, Streamed,
 };
+use crate::frames::{error, reply, send, Reader};
 use crate::instance::Control;
+use crate::peer::{self, PeerFramed};
 use crate::InstanceHandle;
 use crate::{Node, NodeError};
 use futures::{SinkExt, StreamExt};
@@ -22,13 +23,11 @@ use handoff_function::runtime::shadow::Reawaited;
 use handoff_function::runtime::{DeletionLog, MoveStepError};
 use handoff_function::SessionKey;
 use handoff_state::{manifest, CopyOrder, CopyPlan, Infeasible, Pacer};
-use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, MAX_MANIFEST_KEYS, VERSION};
+use handoff_wire::{code, Frame, FrameError, MAX_MANIFEST_KEYS};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
 
 /// Records handed to the destination instance at once.
 const RECORD_BATCH: usize = 256;
@@ -41,6 +40,8 @@ pub(crate) fn keys_fit_in_json(keys: &[SessionKey]) -> bool {
     keys.iter().map(|k| 2 * k.len() + 3).sum::<usize>() <= MAX_JSON_KEY_BYTES
 }
 pub use crate::copy_core::{ResendRound, MAX_RESEND_ROUNDS};
+/// Longest wait for the source to apply a seq the copy must include.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// What one core is taken to copy per second when planning (bytes/s); conservative.
 pub const CORE_COPY_BPS: u64 = 200_000_000;
 
@@ -185,22 +186,9 @@ pub async fn copy_to(
         let rate = plan.check(m.bytes, CORE_COPY_BPS)?;
         let sessions = m.keys.len() as u64;
         let start = Instant::now();
-        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(destination))
+        let mut f = peer::connect(destination, node.name(), node.token())
             .await
-            .map_err(|_| dest_err("connect timed out".into()))?
-            .map_err(|e| dest_err(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let mut f = Framed::new(stream, FrameCodec);
-        let io = |e: FrameError| dest_err(e.to_string());
-        f.send(Frame::Hello {
-            role: Role::Peer,
-            name: node.name().to_owned(),
-            min_version: VERSION,
-            max_version: VERSION,
-            token: node.token().to_owned(),
-        })
-        .await
-        .map_err(io)?;
+            .map_err(dest_err)?;
         // The core-speed estimate only decides whether a deadline is feasible; the copy is
         // paced only when the plan caps bandwidth or CPU.
         let paced = plan.max_bandwidth_bps.is_some() || plan.max_cpu_percent.is_some();
@@ -298,23 +286,13 @@ async fn wait_applied(
     seq: u64,
     destination: SocketAddr,
 ) -> Result<(), CopyError> {
-    let waited = Instant::now();
-    while h.stats().runtime.last_seq < seq {
-        if waited.elapsed() > Duration::from_secs(10) {
-            return Err(CopyError::Destination {
-                addr: destination,
-                reason: format!(
-                    "the source never applied seq {seq} (at {})",
-                    h.stats().runtime.last_seq
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(())
+    h.wait_applied(seq, APPLY_TIMEOUT)
+        .await
+        .map_err(|at| CopyError::Destination {
+            addr: destination,
+            reason: format!("the source never applied seq {seq} (at {at})"),
+        })
 }
-
-type PeerFramed = Framed<TcpStream, FrameCodec>;
 
 /// Sends `keys` as manifest frames (chunked; an empty manifest is one empty last frame).
 async fn send_manifest(
@@ -349,37 +327,19 @@ async fn send_manifest(
     SinkExt::<Frame>::flush(f).await.map_err(io)
 }
 
-/// Reads the destination's typed answer to `what` (a refusal, a missing field or anything
-/// else is an error).
+/// Reads the destination's typed answer to `what`.
 async fn answer<T: serde::de::DeserializeOwned>(
     f: &mut PeerFramed,
     destination: SocketAddr,
     within: Duration,
     what: &str,
 ) -> Result<T, CopyError> {
-    let dest_err = |reason: String| CopyError::Destination {
-        addr: destination,
-        reason,
-    };
-    let got = tokio::time::timeout(within, async {
-        loop {
-            match f.next().await {
-                Some(Ok(Frame::HelloAck { .. })) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .map_err(|_| dest_err(format!("no answer to {what}")))?;
-    match got {
-        Some(Ok(Frame::AdminReply(b))) => {
-            serde_json::from_slice(&b).map_err(|e| dest_err(format!("bad answer to {what}: {e}")))
-        }
-        Some(Ok(Frame::Error { code, message })) => {
-            Err(dest_err(format!("refused ({code}): {message}")))
-        }
-        other => Err(dest_err(format!("unexpected answer to {what}: {other:?}"))),
-    }
+    peer::answer(f, within, what)
+        .await
+        .map_err(|reason| CopyError::Destination {
+            addr: destination,
+            reason,
+        })
 }
 
 /// The source's side of a copy connection, with its pace.
@@ -645,10 +605,6 @@ async fn reawait(
     answer
         .await
         .map_err(|_| FrameError::Io("instance stopped".into()))
-}
-
-fn reply(body: &impl serde::Serialize) -> Frame {
-    Frame::AdminReply(serde_json::to_vec(body).unwrap_or_default().into())
 }
 
 #[cfg(test)]

@@ -15,8 +15,10 @@ use handoff_wire::{Frame, OutputFrame, SignalFrame};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Where the outputs of a batch of signals go.
@@ -127,6 +129,8 @@ pub struct InstanceHandle {
     table: Arc<SessionTable>,
     ruleset: RulesetHandle,
     stats: Arc<Mutex<TaskStats>>,
+    applied: watch::Receiver<u64>,
+    push_log: Arc<Mutex<Option<DeletionLog>>>,
     stop: CancellationToken,
 }
 
@@ -149,6 +153,7 @@ impl InstanceHandle {
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let (applied_tx, applied_rx) = watch::channel(0);
         let stop = stop.child_token();
         let handle = Self {
             name: name.into(),
@@ -157,14 +162,15 @@ impl InstanceHandle {
             table: hosted.table().clone(),
             ruleset: hosted.ruleset().clone(),
             stats: Arc::new(Mutex::new(TaskStats::default())),
+            applied: applied_rx,
+            push_log: Arc::new(Mutex::new(None)),
             stop: stop.clone(),
         };
-        tokio::spawn(run(
-            InstanceCore::new(hosted),
-            rx,
-            handle.stats.clone(),
-            stop,
-        ));
+        let shared = Shared {
+            stats: handle.stats.clone(),
+            applied: applied_tx,
+        };
+        tokio::spawn(run(InstanceCore::new(hosted), rx, shared, stop));
         handle
     }
 
@@ -213,6 +219,24 @@ impl InstanceHandle {
             return None;
         }
         rx.await.ok()
+    }
+
+    /// Waits until the instance has applied `seq`, at most `within`; the error is the last
+    /// seq applied by then.
+    pub async fn wait_applied(&self, seq: u64, within: Duration) -> Result<(), u64> {
+        let mut rx = self.applied.clone();
+        let reached =
+            tokio::time::timeout(within, async { rx.wait_for(|s| *s >= seq).await.is_ok() }).await;
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(*self.applied.borrow()),
+        }
+    }
+
+    /// The deletion log of a push sequence in progress (the stop-and-copy and pre-copy
+    /// baselines), kept between its rounds.
+    pub(crate) fn push_log(&self) -> &Mutex<Option<DeletionLog>> {
+        &self.push_log
     }
 
     /// Current counters.
@@ -316,10 +340,16 @@ async fn deliver(out: &mut Vec<Emit<Reply>>) -> u64 {
     failed
 }
 
+/// What the task publishes to its handles.
+struct Shared {
+    stats: Arc<Mutex<TaskStats>>,
+    applied: watch::Sender<u64>,
+}
+
 async fn run(
     mut core: InstanceCore<Reply>,
     mut rx: mpsc::Receiver<Work>,
-    shared: Arc<Mutex<TaskStats>>,
+    shared: Shared,
     stop: CancellationToken,
 ) {
     let mut out: Vec<Emit<Reply>> = Vec::new();
@@ -345,7 +375,13 @@ async fn run(
         let failed = deliver(&mut out).await;
         core.undeliverable(failed);
         let stats = core.stats();
-        *shared.lock() = stats;
+        *shared.stats.lock() = stats;
+        let last = stats.runtime.last_seq;
+        shared.applied.send_if_modified(|s| {
+            let moved = *s != last;
+            *s = last;
+            moved
+        });
         if let Some(ack) = drained {
             let _ = ack.send(stats.runtime.last_seq);
         }

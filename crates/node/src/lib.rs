@@ -15,8 +15,10 @@ mod conn;
 pub mod copy;
 pub mod copy_core;
 mod direct;
+mod frames;
 mod instance;
 pub mod instance_core;
+mod peer;
 pub mod push;
 pub mod sys;
 

@@ -11,20 +11,18 @@
 //! Deletions are logged from the first push of a sequence (`since_seq` 0) until its last one
 //! (`last`), so each later round can send tombstones for sessions deleted since the previous.
 
-use crate::conn::{error, send, Reader};
+use crate::frames::{error, reply, send, Reader};
 use crate::instance::Control;
+use crate::peer;
 use crate::{Node, NodeError};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use handoff_function::runtime::DeletionLog;
 use handoff_function::SessionKey;
-use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, VERSION};
+use handoff_wire::{code, Frame, FrameError};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
 
 /// Records handed to the destination instance at once.
 const IMPORT_BATCH: usize = 256;
@@ -79,27 +77,6 @@ pub enum PushError {
     NoDeletionLog(u64),
 }
 
-/// Deletion logs of push sequences in progress, by instance (its table's address, unique while
-/// it lives). At most one per instance.
-static LOGS: Mutex<Vec<(usize, DeletionLog)>> = Mutex::new(Vec::new());
-
-fn log_key(h: &crate::InstanceHandle) -> usize {
-    std::sync::Arc::as_ptr(h.table()) as usize
-}
-
-fn registered_log(key: usize) -> Option<DeletionLog> {
-    let g = LOGS.lock().unwrap_or_else(|p| p.into_inner());
-    g.iter().find(|(k, _)| *k == key).map(|(_, l)| l.clone())
-}
-
-fn register_log(key: usize, log: Option<DeletionLog>) {
-    let mut g = LOGS.lock().unwrap_or_else(|p| p.into_inner());
-    g.retain(|(k, _)| *k != key);
-    if let Some(l) = log {
-        g.push((key, l));
-    }
-}
-
 /// Waits until the instance task has carried out everything queued before.
 async fn barrier(h: &crate::InstanceHandle) -> bool {
     let (done, answer) = oneshot::channel();
@@ -119,31 +96,27 @@ pub async fn push(
     last: bool,
 ) -> Result<PushReport, PushError> {
     let h = node.instance(instance)?;
-    let waited = Instant::now();
-    while h.stats().runtime.last_seq < after_seq {
-        if waited.elapsed() > APPLY_TIMEOUT {
-            return Err(PushError::NotApplied {
-                wanted: after_seq,
-                at: h.stats().runtime.last_seq,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let key = log_key(&h);
+    h.wait_applied(after_seq, APPLY_TIMEOUT)
+        .await
+        .map_err(|at| PushError::NotApplied {
+            wanted: after_seq,
+            at,
+        })?;
     let log = if since_seq == 0 {
         // Log deletions from before the scan's seq on: a later round finds every one above it.
         let log = DeletionLog::default();
         if !h.control(Control::DeletionLog(Some(log.clone()))).await || !barrier(&h).await {
             return Err(NodeError::UnknownInstance(instance.to_owned()).into());
         }
-        register_log(key, Some(log.clone()));
+        *h.push_log().lock() = Some(log.clone());
         log
     } else {
-        registered_log(key).ok_or(PushError::NoDeletionLog(since_seq))?
+        let kept = h.push_log().lock().clone();
+        kept.ok_or(PushError::NoDeletionLog(since_seq))?
     };
     let result = stream(node, &h, instance, destination, since_seq, &log).await;
     if last || result.is_err() {
-        register_log(key, None);
+        *h.push_log().lock() = None;
         let _ = h.control(Control::DeletionLog(None)).await;
     }
     let report = result?;
@@ -171,29 +144,21 @@ async fn stream(
         max_seq: h.stats().runtime.last_seq,
         ..PushReport::default()
     };
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(destination))
+    let mut f = peer::connect(destination, node.name(), node.token())
         .await
-        .map_err(|_| dest_err("connect timed out".into()))?
-        .map_err(|e| dest_err(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let mut f = Framed::new(stream, FrameCodec);
-    f.send(Frame::Hello {
-        role: Role::Peer,
-        name: node.name().to_owned(),
-        min_version: VERSION,
-        max_version: VERSION,
-        token: node.token().to_owned(),
-    })
-    .await
-    .map_err(io)?;
-    let header = serde_json::json!({ "op": "import", "instance": instance });
+        .map_err(dest_err)?;
+    let header = ImportHeader {
+        op: "import".into(),
+        instance: instance.to_owned(),
+    };
     f.send(Frame::Admin(
         serde_json::to_vec(&header).unwrap_or_default().into(),
     ))
     .await
     .map_err(io)?;
-    let ready = answer(&mut f, Duration::from_secs(10)).await;
-    ready.map_err(dest_err)?;
+    let _: ImportReady = peer::answer(&mut f, Duration::from_secs(10), "the import header")
+        .await
+        .map_err(dest_err)?;
     for (key, seq) in log.deleted_after(since_seq) {
         report.tombstones += 1;
         report.bytes += key.len() as u64;
@@ -221,39 +186,47 @@ async fn stream(
     })
     .await
     .map_err(io)?;
-    let v = answer(&mut f, END_TIMEOUT).await.map_err(dest_err)?;
-    let received = v["records"].as_u64().unwrap_or(0);
-    if received != report.records + report.tombstones {
+    let done: ImportDone = peer::answer(&mut f, END_TIMEOUT, "the push's end")
+        .await
+        .map_err(dest_err)?;
+    if done.records != report.records + report.tombstones {
         return Err(dest_err(format!(
-            "received {received} of {} records",
+            "received {} of {} records",
+            done.records,
             report.records + report.tombstones
         )));
     }
-    report.refused = v["refused"].as_u64().unwrap_or(0);
+    report.refused = done.refused;
     report.elapsed_ms = start.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-/// The destination's next answer (skipping its hello acknowledgement).
-async fn answer(
-    f: &mut Framed<TcpStream, FrameCodec>,
-    within: Duration,
-) -> Result<serde_json::Value, String> {
-    let next = tokio::time::timeout(within, async {
-        loop {
-            match f.next().await {
-                Some(Ok(Frame::HelloAck { .. })) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no answer within the timeout".to_owned())?;
-    match next {
-        Some(Ok(Frame::AdminReply(b))) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
-        Some(Ok(Frame::Error { code, message })) => Err(format!("refused ({code}): {message}")),
-        other => Err(format!("unexpected answer {other:?}")),
-    }
+/// The admin body a push opens its peer connection with.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportHeader {
+    /// Always `import`.
+    op: String,
+    /// The instance whose sessions are overwritten.
+    instance: String,
+}
+
+/// The destination's answer to the import header.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportReady {
+    /// The instance.
+    ready: String,
+}
+
+/// The destination's answer to a push's end.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportDone {
+    /// Records and tombstones received.
+    records: u64,
+    /// Of which refused (a record that does not decode).
+    refused: u64,
 }
 
 /// The destination side: a peer connection that opened with an import header (an admin body
@@ -264,12 +237,7 @@ pub(crate) async fn import_session(
     reader: &mut Reader,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
-    #[derive(serde::Deserialize)]
-    struct Header {
-        op: String,
-        instance: String,
-    }
-    let h = match serde_json::from_slice::<Header>(header) {
+    let h = match serde_json::from_slice::<ImportHeader>(header) {
         Ok(hd) if hd.op == "import" => match node.instance(&hd.instance) {
             Ok(h) => h,
             Err(e) => {
@@ -286,7 +254,13 @@ pub(crate) async fn import_session(
             return Ok(());
         }
     };
-    send(tx, vec![reply(&serde_json::json!({ "ready": h.name() }))]).await?;
+    send(
+        tx,
+        vec![reply(&ImportReady {
+            ready: h.name().to_owned(),
+        })],
+    )
+    .await?;
     let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::with_capacity(IMPORT_BATCH);
     let mut received = 0u64;
     let mut answers = Vec::new();
@@ -325,7 +299,10 @@ pub(crate) async fn import_session(
                     refused = refused_total,
                     "push received"
                 );
-                let body = serde_json::json!({ "records": received, "refused": refused_total });
+                let body = ImportDone {
+                    records: received,
+                    refused: refused_total,
+                };
                 send(tx, vec![reply(&body)]).await?;
                 return Ok(());
             }
@@ -356,8 +333,4 @@ pub(crate) async fn import_session(
         }
     }
     Ok(())
-}
-
-fn reply(v: &impl serde::Serialize) -> Frame {
-    Frame::AdminReply(serde_json::to_vec(v).unwrap_or_default().into())
 }

@@ -25,9 +25,9 @@ pub use control::{ServiceStatus, SteerRequest};
 pub use route::RoutePhase;
 pub use service::{MoveCommand, ServiceConfig};
 pub use service_core::{
-    Answer, Boundary, Command, CommandError, Rebound, RouteStatus, ServiceCore,
+    Answer, Boundary, Command, CommandError, DropCounter, Rebound, RouteStatus, ServiceCore,
 };
-pub use stats::{DropCounter, SteerStats, SteerStatsSnapshot};
+pub use stats::{SteerStats, SteerStatsSnapshot};
 
 use handoff_function::runtime::Classifier;
 use std::net::SocketAddr;

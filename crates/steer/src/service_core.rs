@@ -26,7 +26,6 @@
 //!   ignored.
 
 use crate::route::{Delivery, Route, RouteError, RoutePhase};
-use crate::stats::DropCounter;
 use bytes::Bytes;
 use handoff_function::SignalKind;
 use handoff_wire::{SignalFrame, SIGNAL_HANDOVER, SIGNAL_SHADOW};
@@ -261,6 +260,17 @@ impl CommandError {
             Self::Superseded(_) | Self::Aborted => code::SUPERSEDED,
         }
     }
+}
+
+/// Which counter a dropped signal adds to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropCounter {
+    /// `SteerStats::shed`.
+    Shed,
+    /// `SteerStats::no_link`.
+    NoLink,
+    /// `SteerStats::unrouted`.
+    Unrouted,
 }
 
 /// A signal as the shell classified it.

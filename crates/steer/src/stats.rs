@@ -1,6 +1,6 @@
 //! Counters of one service, shared by its receive loop, its node links and status readers.
 
-use crate::service_core::Dropped;
+use crate::service_core::{DropCounter, Dropped};
 use handoff_function::SignalKind;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -93,15 +93,4 @@ impl SteerStats {
             unrouted: self.unrouted.load(Relaxed),
         }
     }
-}
-
-/// Which counter a dropped signal adds to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropCounter {
-    /// [`SteerStats::shed`].
-    Shed,
-    /// [`SteerStats::no_link`].
-    NoLink,
-    /// [`SteerStats::unrouted`].
-    Unrouted,
 }

@@ -1,0 +1,66 @@
+//! Connections this node opens to another node (a copy's or a push's destination): connect,
+//! say hello as a peer, and read typed answers. A leaf module.
+
+use futures::{SinkExt, StreamExt};
+use handoff_wire::{Frame, FrameCodec, Role, VERSION};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// A connection to a peer node.
+pub(crate) type PeerFramed = Framed<TcpStream, FrameCodec>;
+
+/// Longest wait for the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `destination` and says hello as the peer `name` offering `token` (its
+/// acknowledgement is skipped by [`answer`]).
+pub(crate) async fn connect(
+    destination: SocketAddr,
+    name: &str,
+    token: &str,
+) -> Result<PeerFramed, String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut f = Framed::new(stream, FrameCodec);
+    f.send(Frame::Hello {
+        role: Role::Peer,
+        name: name.to_owned(),
+        min_version: VERSION,
+        max_version: VERSION,
+        token: token.to_owned(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(f)
+}
+
+/// Reads the peer's typed answer to `what` within `within` (a refusal, a missing field or
+/// anything else is an error).
+pub(crate) async fn answer<T: serde::de::DeserializeOwned>(
+    f: &mut PeerFramed,
+    within: Duration,
+    what: &str,
+) -> Result<T, String> {
+    let got = tokio::time::timeout(within, async {
+        loop {
+            match f.next().await {
+                Some(Ok(Frame::HelloAck { .. })) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("no answer to {what}"))?;
+    match got {
+        Some(Ok(Frame::AdminReply(b))) => {
+            serde_json::from_slice(&b).map_err(|e| format!("bad answer to {what}: {e}"))
+        }
+        Some(Ok(Frame::Error { code, message })) => Err(format!("refused ({code}): {message}")),
+        other => Err(format!("unexpected answer to {what}: {other:?}")),
+    }
+}
