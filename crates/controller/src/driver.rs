@@ -136,6 +136,39 @@ impl NetDriver {
     }
 }
 
+impl NetDriver {
+    /// Returns once the move's steer reports the instance's route lost (it restarted during
+    /// the move): polled while a copy runs, so a lost route aborts the move then rather than
+    /// at the cutover after the whole copy (signals are not routed meanwhile). Pends forever
+    /// while the route is fine or the steer cannot be asked.
+    async fn route_lost(&self, m: &MoveMachine) {
+        #[derive(serde::Deserialize)]
+        struct Status {
+            services: Vec<handoff_steer::ServiceStatus>,
+        }
+        loop {
+            tokio::time::sleep(ROUTE_POLL).await;
+            let Ok(v) = self.steer(m.spec.steer, &SteerRequest::Status).await else {
+                continue;
+            };
+            let Ok(st) = serde_json::from_value::<Status>(v) else {
+                continue;
+            };
+            let lost = st
+                .services
+                .iter()
+                .any(|s| s.route.instance == m.spec.instance && s.route.route_lost);
+            if lost {
+                tracing::warn!(id = m.spec.id, "the steer lost the route during the copy");
+                return;
+            }
+        }
+    }
+}
+
+/// How often the steer's route is looked at while a copy runs.
+const ROUTE_POLL: Duration = Duration::from_millis(250);
+
 /// Drives `m` to its end: before every action the machine is handed to `persist` (so a
 /// restart knows the action may have been sent); `abort` asks for an abort (honoured before
 /// the cutover); `progress` is updated as the move goes.
@@ -174,12 +207,21 @@ pub async fn drive(
         let result = if is_copy {
             let watcher = driver.watch_copy(&m, &progress);
             tokio::pin!(watcher);
+            let lost = driver.route_lost(&m);
+            tokio::pin!(lost);
             let work = driver.perform(&m, &action);
             tokio::pin!(work);
             tokio::select! {
                 r = &mut work => r,
-                // The watcher ended (its connection was lost): just wait for the copy.
-                _ = &mut watcher => work.await,
+                // The steer restarted and routes nothing: abort now (through a rebind), not
+                // after the copy.
+                () = &mut lost => Err(Failure::RouteLost { cut_over: false }),
+                // The watcher ended (its connection was lost): wait for the copy, still
+                // watching the route.
+                _ = &mut watcher => tokio::select! {
+                    r = &mut work => r,
+                    () = &mut lost => Err(Failure::RouteLost { cut_over: false }),
+                },
             }
         } else {
             driver.perform(&m, &action).await

@@ -208,6 +208,9 @@ pub struct ShadowView {
     pub records: u64,
     /// Bytes received.
     pub bytes: u64,
+    /// Signals the destination could not take (buffer or tick log full): a move with any
+    /// aborts, since the destination's state lacks them.
+    pub refused: u64,
 }
 
 impl ShadowView {
@@ -641,7 +644,13 @@ impl MoveMachine {
             }
             (Phase::Verify, Outcome::Shadow(Some(s))) => {
                 self.figures.shadow = s;
-                if s.settled() {
+                if s.refused > 0 {
+                    let why = format!(
+                        "the destination could not take {} signals (its buffer or tick log was full)",
+                        s.refused
+                    );
+                    self.start_abort(why, now_ms);
+                } else if s.settled() {
                     self.enter(Phase::Cutover, now_ms);
                 } else {
                     self.poll_again("the destination did not settle", now_ms);

@@ -477,12 +477,19 @@ impl<F: Function> Hosting<F> {
 }
 
 /// What [`Hosted::take_manifest`] answers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ManifestTaken {
     /// The seq the sender must have applied before it reads the records it streams (0: none).
     pub at_seq: u64,
     /// The copy epoch the records of this copy belong to.
     pub epoch: u64,
+    /// Sessions still awaited from an earlier manifest that this one does not list: a full
+    /// copy repeated after a partial one (its records superseded) no longer holds them, so it
+    /// sends their tombstones ([`ManifestTaken::applied`] as their seq); a subset copy ignores
+    /// them (they come with another copy).
+    pub unlisted: Vec<SessionKey>,
+    /// The last seq applied here when the manifest was taken.
+    pub applied: u64,
 }
 
 /// The object-safe face of a hosted instance, so a node can host instances of any function.
@@ -547,16 +554,21 @@ pub trait Hosted: Send {
     /// Answers with the seq the sender must have applied before it reads the records it
     /// streams: after a re-await, the last seq applied here (a re-awaited session's record
     /// must include every signal this copy applied to the state it dropped); otherwise 0.
+    /// Also answers the sessions a shadow that knew a manifest still awaits but this one does
+    /// not list ([`ManifestTaken::unlisted`]).
     fn take_manifest(
         &mut self,
         manifest: Vec<SessionKey>,
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<ManifestTaken, MoveStepError> {
         let mut at_seq = 0;
+        let mut unlisted = Vec::new();
         if self.awaits_manifest() {
             self.set_manifest(manifest, out)?;
         } else if self.expects(&manifest) {
+            unlisted = self.awaited_unlisted(&manifest);
         } else if self.shadow_stats().is_some() {
+            unlisted = self.awaited_unlisted(&manifest);
             at_seq = self.reawait(&manifest)?.at_seq;
         } else {
             self.begin_shadow(Some(manifest), shadow::ShadowLimits::default())?;
@@ -564,8 +576,12 @@ pub trait Hosted: Send {
         Ok(ManifestTaken {
             at_seq,
             epoch: self.copy_epoch(),
+            unlisted,
+            applied: self.stats().last_seq,
         })
     }
+    /// The keys a shadow awaits that `manifest` does not list (empty outside shadow mode).
+    fn awaited_unlisted(&self, manifest: &[SessionKey]) -> Vec<SessionKey>;
     /// The shadow's copy epoch ([`shadow::Shadow::epoch`]; 0 outside shadow mode): records
     /// handed over with another epoch are dropped.
     fn copy_epoch(&self) -> u64;
@@ -703,6 +719,12 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn expects(&self, keys: &[SessionKey]) -> bool {
         matches!(self, Self::Shadow(s) if s.manifest_known() && keys.iter().all(|k| s.awaits(k)))
+    }
+    fn awaited_unlisted(&self, manifest: &[SessionKey]) -> Vec<SessionKey> {
+        match self {
+            Self::Shadow(s) if s.manifest_known() => s.awaited_except(manifest),
+            _ => Vec::new(),
+        }
     }
     fn set_manifest(
         &mut self,

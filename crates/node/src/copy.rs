@@ -235,7 +235,7 @@ pub async fn copy_to(
                     core.applied()?
                 }
                 SenderStep::Stream { keys, skip } => {
-                    let sent = out.stream(&h, &keys, &skip, &log, core.subset()).await?;
+                    let sent = out.stream(&h, &keys, &skip, &log, core.outgoing()).await?;
                     if first_round {
                         report.stream_ms = out.epoch.elapsed().as_millis() as u64;
                         first_round = false;
@@ -368,7 +368,7 @@ impl Outbound<'_> {
         keys: &[SessionKey],
         skip: &HashSet<SessionKey>,
         log: &DeletionLog,
-        subset: bool,
+        outgoing: Outgoing,
     ) -> Result<Streamed, CopyError> {
         let destination = self.destination;
         let io = |e: FrameError| CopyError::Destination {
@@ -376,7 +376,7 @@ impl Outbound<'_> {
             reason: e.to_string(),
         };
         let paced = self.paced;
-        let mut round = Outgoing::new(subset);
+        let mut round = outgoing;
         for key in keys.iter().filter(|k| !skip.contains(*k)) {
             let buf = self.f.write_buffer_mut();
             let written = h.table().with(key, |r| {

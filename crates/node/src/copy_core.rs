@@ -51,6 +51,12 @@ pub struct ManifestAnswer {
     /// Sessions of the differing buckets the destination owns by now (created there during
     /// the move): not re-sent. Hex keys.
     pub excluded: Vec<String>,
+    /// Sessions the destination still awaits from an earlier, superseded manifest that this
+    /// one does not list (hex keys): a full copy sends their tombstones at `unlisted_seq`.
+    pub unlisted: Vec<String>,
+    /// The seq of those tombstones (the destination's last applied seq when it took the
+    /// manifest: every signal it buffered for them is superseded by their deletion).
+    pub unlisted_seq: u64,
 }
 
 /// The destination's verdict on a round of records.
@@ -94,6 +100,9 @@ pub enum CopyCoreError {
 #[derive(Debug)]
 pub struct Outgoing {
     subset: bool,
+    /// Keys gone before the copy began whose tombstone seq the destination gave
+    /// ([`ManifestAnswer::unlisted`]).
+    gone: std::collections::HashMap<SessionKey, u64>,
     digest: Digest,
     sent: Streamed,
 }
@@ -103,6 +112,7 @@ impl Outgoing {
     pub fn new(subset: bool) -> Self {
         Self {
             subset,
+            gone: std::collections::HashMap::new(),
             digest: Digest::default(),
             sent: Streamed::default(),
         }
@@ -119,11 +129,12 @@ impl Outgoing {
 
     /// A key the table no longer holds: its tombstone's seq (the shell encodes it).
     pub fn tombstone(&mut self, key: &SessionKey, log: &DeletionLog) -> Result<u64, CopyCoreError> {
-        let seq = match log.seq_of(key) {
-            Some(s) => s,
+        let seq = match (log.seq_of(key), self.gone.get(key)) {
+            (Some(s), _) => s,
+            (None, Some(s)) => *s,
             // Never created here (or long gone): below every signal buffered for it.
-            None if self.subset => 0,
-            None => return Err(CopyCoreError::MissingTombstone),
+            (None, None) if self.subset => 0,
+            (None, None) => return Err(CopyCoreError::MissingTombstone),
         };
         self.digest.add(key, seq, TOMBSTONE_BODY);
         self.sent.records += 1;
@@ -205,6 +216,8 @@ pub struct CopySender {
     round: (Vec<SessionKey>, HashSet<SessionKey>),
     /// The buckets the current re-send round re-sends.
     resending: Vec<usize>,
+    /// Keys a superseded manifest left awaited at the destination, with their tombstone seq.
+    gone: Vec<(SessionKey, u64)>,
     /// Records and tombstones of the first round.
     pub first: Streamed,
     /// Re-send rounds, in order.
@@ -223,6 +236,7 @@ impl CopySender {
             manifest: only.unwrap_or_default(),
             round: (Vec::new(), HashSet::new()),
             resending: Vec::new(),
+            gone: Vec::new(),
             first: Streamed::default(),
             resends: Vec::new(),
             verdict: CopyVerdict::default(),
@@ -233,6 +247,14 @@ impl CopySender {
     /// Whether this copies given keys (an aborted move's sessions going back).
     pub fn subset(&self) -> bool {
         self.subset
+    }
+
+    /// The digest of a round about to stream (it knows the tombstones of sessions gone before
+    /// the copy began).
+    pub fn outgoing(&self) -> Outgoing {
+        let mut o = Outgoing::new(self.subset);
+        o.gone = self.gone.iter().cloned().collect();
+        o
     }
 
     /// The manifest (the keys given, for a subset copy, until [`CopySender::manifest`]).
@@ -279,13 +301,21 @@ impl CopySender {
                 a.resend
             )));
         }
-        let excluded = a
-            .excluded
-            .iter()
-            .map(|k| hex::decode(k).map(SessionKey::from))
-            .collect::<Result<HashSet<_>, _>>()
-            .map_err(|e| CopyCoreError::BadAnswer(format!("excluded key: {e}")))?;
-        self.round.1 = excluded;
+        let keys = |list: &[String]| {
+            list.iter()
+                .map(|k| hex::decode(k).map(SessionKey::from))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CopyCoreError::BadAnswer(format!("key: {e}")))
+        };
+        self.round.1 = keys(&a.excluded)?.into_iter().collect();
+        if want == 0 && !self.subset {
+            // A full copy repeated after a partial one: sessions the first manifest listed and
+            // this source no longer holds are still awaited there; their tombstones end the
+            // wait (a subset copy leaves them to the copy they come with).
+            let unlisted = keys(&a.unlisted)?;
+            self.round.0.extend(unlisted.iter().cloned());
+            self.gone = unlisted.into_iter().map(|k| (k, a.unlisted_seq)).collect();
+        }
         self.stage = SenderStage::AwaitApplied;
         Ok(SenderStep::WaitApplied(a.at_seq))
     }
@@ -446,6 +476,8 @@ impl CopyReceiver {
             at_seq: t.at_seq,
             resend: 0,
             excluded: Vec::new(),
+            unlisted: t.unlisted.iter().map(hex::encode).collect(),
+            unlisted_seq: t.applied,
         }
     }
 
@@ -459,6 +491,8 @@ impl CopyReceiver {
             at_seq: r.at_seq,
             resend: self.rounds as u64,
             excluded: r.excluded.iter().map(hex::encode).collect(),
+            unlisted: Vec::new(),
+            unlisted_seq: 0,
         }
     }
 

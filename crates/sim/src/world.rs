@@ -2040,7 +2040,7 @@ impl Sim {
             }
             SenderStep::Stream { keys, skip } => {
                 let first = task.rounds_streamed == 0;
-                task.round = Some((keys, skip, 0, Outgoing::new(task.core.subset())));
+                task.round = Some((keys, skip, 0, task.core.outgoing()));
                 let lead = if first { task.lead_us } else { 0 };
                 self.at(now + lead, Ev::CopyStep { node: n, copy: id });
             }

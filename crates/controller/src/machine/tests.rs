@@ -394,3 +394,29 @@ fn a_route_lost_after_the_cutover_finishes_on_the_destination() {
         at: Side::Destination
     }));
 }
+
+/// A destination that could not take a signal (its buffer or tick log was full) lacks it:
+/// settled or not, it is never cut over to, and the move aborts.
+#[test]
+fn a_destination_that_refused_signals_is_never_cut_over_to() {
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let taken = run(&mut m, |a, m| {
+        Ok(match a {
+            Action::ShadowStats {
+                at: Side::Destination,
+            } if m.phase == Phase::Verify => Outcome::Shadow(Some(ShadowView {
+                refused: 3,
+                ..ShadowView::default()
+            })),
+            _ => healthy(a, &[]),
+        })
+    });
+    assert_eq!(m.phase, Phase::Aborted, "{m:?}");
+    assert!(!taken.contains(&Action::Cutover));
+    assert_eq!(m.figures.shadow.refused, 3, "the report shows them");
+    assert!(m
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("could not take 3 signals"));
+}

@@ -127,6 +127,9 @@ pub struct ShadowStats {
     pub awaiting: usize,
     /// Sessions dropped to be re-sent after a digest mismatch (DESIGN.md "Verify").
     pub reawaited: u64,
+    /// Signals this copy could not take (its buffer or tick log was full): its state lacks
+    /// them, so it must never be cut over to (the move aborts).
+    pub refused: u64,
 }
 
 struct Buffered<P> {
@@ -306,6 +309,20 @@ impl<F: Function> Shadow<F> {
         self.epoch
     }
 
+    /// The keys whose records are awaited but that `listed` does not name (sorted): after a
+    /// repeated full copy's manifest, sessions the source no longer held when it listed it.
+    pub fn awaited_except(&self, listed: &[SessionKey]) -> Vec<SessionKey> {
+        let listed: HashSet<&[u8]> = listed.iter().map(|k| k.as_ref()).collect();
+        let mut keys: Vec<SessionKey> = self
+            .awaiting
+            .iter()
+            .filter(|k| !listed.contains(k.as_ref()))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Whether the record of `key` is still awaited.
     pub fn awaits(&self, key: &[u8]) -> bool {
         self.awaiting.contains(key)
@@ -359,6 +376,7 @@ impl<F: Function> Shadow<F> {
         if kind == SignalKind::Tick {
             if !self.manifest_known || !self.awaiting.is_empty() {
                 if self.ticks.len() >= self.limits.max_ticks {
+                    self.stats.refused += 1;
                     return Err(ShadowError::TickLogFull(self.limits.max_ticks));
                 }
                 self.ticks.push(stamp);
@@ -371,6 +389,7 @@ impl<F: Function> Shadow<F> {
         self.instance.advance_seq(stamp.seq);
         if kind != SignalKind::Stateless && (!self.manifest_known || self.awaiting.contains(key)) {
             if self.stats.buffered >= self.limits.max_buffered {
+                self.stats.refused += 1;
                 return Err(ShadowError::BufferFull(self.limits.max_buffered));
             }
             let for_record = self.manifest_known;

@@ -735,3 +735,74 @@ fn r_reattach_then_source_timer_keeps_the_create() {
     let (shadow, reference) = shadow::run_for_test(&before, &during, 0);
     assert_eq!(shadow.instance().table.dump(), reference.table.dump());
 }
+
+/// A full copy repeated after a partial one (its answer lost, its records superseded): the
+/// new manifest no longer lists a session the source deleted in between, which the shadow
+/// still awaits from the first manifest. The shadow names it, so the copy can end its wait
+/// with a tombstone; without that the move could never settle.
+#[test]
+fn a_repeated_full_manifest_names_the_awaited_sessions_it_no_longer_lists() {
+    let mut h: Box<dyn Hosted> = Box::new(Hosting::new(Arc::new(Counter)));
+    let mut out = Vec::new();
+    let k = |b: u8| Bytes::copy_from_slice(&[b]);
+    let record = |v: u32| {
+        let mut buf = Vec::new();
+        Function::encode_session(&Counter, &(v, 0), &mut buf);
+        Some(Bytes::from(buf))
+    };
+    let first = h.take_manifest(vec![k(1), k(2), k(3)], &mut out).unwrap();
+    assert!(first.unlisted.is_empty());
+    h.on_record(k(1), 5, record(7), &mut out).unwrap();
+    // Session 2 is deleted at the source; the copy is repeated with a new manifest.
+    apply_hosted(h.as_mut(), 6, [3, 2]);
+    let again = h.take_manifest(vec![k(1), k(3)], &mut out).unwrap();
+    assert_eq!(again.unlisted, vec![k(2)]);
+    assert_eq!(again.applied, 6);
+    assert!(h.finish_shadow().is_err(), "2 is still awaited");
+    h.on_record(k(2), again.applied, None, &mut out).unwrap();
+    h.on_record(k(1), 5, record(7), &mut out).unwrap();
+    h.on_record(k(3), 4, record(1), &mut out).unwrap();
+    h.finish_shadow().expect("nothing awaited any more");
+    assert!(h.table().get(&k(2)).is_none());
+    assert_eq!(h.table().len(), 2);
+}
+
+fn apply_hosted(h: &mut dyn Hosted, seq: u64, d: [u8; 2]) {
+    let c = Function::classify(&Counter, &d).unwrap();
+    let mut out = Vec::new();
+    h.apply(Stamp { seq, now_us: 0 }, c.kind, &c.key, &d, &mut out)
+        .unwrap();
+}
+
+/// A signal the shadow cannot buffer (its buffer is full) is refused and counted: the
+/// controller reads the count and aborts rather than cut over to a copy that lacks it.
+#[test]
+fn a_full_buffer_refuses_and_counts_the_signal() {
+    let mut h: Box<dyn Hosted> = Box::new(Hosting::new(Arc::new(Counter)));
+    let k = |b: u8| Bytes::copy_from_slice(&[b]);
+    let limits = crate::runtime::shadow::ShadowLimits {
+        max_buffered: 1,
+        ..crate::runtime::shadow::ShadowLimits::default()
+    };
+    h.begin_shadow(Some(vec![k(1)]), limits).unwrap();
+    let mut out = Vec::new();
+    let d = [2, 1];
+    h.apply(
+        Stamp { seq: 1, now_us: 0 },
+        SignalKind::Update,
+        &k(1),
+        &d,
+        &mut out,
+    )
+    .unwrap();
+    let second = h.apply(
+        Stamp { seq: 2, now_us: 0 },
+        SignalKind::Update,
+        &k(1),
+        &d,
+        &mut out,
+    );
+    assert!(second.is_err());
+    let s = h.shadow_stats().unwrap();
+    assert_eq!((s.buffered, s.refused), (1, 1));
+}

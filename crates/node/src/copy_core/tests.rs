@@ -48,7 +48,11 @@ fn stream(
 }
 
 fn taken(at_seq: u64) -> ManifestTaken {
-    ManifestTaken { at_seq, epoch: 1 }
+    ManifestTaken {
+        at_seq,
+        epoch: 1,
+        ..ManifestTaken::default()
+    }
 }
 
 #[test]
@@ -164,7 +168,7 @@ fn re_send_rounds_are_bounded() {
             sessions: 1,
             at_seq: 0,
             resend: round as u64,
-            excluded: Vec::new(),
+            ..ManifestAnswer::default()
         })
         .unwrap();
         tx.applied().unwrap();
@@ -242,4 +246,42 @@ fn answers_with_a_missing_field_are_refused_not_defaulted() {
         tx.verdict(CopyVerdict::default()),
         Err(CopyCoreError::OutOfTurn("verdict"))
     );
+}
+
+#[test]
+fn a_repeated_full_copy_sends_tombstones_for_what_its_manifest_no_longer_lists() {
+    let log = DeletionLog::default();
+    for subset in [false, true] {
+        let only = subset.then(|| vec![key(1)]);
+        let (mut tx, _) = CopySender::new(0, only);
+        tx.applied().unwrap();
+        tx.manifest(vec![key(1)]).unwrap();
+        let answer = ManifestAnswer {
+            sessions: 1,
+            at_seq: 4,
+            resend: 0,
+            excluded: Vec::new(),
+            unlisted: vec![hex::encode(key(2))],
+            unlisted_seq: 9,
+        };
+        tx.ready(answer).unwrap();
+        let SenderStep::Stream { keys, .. } = tx.applied().unwrap() else {
+            panic!()
+        };
+        if subset {
+            assert_eq!(
+                keys,
+                vec![key(1)],
+                "a subset copy leaves them to their own copy"
+            );
+            continue;
+        }
+        assert_eq!(keys, vec![key(1), key(2)]);
+        let mut out = tx.outgoing();
+        assert_eq!(
+            out.tombstone(&key(2), &log),
+            Ok(9),
+            "at the destination's seq: every signal it buffered for it is superseded"
+        );
+    }
 }
