@@ -522,3 +522,42 @@ fn replay() {
     println!("{r}");
     assert!(r.violations.is_empty(), "violations: see the report above");
 }
+
+/// Survey: violations per invariant for `HANDOFF_SIM_SEEDS` seeds of each class in
+/// `HANDOFF_SIM_FAULTS` (comma-separated), with their outcomes.
+#[test]
+#[ignore = "survey tool; run with --ignored"]
+fn survey() {
+    let n: u64 = std::env::var("HANDOFF_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let classes: Vec<FaultClass> = std::env::var("HANDOFF_SIM_FAULTS")
+        .expect("set HANDOFF_SIM_FAULTS")
+        .split(',')
+        .map(|f| f.parse().expect("a fault class"))
+        .collect();
+    for class in classes {
+        let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for seed in 0..n {
+            let r = run(seed, class);
+            let what = format!(
+                "{:?} {:?}",
+                r.phase,
+                r.restarted.map(|(s, c, p)| format!("{s:?}/{c:?}/{p:?}"))
+            );
+            *outcomes.entry(what).or_default() += 1;
+            let mut seen = std::collections::BTreeSet::new();
+            for v in &r.violations {
+                if seen.insert(v.invariant) {
+                    by.entry(v.invariant.to_owned()).or_default().push(seed);
+                }
+            }
+        }
+        println!("{class}: {outcomes:?}");
+        for (inv, seeds) in &by {
+            println!("  {inv}: {} seeds, e.g. {:?}", seeds.len(), &seeds[..seeds.len().min(12)]);
+        }
+    }
+}
