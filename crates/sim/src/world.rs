@@ -42,13 +42,29 @@
 //! earlier run's frames) and serves the route again. Lost signals leave the reference; an
 //! answer lost at the dead steer must never arrive.
 //!
-//! Not modelled: a steer crash that writes one copy of a signal but not the other (see
-//! docs/moves.md, "Known limits"), a node restarting (a crashed node stays down), retransmissions by clients (a client that gets no answer in time counts it lost and
-//! sends its next operation), the standby/failover protocol, memory or queue limits
-//! (shedding), a retired link's close after its grace period, the copy's pacing plans and
-//! re-sending of differing digest buckets (the machine aborts on a mismatch), and several
-//! controllers. Time-outs and back-offs are scaled down (see the constants) so a run covers
-//! a whole move in a few hundred milliseconds of virtual time.
+//! Added faults (see the `faults` module): a crashed node that restarts after a delay as a
+//! new incarnation ([`FaultClass::NodeRestart`], [`Restart`]) with no instance, with an empty
+//! one re-created from its configuration, or with its instance as it was at the crash
+//! (persistence); frames written to the dead connection never reach the new incarnation,
+//! answers owed on it are lost, and the steer's links reconnect and bind again (retrying with
+//! back-off while the node hosts nothing). Clients that retransmit the same datagram after a
+//! time-out, a bounded number of times ([`FaultClass::Retransmit`], [`Retransmit`]): each copy
+//! is a new signal to the steer and the reference applies it too. Bounded steer link queues
+//! ([`FaultClass::QueueShed`]): a frame occupies its link's queue until it reaches its node, a
+//! full queue sheds the datagram unstamped (`Dropped::Shed`), the client retransmits. A steer
+//! crash between a signal's two copies ([`FaultClass::SplitCrash`]): the cut of one link is one
+//! above the other's, on a signal routed to both nodes. A controller whose view is stale
+//! ([`FaultClass::StaleView`]): the instance starts on B, where the steer routes, while the
+//! move names A as its source. All but the stale view are mixed into [`FaultClass::Mixed`].
+//! Their invariants: `restarted_answers`, `restart_not_silent`, `op_answered`, `stale_view_*`
+//! (see [`SimReport::checked`]).
+//!
+//! Not modelled: the standby/failover protocol, memory limits, a retired link's close after
+//! its grace period, the copy's pacing plans and re-sending of differing digest buckets (the
+//! machine aborts on a mismatch), several controllers, more than one node crash or restart per
+//! run, and a persisting node that keeps only its table (a kept instance keeps its move state
+//! too). Time-outs and back-offs are scaled down (see the constants) so a run covers a whole
+//! move in a few hundred milliseconds of virtual time.
 
 use bytes::Bytes;
 use handoff_controller::driver::{outcome_of, refusal, request_for, Request};
@@ -520,7 +536,8 @@ impl Scenario {
                 }
                 if r.gen_bool(0.2) {
                     sc.queue_depth = Some(r.gen_range(2..=6));
-                    sc.retransmit.get_or_insert_with(|| Retransmit::random(&mut r));
+                    sc.retransmit
+                        .get_or_insert_with(|| Retransmit::random(&mut r));
                 }
             }
             FaultClass::NodeRestart => {
@@ -643,7 +660,14 @@ pub struct SimReport {
     /// the surviving node was to answer is answered exactly once), and
     /// `source_state_except_created` (destination crash, Aborted: the source equals the
     /// reference but for sessions that went to the destination alone) or `destination_state`
-    /// (source crash, Done: the destination equals the reference).
+    /// (source crash, Done: the destination equals the reference). With a node restarted:
+    /// `restarted_answers` (every answer of a restarted incarnation equals the reference's),
+    /// `restart_not_silent` (a move that ends Done/Aborted during which a node restarted leaves
+    /// its owner with the reference's sessions: a loss must end the move Failed, never
+    /// silently); the reference then holds only the signals whose answering copy reached an
+    /// instance. With retransmission and no node crash: `op_answered` (every operation with a
+    /// stamped copy is answered at least once). With a stale view: `stale_view_not_done`,
+    /// `stale_view_instance_kept` (B still serves every session), `stale_view_route_kept`.
     pub checked: Vec<&'static str>,
     /// Invariants broken.
     pub violations: Vec<Violation>,
@@ -1627,7 +1651,11 @@ impl Sim {
         if kind != SignalKind::Stateless {
             // A retransmitting client has several signals of a key in flight: only the answers
             // of one node (one connection) keep their order.
-            let via = if self.sc.retransmit.is_some() { auth } else { 0 };
+            let via = if self.sc.retransmit.is_some() {
+                auth
+            } else {
+                0
+            };
             let last = self.key_last_answer.entry((key.clone(), via)).or_default();
             if seq <= *last && !twice {
                 let l = *last;
@@ -2902,6 +2930,13 @@ impl Sim {
                 .as_deref()
                 .is_some_and(|r| r.contains("unreachable"))
             && (self.sc.control_loss > 0.0 || crashed);
+        // A node restarted without its state: a failed move tells the operator (never silent).
+        let failed_allowed = failed_allowed
+            || (phase == Phase::Failed
+                && self
+                    .ext
+                    .restarted
+                    .is_some_and(|(_, c, _)| c != Comeback::Kept));
         self.checked.push("ends_done_or_aborted");
         if phase == Phase::Failed && !failed_allowed {
             self.violation(
@@ -2958,9 +2993,8 @@ impl Sim {
                 }
             }
         };
-        let ok_state = |node: &Node, except: &BTreeSet<Bytes>| {
-            faults::compare_state(node, &reference, except)
-        };
+        let ok_state =
+            |node: &Node, except: &BTreeSet<Bytes>| faults::compare_state(node, &reference, except);
 
         let mut state_violation = None;
         let mut late: Vec<(&'static str, String)> = Vec::new();
@@ -3099,7 +3133,11 @@ impl Sim {
             lost_in_steer_crash: self.lost_in_steer_crash,
             answers_lost_in_steer_crash: self.lost_answers.len() as u64,
             restarted: self.ext.restarted.map(|(n, c, p)| {
-                let side = if n == A { Side::Source } else { Side::Destination };
+                let side = if n == A {
+                    Side::Source
+                } else {
+                    Side::Destination
+                };
                 (side, c, p)
             }),
             retransmissions: self.ext.retransmissions,

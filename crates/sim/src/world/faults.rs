@@ -293,7 +293,7 @@ impl Sim {
         late: &mut Vec<(&'static str, String)>,
     ) {
         let m = self.ctl.m.clone();
-        if let Some((n, comes_back, _)) = self.ext.restarted {
+        if let Some((n, comes_back, crashed_in)) = self.ext.restarted {
             // A restarted incarnation is never taken for the old one: whatever it answers is
             // what the reference answers.
             self.checked.push("restarted_answers");
@@ -319,16 +319,18 @@ impl Sim {
                 Phase::Aborted => Some(A),
                 _ => None,
             };
-            if let Some(owner) = owner.filter(|_| self.sc.control_loss == 0.0) {
-                let except: BTreeSet<Bytes> = if owner == A && (n == B || m.figures.lost_on_abort > 0)
-                {
-                    (self.log.iter())
-                        .filter(|a| a.auth == B && a.kind != SignalKind::Tick)
-                        .map(|a| a.key.clone())
-                        .collect()
-                } else {
-                    BTreeSet::new()
-                };
+            // A crash once the move had ended loses what any crash without a standby loses.
+            let during = !crashed_in.is_terminal();
+            if let Some(owner) = owner.filter(|_| self.sc.control_loss == 0.0 && during) {
+                let except: BTreeSet<Bytes> =
+                    if owner == A && (n == B || m.figures.lost_on_abort > 0) {
+                        (self.log.iter())
+                            .filter(|a| a.auth == B && a.kind != SignalKind::Tick)
+                            .map(|a| a.key.clone())
+                            .collect()
+                    } else {
+                        BTreeSet::new()
+                    };
                 self.checked.push("restart_not_silent");
                 if let Err(e) = compare_state(&self.nodes[owner], reference, &except) {
                     late.push((
@@ -343,20 +345,32 @@ impl Sim {
                 }
             }
         }
-        if self.sc.retransmit.is_some() && self.destination_crashed.is_none() && self.source_crashed.is_none() {
+        if self.sc.retransmit.is_some()
+            && self.destination_crashed.is_none()
+            && self.source_crashed.is_none()
+        {
             // Each operation with a stamped copy is answered at least once (unless every
             // answer was lost in a steer crash).
             self.checked.push("op_answered");
             let mut ops: BTreeMap<(usize, u64), bool> = BTreeMap::new();
             for a in &self.log {
                 if let Some(c) = a.client {
-                    let got = self.answers.contains_key(&a.seq) || self.lost_answers.contains(&a.seq);
+                    let got =
+                        self.answers.contains_key(&a.seq) || self.lost_answers.contains(&a.seq);
                     *ops.entry(c).or_default() |= got;
                 }
             }
-            let never: Vec<_> = ops.iter().filter(|(_, got)| !**got).map(|(op, _)| *op).take(10).collect();
+            let never: Vec<_> = ops
+                .iter()
+                .filter(|(_, got)| !**got)
+                .map(|(op, _)| *op)
+                .take(10)
+                .collect();
             if !never.is_empty() {
-                late.push(("op_answered", format!("(client, op) never answered: {never:?}")));
+                late.push((
+                    "op_answered",
+                    format!("(client, op) never answered: {never:?}"),
+                ));
             }
         }
         if self.sc.stale_view {
