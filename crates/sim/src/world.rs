@@ -42,13 +42,29 @@
 //! earlier run's frames) and serves the route again. Lost signals leave the reference; an
 //! answer lost at the dead steer must never arrive.
 //!
-//! Not modelled: a steer crash that writes one copy of a signal but not the other (see
-//! docs/moves.md, "Known limits"), a node restarting (a crashed node stays down), retransmissions by clients (a client that gets no answer in time counts it lost and
-//! sends its next operation), the standby/failover protocol, memory or queue limits
-//! (shedding), a retired link's close after its grace period, the copy's pacing plans and
-//! re-sending of differing digest buckets (the machine aborts on a mismatch), and several
-//! controllers. Time-outs and back-offs are scaled down (see the constants) so a run covers
-//! a whole move in a few hundred milliseconds of virtual time.
+//! Added faults (see the `faults` module): a crashed node that restarts after a delay as a
+//! new incarnation ([`FaultClass::NodeRestart`], [`Restart`]) with no instance, with an empty
+//! one re-created from its configuration, or with its instance as it was at the crash
+//! (persistence); frames written to the dead connection never reach the new incarnation,
+//! answers owed on it are lost, and the steer's links reconnect and bind again (retrying with
+//! back-off while the node hosts nothing). Clients that retransmit the same datagram after a
+//! time-out, a bounded number of times ([`FaultClass::Retransmit`], [`Retransmit`]): each copy
+//! is a new signal to the steer and the reference applies it too. Bounded steer link queues
+//! ([`FaultClass::QueueShed`]): a frame occupies its link's queue until it reaches its node, a
+//! full queue sheds the datagram unstamped (`Dropped::Shed`), the client retransmits. A steer
+//! crash between a signal's two copies ([`FaultClass::SplitCrash`]): the cut of one link is one
+//! above the other's, on a signal routed to both nodes. A controller whose view is stale
+//! ([`FaultClass::StaleView`]): the instance starts on B, where the steer routes, while the
+//! move names A as its source. All but the stale view are mixed into [`FaultClass::Mixed`].
+//! Their invariants: `restarted_answers`, `restart_not_silent`, `op_answered`, `stale_view_*`
+//! (see [`SimReport::checked`]).
+//!
+//! Not modelled: the standby/failover protocol, memory limits, a retired link's close after
+//! its grace period, the copy's pacing plans and re-sending of differing digest buckets (the
+//! machine aborts on a mismatch), several controllers, more than one node crash or restart per
+//! run, and a persisting node that keeps only its table (a kept instance keeps its move state
+//! too). Time-outs and back-offs are scaled down (see the constants) so a run covers a whole
+//! move in a few hundred milliseconds of virtual time.
 
 use bytes::Bytes;
 use handoff_controller::driver::{outcome_of, refusal, request_for, Request};
@@ -83,6 +99,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
+
+mod faults;
+pub use faults::{Comeback, Restart, Retransmit};
 
 // ---------------------------------------------------------------------------------------------
 // The test function
@@ -259,13 +278,30 @@ pub enum FaultClass {
     /// The steer crashes (losing its route state and the signals it had not written yet) and
     /// restarts a little later; the controller installs the route again.
     SteerCrash,
-    /// A random mix of the above (at most one node crash; a steer crash only without one).
+    /// A node crashes and comes back after a delay as a new incarnation: with no instance,
+    /// with an empty instance re-created from its configuration, or with its instance as it
+    /// was at the crash (persistence); the steer's links bind it again.
+    NodeRestart,
+    /// Clients retransmit a datagram that got no answer in time (a bounded number of times);
+    /// some control loss makes answers go missing.
+    Retransmit,
+    /// Bounded link queues at the steer: a burst finds a queue full and is shed unstamped;
+    /// clients retransmit.
+    QueueShed,
+    /// The steer crashes between writing a signal's two copies: one node gets it, the other
+    /// does not (the cuts per link differ by one).
+    SplitCrash,
+    /// The controller's view is stale: its move names a source the instance left (an earlier
+    /// move put it on the move's destination, where the steer routes).
+    StaleView,
+    /// A random mix of the above (at most one node crash, possibly restarted; a steer crash,
+    /// possibly split, only without one; retransmission and queue limits; never a stale view).
     Mixed,
 }
 
 impl FaultClass {
     /// Every class, in the order [`soak`] cycles through them.
-    pub const ALL: [FaultClass; 9] = [
+    pub const ALL: [FaultClass; 14] = [
         FaultClass::None,
         FaultClass::Delays,
         FaultClass::ControlLoss,
@@ -274,6 +310,11 @@ impl FaultClass {
         FaultClass::SourceCrash,
         FaultClass::OperatorAbort,
         FaultClass::SteerCrash,
+        FaultClass::NodeRestart,
+        FaultClass::Retransmit,
+        FaultClass::QueueShed,
+        FaultClass::SplitCrash,
+        FaultClass::StaleView,
         FaultClass::Mixed,
     ];
 
@@ -293,6 +334,11 @@ impl FaultClass {
             FaultClass::SourceCrash => "source-crash",
             FaultClass::OperatorAbort => "operator-abort",
             FaultClass::SteerCrash => "steer-crash",
+            FaultClass::NodeRestart => "node-restart",
+            FaultClass::Retransmit => "retransmit",
+            FaultClass::QueueShed => "queue-shed",
+            FaultClass::SplitCrash => "split-crash",
+            FaultClass::StaleView => "stale-view",
             FaultClass::Mixed => "mixed",
         }
     }
@@ -390,6 +436,18 @@ pub struct Scenario {
     /// The reply to the first request for this action is lost (a scripted control loss; the
     /// peer carried the request out).
     pub lose_reply_to: Option<Action>,
+    /// The crashed node (source or destination crash) comes back (see [`Restart`]).
+    pub restart: Option<Restart>,
+    /// Clients retransmit (see [`Retransmit`]).
+    pub retransmit: Option<Retransmit>,
+    /// Frames each steer link's queue holds (a frame leaves it when it reaches its node);
+    /// `None`: unbounded.
+    pub queue_depth: Option<usize>,
+    /// A steer crash writes one copy of a signal routed to both nodes but not the other.
+    pub split_crash: bool,
+    /// The instance starts on the destination (an earlier move put it there; the steer routes
+    /// to it) while the move's spec names the other node as its source.
+    pub stale_view: bool,
     /// Trace every signal too (long; for replaying a failing seed).
     pub verbose: bool,
 }
@@ -429,6 +487,11 @@ impl Scenario {
             steer_crash: None,
             steer_down_us: 0,
             lose_reply_to: None,
+            restart: None,
+            retransmit: None,
+            queue_depth: None,
+            split_crash: false,
+            stale_view: false,
             verbose: false,
         };
         match faults {
@@ -465,6 +528,49 @@ impl Scenario {
                 if !node_crash && r.gen_bool(0.3) {
                     sc.steer_crash = Some(Trigger::random(&mut r));
                     sc.steer_down_us = r.gen_range(500..60_000);
+                }
+                // The faults added later are drawn after all of the above, for the same reason.
+                if node_crash && r.gen_bool(0.3) {
+                    sc.restart = Some(Restart::random(&mut r));
+                }
+                if sc.steer_crash.is_some() && r.gen_bool(0.3) {
+                    sc.split_crash = true;
+                }
+                if r.gen_bool(0.2) {
+                    sc.retransmit = Some(Retransmit::random(&mut r));
+                }
+                if r.gen_bool(0.2) {
+                    sc.queue_depth = Some(r.gen_range(2..=6));
+                    sc.retransmit
+                        .get_or_insert_with(|| Retransmit::random(&mut r));
+                }
+            }
+            FaultClass::NodeRestart => {
+                if r.gen_bool(0.5) {
+                    sc.source_crash = Some(Trigger::random(&mut r));
+                } else {
+                    sc.destination_crash = Some(Trigger::random(&mut r));
+                }
+                sc.restart = Some(Restart::random(&mut r));
+            }
+            FaultClass::Retransmit => {
+                sc.retransmit = Some(Retransmit::random(&mut r));
+                sc.control_loss = r.gen_range(0.0..0.05);
+            }
+            FaultClass::QueueShed => {
+                sc.jitter = true;
+                sc.queue_depth = Some(r.gen_range(2..=6));
+                sc.retransmit = Some(Retransmit::random(&mut r));
+            }
+            FaultClass::SplitCrash => {
+                sc.steer_crash = Some(Trigger::random(&mut r));
+                sc.steer_down_us = r.gen_range(500..60_000);
+                sc.split_crash = true;
+            }
+            FaultClass::StaleView => {
+                sc.stale_view = true;
+                if r.gen_bool(0.3) {
+                    sc.retransmit = Some(Retransmit::random(&mut r));
                 }
             }
             FaultClass::SteerCrash => {
@@ -536,6 +642,13 @@ pub struct SimReport {
     pub lost_in_steer_crash: u64,
     /// Of the admitted signals, those whose answer reached the steer while it was down.
     pub answers_lost_in_steer_crash: u64,
+    /// The node that crashed and restarted, what it came back with, and the phase it crashed
+    /// in.
+    pub restarted: Option<(Side, Comeback, Phase)>,
+    /// Datagrams clients retransmitted.
+    pub retransmissions: u64,
+    /// Datagrams shed (unstamped) because a steer link's queue was full.
+    pub queue_shed: u64,
     /// Sessions created on the destination during an aborted move.
     pub created_during_move: u64,
     /// Of which lost (their node was gone or unreachable).
@@ -552,7 +665,14 @@ pub struct SimReport {
     /// the surviving node was to answer is answered exactly once), and
     /// `source_state_except_created` (destination crash, Aborted: the source equals the
     /// reference but for sessions that went to the destination alone) or `destination_state`
-    /// (source crash, Done: the destination equals the reference).
+    /// (source crash, Done: the destination equals the reference). With a node restarted:
+    /// `restarted_answers` (every answer of a restarted incarnation equals the reference's),
+    /// `restart_not_silent` (a move that ends Done/Aborted during which a node restarted leaves
+    /// its owner with the reference's sessions: a loss must end the move Failed, never
+    /// silently); the reference then holds only the signals whose answering copy reached an
+    /// instance. With retransmission and no node crash: `op_answered` (every operation with a
+    /// stamped copy is answered at least once). With a stale view: `stale_view_not_done`,
+    /// `stale_view_instance_kept` (B still serves every session), `stale_view_route_kept`.
     pub checked: Vec<&'static str>,
     /// Invariants broken.
     pub violations: Vec<Violation>,
@@ -578,7 +698,7 @@ impl SimReport {
     /// One line: the outcome.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} ({}): {:?} via {:?}{}; {} signals, {} ticks, {} shed, {} answers, {} unanswered, {} client timeouts; {} control messages lost, {} controller crash(es){}{}{}{}; {} events, {} µs",
+            "seed {} ({}): {:?} via {:?}{}; {} signals, {} ticks, {} shed, {} answers, {} unanswered, {} client timeouts; {} control messages lost, {} controller crash(es){}{}{}{}{}{}; {} events, {} µs",
             self.scenario.seed,
             self.scenario.faults,
             self.phase,
@@ -609,6 +729,14 @@ impl SimReport {
             self.steer_crashed
                 .map(|p| format!(", steer crashed in {p:?} ({} signals lost, {} answers lost)", self.lost_in_steer_crash, self.answers_lost_in_steer_crash))
                 .unwrap_or_default(),
+            self.restarted
+                .map(|(s, c, _)| format!(", {s:?} restarted with {c:?}"))
+                .unwrap_or_default(),
+            if self.retransmissions + self.queue_shed > 0 {
+                format!(", {} retransmissions, {} queue-shed", self.retransmissions, self.queue_shed)
+            } else {
+                String::new()
+            },
             self.events,
             self.end_us,
         )
@@ -801,6 +929,9 @@ struct Frame {
     inc: u32,
     /// The steer link that carried it.
     link: LinkId,
+    /// The incarnation of the node it was written to (a frame written to a connection that
+    /// died with its node never reaches the node's next incarnation).
+    conn: u32,
 }
 
 impl std::ops::Deref for Frame {
@@ -931,6 +1062,14 @@ enum Ev {
     },
     LinkDown(usize),
     StopTraffic,
+    /// A crashed node comes back (see [`Restart`]).
+    NodeRestart(usize),
+    /// A client's operation `op` got no answer yet: it sends the datagram again (try `tries`).
+    Retransmit {
+        client: usize,
+        op: u64,
+        tries: u32,
+    },
 }
 
 struct Scheduled {
@@ -1023,11 +1162,17 @@ struct CopyTask {
     rounds_streamed: usize,
 }
 
+/// The connection an output goes back on: the steer run and the node incarnation it joins
+/// (an output for a connection that died with either is lost).
+type Conn = (u32, u32);
+
 /// A node: the real instance core ([`InstanceCore`]; its reply target is the steer run whose
 /// connection a signal came on) and the copies it runs.
 struct Node {
     alive: bool,
-    inst: Option<InstanceCore<u32>>,
+    /// Its incarnation (a restart starts the next one).
+    inc: u32,
+    inst: Option<InstanceCore<Conn>>,
     copies: BTreeMap<u64, CopyTask>,
     /// The destination's side of each copy connection: the real copy receiver.
     incoming: BTreeMap<(usize, u64), CopyReceiver>,
@@ -1070,7 +1215,7 @@ struct Sim {
     client_timeouts: u64,
     control_lost: u64,
     answers: BTreeMap<u64, Vec<(usize, Bytes)>>,
-    key_last_answer: BTreeMap<Bytes, u64>,
+    key_last_answer: BTreeMap<(Bytes, usize), u64>,
     violations: Vec<Violation>,
     trace: VecDeque<String>,
     traffic: bool,
@@ -1087,6 +1232,9 @@ struct Sim {
     phases: Vec<Phase>,
     next_copy: u64,
     checked: Vec<&'static str>,
+    /// What the faults added with node restarts, retransmission, queue limits, split steer
+    /// crashes and stale views keep (see `faults`).
+    ext: faults::Extra,
 }
 
 impl Sim {
@@ -1113,14 +1261,21 @@ impl Sim {
                 ops: 0,
             })
             .collect();
-        let node = |inst: Option<InstanceCore<u32>>| Node {
+        let node = |inst: Option<InstanceCore<Conn>>| Node {
             alive: true,
+            inc: 0,
             inst,
             copies: BTreeMap::new(),
             incoming: BTreeMap::new(),
             bindings: BTreeMap::new(),
         };
         let source = InstanceCore::new(Box::new(Hosting::new(func.clone())));
+        // A stale view: an earlier move put the instance on B, where the steer routes it.
+        let (serving, nodes) = if sc.stale_view {
+            (B, [node(None), node(Some(source))])
+        } else {
+            (A, [node(Some(source)), node(None)])
+        };
         let mut sim = Self {
             rng,
             now: 0,
@@ -1131,20 +1286,25 @@ impl Sim {
             func,
             clients,
             steer: Steer {
-                core: ServiceCore::new("counter-1", node_addr(A), Kept::Nothing, steer_timeouts()),
+                core: ServiceCore::new(
+                    "counter-1",
+                    node_addr(serving),
+                    Kept::Nothing,
+                    steer_timeouts(),
+                ),
                 asked: BTreeMap::new(),
                 alive: true,
                 inc: 0,
                 cuts: vec![u64::MAX],
                 disk: KeptRoute {
-                    node: node_addr(A),
+                    node: node_addr(serving),
                     phase: RoutePhase::Serving,
                 },
                 links: BTreeMap::new(),
                 poll_due: false,
                 delivered: 0,
             },
-            nodes: [node(Some(source)), node(None)],
+            nodes,
             ctl: Controller {
                 stored: String::new(),
                 m,
@@ -1178,6 +1338,7 @@ impl Sim {
             phases: Vec::new(),
             next_copy: 0,
             checked: Vec::new(),
+            ext: faults::Extra::default(),
             sc,
         };
         // The first run's source link is bound from the start (the node has applied nothing).
@@ -1404,6 +1565,8 @@ impl Sim {
                     self.trace("traffic stops".into());
                 }
             }
+            Ev::NodeRestart(n) => self.node_restart(n),
+            Ev::Retransmit { client, op, tries } => self.retransmit(client, op, tries),
         }
     }
 
@@ -1443,10 +1606,11 @@ impl Sim {
             Ev::Datagram {
                 client: c,
                 op: n,
-                payload,
+                payload: payload.clone(),
             },
         );
         self.at(self.now + CLIENT_TIMEOUT_US, Ev::ClientTimeout(c, n));
+        self.arm_retransmit(c, n, 0, payload);
     }
 
     fn answer(&mut self, client: usize, seq: u64, payload: Bytes) {
@@ -1459,14 +1623,16 @@ impl Sim {
                 format!("seq {seq} answered again (client {client})"),
             );
         }
-        let Some(adm) = seq.checked_sub(1).and_then(|i| self.log.get(i as usize)) else {
+        // Seqs are dense but for a split steer crash's gap: look the seq up.
+        let found = self.log.binary_search_by_key(&seq, |a| a.seq).ok();
+        let Some(adm) = found.and_then(|i| self.log.get(i)) else {
             self.violation(
                 "single_answer",
                 format!("answer for seq {seq}, never admitted"),
             );
             return;
         };
-        let (kind, key) = (adm.kind, adm.key.clone());
+        let (kind, key, auth) = (adm.kind, adm.key.clone(), adm.auth);
         let (owner, op) = match adm.client {
             Some(c) => c,
             None => {
@@ -1481,7 +1647,14 @@ impl Sim {
             );
         }
         if kind != SignalKind::Stateless {
-            let last = self.key_last_answer.entry(key.clone()).or_default();
+            // A retransmitting client has several signals of a key in flight: only the answers
+            // of one node (one connection) keep their order.
+            let via = if self.sc.retransmit.is_some() {
+                auth
+            } else {
+                0
+            };
+            let last = self.key_last_answer.entry((key.clone(), via)).or_default();
             if seq <= *last && !twice {
                 let l = *last;
                 self.violation(
@@ -1527,8 +1700,13 @@ impl Sim {
             payload: payload.clone(),
             client: client.map_or(SERVICE, |c| client_addr(c.0)),
         };
-        // Links have room: queue limits are not modelled.
-        let (seq, delivery, frames) = match self.steer.core.admit(inbound, self.now, |_| true) {
+        // Links have room unless the scenario bounds their queues.
+        let full = self.full_links();
+        let admission = self
+            .steer
+            .core
+            .admit(inbound, self.now, |l| !full.contains(&l));
+        let (seq, delivery, frames) = match admission {
             Admission::Routed {
                 seq,
                 delivery,
@@ -1541,6 +1719,9 @@ impl Sim {
                         self.lost_in_steer_crash += 1;
                     } else {
                         self.shed += 1;
+                        if why == Dropped::Shed {
+                            self.ext.queue_shed += 1;
+                        }
                     }
                     self.verbose(|| format!("steer: {kind:?} {key:?} dropped: {why:?}"));
                 }
@@ -1577,6 +1758,7 @@ impl Sim {
                 frame: f,
                 inc,
                 link,
+                conn: self.nodes[node].inc,
             };
             self.send_signal(node, frame);
         }
@@ -1600,6 +1782,7 @@ impl Sim {
 
     fn send_signal(&mut self, node: usize, frame: Frame) {
         let at = self.link(Ep::Steer, Ep::Node(node));
+        self.queued(frame.link, at);
         self.at(at, Ev::Signal { node, frame });
     }
 
@@ -1707,9 +1890,14 @@ impl Sim {
 
     /// One signal at a node: the real instance core applies it.
     fn node_signal(&mut self, n: usize, s: Frame) {
-        if s.seq > self.steer.cuts[s.inc as usize] {
+        if s.seq > self.steer.cuts[s.inc as usize] && !self.written_by_split(n, &s) {
             // Still in the crashed steer's queues: never written out.
             self.verbose(|| format!("{}: seq {} died with the steer", node_name(n), s.seq));
+            return;
+        }
+        if s.conn != self.nodes[n].inc || !self.nodes[n].alive {
+            // Written to a connection that died with the node.
+            self.verbose(|| format!("{}: seq {} died with its connection", node_name(n), s.seq));
             return;
         }
         if s.inc == self.steer.inc {
@@ -1726,6 +1914,7 @@ impl Sim {
             .get(&(s.inc, s.link))
             .copied()
             .unwrap_or(u64::MAX);
+        let conn = (s.inc, node.inc);
         let Some(inst) = node.inst.as_mut() else {
             self.verbose(|| format!("{}: seq {} for no instance", node_name(n), s.seq));
             return;
@@ -1735,10 +1924,13 @@ impl Sim {
         inst.signals(
             Some(binding),
             std::slice::from_ref(&s.frame),
-            &s.inc,
+            &conn,
             &mut out,
         );
         let after = inst.stats();
+        if s.flags == 0 && after.fenced == before.fenced {
+            self.ext.reached.insert(s.seq);
+        }
         if after.fenced > before.fenced {
             self.trace(format!(
                 "{}: seq {} of an earlier steer binding fenced off",
@@ -1764,15 +1956,18 @@ impl Sim {
     }
 
     /// Outputs of node `n` on their way to the steer run whose connection they belong to.
-    fn emit(&mut self, n: usize, out: Vec<Emit<u32>>) {
+    fn emit(&mut self, n: usize, out: Vec<Emit<Conn>>) {
         for e in out {
             let Some(client) = client_of(e.client) else {
                 continue;
             };
-            if e.to != self.steer.inc {
-                // That run's connection died with it: so did the answer.
+            if e.to != (self.steer.inc, self.nodes[n].inc) {
+                // That connection died with the steer run or the node: so did the answer.
                 self.lost_answers.insert(e.seq);
                 continue;
+            }
+            if self.nodes[n].inc > 0 {
+                self.ext.answered_after_restart.insert(e.seq);
             }
             let at = self.link(Ep::Node(n), Ep::Steer);
             self.at(
@@ -2317,7 +2512,11 @@ impl Sim {
     fn fault(&mut self, f: Fault) {
         match f {
             Fault::ControllerCrash => self.ctl_crash(),
-            Fault::NodeCrash(n) => self.node_crash(n),
+            Fault::NodeCrash(n) => {
+                let kept = self.before_node_crash(n);
+                self.node_crash(n);
+                self.after_node_crash(n, kept);
+            }
             Fault::SteerCrash => self.steer_crash(),
             Fault::OperatorAbort { request } => {
                 if self.ctl.ended {
@@ -2405,17 +2604,22 @@ impl Sim {
         let route_phase = self.steer.core.phase();
         let seq = self.steer.core.last_seq();
         let floor = self.steer.delivered.min(seq);
-        let cut = self.rng.gen_range(floor..=seq);
+        let cut = if self.sc.split_crash {
+            self.split_cut(floor, seq)
+        } else {
+            self.rng.gen_range(floor..=seq)
+        };
         let inc = self.steer.inc as usize;
         self.steer.cuts[inc] = cut;
         self.steer.alive = false;
-        let lost = self.log.iter().filter(|a| a.seq > cut).count();
-        let stamped_lost = self
-            .log
-            .iter()
-            .filter(|a| a.seq > cut && a.client.is_some())
+        // A split crash wrote seq cut + 1 to one node: it stays if that is its answering copy.
+        let kept = self.split_keeps(cut);
+        let gone = |a: &Admitted| a.seq > cut && Some(a.seq) != kept;
+        let lost = self.log.iter().filter(|a| gone(a)).count();
+        let stamped_lost = (self.log.iter())
+            .filter(|a| gone(a) && a.client.is_some())
             .count() as u64;
-        self.log.retain(|a| a.seq <= cut);
+        self.log.retain(|a| !gone(a));
         self.lost_in_steer_crash += stamped_lost;
         self.trace(format!(
             "CRASH of the steer in {phase:?} (route {route_phase}, seq {seq}, cut at {cut}: {lost} stamped signals lost)"
@@ -2445,13 +2649,14 @@ impl Sim {
     /// move was in progress, routing nothing until the controller installs the route again.
     fn steer_restart(&mut self) {
         let disk = self.steer.disk;
+        let configured = if self.sc.stale_view { B } else { A };
         let st = &mut self.steer;
         st.alive = true;
         st.inc += 1;
         st.cuts.push(u64::MAX);
         st.core = ServiceCore::new(
             "counter-1",
-            node_addr(A),
+            node_addr(configured),
             Kept::Route(disk),
             steer_timeouts(),
         );
@@ -2802,6 +3007,13 @@ impl Sim {
                 .as_deref()
                 .is_some_and(|r| r.contains("unreachable"))
             && (self.sc.control_loss > 0.0 || crashed);
+        // A node restarted without its state: a failed move tells the operator (never silent).
+        let failed_allowed = failed_allowed
+            || (phase == Phase::Failed
+                && self
+                    .ext
+                    .restarted
+                    .is_some_and(|(_, c, _)| c != Comeback::Kept));
         self.checked.push("ends_done_or_aborted");
         if phase == Phase::Failed && !failed_allowed {
             self.violation(
@@ -2813,7 +3025,7 @@ impl Sim {
         // The reference: one instance applying every admitted signal in seq order.
         let mut reference = Instance::new(self.func.clone());
         let mut expected: BTreeMap<u64, Bytes> = BTreeMap::new();
-        for a in &self.log {
+        for a in self.log.iter().filter(|a| self.effective(a)) {
             let mut out = Vec::new();
             reference.apply_signal(
                 Stamp {
@@ -2858,53 +3070,8 @@ impl Sim {
                 }
             }
         };
-        let ok_state = |node: &Node, except: &BTreeSet<Bytes>| -> Result<(), String> {
-            let Some(inst) = &node.inst else {
-                return Err("the owner hosts no instance".into());
-            };
-            if inst.shadow_stats().is_some() {
-                return Err("the owner is still a shadow".into());
-            }
-            let got: Vec<_> = inst
-                .hosted()
-                .dump()
-                .into_iter()
-                .filter(|r| !except.contains(&r.key))
-                .collect();
-            let want: Vec<_> = reference
-                .iter()
-                .filter(|r| !except.contains(&r.key))
-                .cloned()
-                .collect();
-            if got == want {
-                return Ok(());
-            }
-            let keys: BTreeSet<Bytes> = got
-                .iter()
-                .chain(want.iter())
-                .map(|r| r.key.clone())
-                .collect();
-            let mut diffs = Vec::new();
-            for k in keys {
-                let g = got.iter().find(|r| r.key == k);
-                let w = want.iter().find(|r| r.key == k);
-                if g != w && diffs.len() < 6 {
-                    let show = |r: Option<&handoff_state::RecordView>| {
-                        r.map(|r| {
-                            format!("seq {} {:?}", r.seq, SimCounter.decode_session(&r.bytes))
-                        })
-                        .unwrap_or_else(|| "absent".into())
-                    };
-                    diffs.push(format!("{k:?}: got {}, want {}", show(g), show(w)));
-                }
-            }
-            Err(format!(
-                "{} records, reference {}; first differences: {}",
-                got.len(),
-                want.len(),
-                diffs.join("; ")
-            ))
-        };
+        let ok_state =
+            |node: &Node, except: &BTreeSet<Bytes>| faults::compare_state(node, &reference, except);
 
         let mut state_violation = None;
         let mut late: Vec<(&'static str, String)> = Vec::new();
@@ -2923,7 +3090,9 @@ impl Sim {
             if !wrong.is_empty() {
                 late.push(("answer_content", wrong.join("; ")));
             }
+            // A stale view's move has its own checks (the instance started on B).
             let owner = match phase {
+                _ if self.sc.stale_view => None,
                 Phase::Done => Some(B),
                 Phase::Aborted => Some(A),
                 _ => None,
@@ -2991,6 +3160,9 @@ impl Sim {
             }
         }
         let n_signals = signals.len() as u64;
+        let mut added = Vec::new();
+        self.fault_checks(&reference, &expected, &mut added);
+        late.extend(added);
         if !found.is_empty() {
             let inv = if crashed {
                 "survivor_answers"
@@ -3037,6 +3209,16 @@ impl Sim {
             steer_crashed: self.steer_crashed,
             lost_in_steer_crash: self.lost_in_steer_crash,
             answers_lost_in_steer_crash: self.lost_answers.len() as u64,
+            restarted: self.ext.restarted.map(|(n, c, p)| {
+                let side = if n == A {
+                    Side::Source
+                } else {
+                    Side::Destination
+                };
+                (side, c, p)
+            }),
+            retransmissions: self.ext.retransmissions,
+            queue_shed: self.ext.queue_shed,
             created_during_move: m.figures.created_during_move,
             lost_on_abort: m.figures.lost_on_abort,
             checked: self.checked,
