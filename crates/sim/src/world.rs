@@ -1299,6 +1299,7 @@ impl Sim {
                 disk: KeptRoute {
                     node: node_addr(serving),
                     phase: RoutePhase::Serving,
+                    floor: 0,
                 },
                 links: BTreeMap::new(),
                 poll_due: false,

@@ -693,6 +693,18 @@ fn open_bug_s_a_stale_view_abort_drops_the_serving_instance() {
     assert_ne!(r.phase, Phase::Done, "{r}");
 }
 
+/// Regression: an abort committed at seq 65 had sent 65 to the destination only; the steer
+/// crashed, restarted serving from the source (which had applied 64) and stamped 65 again, so
+/// two signals shared a seq, and a returning session's record at 65 would take the new 65 as
+/// already included (seed 223 under mixed, found once the simulation shed and retransmitted).
+/// The kept route carries the last seq stamped; a restart stamps above it.
+#[test]
+fn fixed_t_a_steer_restarted_after_a_flip_never_stamps_a_seq_again() {
+    let r = run(223, FaultClass::Mixed);
+    check(&r);
+    assert!(r.steer_crashed.is_some(), "{r}");
+}
+
 // --- tools --------------------------------------------------------------------------------------
 
 /// Soak: `HANDOFF_SIM_SEEDS` seeds (default 10 000) round-robin over the classes, or all

@@ -289,6 +289,7 @@ mod tests {
         let kept = KeptRoute {
             node,
             phase: crate::route::RoutePhase::CutOver,
+            floor: 0,
         };
         write_route_file(Some(&path), kept);
         assert_eq!(read_route_file(&path), Kept::Route(kept));
@@ -298,7 +299,8 @@ mod tests {
             read_route_file(&path),
             Kept::Route(KeptRoute {
                 node,
-                phase: crate::route::RoutePhase::Moving
+                phase: crate::route::RoutePhase::Moving,
+                floor: 0,
             })
         );
         std::fs::write(&path, b"{not json").unwrap();

@@ -109,6 +109,11 @@ pub struct KeptRoute {
     pub node: SocketAddr,
     /// The route's phase.
     pub phase: RoutePhase,
+    /// The last seq stamped when the route was kept: a restarted steer stamps above it, so no
+    /// seq that reached the other side of a flip (a move's destination before an abort, its
+    /// source before a finish) is given out again. Files written before it existed read 0.
+    #[serde(default)]
+    pub floor: u64,
 }
 
 /// What the shell found of the kept route at start.
@@ -441,7 +446,10 @@ impl<R> ServiceCore<R> {
             instance,
             timeouts: t,
             route: Route::new(MAX_CREATED_DURING_MOVE),
-            seq: 0,
+            seq: match kept {
+                Kept::Route(k) => k.floor,
+                Kept::Nothing | Kept::Unreadable => 0,
+            },
             next_link: 0,
             source: Slot {
                 id: LinkId(0),
@@ -511,8 +519,9 @@ impl<R> ServiceCore<R> {
     }
 
     fn persist(&mut self, node: SocketAddr, phase: RoutePhase) {
+        let floor = self.seq;
         self.effects
-            .push(Effect::PersistRoute(KeptRoute { node, phase }));
+            .push(Effect::PersistRoute(KeptRoute { node, phase, floor }));
     }
 
     fn reply(&mut self, to: R, r: Result<Answer, CommandError>) {

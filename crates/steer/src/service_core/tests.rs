@@ -256,6 +256,7 @@ fn a_route_lost_in_a_restart_refuses_moves_until_rebind_and_serve() {
     let kept = Kept::Route(KeptRoute {
         node: addr(1),
         phase: RoutePhase::Moving,
+        floor: 0,
     });
     let mut c = Core::new("mme-1", addr(7), kept, Timeouts::default());
     let first = opened(&c.take_effects());
@@ -318,6 +319,7 @@ fn a_route_lost_after_the_cutover_is_served_only_by_the_destination() {
     let kept = Kept::Route(KeptRoute {
         node: addr(1),
         phase: RoutePhase::CutOver,
+        floor: 0,
     });
     let mut c = Core::new("mme-1", addr(1), kept, Timeouts::default());
     c.take_effects();
@@ -430,4 +432,36 @@ fn a_release_hands_the_held_signals_over_in_order_as_room_allows() {
     assert_eq!(replies(effects), vec![(2, Ok(Answer::Done))]);
     assert_eq!(c.status().node, addr(2));
     assert_eq!(c.status().phase, RoutePhase::Serving);
+}
+
+/// Regression (seed 223 under mixed): an abort committed at seq 65 sent 65 to the destination
+/// only; the steer restarted serving from the source, which had applied 64, and stamped 65
+/// again, so a session coming back with its record at 65 would have taken a new signal 65 as
+/// already included. The kept route carries the last seq stamped.
+#[test]
+fn a_restart_after_a_flip_stamps_above_every_seq_given_out_before_it() {
+    let (mut c, _, _, _) = moving(false);
+    for k in 0..5 {
+        routed(c.admit(signal(SignalKind::Create, 20 + k), 0, |_| true));
+    }
+    c.command(Command::AbortBegin, 1, 0);
+    let (_, f) = routed(c.admit(signal(SignalKind::Update, 20), 0, |_| true));
+    assert_eq!(f.len(), 1, "to the destination only");
+    c.command(Command::AbortCommit, 2, 0);
+    let last = c.last_seq();
+    let kept = c
+        .take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::PersistRoute(k) => Some(k),
+            _ => None,
+        })
+        .last()
+        .expect("the route is kept");
+    assert_eq!((kept.phase, kept.floor), (RoutePhase::Serving, last));
+    let mut again = Core::new("mme-1", addr(1), Kept::Route(kept), Timeouts::default());
+    let src = opened(&again.take_effects())[0].0;
+    again.link_up(src, last - 1);
+    let (seq, _) = routed(again.admit(signal(SignalKind::Update, 1), 0, |_| true));
+    assert_eq!(seq, last + 1);
 }
