@@ -806,3 +806,38 @@ fn a_full_buffer_refuses_and_counts_the_signal() {
     let s = h.shadow_stats().unwrap();
     assert_eq!((s.buffered, s.refused), (1, 1));
 }
+
+/// Regression (bug g): a hand-over marker that reaches a source already expecting the
+/// session back (an abort's, lagging on its link) freezes the old copy, as on a serving
+/// source: its timer must not fire on it before the record arrives.
+#[test]
+fn a_late_hand_over_marker_freezes_a_session_the_source_expects_back() {
+    let mut h: Box<dyn Hosted> = Box::new(Hosting::new(Arc::new(Counter)));
+    let k = Bytes::copy_from_slice(&[1]);
+    apply_hosted(h.as_mut(), 1, [1, 1]);
+    let held = h.table().get(&k).expect("created");
+    h.expect_records(
+        vec![k.clone()],
+        crate::runtime::shadow::ShadowLimits::default(),
+    )
+    .unwrap();
+    h.hand_over(&k, 2);
+    // Well past the session's expiry (1000 µs after its last change).
+    let mut out = Vec::new();
+    h.apply(
+        Stamp {
+            seq: 3,
+            now_us: 10_000,
+        },
+        SignalKind::Tick,
+        &Bytes::new(),
+        &[],
+        &mut out,
+    )
+    .unwrap();
+    let now = h
+        .table()
+        .get(&k)
+        .expect("the frozen copy is kept as it was");
+    assert_eq!((now.seq, now.bytes), (held.seq, held.bytes));
+}
