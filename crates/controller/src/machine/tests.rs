@@ -420,3 +420,45 @@ fn a_destination_that_refused_signals_is_never_cut_over_to() {
         .unwrap_or("")
         .contains("could not take 3 signals"));
 }
+
+/// Regression (seed 110 under operator-abort): the source left shadow mode before every
+/// signal below the abort's boundary had reached it; a hand-over marker still on its link then
+/// froze a session it served again. It now leaves only once it applied boundary - 1.
+#[test]
+fn an_aborted_source_serves_again_only_after_every_seq_below_the_abort() {
+    let created = vec![Bytes::from_static(b"k1")];
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    let mut applied = vec![47, 48, 49].into_iter();
+    let mut asked_below_boundary = 0;
+    let mut now = 0;
+    while let Some(a) = m.action() {
+        m.start_action();
+        if m.phase == Phase::Verify {
+            m.request_abort("operator");
+        }
+        let r = match &a {
+            Action::AppliedSeq { at: Side::Source } if m.phase == Phase::AbortReturn => {
+                let seq = applied.next().unwrap_or(49);
+                if seq < 49 {
+                    asked_below_boundary += 1;
+                }
+                Ok(Outcome::Applied(seq))
+            }
+            Action::FinishShadow {
+                at: Side::Source, ..
+            } => {
+                assert_eq!(
+                    applied.len(),
+                    0,
+                    "the source left shadow mode before applying boundary - 1 (50 - 1)"
+                );
+                Ok(Outcome::Done)
+            }
+            _ => Ok(healthy(&a, &created)),
+        };
+        now += 1;
+        m.complete(r, now);
+    }
+    assert_eq!(m.phase, Phase::Aborted, "{m:?}");
+    assert_eq!(asked_below_boundary, 2);
+}
