@@ -20,6 +20,7 @@
 pub mod client;
 mod codec;
 mod frame;
+pub mod rpc;
 
 pub use codec::*;
 pub use frame::*;
