@@ -401,7 +401,8 @@ impl Controller {
                 )
                 .await?;
                 c.set_reply_timeout(Duration::from_secs(3));
-                c.request(&handoff_steer::SteerRequest::Status).await
+                c.request(&handoff_steer::SteerRequest::Status(Default::default()))
+                    .await
             }
             .await;
             steers.push(match r {
@@ -481,7 +482,7 @@ fn error(code: u16, message: impl Into<String>) -> Frame {
 }
 
 async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_wire::FrameError> {
-    let mut f = Framed::new(stream, FrameCodec);
+    let mut f = Framed::new(stream, FrameCodec::new());
     let hello_timeout = Duration::from_secs(5);
     if !handoff_wire::client::accept_admin_hello(&mut f, &c.cfg.token, "controller", hello_timeout)
         .await?

@@ -5,8 +5,10 @@ use crate::machine::{
 };
 use bytes::Bytes;
 use handoff_node::AdminRequest;
+use handoff_steer::control::ops as steer_ops;
 use handoff_steer::SteerRequest;
 use handoff_wire::client::{ClientError, ControlClient};
+use handoff_wire::rpc::Operation;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -263,11 +265,13 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
                 function: s.function.clone(),
             },
         ),
-        Action::BeginMove { abort_safe } => Request::Steer(SteerRequest::BeginMove {
-            instance,
-            destination: s.destination,
-            abort_safe: *abort_safe,
-        }),
+        Action::BeginMove { abort_safe } => {
+            Request::Steer(SteerRequest::BeginMove(steer_ops::BeginMove {
+                instance,
+                destination: s.destination,
+                abort_safe: *abort_safe,
+            }))
+        }
         Action::Wait { ms } => Request::Wait { ms: *ms },
         Action::Copy {
             from,
@@ -300,7 +304,7 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
             }
         }
         Action::ShadowStats { at: side } => node(at(*side), AdminRequest::ShadowStats { instance }),
-        Action::Cutover => Request::Steer(SteerRequest::Cutover { instance }),
+        Action::Cutover => Request::Steer(SteerRequest::Cutover(steer_ops::Cutover { instance })),
         Action::AppliedSeq { at: side } => node(at(*side), AdminRequest::Stats),
         Action::FinishShadow { at: side, force } => node(
             at(*side),
@@ -309,11 +313,15 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
                 force: *force,
             },
         ),
-        Action::FinishMove => Request::Steer(SteerRequest::FinishMove { instance }),
+        Action::FinishMove => {
+            Request::Steer(SteerRequest::FinishMove(steer_ops::FinishMove { instance }))
+        }
         Action::DropInstance { at: side } => {
             node(at(*side), AdminRequest::DropInstance { instance })
         }
-        Action::AbortBegin => Request::Steer(SteerRequest::AbortBegin { instance }),
+        Action::AbortBegin => {
+            Request::Steer(SteerRequest::AbortBegin(steer_ops::AbortBegin { instance }))
+        }
         Action::ExpectSessions { keys } => node(
             s.source,
             AdminRequest::ExpectSessions {
@@ -321,32 +329,32 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
                 keys: keys.iter().map(hex::encode).collect(),
             },
         ),
-        Action::AbortCommit => Request::Steer(SteerRequest::AbortCommit { instance }),
-        Action::RebindRoute => Request::Steer(SteerRequest::Rebind {
+        Action::AbortCommit => Request::Steer(SteerRequest::AbortCommit(steer_ops::AbortCommit {
+            instance,
+        })),
+        Action::RebindRoute => Request::Steer(SteerRequest::Rebind(steer_ops::Rebind {
             instance,
             source: s.source,
             destination: s.destination,
-        }),
+        })),
         Action::CreatedKeys { at: side } => node(at(*side), AdminRequest::CreatedKeys { instance }),
-        Action::ServeRoute { owner } => Request::Steer(SteerRequest::Serve {
+        Action::ServeRoute { owner } => Request::Steer(SteerRequest::Serve(steer_ops::Serve {
             instance,
             node: at(*owner),
-        }),
+        })),
     }
 }
 
 /// Reads the answer `v` to the request for `action` (see [`request_for`]) as its outcome.
 pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result<Outcome, Failure> {
-    let bad = |e: serde_json::Error| Failure::Refused(format!("bad reply: {e}"));
-    let num = |v: &serde_json::Value, k: &str| {
-        v[k].as_u64()
-            .ok_or_else(|| Failure::Refused(format!("reply lacks {k}: {v}")))
-    };
-    let boundary = |v: &serde_json::Value| -> Result<Outcome, Failure> {
-        Ok(Outcome::Boundary {
-            boundary: num(v, "boundary")?,
-            last_sent: num(v, "last_sent")?,
-        })
+    /// The reply of operation `O`, every field required.
+    fn typed<O: Operation>(v: serde_json::Value) -> Result<O::Reply, Failure> {
+        serde_json::from_value::<O::Reply>(v)
+            .map_err(|e| Failure::Refused(format!("bad reply to {}: {e}", O::OP)))
+    }
+    let boundary = |b: handoff_steer::Boundary| Outcome::Boundary {
+        boundary: b.boundary,
+        last_sent: b.last_sent,
     };
     Ok(match action {
         Action::PrepareShadow
@@ -355,19 +363,28 @@ pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result
         | Action::FinishMove
         | Action::DropInstance { .. }
         | Action::ExpectSessions { .. } => Outcome::Done,
-        Action::BeginMove { .. } => Outcome::FirstSeq {
-            first: num(&v, "first_seq")?,
-            last_sent: num(&v, "last_sent")?,
-        },
-        Action::Copy { .. } => {
-            Outcome::Copied(serde_json::from_value::<CopyOutcome>(v).map_err(bad)?)
+        Action::BeginMove { .. } => {
+            let r = typed::<steer_ops::BeginMove>(v)?;
+            Outcome::FirstSeq {
+                first: r.first_seq,
+                last_sent: r.last_sent,
+            }
         }
+        Action::Copy { .. } => Outcome::Copied(
+            serde_json::from_value::<CopyOutcome>(v)
+                .map_err(|e| Failure::Refused(format!("bad reply to copy_to: {e}")))?,
+        ),
         Action::ShadowStats { .. } => Outcome::Shadow(if v.is_null() {
             None
         } else {
-            Some(serde_json::from_value::<ShadowView>(v).map_err(bad)?)
+            Some(
+                serde_json::from_value::<ShadowView>(v)
+                    .map_err(|e| Failure::Refused(format!("bad reply to shadow_stats: {e}")))?,
+            )
         }),
-        Action::Cutover | Action::AbortCommit | Action::ServeRoute { .. } => boundary(&v)?,
+        Action::Cutover => boundary(typed::<steer_ops::Cutover>(v)?),
+        Action::AbortCommit => boundary(typed::<steer_ops::AbortCommit>(v)?),
+        Action::ServeRoute { .. } => boundary(typed::<steer_ops::Serve>(v)?),
         Action::AppliedSeq { .. } => {
             let seq = v["instances"]
                 .as_array()
@@ -376,11 +393,15 @@ pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result
                 .ok_or_else(|| Failure::Refused(format!("{} is not hosted there", s.instance)))?;
             Outcome::Applied(seq)
         }
-        Action::AbortBegin | Action::CreatedKeys { .. } => Outcome::Keys(created_keys(&v)?),
-        Action::RebindRoute => Outcome::Rebound {
-            source: v["source"].as_u64(),
-            destination: v["destination"].as_u64(),
-        },
+        Action::AbortBegin => Outcome::Keys(typed::<steer_ops::AbortBegin>(v)?.created),
+        Action::CreatedKeys { .. } => Outcome::Keys(created_keys(&v)?),
+        Action::RebindRoute => {
+            let r = typed::<steer_ops::Rebind>(v)?;
+            Outcome::Rebound {
+                source: r.source,
+                destination: r.destination,
+            }
+        }
     })
 }
 

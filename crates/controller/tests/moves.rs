@@ -5,7 +5,9 @@
 use handoff_controller::daemon::{
     Controller, ControllerConfig, ControllerRequest, InstanceEntry, NodeEntry, SteerEntry,
 };
-use handoff_loadgen::{oracle, LoadConfig};
+use handoff_controller::driver::NetDriver;
+use handoff_controller::machine::{Action, MoveMachine, MoveSpec, Phase, Side};
+use handoff_loadgen::{oracle, LoadConfig, Transaction, UeHistory};
 use handoff_node::client::AdminClient;
 use handoff_vmme::Vmme;
 use handoff_wire::client::ControlClient;
@@ -19,6 +21,7 @@ struct Cluster {
     a: SocketAddr,
     b: SocketAddr,
     service: SocketAddr,
+    steer_control: SocketAddr,
     controller: Arc<Controller>,
     _steer: handoff_steer::Steer,
     _nodes: Vec<Arc<handoff_node::Node>>,
@@ -61,6 +64,7 @@ async fn cluster(name: &str) -> Cluster {
         a,
         b,
         service,
+        steer_control: steer.control_addr().unwrap(),
         controller,
         _steer: steer,
         _nodes: vec![na, nb],
@@ -323,4 +327,179 @@ fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::AdminReq
         abort_safe: false,
         lead_ms: 0,
     })
+}
+
+/// Sessions the destination creates during the move in the many-creates tests: far above the
+/// old cap of about 15,000 keys in one JSON answer (half a frame).
+const MANY: u64 = 50_000;
+/// Sessions on the source before the move (what the paced copy carries).
+const PRELOADED: u64 = 2_000;
+const FIRST_IMSI: u64 = 1_010_000_000_000;
+
+/// A UE's attach request: a create, keyed as the vMME keys its sessions (by IMSI).
+fn attach_request(imsi: u64) -> Vec<u8> {
+    handoff_vmme::Signal {
+        header: handoff_vmme::Header { imsi, txn_id: 1 },
+        body: handoff_testkit::attach_body(),
+    }
+    .to_bytes()
+}
+
+/// Attaches the UEs `imsis` through the steer, at most `WINDOW` unanswered at once, resending
+/// what is unanswered after a quiet spell as a UE would (the function answers a retransmission
+/// from its cache). Returns each UE's history for the oracle.
+async fn attach_all(service: SocketAddr, imsis: std::ops::Range<u64>) -> Vec<UeHistory> {
+    const WINDOW: usize = 256;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(service).await.unwrap();
+    let mut pending = std::collections::HashMap::new();
+    let mut histories = Vec::with_capacity((imsis.end - imsis.start) as usize);
+    let mut next = imsis.start;
+    let mut quiet = 0;
+    let mut buf = vec![0u8; 65_536];
+    while next < imsis.end || !pending.is_empty() {
+        while pending.len() < WINDOW && next < imsis.end {
+            let signal = attach_request(next);
+            sock.send(&signal).await.unwrap();
+            pending.insert(next, signal);
+            next += 1;
+        }
+        match tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await {
+            Ok(r) => {
+                let n = r.unwrap();
+                let answer = handoff_vmme::Response::decode(&buf[..n]).unwrap();
+                if let Some(signal) = pending.remove(&answer.header.imsi) {
+                    histories.push(UeHistory {
+                        imsi: answer.header.imsi,
+                        txns: vec![Transaction {
+                            txn_id: 1,
+                            signal,
+                            answer: buf[..n].to_vec(),
+                        }],
+                        tainted: false,
+                    });
+                }
+            }
+            Err(_) => {
+                quiet += 1;
+                assert!(quiet < 50, "{} attaches unanswered for 15 s", pending.len());
+                for signal in pending.values() {
+                    sock.send(signal).await.unwrap();
+                }
+            }
+        }
+    }
+    histories
+}
+
+/// Moves `mme-1` from node-a to node-b by driving the controller's move machine step by step
+/// with its network driver (the daemon's `drive` without its loop): once the copy has
+/// ended, and before anything else (so before the cutover), [`MANY`] sessions are created
+/// through the steer, all routed to the destination alone; the steer must count every one
+/// as created during the move. Then the operator aborts (`abort`) or the move goes on.
+async fn move_with_many_creates(c: &Cluster, abort: bool) -> (MoveMachine, Vec<UeHistory>) {
+    let spec = MoveSpec {
+        id: 1,
+        instance: "mme-1".into(),
+        function: "vmme".into(),
+        source: c.a,
+        destination: c.b,
+        steer: c.steer_control,
+        order: handoff_state::CopyOrder::HotFirst,
+        plan: handoff_state::CopyPlan::default(),
+        abort_safe: false,
+        lead_ms: 0,
+    };
+    let driver = NetDriver {
+        name: "test".into(),
+        token: TOKEN.into(),
+    };
+    let epoch = std::time::Instant::now();
+    let now = || epoch.elapsed().as_millis() as u64;
+    let mut m = MoveMachine::new(spec, 0).unwrap();
+    let mut created = Vec::new();
+    while let Some(action) = m.action() {
+        if !matches!(action, Action::Wait { .. }) {
+            m.start_action();
+        }
+        let r = driver.perform(&m, &action).await;
+        m.complete(r, now());
+        let copied = matches!(
+            action,
+            Action::Copy {
+                from: Side::Source,
+                ..
+            }
+        );
+        if copied && created.is_empty() {
+            assert_eq!(m.phase, Phase::Verify, "the copy went through");
+            let t = std::time::Instant::now();
+            created = attach_all(
+                c.service,
+                FIRST_IMSI + PRELOADED..FIRST_IMSI + PRELOADED + MANY,
+            )
+            .await;
+            eprintln!("{MANY} creates in {:?}", t.elapsed());
+            let mut steer = ControlClient::connect(c.steer_control, "t", TOKEN)
+                .await
+                .unwrap();
+            let status = steer
+                .call(&handoff_steer::control::ops::Status {})
+                .await
+                .unwrap();
+            assert_eq!(
+                status.services[0].route.created_during_move as u64, MANY,
+                "{status:?}"
+            );
+            if abort {
+                assert!(m.abort_now("aborted by the operator", now()));
+            }
+        }
+    }
+    assert_eq!(created.len() as u64, MANY, "the move ran its copy");
+    (m, created)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_brings_back_fifty_thousand_sessions_the_destination_created() {
+    let c = cluster("many-abort").await;
+    let mut histories = attach_all(c.service, FIRST_IMSI..FIRST_IMSI + PRELOADED).await;
+    let (m, created) = move_with_many_creates(&c, true).await;
+    assert_eq!(m.phase, Phase::Aborted, "{:?}", m.reason);
+    assert_eq!(m.figures.created_during_move, MANY);
+    assert_eq!(m.figures.lost_on_abort, 0);
+    // The source holds every session, the 50,000 with the state the destination gave them.
+    histories.extend(created);
+    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    let dump = admin_a.dump("mme-1").await.unwrap();
+    assert_eq!(dump.len() as u64, PRELOADED + MANY);
+    let r = oracle::check(&Vmme::default(), &histories, &dump);
+    assert_eq!(r.checked, PRELOADED + MANY, "{r:?}");
+    assert_eq!(
+        (r.mismatches, r.answer_mismatches, r.unknown_records),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    assert!(admin_b.dump("mme-1").await.is_err(), "destination removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_completes_while_the_destination_creates_fifty_thousand_sessions() {
+    let c = cluster("many-done").await;
+    let mut histories = attach_all(c.service, FIRST_IMSI..FIRST_IMSI + PRELOADED).await;
+    let (m, created) = move_with_many_creates(&c, false).await;
+    assert_eq!(m.phase, Phase::Done, "{:?}", m.reason);
+    assert!(m.figures.cutover_seq > m.figures.first_seq);
+    histories.extend(created);
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    let dump = admin_b.dump("mme-1").await.unwrap();
+    assert_eq!(dump.len() as u64, PRELOADED + MANY);
+    let r = oracle::check(&Vmme::default(), &histories, &dump);
+    assert_eq!(r.checked, PRELOADED + MANY, "{r:?}");
+    assert_eq!(
+        (r.mismatches, r.answer_mismatches, r.unknown_records),
+        (0, 0, 0),
+        "{r:?}"
+    );
 }

@@ -31,14 +31,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Records handed to the destination instance at once.
 const RECORD_BATCH: usize = 256;
-/// Most bytes of hex session keys one JSON answer lists: half a frame body, so the answer is
-/// never cut short by the frame limit (a longer list is refused instead).
-const MAX_JSON_KEY_BYTES: usize = handoff_wire::MAX_BODY / 2;
-
-/// Whether `keys`, hex-encoded, fit in one JSON answer (see [`MAX_JSON_KEY_BYTES`]).
-pub(crate) fn keys_fit_in_json(keys: &[SessionKey]) -> bool {
-    keys.iter().map(|k| 2 * k.len() + 3).sum::<usize>() <= MAX_JSON_KEY_BYTES
-}
 pub use crate::copy_core::{ResendRound, MAX_RESEND_ROUNDS};
 /// Longest wait for the source to apply a seq the copy must include.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -457,14 +449,6 @@ pub(crate) async fn peer_session(
                 };
                 let body = match step {
                     ManifestStep::Reawait(keys) => match reawait(&h, keys).await? {
-                        Ok(done) if !keys_fit_in_json(&done.excluded) => {
-                            let why = format!(
-                                "{} sessions of the differing buckets are this node's own: more than \
-                                 a re-send answer can list",
-                                done.excluded.len()
-                            );
-                            return send(tx, vec![error(code::BAD_REQUEST, why)]).await;
-                        }
                         Ok(done) => core.reawaited(done),
                         Err(e) => {
                             return send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await
@@ -605,21 +589,4 @@ async fn reawait(
     answer
         .await
         .map_err(|_| FrameError::Io("instance stopped".into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_lists_that_would_overflow_a_frame_do_not_fit_in_json() {
-        let key = |i: u32| SessionKey::from(i.to_be_bytes().repeat(8));
-        let few: Vec<SessionKey> = (0..100).map(key).collect();
-        assert!(keys_fit_in_json(&few));
-        // 32-byte keys are 67 bytes of JSON each: 10,000 of them exceed half a frame body.
-        let many: Vec<SessionKey> = (0..10_000).map(key).collect();
-        assert!(!keys_fit_in_json(&many));
-        let answer = serde_json::to_vec(&many.iter().map(hex::encode).collect::<Vec<_>>()).unwrap();
-        assert!(answer.len() > MAX_JSON_KEY_BYTES);
-    }
 }

@@ -26,7 +26,7 @@ pub(crate) async fn connect(
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let mut f = Framed::new(stream, FrameCodec);
+    let mut f = Framed::new(stream, FrameCodec::new());
     f.send(Frame::Hello {
         role: Role::Peer,
         name: name.to_owned(),

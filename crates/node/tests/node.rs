@@ -181,7 +181,7 @@ async fn wrong_frames_and_unknown_instances_get_coded_errors() {
     assert_eq!(stats["instances"][0]["instance"], "mme-1");
 
     // Malformed JSON is refused and the connection stays usable.
-    let mut raw = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec);
+    let mut raw = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec::new());
     raw.send(Frame::Hello {
         role: Role::Admin,
         name: "t".into(),
