@@ -3,14 +3,16 @@
 //! the sessions created meanwhile. The oracle checks the surviving copy.
 
 use handoff_controller::daemon::{
-    Controller, ControllerConfig, ControllerRequest, InstanceEntry, NodeEntry, SteerEntry,
+    Controller, ControllerConfig, InstanceEntry, NodeEntry, SteerEntry,
 };
 use handoff_controller::driver::NetDriver;
 use handoff_controller::machine::{Action, MoveMachine, MoveSpec, Phase, Side};
+use handoff_controller::ops;
 use handoff_loadgen::{oracle, LoadConfig, Transaction, UeHistory};
 use handoff_node::client::AdminClient;
 use handoff_vmme::Vmme;
 use handoff_wire::client::ControlClient;
+use handoff_wire::code;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,13 +74,10 @@ async fn cluster(name: &str) -> Cluster {
     }
 }
 
-async fn wait_end(c: &Arc<Controller>, id: u64) -> serde_json::Value {
+async fn wait_end(c: &Arc<Controller>, id: u64) -> ops::MoveStatus {
     for _ in 0..3000 {
-        let s = c
-            .handle(ControllerRequest::MoveStatus { id })
-            .await
-            .unwrap();
-        if s["ended"] == true {
+        let s = c.move_status(id).unwrap();
+        if s.ended {
             return s;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -86,8 +85,8 @@ async fn wait_end(c: &Arc<Controller>, id: u64) -> serde_json::Value {
     panic!("move {id} did not end within 30 s");
 }
 
-fn migrate(lead_ms: u64) -> ControllerRequest {
-    ControllerRequest::Migrate {
+fn migrate(lead_ms: u64) -> ops::Migrate {
+    ops::Migrate {
         instance: "mme-1".into(),
         to: "node-b".into(),
         order: handoff_state::CopyOrder::HotFirst,
@@ -112,42 +111,35 @@ async fn the_controller_moves_an_instance_under_load_and_loses_nothing() {
         |_| {},
     ));
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let started = c.controller.handle(migrate(200)).await.unwrap();
-    let id = started["id"].as_u64().unwrap();
-    let end = wait_end(&c.controller, id).await;
-    assert_eq!(end["phase"], "done", "{end}");
-    let f = &end["figures"];
-    assert_eq!(f["copy"]["digest_match"], true, "{end}");
+    let started = c.controller.migrate(migrate(200)).await.unwrap();
     assert_eq!(
-        f["copy"]["records_copied"], f["copy"]["sessions_at_start"],
-        "{end}"
+        (started.from.as_str(), started.to.as_str()),
+        ("node-a", "node-b")
     );
-    assert!(f["cutover_seq"].as_u64().unwrap() > f["first_seq"].as_u64().unwrap());
-    let status = c
-        .controller
-        .handle(ControllerRequest::Status)
-        .await
-        .unwrap();
-    assert_eq!(status["instances"][0]["node"], "node-b", "{status}");
+    let end = wait_end(&c.controller, started.id).await;
+    assert_eq!(end.phase, Phase::Done, "{end:?}");
+    let f = &end.figures;
+    assert!(f.copy.digest_match, "{end:?}");
+    assert_eq!(f.copy.records_copied, f.copy.sessions_at_start, "{end:?}");
+    assert!(f.cutover_seq > f.first_seq);
+    let status = c.controller.status().await;
+    assert_eq!(status.instances[0].node, "node-b", "{status:?}");
     // And back again while the load goes on: the new owner is the source now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let back = c
         .controller
-        .handle(ControllerRequest::Migrate {
-            instance: "mme-1".into(),
+        .migrate(ops::Migrate {
             to: "node-a".into(),
             order: handoff_state::CopyOrder::Random { seed: 3 },
-            plan: handoff_state::CopyPlan::default(),
-            abort_safe: false,
-            lead_ms: 0,
+            ..migrate(0)
         })
         .await
         .unwrap();
-    let end = wait_end(&c.controller, back["id"].as_u64().unwrap()).await;
-    assert_eq!(end["phase"], "done", "{end}");
+    let end = wait_end(&c.controller, back.id).await;
+    assert_eq!(end.phase, Phase::Done, "{end:?}");
     assert!(
-        end["figures"]["phases_ms"]["copy"].as_u64().unwrap() < 500,
-        "the copy did not wait for a seq the new source never gets: {end}"
+        end.figures.phases_ms["copy"] < 500,
+        "the copy did not wait for a seq the new source never gets: {end:?}"
     );
 
     let (report, histories) = load.await.unwrap().unwrap();
@@ -169,12 +161,8 @@ async fn the_controller_moves_an_instance_under_load_and_loses_nothing() {
     // The second move's source went offline; the cluster view follows the instance.
     let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
     assert!(admin_b.dump("mme-1").await.is_err(), "source retired");
-    let status = c
-        .controller
-        .handle(ControllerRequest::Status)
-        .await
-        .unwrap();
-    assert_eq!(status["instances"][0]["node"], "node-a", "{status}");
+    let status = c.controller.status().await;
+    assert_eq!(status.instances[0].node, "node-a", "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,19 +184,17 @@ async fn an_aborted_move_returns_the_sessions_created_meanwhile_to_the_source() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A long lead keeps the move in move mode (creates going to the destination) while the
     // operator changes their mind.
-    let id = c.controller.handle(migrate(1500)).await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let id = c.controller.migrate(migrate(1500)).await.unwrap().id;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    c.controller
-        .handle(ControllerRequest::Abort { id })
-        .await
-        .unwrap();
+    assert_eq!(c.controller.abort(id).unwrap().aborting, id);
     let end = wait_end(&c.controller, id).await;
-    assert_eq!(end["phase"], "aborted", "{end}");
-    let created = end["figures"]["created_during_move"].as_u64().unwrap();
-    assert!(created > 0, "the test needs creates during the move: {end}");
-    assert_eq!(end["figures"]["lost_on_abort"], 0, "{end}");
+    assert_eq!(end.phase, Phase::Aborted, "{end:?}");
+    let created = end.figures.created_during_move;
+    assert!(
+        created > 0,
+        "the test needs creates during the move: {end:?}"
+    );
+    assert_eq!(end.figures.lost_on_abort, 0, "{end:?}");
 
     let (report, histories) = load.await.unwrap().unwrap();
     assert_eq!(
@@ -237,31 +223,29 @@ async fn a_wrong_token_is_refused_everywhere() {
             .await
             .err()
             .unwrap();
-        assert!(e.to_string().contains("code 7"), "{e}");
+        assert_eq!(e.code(), Some(code::UNAUTHORIZED), "{e}");
     }
     let steer = c._steer.control_addr().unwrap();
     let e = ControlClient::connect(steer, "t", "").await.err().unwrap();
-    assert!(e.to_string().contains("code 7"), "{e}");
+    assert_eq!(e.code(), Some(code::UNAUTHORIZED), "{e}");
     // A bad request gets a clear error, not a dropped connection.
     let mut ok = ControlClient::connect(steer, "t", TOKEN).await.unwrap();
     let e = ok
-        .request(&serde_json::json!({ "op": "cutover", "instance": "nope" }))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("no service"), "{e}");
-    let e = c
-        .controller
-        .handle(ControllerRequest::Migrate {
-            instance: "mme-9".into(),
-            to: "node-b".into(),
-            order: handoff_state::CopyOrder::HotFirst,
-            plan: handoff_state::CopyPlan::default(),
-            abort_safe: false,
-            lead_ms: 0,
+        .call(&handoff_steer::control::ops::Cutover {
+            instance: "nope".into(),
         })
         .await
         .unwrap_err();
-    assert!(e.1.contains("unknown instance"), "{e:?}");
+    assert_eq!(e.code(), Some(code::UNKNOWN_INSTANCE), "{e}");
+    let e = c
+        .controller
+        .migrate(ops::Migrate {
+            instance: "mme-9".into(),
+            ..migrate(0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, code::UNKNOWN_INSTANCE, "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,16 +267,12 @@ async fn a_source_node_can_drive_the_move_itself_with_no_controller() {
     ));
     tokio::time::sleep(Duration::from_millis(900)).await;
     let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
-    let report = admin_a.request(&source_driven(&c, c.b)).await.unwrap();
-    assert_eq!(report["phase"], "done", "{report}");
-    assert_eq!(report["figures"]["copy"]["digest_match"], true, "{report}");
+    let report = admin_a.call(&source_driven(&c, c.b)).await.unwrap();
+    assert_eq!(report.phase, "done", "{report:?}");
+    assert_eq!(report.figures["copy"]["digest_match"], true, "{report:?}");
     // No controller took part.
-    let status = c
-        .controller
-        .handle(ControllerRequest::Status)
-        .await
-        .unwrap();
-    assert_eq!(status["moves"].as_array().unwrap().len(), 0, "{status}");
+    let status = c.controller.status().await;
+    assert!(status.moves.is_empty(), "{status:?}");
 
     let (load, histories) = load.await.unwrap().unwrap();
     assert_eq!(
@@ -311,13 +291,14 @@ async fn a_source_node_can_drive_the_move_itself_with_no_controller() {
     );
     // A node without a driver refuses clearly.
     let mut admin_b2 = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
-    let e = admin_b2.request(&source_driven(&c, c.a)).await.unwrap_err();
+    let e = admin_b2.call(&source_driven(&c, c.a)).await.unwrap_err();
+    assert_eq!(e.code(), Some(code::BAD_REQUEST), "{e}");
     assert!(e.to_string().contains("cannot drive moves"), "{e}");
 }
 
 /// A source-driven move of `mme-1` to `destination`, as asked of a node.
-fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::AdminRequest {
-    handoff_node::AdminRequest::Migrate(handoff_node::MigrateRequest {
+fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::ops::Migrate {
+    handoff_node::MigrateRequest {
         instance: "mme-1".into(),
         function: String::new(),
         destination,
@@ -326,7 +307,7 @@ fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::AdminReq
         plan: handoff_state::CopyPlan::default(),
         abort_safe: false,
         lead_ms: 0,
-    })
+    }
 }
 
 /// Sessions the destination creates during the move in the many-creates tests: far above the

@@ -101,6 +101,16 @@ pub enum CopyError {
         /// What went wrong.
         reason: String,
     },
+    /// The destination refused the copy (it is not an empty shadow, ...), with its code.
+    #[error("destination {addr} refused ({code}): {message}")]
+    Refused {
+        /// Its address.
+        addr: SocketAddr,
+        /// The destination's stable code.
+        code: u16,
+        /// Its message.
+        message: String,
+    },
     /// The instance cannot be copied from now (a full copy from a source that already
     /// expects an aborted move's sessions back).
     #[error("copy refused: {0}")]
@@ -108,6 +118,22 @@ pub enum CopyError {
     /// The copy's protocol failed (a tombstone missing, a bad answer).
     #[error(transparent)]
     Protocol(#[from] CopyCoreError),
+}
+
+impl CopyError {
+    /// The stable code a `copy_to` refusal carries: the node's own, `BAD_REQUEST` for an
+    /// infeasible plan or a protocol failure, `NOT_REACHABLE` when the destination did not
+    /// answer, the destination's code when it refused, `WRONG_PHASE` when the source cannot
+    /// copy now.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::Node(e) => e.code(),
+            Self::Infeasible(_) | Self::Protocol(_) => code::BAD_REQUEST,
+            Self::Destination { .. } => code::NOT_REACHABLE,
+            Self::Refused { code, .. } => *code,
+            Self::WrongPhase(_) => code::WRONG_PHASE,
+        }
+    }
 }
 
 /// Streams `instance`'s sessions to the node at `destination`, which must host an empty
@@ -326,12 +352,17 @@ async fn answer<T: serde::de::DeserializeOwned>(
     within: Duration,
     what: &str,
 ) -> Result<T, CopyError> {
-    peer::answer(f, within, what)
-        .await
-        .map_err(|reason| CopyError::Destination {
+    peer::answer(f, within, what).await.map_err(|e| match e {
+        peer::PeerError::Refused { code, message } => CopyError::Refused {
+            addr: destination,
+            code,
+            message,
+        },
+        peer::PeerError::Failed(reason) => CopyError::Destination {
             addr: destination,
             reason,
-        })
+        },
+    })
 }
 
 /// The source's side of a copy connection, with its pace.
@@ -451,7 +482,7 @@ pub(crate) async fn peer_session(
                     ManifestStep::Reawait(keys) => match reawait(&h, keys).await? {
                         Ok(done) => core.reawaited(done),
                         Err(e) => {
-                            return send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await
+                            return send(tx, vec![error(code::WRONG_PHASE, e.to_string())]).await
                         }
                     },
                     ManifestStep::Take(keys) => {
@@ -474,7 +505,7 @@ pub(crate) async fn peer_session(
                                 core.taken(taken, count)
                             }
                             Ok(Err(e)) => {
-                                return send(tx, vec![error(code::WRONG_FRAME, e.to_string())])
+                                return send(tx, vec![error(code::WRONG_PHASE, e.to_string())])
                                     .await
                             }
                             Err(_) => return Err(FrameError::Io("instance stopped".into())),

@@ -18,6 +18,7 @@ mod direct;
 mod frames;
 mod instance;
 pub mod instance_core;
+pub mod ops;
 mod peer;
 pub mod push;
 pub mod sys;
@@ -103,7 +104,7 @@ pub trait MoveDriver: Send + Sync + 'static {
     fn migrate(
         &self,
         req: MigrateRequest,
-    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>>;
+    ) -> futures::future::BoxFuture<'static, Result<ops::MigrateReport, String>>;
 }
 
 /// A source-driven move, as asked of the source node.

@@ -464,3 +464,78 @@ async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64)
 fn unexpected() -> (u16, String) {
     (code::BAD_REQUEST, "the service answered out of turn".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_wire::rpc::{request_body, Operation};
+
+    #[test]
+    fn every_request_refuses_unknown_fields_status_included() {
+        for body in [
+            r#"{"op":"status","verbose":true}"#,
+            r#"{"op":"cutover","instance":"mme-1","now":true}"#,
+            r#"{"op":"begin_move","instance":"mme-1","destination":"127.0.0.1:1","x":0}"#,
+        ] {
+            let e = serde_json::from_str::<SteerRequest>(body).unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{body}: {e}");
+        }
+        assert_eq!(
+            serde_json::from_str::<SteerRequest>(r#"{"op":"status"}"#).unwrap(),
+            SteerRequest::Status(ops::Status {})
+        );
+    }
+
+    #[test]
+    fn a_typed_request_is_what_the_listener_reads() {
+        let req = ops::Rebind {
+            instance: "mme-1".into(),
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: "127.0.0.1:2".parse().unwrap(),
+        };
+        let body = request_body(&req).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["op"], ops::Rebind::OP);
+        assert_eq!(
+            serde_json::from_slice::<SteerRequest>(&body).unwrap(),
+            SteerRequest::Rebind(req)
+        );
+    }
+
+    #[test]
+    fn a_reply_missing_a_field_is_an_error_not_a_default() {
+        // `null` is an answer ("not bound in time"); a missing field is not.
+        let ok = r#"{"source":5,"destination":null,"incarnation":2}"#;
+        let r: ops::ReboundReply = serde_json::from_str(ok).unwrap();
+        assert_eq!((r.source, r.destination), (Some(5), None));
+        for bad in [
+            r#"{"source":5,"incarnation":2}"#,
+            r#"{"destination":5,"incarnation":2}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ops::ReboundReply>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(serde_json::from_str::<ops::BeginMoveReply>(r#"{"first_seq":1}"#).is_err());
+        assert!(serde_json::from_str::<ops::CreatedReply>(r#"{"created":["zz"]}"#).is_err());
+    }
+
+    #[test]
+    fn a_created_list_of_any_length_survives_the_reply_body() {
+        let created: Vec<bytes::Bytes> = (0u32..50_000)
+            .map(|i| bytes::Bytes::from(i.to_be_bytes().repeat(8)))
+            .collect();
+        let req = SteerRequest::AbortBegin(ops::AbortBegin {
+            instance: "mme-1".into(),
+        });
+        let v = reply_body(&req, Answer::Keys(created.clone()), 1).unwrap();
+        let body = serde_json::to_vec(&v).unwrap();
+        assert!(
+            body.len() > 3 * handoff_wire::MAX_BODY,
+            "well above one frame"
+        );
+        let back: ops::CreatedReply = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.created, created);
+    }
+}
