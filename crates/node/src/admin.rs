@@ -1,7 +1,7 @@
 //! Admin requests (JSON in `Frame::Admin`) and their replies.
 
 use crate::frames::{error, reply, send, Reader};
-use crate::instance::{Control, TaskStats};
+use crate::instance::Control;
 use crate::ops;
 use crate::Node;
 use futures::StreamExt;
@@ -47,29 +47,31 @@ pub enum AdminRequest {
     SetRuleset(ops::SetRuleset),
 }
 
-/// One instance in a stats reply.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct InstanceInfo {
-    /// Name.
-    pub instance: String,
-    /// Function.
-    pub function: String,
-    /// Sessions held.
-    pub sessions: u64,
-    /// Counters.
-    pub stats: TaskStats,
+macro_rules! into_request {
+    ($($variant:ident($name:ty)),* $(,)?) => {
+        $(impl From<$name> for AdminRequest {
+            fn from(r: $name) -> Self {
+                Self::$variant(r)
+            }
+        })*
+    };
 }
-
-/// The reply to [`AdminRequest::Stats`].
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct NodeStats {
-    /// Node name.
-    pub node: String,
-    /// Resident set size of the node process.
-    pub rss_bytes: u64,
-    /// Hosted instances.
-    pub instances: Vec<InstanceInfo>,
-}
+into_request!(
+    Stats(ops::Stats),
+    CreateInstance(ops::CreateInstance),
+    Dump(ops::Dump),
+    GetRuleset(ops::GetRuleset),
+    CopyTo(ops::CopyTo),
+    ExpectSessions(ops::ExpectSessions),
+    Migrate(ops::Migrate),
+    DropInstance(ops::DropInstance),
+    PrepareShadow(ops::PrepareShadow),
+    ShadowStats(ops::ShadowStats),
+    CreatedKeys(ops::CreatedKeysOf),
+    FinishShadow(ops::FinishShadow),
+    Push(ops::Push),
+    SetRuleset(ops::SetRuleset),
+);
 
 /// Runs a move step on an instance's task and turns its answer into a reply frame.
 async fn move_step(

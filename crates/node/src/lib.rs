@@ -23,9 +23,10 @@ mod peer;
 pub mod push;
 pub mod sys;
 
-pub use admin::{AdminRequest, InstanceInfo, NodeStats};
+pub use admin::AdminRequest;
 pub use direct::serve_direct;
 pub use instance::{InstanceHandle, Reply};
+pub use ops::{InstanceInfo, NodeStats};
 
 use handoff_function::runtime::Catalog;
 use parking_lot::Mutex;

@@ -15,7 +15,29 @@ use bytes::Bytes;
 use handoff_function::Ruleset;
 use std::net::SocketAddr;
 
-pub use crate::admin::{InstanceInfo, NodeStats};
+/// One instance in a stats reply.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct InstanceInfo {
+    /// Name.
+    pub instance: String,
+    /// Function.
+    pub function: String,
+    /// Sessions held.
+    pub sessions: u64,
+    /// Counters.
+    pub stats: crate::instance_core::TaskStats,
+}
+
+/// The reply to [`Stats`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NodeStats {
+    /// Node name.
+    pub node: String,
+    /// Resident set size of the node process.
+    pub rss_bytes: u64,
+    /// Hosted instances.
+    pub instances: Vec<InstanceInfo>,
+}
 
 /// Node and instance counters. Answer: [`NodeStats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -283,29 +305,3 @@ handoff_wire::operations! {
     Push => PushReport = "push",
     SetRuleset => Replaced = "set_ruleset",
 }
-
-macro_rules! into_request {
-    ($($variant:ident($name:ty)),* $(,)?) => {
-        $(impl From<$name> for crate::AdminRequest {
-            fn from(r: $name) -> Self {
-                Self::$variant(r)
-            }
-        })*
-    };
-}
-into_request!(
-    Stats(Stats),
-    CreateInstance(CreateInstance),
-    Dump(Dump),
-    GetRuleset(GetRuleset),
-    CopyTo(CopyTo),
-    ExpectSessions(ExpectSessions),
-    Migrate(Migrate),
-    DropInstance(DropInstance),
-    PrepareShadow(PrepareShadow),
-    ShadowStats(ShadowStats),
-    CreatedKeys(CreatedKeysOf),
-    FinishShadow(FinishShadow),
-    Push(Push),
-    SetRuleset(SetRuleset),
-);
