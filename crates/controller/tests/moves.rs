@@ -310,9 +310,13 @@ fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::ops::Mig
     }
 }
 
-/// Sessions the destination creates during the move in the many-creates tests: far above the
-/// old cap of about 15,000 keys in one JSON answer (half a frame).
-const MANY: u64 = 50_000;
+/// Sessions the destination creates during the move in the many-creates tests: at least
+/// 50,000, and enough that every key list of the move is longer than one frame. A vMME key is
+/// the IMSI's 8 bytes, 19 bytes of JSON as hex: 50,000 of them (950 kB) were already above the
+/// old cap of half a frame on `created_keys` and the re-send's `excluded`, 60,000 (1.14 MB)
+/// are above a whole frame, so the steer's `abort_begin` answer and the `expect_sessions` and
+/// `copy_to` requests of the abort all travel as continuations.
+const MANY: u64 = 60_000;
 /// Sessions on the source before the move (what the paced copy carries).
 const PRELOADED: u64 = 2_000;
 const FIRST_IMSI: u64 = 1_010_000_000_000;
@@ -432,6 +436,21 @@ async fn move_with_many_creates(c: &Cluster, abort: bool) -> (MoveMachine, Vec<U
                 status.services[0].route.created_during_move as u64, MANY,
                 "{status:?}"
             );
+            // The destination's own list (what an abort uses when the steer lost its list)
+            // names every one of them too, in one answer.
+            let mut dest = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+            let own = dest
+                .call(&handoff_node::ops::CreatedKeysOf {
+                    instance: "mme-1".into(),
+                })
+                .await
+                .unwrap();
+            let wanted: std::collections::BTreeSet<_> = created
+                .iter()
+                .map(|h| handoff_vmme::session_key(h.imsi))
+                .collect();
+            let got: std::collections::BTreeSet<_> = own.created.into_iter().collect();
+            assert_eq!(got, wanted);
             if abort {
                 assert!(m.abort_now("aborted by the operator", now()));
             }
@@ -442,14 +461,14 @@ async fn move_with_many_creates(c: &Cluster, abort: bool) -> (MoveMachine, Vec<U
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abort_brings_back_fifty_thousand_sessions_the_destination_created() {
+async fn an_abort_brings_back_sixty_thousand_sessions_the_destination_created() {
     let c = cluster("many-abort").await;
     let mut histories = attach_all(c.service, FIRST_IMSI..FIRST_IMSI + PRELOADED).await;
     let (m, created) = move_with_many_creates(&c, true).await;
     assert_eq!(m.phase, Phase::Aborted, "{:?}", m.reason);
     assert_eq!(m.figures.created_during_move, MANY);
     assert_eq!(m.figures.lost_on_abort, 0);
-    // The source holds every session, the 50,000 with the state the destination gave them.
+    // The source holds every session, the 60,000 with the state the destination gave them.
     histories.extend(created);
     let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
     let dump = admin_a.dump("mme-1").await.unwrap();
@@ -466,7 +485,7 @@ async fn an_abort_brings_back_fifty_thousand_sessions_the_destination_created() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_move_completes_while_the_destination_creates_fifty_thousand_sessions() {
+async fn a_move_completes_while_the_destination_creates_sixty_thousand_sessions() {
     let c = cluster("many-done").await;
     let mut histories = attach_all(c.service, FIRST_IMSI..FIRST_IMSI + PRELOADED).await;
     let (m, created) = move_with_many_creates(&c, false).await;
