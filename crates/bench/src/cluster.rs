@@ -10,7 +10,6 @@
 use crate::{BenchError, Subject};
 use handoff_function::runtime::Catalog;
 use handoff_node::client::AdminClient;
-use handoff_node::AdminRequest;
 use handoff_steer::{ServiceConfig, Steer, SteerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,8 +105,7 @@ impl NodeProcess {
     /// The node's resident set size, asked of the node itself.
     pub async fn rss_bytes(&self) -> Result<u64, BenchError> {
         let mut c = AdminClient::connect(self.addr, "bench").await?;
-        let stats = c.request(&AdminRequest::Stats).await?;
-        Ok(stats["rss_bytes"].as_u64().unwrap_or(0))
+        Ok(c.call(&handoff_node::ops::Stats {}).await?.rss_bytes)
     }
 
     /// Stops the process (killed; waited for at most 5 s).

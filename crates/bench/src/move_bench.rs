@@ -581,7 +581,7 @@ async fn sample_buffered(
         return out;
     };
     let start = Instant::now();
-    let ask = handoff_node::AdminRequest::ShadowStats {
+    let ask = handoff_node::ops::ShadowStats {
         instance: subject.instance,
     };
     for _ in 0..MAX_SAMPLES {
@@ -589,10 +589,9 @@ async fn sample_buffered(
             break;
         }
         // Before the prepare the instance is unknown, after the finish it is no shadow: skip.
-        if let Ok(v) = admin.request(&ask).await {
-            if let (Some(b), Some(a)) = (v["buffered"].as_u64(), v["awaiting"].as_u64()) {
-                out.samples.push([start.elapsed().as_millis() as u64, b, a]);
-            }
+        if let Ok(Some(s)) = admin.call(&ask).await {
+            let (b, a) = (s.buffered as u64, s.awaiting as u64);
+            out.samples.push([start.elapsed().as_millis() as u64, b, a]);
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
     }

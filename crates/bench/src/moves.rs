@@ -14,7 +14,6 @@
 use crate::{BenchError, Subject};
 use handoff_node::client::AdminClient;
 use handoff_node::push::PushReport;
-use handoff_node::AdminRequest;
 use handoff_state::{CopyOrder, CopyPlan};
 use handoff_steer::Steer;
 use std::net::SocketAddr;
@@ -231,19 +230,15 @@ async fn push(
     after_seq: u64,
     last: bool,
 ) -> Result<PushReport, BenchError> {
-    let v = admin
-        .request(&AdminRequest::Push {
+    Ok(admin
+        .call(&handoff_node::ops::Push {
             instance: instance.into(),
             destination: to,
             since_seq,
             after_seq,
             last,
         })
-        .await?;
-    serde_json::from_value(v).map_err(|e| BenchError::BadAnswer {
-        request: "push",
-        reason: e.to_string(),
-    })
+        .await?)
 }
 
 /// Moves `subject` from `a` to `b` by stop-and-copy (`rule` `None`) or iterative pre-copy:
@@ -268,7 +263,7 @@ pub async fn baseline_move(
         ..BaselineReport::default()
     };
     admin_b
-        .request(&AdminRequest::CreateInstance {
+        .call(&handoff_node::ops::CreateInstance {
             instance: instance.into(),
             function: subject.function.clone(),
         })

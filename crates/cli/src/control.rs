@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use handoff_controller::daemon::{Controller, ControllerConfig, ControllerRequest};
+use handoff_controller::daemon::{Controller, ControllerConfig};
+use handoff_controller::machine::{MoveFigures, Phase};
+use handoff_controller::ops;
 use handoff_state::CopyPlan;
 use handoff_wire::client::ControlClient;
 use std::net::SocketAddr;
@@ -132,7 +134,7 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     let mut c = a.at.connect().await?;
     let started = c
-        .request(&ControllerRequest::Migrate {
+        .call(&ops::Migrate {
             instance: a.instance.clone(),
             to: a.to.clone(),
             order: parse_order(&a.order, 1)?,
@@ -142,7 +144,7 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         })
         .await
         .context("the controller refused the move")?;
-    let id = started["id"].as_u64().context("no move id in the reply")?;
+    let id = started.id;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -157,11 +159,9 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     let mut aborted = false;
     let mut last_bytes = (0u64, std::time::Instant::now(), 0f64);
     let status = loop {
-        let s = c.request(&ControllerRequest::MoveStatus { id }).await?;
-        let p = &s["progress"];
-        let total = p["sessions_at_start"].as_u64().unwrap_or(0);
-        let records = p["records"].as_u64().unwrap_or(0);
-        let bytes = p["bytes"].as_u64().unwrap_or(0);
+        let s = c.call(&ops::GetMoveStatus { id }).await?;
+        let p = s.progress.clone().unwrap_or_default();
+        let (total, records, bytes) = (p.sessions_at_start, p.records, p.bytes);
         let dt = last_bytes.1.elapsed().as_secs_f64();
         if dt >= 0.5 {
             last_bytes.2 = bytes.saturating_sub(last_bytes.0) as f64 / dt;
@@ -171,26 +171,52 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(records);
         bar.set_message(format!(
             "{} · {:.1} MB · {:.1} MB/s · buffered {}",
-            s["phase"].as_str().unwrap_or("?"),
+            phase_name(s.phase),
             bytes as f64 / 1e6,
             last_bytes.2 / 1e6,
-            p["buffered"].as_u64().unwrap_or(0)
+            p.buffered
         ));
         bar.tick();
-        if s["ended"].as_bool().unwrap_or(false) {
+        if s.ended {
             break s;
         }
         tokio::select! {
             _ = &mut ctrl_c, if !aborted => {
                 aborted = true;
                 bar.println("Ctrl-C: aborting the move (it completes if already cut over)");
-                let _ = c.request(&ControllerRequest::Abort { id }).await;
+                let _ = c.call(&ops::Abort { id }).await;
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     };
     bar.finish_and_clear();
-    print_move(&a, &status)
+    let view = MoveView {
+        id: status.id,
+        from: status.from.clone(),
+        to: status.to.clone(),
+        phase: phase_name(status.phase),
+        reason: status.reason.clone(),
+        figures: status.figures.clone(),
+    };
+    print_move(&a, &serde_json::to_value(&status)?, &view)
+}
+
+/// A move phase's name (see `docs/wire.md`).
+fn phase_name(p: Phase) -> String {
+    match serde_json::to_value(p) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{p:?}"),
+    }
+}
+
+/// What the text report shows of a move, from either variant's typed answer.
+struct MoveView {
+    id: u64,
+    from: String,
+    to: String,
+    phase: String,
+    reason: Option<String>,
+    figures: MoveFigures,
 }
 
 /// The source-driven variant: the source node runs the move; the CLI only waits and watches
@@ -211,7 +237,7 @@ async fn source_driven(
         .await
         .with_context(|| format!("cannot reach the source node at {source}"))?;
     c.set_reply_timeout(Duration::from_secs(3_600));
-    let req = handoff_node::AdminRequest::Migrate(handoff_node::MigrateRequest {
+    let req = handoff_node::ops::Migrate {
         instance: a.instance.clone(),
         function: String::new(),
         destination,
@@ -220,7 +246,7 @@ async fn source_driven(
         plan,
         abort_safe: a.abort_safe,
         lead_ms: a.lead_ms,
-    });
+    };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_prefix(format!(
         "{} {source} → {destination} (source-driven)",
@@ -230,7 +256,7 @@ async fn source_driven(
         indicatif::ProgressStyle::with_template("{spinner} move {prefix}: {msg} [{elapsed}]")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
-    let work = c.request(&req);
+    let work = c.call(&req);
     tokio::pin!(work);
     let watch = async {
         let Ok(mut d) = ControlClient::connect(destination, "cli", &a.at.token).await else {
@@ -238,20 +264,18 @@ async fn source_driven(
         };
         loop {
             let s = d
-                .request(&handoff_node::AdminRequest::ShadowStats {
+                .call(&handoff_node::ops::ShadowStats {
                     instance: a.instance.clone(),
                 })
                 .await;
-            if let Ok(s) = s {
-                if !s.is_null() {
-                    bar.set_message(format!(
-                        "{} sessions, {:.1} MB received, {} awaited, buffered {}",
-                        s["records"],
-                        s["bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
-                        s["awaiting"],
-                        s["buffered"]
-                    ));
-                }
+            if let Ok(Some(s)) = s {
+                bar.set_message(format!(
+                    "{} sessions, {:.1} MB received, {} awaited, buffered {}",
+                    s.records,
+                    s.bytes as f64 / 1e6,
+                    s.awaiting,
+                    s.buffered
+                ));
             }
             bar.tick();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -263,61 +287,68 @@ async fn source_driven(
         _ = &mut watch => unreachable!("the watcher never ends"),
     };
     bar.finish_and_clear();
-    print_move(a, &status)
+    let view = MoveView {
+        id: status.id,
+        from: status.from.to_string(),
+        to: status.to.to_string(),
+        phase: status.phase.clone(),
+        reason: status.reason.clone(),
+        figures: serde_json::from_value(status.figures.clone())
+            .context("the source node's report has bad figures")?,
+    };
+    print_move(a, &serde_json::to_value(&status)?, &view)
 }
 
-fn print_move(a: &MigrateArgs, status: &serde_json::Value) -> anyhow::Result<ExitCode> {
-    let id = &status["id"];
-    let phase = status["phase"].as_str().unwrap_or("?").to_owned();
+fn print_move(a: &MigrateArgs, json: &serde_json::Value, m: &MoveView) -> anyhow::Result<ExitCode> {
     if a.json {
-        out!("{}", serde_json::to_string_pretty(&status)?);
+        out!("{}", serde_json::to_string_pretty(json)?);
     } else {
-        let f = &status["figures"];
+        let f = &m.figures;
         out!(
-            "move {id}: {} {} → {}: {phase}{}",
+            "move {}: {} {} → {}: {}{}",
+            m.id,
             a.instance,
-            status["from"].as_str().unwrap_or("?"),
-            status["to"].as_str().unwrap_or("?"),
-            status["reason"]
-                .as_str()
+            m.from,
+            m.to,
+            m.phase,
+            m.reason
+                .as_ref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         );
         out!(
             "  copied {} of {} sessions ({} tombstones, {:.1} MB), digest match {}, buffered peak {}",
-            f["copy"]["records_copied"],
-            f["copy"]["sessions_at_start"],
-            f["copy"]["tombstones"],
-            f["copy"]["bytes_copied"].as_u64().unwrap_or(0) as f64 / 1e6,
-            f["copy"]["digest_match"],
-            f["shadow"]["buffered_peak"]
+            f.copy.records_copied,
+            f.copy.sessions_at_start,
+            f.copy.tombstones,
+            f.copy.bytes_copied as f64 / 1e6,
+            f.copy.digest_match,
+            f.shadow.buffered_peak
         );
-        if let Some(rounds) = f["copy"]["resends"].as_array().filter(|r| !r.is_empty()) {
-            for (i, r) in rounds.iter().enumerate() {
-                out!(
-                    "  re-send {}: {} differing buckets, {} records ({} owned by the destination, not re-sent)",
-                    i + 1,
-                    r["buckets"].as_array().map_or(0, Vec::len),
-                    r["records"],
-                    r["excluded"]
-                );
-            }
+        for (i, r) in f.copy.resends.iter().enumerate() {
+            out!(
+                "  re-send {}: {} differing buckets, {} records ({} owned by the destination, not re-sent)",
+                i + 1,
+                r.buckets.len(),
+                r.records,
+                r.excluded
+            );
         }
         out!(
             "  seqs: first under move mode {}, cutover {}; phases (ms) {}",
-            f["first_seq"],
-            f["cutover_seq"],
-            f["phases_ms"]
+            f.first_seq,
+            f.cutover_seq,
+            serde_json::to_string(&f.phases_ms)?
         );
-        if f["created_during_move"].as_u64().unwrap_or(0) > 0 {
+        if f.created_during_move > 0 {
             out!(
                 "  abort: {} sessions created during the move, {} lost",
-                f["created_during_move"],
-                f["lost_on_abort"]
+                f.created_during_move,
+                f.lost_on_abort
             );
         }
     }
-    Ok(if phase == "done" {
+    Ok(if m.phase == "done" {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -335,73 +366,65 @@ pub struct StatusArgs {
 
 pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut c = a.at.connect().await?;
-    let s = c.request(&ControllerRequest::Status).await?;
+    let s = c.call(&ops::Status {}).await?;
     if a.json {
         out!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
     }
     out!("nodes");
-    for n in s["nodes"].as_array().into_iter().flatten() {
-        let instances: Vec<String> = n["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|i| {
-                format!(
-                    "{} ({} sessions)",
-                    i["instance"].as_str().unwrap_or("?"),
-                    i["sessions"]
-                )
-            })
-            .collect();
+    for n in &s.nodes {
+        let instances: Vec<String> = match &n.state {
+            ops::NodeState::Up { instances, .. } => instances
+                .iter()
+                .map(|i| format!("{} ({} sessions)", i.instance, i.sessions))
+                .collect(),
+            ops::NodeState::Down { .. } => Vec::new(),
+        };
         out!(
             "  {:<10} {:<21} {} {}",
-            n["name"].as_str().unwrap_or("?"),
-            n["addr"].as_str().unwrap_or("?"),
-            if n["up"] == true { "up  " } else { "DOWN" },
+            n.name,
+            n.addr.to_string(),
+            if n.up { "up  " } else { "DOWN" },
             instances.join(", ")
         );
     }
     out!("steers");
-    for st in s["steers"].as_array().into_iter().flatten() {
+    for st in &s.steers {
         out!(
             "  {:<10} {:<21} {}",
-            st["name"].as_str().unwrap_or("?"),
-            st["control"].as_str().unwrap_or("?"),
-            if st["up"] == true { "up" } else { "DOWN" }
+            st.name,
+            st.control.to_string(),
+            if st.up { "up" } else { "DOWN" }
         );
-        for svc in st["services"].as_array().into_iter().flatten() {
-            let r = &svc["route"];
-            out!(
-                "    {} {} → {} [{}] last seq {}",
-                r["instance"].as_str().unwrap_or("?"),
-                svc["listen"].as_str().unwrap_or("?"),
-                r["node"].as_str().unwrap_or("?"),
-                r["phase"].as_str().unwrap_or("?"),
-                r["last_seq"]
-            );
+        if let ops::SteerState::Up { services } = &st.state {
+            for svc in services {
+                let r = &svc.route;
+                out!(
+                    "    {} {} → {} [{}] last seq {}",
+                    r.instance,
+                    svc.listen,
+                    r.node,
+                    serde_json::to_value(r.phase)?.as_str().unwrap_or("?"),
+                    r.last_seq
+                );
+            }
         }
     }
     out!("instances");
-    for i in s["instances"].as_array().into_iter().flatten() {
-        out!(
-            "  {:<10} {:<6} on {}",
-            i["name"].as_str().unwrap_or("?"),
-            i["function"].as_str().unwrap_or("?"),
-            i["node"].as_str().unwrap_or("?")
-        );
+    for i in &s.instances {
+        out!("  {:<10} {:<6} on {}", i.name, i.function, i.node);
     }
     out!("recent moves");
-    for m in s["moves"].as_array().into_iter().flatten() {
+    for m in &s.moves {
         out!(
             "  #{} {} {} → {}: {}{}",
-            m["id"],
-            m["instance"].as_str().unwrap_or("?"),
-            m["from"].as_str().unwrap_or("?"),
-            m["to"].as_str().unwrap_or("?"),
-            m["phase"].as_str().unwrap_or("?"),
-            m["reason"]
-                .as_str()
+            m.id,
+            m.instance,
+            m.from,
+            m.to,
+            phase_name(m.phase),
+            m.reason
+                .as_ref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         );

@@ -3,9 +3,9 @@
 
 use crate::driver::{drive, NetDriver, Progress};
 use crate::machine::{MoveMachine, MoveSpec, Phase};
+use crate::ops;
 use crate::store::Store;
 use futures::{SinkExt, StreamExt};
-use handoff_state::{CopyOrder, CopyPlan};
 use handoff_wire::{code, Frame, FrameCodec};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -98,45 +98,19 @@ impl ControllerConfig {
     }
 }
 
-/// A request to the controller.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+/// A request to the controller: one variant per operation, carrying its request type (see
+/// [`crate::ops`]). Unknown fields are refused, `status` included.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControllerRequest {
-    /// The cluster view: nodes, steers, instances, moves.
-    Status,
-    /// Starts a live move; answers `{"id": n}` at once.
-    Migrate {
-        /// The instance.
-        instance: String,
-        /// The destination node's name.
-        to: String,
-        /// Copy order.
-        #[serde(default = "hot_first")]
-        order: CopyOrder,
-        /// Copy limits.
-        #[serde(default)]
-        plan: CopyPlan,
-        /// Duplicate creates too, so an abort needs nothing moved back.
-        #[serde(default)]
-        abort_safe: bool,
-        /// Lead between steering and copy, ms.
-        #[serde(default)]
-        lead_ms: u64,
-    },
-    /// A move's progress and, once ended, its figures.
-    MoveStatus {
-        /// The move.
-        id: u64,
-    },
-    /// Aborts a move (before its cutover).
-    Abort {
-        /// The move.
-        id: u64,
-    },
-}
-
-fn hot_first() -> CopyOrder {
-    CopyOrder::HotFirst
+    /// See [`ops::Status`].
+    Status(ops::Status),
+    /// See [`ops::Migrate`].
+    Migrate(ops::Migrate),
+    /// See [`ops::GetMoveStatus`].
+    MoveStatus(ops::GetMoveStatus),
+    /// See [`ops::Abort`].
+    Abort(ops::Abort),
 }
 
 struct Running {
@@ -254,122 +228,143 @@ impl Controller {
         });
     }
 
-    /// Handles one request.
+    /// Handles one request; the reply is the operation's typed reply as JSON.
     pub async fn handle(self: &Arc<Self>, req: ControllerRequest) -> Reply {
+        fn json<T: serde::Serialize>(r: Result<T, (u16, String)>) -> Reply {
+            r.and_then(|v| serde_json::to_value(v).map_err(|e| bad(e.to_string())))
+        }
         match req {
-            ControllerRequest::Status => Ok(self.status().await),
-            ControllerRequest::Migrate {
-                instance,
-                to,
+            ControllerRequest::Status(ops::Status {}) => json(Ok(self.status().await)),
+            ControllerRequest::Migrate(r) => json(self.migrate(r).await),
+            ControllerRequest::MoveStatus(ops::GetMoveStatus { id }) => json(self.move_status(id)),
+            ControllerRequest::Abort(ops::Abort { id }) => json(self.abort(id)),
+        }
+    }
+
+    /// Starts a move (see [`ops::Migrate`]).
+    pub async fn migrate(
+        self: &Arc<Self>,
+        req: ops::Migrate,
+    ) -> Result<ops::MoveStarted, (u16, String)> {
+        let ops::Migrate {
+            instance,
+            to,
+            order,
+            plan,
+            abort_safe,
+            lead_ms,
+        } = req;
+        let entry = self
+            .cfg
+            .instances
+            .iter()
+            .find(|i| i.name == instance)
+            .ok_or_else(|| {
+                (
+                    code::UNKNOWN_INSTANCE,
+                    format!("unknown instance {instance}"),
+                )
+            })?;
+        let from = self
+            .store
+            .lock()
+            .placement(&instance)
+            .map_err(|e| bad(e.to_string()))?
+            .unwrap_or_else(|| entry.node.clone());
+        let source = self
+            .node_addr(&from)
+            .ok_or_else(|| bad(format!("unknown node {from}")))?;
+        let destination = self
+            .node_addr(&to)
+            .ok_or_else(|| bad(format!("unknown node {to}")))?;
+        let steer = self
+            .cfg
+            .steers
+            .iter()
+            .find(|s| s.name == entry.steer)
+            .map(|s| s.control)
+            .ok_or_else(|| bad(format!("unknown steer {}", entry.steer)))?;
+        let busy = self.store.lock().moves().map_err(|e| bad(e.to_string()))?;
+        if busy
+            .iter()
+            .any(|m| m.spec.instance == instance && !m.phase.is_terminal())
+        {
+            return Err(bad(format!("{instance} is already moving")));
+        }
+        plan.check(0, 1).map_err(|e| bad(e.to_string()))?;
+        let id = self
+            .store
+            .lock()
+            .next_move_id()
+            .map_err(|e| bad(e.to_string()))?;
+        let m = MoveMachine::new(
+            MoveSpec {
+                id,
+                instance: instance.clone(),
+                function: entry.function.clone(),
+                source,
+                destination,
+                steer,
                 order,
                 plan,
                 abort_safe,
                 lead_ms,
-            } => {
-                let entry = self
-                    .cfg
-                    .instances
-                    .iter()
-                    .find(|i| i.name == instance)
-                    .ok_or_else(|| {
-                        (
-                            code::UNKNOWN_INSTANCE,
-                            format!("unknown instance {instance}"),
-                        )
-                    })?;
-                let from = self
-                    .store
-                    .lock()
-                    .placement(&instance)
-                    .map_err(|e| bad(e.to_string()))?
-                    .unwrap_or_else(|| entry.node.clone());
-                let source = self
-                    .node_addr(&from)
-                    .ok_or_else(|| bad(format!("unknown node {from}")))?;
-                let destination = self
-                    .node_addr(&to)
-                    .ok_or_else(|| bad(format!("unknown node {to}")))?;
-                let steer = self
-                    .cfg
-                    .steers
-                    .iter()
-                    .find(|s| s.name == entry.steer)
-                    .map(|s| s.control)
-                    .ok_or_else(|| bad(format!("unknown steer {}", entry.steer)))?;
-                let busy = self.store.lock().moves().map_err(|e| bad(e.to_string()))?;
-                if busy
-                    .iter()
-                    .any(|m| m.spec.instance == instance && !m.phase.is_terminal())
-                {
-                    return Err(bad(format!("{instance} is already moving")));
-                }
-                plan.check(0, 1).map_err(|e| bad(e.to_string()))?;
-                let id = self
-                    .store
-                    .lock()
-                    .next_move_id()
-                    .map_err(|e| bad(e.to_string()))?;
-                let m = MoveMachine::new(
-                    MoveSpec {
-                        id,
-                        instance: instance.clone(),
-                        function: entry.function.clone(),
-                        source,
-                        destination,
-                        steer,
-                        order,
-                        plan,
-                        abort_safe,
-                        lead_ms,
-                    },
-                    0,
-                )
-                .map_err(bad)?;
-                self.store
-                    .lock()
-                    .put_move(&m)
-                    .map_err(|e| bad(e.to_string()))?;
-                tracing::info!(id, %instance, %from, %to, "move started");
-                self.launch(m);
-                Ok(serde_json::json!({ "id": id, "instance": instance, "from": from, "to": to }))
-            }
-            ControllerRequest::MoveStatus { id } => {
-                let progress = self
-                    .running
-                    .lock()
-                    .get(&id)
-                    .map(|r| r.progress.borrow().clone());
-                let stored = self
-                    .store
-                    .lock()
-                    .get_move(id)
-                    .map_err(|e| bad(e.to_string()))?
-                    .ok_or_else(|| bad(format!("no move {id}")))?;
-                Ok(serde_json::json!({
-                    "id": id,
-                    "instance": stored.spec.instance,
-                    "from": self.node_name(stored.spec.source),
-                    "to": self.node_name(stored.spec.destination),
-                    "phase": stored.phase_name(),
-                    "ended": stored.phase.is_terminal(),
-                    "reason": stored.reason,
-                    "progress": progress,
-                    "figures": stored.figures,
-                }))
-            }
-            ControllerRequest::Abort { id } => {
-                let running = self.running.lock();
-                let r = running
-                    .get(&id)
-                    .ok_or_else(|| bad(format!("no running move {id}")))?;
-                r.abort.send_replace(Some("aborted by the operator".into()));
-                Ok(serde_json::json!({ "aborting": id }))
-            }
-        }
+            },
+            0,
+        )
+        .map_err(bad)?;
+        self.store
+            .lock()
+            .put_move(&m)
+            .map_err(|e| bad(e.to_string()))?;
+        tracing::info!(id, %instance, %from, %to, "move started");
+        self.launch(m);
+        Ok(ops::MoveStarted {
+            id,
+            instance,
+            from,
+            to,
+        })
     }
 
-    async fn status(&self) -> serde_json::Value {
-        use serde_json::json;
+    /// A move's status (see [`ops::GetMoveStatus`]).
+    pub fn move_status(&self, id: u64) -> Result<ops::MoveStatus, (u16, String)> {
+        let progress = self
+            .running
+            .lock()
+            .get(&id)
+            .map(|r| r.progress.borrow().clone());
+        let stored = self
+            .store
+            .lock()
+            .get_move(id)
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad(format!("no move {id}")))?;
+        Ok(ops::MoveStatus {
+            id,
+            from: self.node_name(stored.spec.source),
+            to: self.node_name(stored.spec.destination),
+            phase: stored.phase,
+            ended: stored.phase.is_terminal(),
+            instance: stored.spec.instance,
+            reason: stored.reason,
+            progress,
+            figures: stored.figures,
+        })
+    }
+
+    /// Asks a running move to abort (see [`ops::Abort`]).
+    pub fn abort(&self, id: u64) -> Result<ops::Aborting, (u16, String)> {
+        let running = self.running.lock();
+        let r = running
+            .get(&id)
+            .ok_or_else(|| bad(format!("no running move {id}")))?;
+        r.abort.send_replace(Some("aborted by the operator".into()));
+        Ok(ops::Aborting { aborting: id })
+    }
+
+    /// The cluster view (see [`ops::Status`]).
+    pub async fn status(&self) -> ops::StatusReply {
         let mut nodes = Vec::new();
         for n in &self.cfg.nodes {
             let r = async {
@@ -380,15 +375,22 @@ impl Controller {
                 )
                 .await?;
                 c.set_reply_timeout(Duration::from_secs(3));
-                c.request(&handoff_node::AdminRequest::Stats).await
+                c.call(&handoff_node::ops::Stats {}).await
             }
             .await;
-            nodes.push(match r {
-                Ok(v) => json!({ "name": n.name, "addr": n.addr, "up": true,
-                    "instances": v["instances"], "rss_bytes": v["rss_bytes"] }),
-                Err(e) => {
-                    json!({ "name": n.name, "addr": n.addr, "up": false, "error": e.to_string() })
-                }
+            nodes.push(ops::NodeView {
+                name: n.name.clone(),
+                addr: n.addr,
+                up: r.is_ok(),
+                state: match r {
+                    Ok(s) => ops::NodeState::Up {
+                        instances: s.instances,
+                        rss_bytes: s.rss_bytes,
+                    },
+                    Err(e) => ops::NodeState::Down {
+                        error: e.to_string(),
+                    },
+                },
             });
         }
         let mut steers = Vec::new();
@@ -401,41 +403,60 @@ impl Controller {
                 )
                 .await?;
                 c.set_reply_timeout(Duration::from_secs(3));
-                c.request(&handoff_steer::SteerRequest::Status).await
+                c.call(&handoff_steer::control::ops::Status {}).await
             }
             .await;
-            steers.push(match r {
-                Ok(v) => json!({ "name": s.name, "control": s.control, "up": true, "services": v["services"] }),
-                Err(e) => json!({ "name": s.name, "control": s.control, "up": false, "error": e.to_string() }),
+            steers.push(ops::SteerView {
+                name: s.name.clone(),
+                control: s.control,
+                up: r.is_ok(),
+                state: match r {
+                    Ok(st) => ops::SteerState::Up {
+                        services: st.services,
+                    },
+                    Err(e) => ops::SteerState::Down {
+                        error: e.to_string(),
+                    },
+                },
             });
         }
         let store = self.store.lock();
-        let instances: Vec<serde_json::Value> = self
+        let instances = self
             .cfg
             .instances
             .iter()
-            .map(|i| {
-                let node = store
+            .map(|i| ops::InstanceView {
+                name: i.name.clone(),
+                function: i.function.clone(),
+                node: store
                     .placement(&i.name)
                     .ok()
                     .flatten()
-                    .unwrap_or_else(|| i.node.clone());
-                json!({ "name": i.name, "function": i.function, "node": node, "steer": i.steer })
+                    .unwrap_or_else(|| i.node.clone()),
+                steer: i.steer.clone(),
             })
             .collect();
-        let moves: Vec<serde_json::Value> = store
+        let moves = store
             .moves()
             .unwrap_or_default()
             .iter()
             .rev()
             .take(20)
-            .map(|m| {
-                json!({ "id": m.spec.id, "instance": m.spec.instance,
-                    "from": self.node_name(m.spec.source), "to": self.node_name(m.spec.destination),
-                    "phase": m.phase_name(), "reason": m.reason })
+            .map(|m| ops::MoveSummary {
+                id: m.spec.id,
+                instance: m.spec.instance.clone(),
+                from: self.node_name(m.spec.source),
+                to: self.node_name(m.spec.destination),
+                phase: m.phase,
+                reason: m.reason.clone(),
             })
             .collect();
-        json!({ "nodes": nodes, "steers": steers, "instances": instances, "moves": moves })
+        ops::StatusReply {
+            nodes,
+            steers,
+            instances,
+            moves,
+        }
     }
 
     /// Stops driving moves (their state stays in the store for the next run).
@@ -481,7 +502,7 @@ fn error(code: u16, message: impl Into<String>) -> Frame {
 }
 
 async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_wire::FrameError> {
-    let mut f = Framed::new(stream, FrameCodec);
+    let mut f = Framed::new(stream, FrameCodec::new());
     let hello_timeout = Duration::from_secs(5);
     if !handoff_wire::client::accept_admin_hello(&mut f, &c.cfg.token, "controller", hello_timeout)
         .await?
@@ -503,4 +524,25 @@ async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_w
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_refuses_unknown_fields_status_included() {
+        for body in [
+            r#"{"op":"status","verbose":true}"#,
+            r#"{"op":"move_status","id":1,"x":0}"#,
+            r#"{"op":"migrate","instance":"mme-1","to":"node-b","force":true}"#,
+        ] {
+            let e = serde_json::from_str::<ControllerRequest>(body).unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{body}: {e}");
+        }
+        assert_eq!(
+            serde_json::from_str::<ControllerRequest>(r#"{"op":"status"}"#).unwrap(),
+            ControllerRequest::Status(ops::Status {})
+        );
+    }
 }

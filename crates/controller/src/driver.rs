@@ -3,10 +3,12 @@
 use crate::machine::{
     Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, ShadowView, Side, POLL_MS,
 };
-use bytes::Bytes;
+use handoff_node::ops as node_ops;
 use handoff_node::AdminRequest;
+use handoff_steer::control::ops as steer_ops;
 use handoff_steer::SteerRequest;
 use handoff_wire::client::{ClientError, ControlClient};
+use handoff_wire::rpc::Operation;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -115,11 +117,11 @@ impl NetDriver {
             return;
         };
         loop {
-            let req = AdminRequest::ShadowStats {
+            let req = node_ops::ShadowStats {
                 instance: m.spec.instance.clone(),
             };
-            if let Ok(v) = c.request(&req).await {
-                if let Ok(s) = serde_json::from_value::<ShadowView>(v) {
+            if let Ok(v) = c.call(&req).await {
+                if let Some(s) = v.as_ref().map(shadow_view) {
                     progress.send_modify(|p| {
                         p.records = s.records;
                         p.bytes = s.bytes;
@@ -300,16 +302,18 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
     match action {
         Action::PrepareShadow => node(
             s.destination,
-            AdminRequest::PrepareShadow {
+            AdminRequest::PrepareShadow(node_ops::PrepareShadow {
                 instance,
                 function: s.function.clone(),
-            },
+            }),
         ),
-        Action::BeginMove { abort_safe } => Request::Steer(SteerRequest::BeginMove {
-            instance,
-            destination: s.destination,
-            abort_safe: *abort_safe,
-        }),
+        Action::BeginMove { abort_safe } => {
+            Request::Steer(SteerRequest::BeginMove(steer_ops::BeginMove {
+                instance,
+                destination: s.destination,
+                abort_safe: *abort_safe,
+            }))
+        }
         Action::Wait { ms } => Request::Wait { ms: *ms },
         Action::Copy {
             from,
@@ -321,15 +325,15 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
                 Side::Source => s.destination,
                 Side::Destination => s.source,
             };
-            let req = AdminRequest::CopyTo {
+            let req = AdminRequest::CopyTo(node_ops::CopyTo {
                 instance,
                 destination: to,
                 order: s.order,
                 plan: s.plan,
                 after_seq: *after_seq,
-                keys: keys.as_ref().map(|k| k.iter().map(hex::encode).collect()),
+                keys: keys.clone(),
                 lead_ms: *lead_ms,
-            };
+            });
             // A copy takes as long as its plan allows: wait for its deadline, or long.
             let timeout = match s.plan.deadline_ms {
                 Some(d) => Duration::from_millis(d.saturating_mul(2).max(60_000)),
@@ -341,54 +345,65 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
                 timeout,
             }
         }
-        Action::ShadowStats { at: side } => node(at(*side), AdminRequest::ShadowStats { instance }),
-        Action::Cutover => Request::Steer(SteerRequest::Cutover { instance }),
-        Action::AppliedSeq { at: side } => node(at(*side), AdminRequest::Stats),
+        Action::ShadowStats { at: side } => node(
+            at(*side),
+            AdminRequest::ShadowStats(node_ops::ShadowStats { instance }),
+        ),
+        Action::Cutover => Request::Steer(SteerRequest::Cutover(steer_ops::Cutover { instance })),
+        Action::AppliedSeq { at: side } => node(at(*side), AdminRequest::Stats(node_ops::Stats {})),
         Action::FinishShadow { at: side, force } => node(
             at(*side),
-            AdminRequest::FinishShadow {
+            AdminRequest::FinishShadow(node_ops::FinishShadow {
                 instance,
                 force: *force,
-            },
+            }),
         ),
-        Action::FinishMove => Request::Steer(SteerRequest::FinishMove { instance }),
-        Action::DropInstance { at: side } => {
-            node(at(*side), AdminRequest::DropInstance { instance })
+        Action::FinishMove => {
+            Request::Steer(SteerRequest::FinishMove(steer_ops::FinishMove { instance }))
         }
-        Action::AbortBegin => Request::Steer(SteerRequest::AbortBegin { instance }),
+        Action::DropInstance { at: side } => node(
+            at(*side),
+            AdminRequest::DropInstance(node_ops::DropInstance { instance }),
+        ),
+        Action::AbortBegin => {
+            Request::Steer(SteerRequest::AbortBegin(steer_ops::AbortBegin { instance }))
+        }
         Action::ExpectSessions { keys } => node(
             s.source,
-            AdminRequest::ExpectSessions {
+            AdminRequest::ExpectSessions(node_ops::ExpectSessions {
                 instance,
-                keys: keys.iter().map(hex::encode).collect(),
-            },
+                keys: keys.clone(),
+            }),
         ),
-        Action::AbortCommit => Request::Steer(SteerRequest::AbortCommit { instance }),
-        Action::RebindRoute => Request::Steer(SteerRequest::Rebind {
+        Action::AbortCommit => Request::Steer(SteerRequest::AbortCommit(steer_ops::AbortCommit {
+            instance,
+        })),
+        Action::RebindRoute => Request::Steer(SteerRequest::Rebind(steer_ops::Rebind {
             instance,
             source: s.source,
             destination: s.destination,
-        }),
-        Action::CreatedKeys { at: side } => node(at(*side), AdminRequest::CreatedKeys { instance }),
-        Action::ServeRoute { owner } => Request::Steer(SteerRequest::Serve {
+        })),
+        Action::CreatedKeys { at: side } => node(
+            at(*side),
+            AdminRequest::CreatedKeys(node_ops::CreatedKeysOf { instance }),
+        ),
+        Action::ServeRoute { owner } => Request::Steer(SteerRequest::Serve(steer_ops::Serve {
             instance,
             node: at(*owner),
-        }),
+        })),
     }
 }
 
 /// Reads the answer `v` to the request for `action` (see [`request_for`]) as its outcome.
 pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result<Outcome, Failure> {
-    let bad = |e: serde_json::Error| Failure::Refused(format!("bad reply: {e}"));
-    let num = |v: &serde_json::Value, k: &str| {
-        v[k].as_u64()
-            .ok_or_else(|| Failure::Refused(format!("reply lacks {k}: {v}")))
-    };
-    let boundary = |v: &serde_json::Value| -> Result<Outcome, Failure> {
-        Ok(Outcome::Boundary {
-            boundary: num(v, "boundary")?,
-            last_sent: num(v, "last_sent")?,
-        })
+    /// The reply of operation `O`, every field required.
+    fn typed<O: Operation>(v: serde_json::Value) -> Result<O::Reply, Failure> {
+        serde_json::from_value::<O::Reply>(v)
+            .map_err(|e| Failure::Refused(format!("bad reply to {}: {e}", O::OP)))
+    }
+    let boundary = |b: handoff_steer::Boundary| Outcome::Boundary {
+        boundary: b.boundary,
+        last_sent: b.last_sent,
     };
     Ok(match action {
         Action::PrepareShadow
@@ -397,41 +412,81 @@ pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result
         | Action::FinishMove
         | Action::DropInstance { .. }
         | Action::ExpectSessions { .. } => Outcome::Done,
-        Action::BeginMove { .. } => Outcome::FirstSeq {
-            first: num(&v, "first_seq")?,
-            last_sent: num(&v, "last_sent")?,
-        },
-        Action::Copy { .. } => {
-            Outcome::Copied(serde_json::from_value::<CopyOutcome>(v).map_err(bad)?)
+        Action::BeginMove { .. } => {
+            let r = typed::<steer_ops::BeginMove>(v)?;
+            Outcome::FirstSeq {
+                first: r.first_seq,
+                last_sent: r.last_sent,
+            }
         }
-        Action::ShadowStats { .. } => Outcome::Shadow(if v.is_null() {
-            None
-        } else {
-            Some(serde_json::from_value::<ShadowView>(v).map_err(bad)?)
-        }),
-        Action::Cutover | Action::AbortCommit | Action::ServeRoute { .. } => boundary(&v)?,
+        Action::Copy { .. } => {
+            let r = typed::<node_ops::CopyTo>(v)?;
+            Outcome::Copied(CopyOutcome {
+                sessions_at_start: r.sessions_at_start,
+                records_copied: r.records_copied,
+                tombstones: r.tombstones,
+                bytes_copied: r.bytes_copied,
+                digest_match: r.digest_match,
+                differing_buckets: r.differing_buckets,
+                resends: r.resends,
+            })
+        }
+        Action::ShadowStats { .. } => {
+            Outcome::Shadow(typed::<node_ops::ShadowStats>(v)?.as_ref().map(shadow_view))
+        }
+        Action::Cutover => boundary(typed::<steer_ops::Cutover>(v)?),
+        Action::AbortCommit => boundary(typed::<steer_ops::AbortCommit>(v)?),
+        Action::ServeRoute { .. } => boundary(typed::<steer_ops::Serve>(v)?),
         Action::AppliedSeq { .. } => {
-            let seq = v["instances"]
-                .as_array()
-                .and_then(|a| a.iter().find(|i| i["instance"] == s.instance.as_str()))
-                .and_then(|i| i["stats"]["last_seq"].as_u64())
+            let stats = serde_json::from_value::<AppliedView>(v)
+                .map_err(|e| Failure::Refused(format!("bad reply to stats: {e}")))?;
+            let seq = stats
+                .instances
+                .iter()
+                .find(|i| i.instance == s.instance)
+                .map(|i| i.stats.last_seq)
                 .ok_or_else(|| Failure::Refused(format!("{} is not hosted there", s.instance)))?;
             Outcome::Applied(seq)
         }
-        Action::AbortBegin | Action::CreatedKeys { .. } => Outcome::Keys(created_keys(&v)?),
-        Action::RebindRoute => Outcome::Rebound {
-            source: v["source"].as_u64(),
-            destination: v["destination"].as_u64(),
-        },
+        Action::AbortBegin => Outcome::Keys(typed::<steer_ops::AbortBegin>(v)?.created),
+        Action::CreatedKeys { .. } => Outcome::Keys(typed::<node_ops::CreatedKeysOf>(v)?.created),
+        Action::RebindRoute => {
+            let r = typed::<steer_ops::Rebind>(v)?;
+            Outcome::Rebound {
+                source: r.source,
+                destination: r.destination,
+            }
+        }
     })
 }
 
-/// The `created` list of a steer's `abort_begin` or a node's `created_keys` answer: hex keys.
-fn created_keys(v: &serde_json::Value) -> Result<Vec<Bytes>, Failure> {
-    let keys: Vec<String> = serde_json::from_value(v["created"].clone())
-        .map_err(|e| Failure::Refused(format!("bad reply: {e}")))?;
-    keys.iter()
-        .map(|k| hex::decode(k).map(Bytes::from))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Failure::Refused(format!("bad key: {e}")))
+/// The machine's view of a shadow's counters.
+fn shadow_view(r: &handoff_function::runtime::shadow::ShadowStats) -> ShadowView {
+    ShadowView {
+        awaiting: r.awaiting as u64,
+        buffered: r.buffered as u64,
+        buffered_peak: r.buffered_peak as u64,
+        buffered_for_records_peak: r.buffered_for_records_peak as u64,
+        records: r.records,
+        bytes: r.bytes,
+    }
+}
+
+/// What the machine reads of a node's `stats` answer ([`node_ops::NodeStats`]): each
+/// instance's last applied seq. Every field named here is required (the simulation answers
+/// with just these).
+#[derive(serde::Deserialize)]
+struct AppliedView {
+    instances: Vec<AppliedInstance>,
+}
+
+#[derive(serde::Deserialize)]
+struct AppliedInstance {
+    instance: String,
+    stats: AppliedStats,
+}
+
+#[derive(serde::Deserialize)]
+struct AppliedStats {
+    last_seq: u64,
 }

@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod driver;
 pub mod machine;
+pub mod ops;
 pub mod source;
 pub mod store;
 

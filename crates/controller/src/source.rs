@@ -3,6 +3,7 @@
 
 use crate::driver::{drive, NetDriver, Progress};
 use crate::machine::{MoveMachine, MoveSpec};
+use handoff_node::ops::MigrateReport;
 use handoff_node::{MigrateRequest, MoveDriver};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,24 +31,24 @@ impl SourceDriven {
 }
 
 /// A move's final report, as both variants print it.
-pub fn report(m: &MoveMachine) -> serde_json::Value {
-    serde_json::json!({
-        "id": m.spec.id,
-        "instance": m.spec.instance,
-        "from": m.spec.source,
-        "to": m.spec.destination,
-        "phase": m.phase_name(),
-        "ended": m.phase.is_terminal(),
-        "reason": m.reason,
-        "figures": m.figures,
-    })
+pub fn report(m: &MoveMachine) -> MigrateReport {
+    MigrateReport {
+        id: m.spec.id,
+        instance: m.spec.instance.clone(),
+        from: m.spec.source,
+        to: m.spec.destination,
+        phase: m.phase_name(),
+        ended: m.phase.is_terminal(),
+        reason: m.reason.clone(),
+        figures: serde_json::to_value(&m.figures).unwrap_or_default(),
+    }
 }
 
 impl MoveDriver for SourceDriven {
     fn migrate(
         &self,
         req: MigrateRequest,
-    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> {
+    ) -> futures::future::BoxFuture<'static, Result<MigrateReport, String>> {
         let spec = MoveSpec {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             instance: req.instance,

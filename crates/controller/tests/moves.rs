@@ -3,12 +3,16 @@
 //! the sessions created meanwhile. The oracle checks the surviving copy.
 
 use handoff_controller::daemon::{
-    Controller, ControllerConfig, ControllerRequest, InstanceEntry, NodeEntry, SteerEntry,
+    Controller, ControllerConfig, InstanceEntry, NodeEntry, SteerEntry,
 };
-use handoff_loadgen::{oracle, LoadConfig};
+use handoff_controller::driver::NetDriver;
+use handoff_controller::machine::{Action, MoveMachine, MoveSpec, Phase, Side};
+use handoff_controller::ops;
+use handoff_loadgen::{oracle, LoadConfig, Transaction, UeHistory};
 use handoff_node::client::AdminClient;
 use handoff_vmme::Vmme;
 use handoff_wire::client::ControlClient;
+use handoff_wire::code;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ struct Cluster {
     a: SocketAddr,
     b: SocketAddr,
     service: SocketAddr,
+    steer_control: SocketAddr,
     controller: Arc<Controller>,
     _steer: handoff_steer::Steer,
     _nodes: Vec<Arc<handoff_node::Node>>,
@@ -61,6 +66,7 @@ async fn cluster(name: &str) -> Cluster {
         a,
         b,
         service,
+        steer_control: steer.control_addr().unwrap(),
         controller,
         _steer: steer,
         _nodes: vec![na, nb],
@@ -68,13 +74,10 @@ async fn cluster(name: &str) -> Cluster {
     }
 }
 
-async fn wait_end(c: &Arc<Controller>, id: u64) -> serde_json::Value {
+async fn wait_end(c: &Arc<Controller>, id: u64) -> ops::MoveStatus {
     for _ in 0..3000 {
-        let s = c
-            .handle(ControllerRequest::MoveStatus { id })
-            .await
-            .unwrap();
-        if s["ended"] == true {
+        let s = c.move_status(id).unwrap();
+        if s.ended {
             return s;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -82,8 +85,8 @@ async fn wait_end(c: &Arc<Controller>, id: u64) -> serde_json::Value {
     panic!("move {id} did not end within 30 s");
 }
 
-fn migrate(lead_ms: u64) -> ControllerRequest {
-    ControllerRequest::Migrate {
+fn migrate(lead_ms: u64) -> ops::Migrate {
+    ops::Migrate {
         instance: "mme-1".into(),
         to: "node-b".into(),
         order: handoff_state::CopyOrder::HotFirst,
@@ -108,42 +111,35 @@ async fn the_controller_moves_an_instance_under_load_and_loses_nothing() {
         |_| {},
     ));
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let started = c.controller.handle(migrate(200)).await.unwrap();
-    let id = started["id"].as_u64().unwrap();
-    let end = wait_end(&c.controller, id).await;
-    assert_eq!(end["phase"], "done", "{end}");
-    let f = &end["figures"];
-    assert_eq!(f["copy"]["digest_match"], true, "{end}");
+    let started = c.controller.migrate(migrate(200)).await.unwrap();
     assert_eq!(
-        f["copy"]["records_copied"], f["copy"]["sessions_at_start"],
-        "{end}"
+        (started.from.as_str(), started.to.as_str()),
+        ("node-a", "node-b")
     );
-    assert!(f["cutover_seq"].as_u64().unwrap() > f["first_seq"].as_u64().unwrap());
-    let status = c
-        .controller
-        .handle(ControllerRequest::Status)
-        .await
-        .unwrap();
-    assert_eq!(status["instances"][0]["node"], "node-b", "{status}");
+    let end = wait_end(&c.controller, started.id).await;
+    assert_eq!(end.phase, Phase::Done, "{end:?}");
+    let f = &end.figures;
+    assert!(f.copy.digest_match, "{end:?}");
+    assert_eq!(f.copy.records_copied, f.copy.sessions_at_start, "{end:?}");
+    assert!(f.cutover_seq > f.first_seq);
+    let status = c.controller.status().await;
+    assert_eq!(status.instances[0].node, "node-b", "{status:?}");
     // And back again while the load goes on: the new owner is the source now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let back = c
         .controller
-        .handle(ControllerRequest::Migrate {
-            instance: "mme-1".into(),
+        .migrate(ops::Migrate {
             to: "node-a".into(),
             order: handoff_state::CopyOrder::Random { seed: 3 },
-            plan: handoff_state::CopyPlan::default(),
-            abort_safe: false,
-            lead_ms: 0,
+            ..migrate(0)
         })
         .await
         .unwrap();
-    let end = wait_end(&c.controller, back["id"].as_u64().unwrap()).await;
-    assert_eq!(end["phase"], "done", "{end}");
+    let end = wait_end(&c.controller, back.id).await;
+    assert_eq!(end.phase, Phase::Done, "{end:?}");
     assert!(
-        end["figures"]["phases_ms"]["copy"].as_u64().unwrap() < 500,
-        "the copy did not wait for a seq the new source never gets: {end}"
+        end.figures.phases_ms["copy"] < 500,
+        "the copy did not wait for a seq the new source never gets: {end:?}"
     );
 
     let (report, histories) = load.await.unwrap().unwrap();
@@ -165,12 +161,8 @@ async fn the_controller_moves_an_instance_under_load_and_loses_nothing() {
     // The second move's source went offline; the cluster view follows the instance.
     let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
     assert!(admin_b.dump("mme-1").await.is_err(), "source retired");
-    let status = c
-        .controller
-        .handle(ControllerRequest::Status)
-        .await
-        .unwrap();
-    assert_eq!(status["instances"][0]["node"], "node-a", "{status}");
+    let status = c.controller.status().await;
+    assert_eq!(status.instances[0].node, "node-a", "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,19 +184,17 @@ async fn an_aborted_move_returns_the_sessions_created_meanwhile_to_the_source() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A long lead keeps the move in move mode (creates going to the destination) while the
     // operator changes their mind.
-    let id = c.controller.handle(migrate(1500)).await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let id = c.controller.migrate(migrate(1500)).await.unwrap().id;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    c.controller
-        .handle(ControllerRequest::Abort { id })
-        .await
-        .unwrap();
+    assert_eq!(c.controller.abort(id).unwrap().aborting, id);
     let end = wait_end(&c.controller, id).await;
-    assert_eq!(end["phase"], "aborted", "{end}");
-    let created = end["figures"]["created_during_move"].as_u64().unwrap();
-    assert!(created > 0, "the test needs creates during the move: {end}");
-    assert_eq!(end["figures"]["lost_on_abort"], 0, "{end}");
+    assert_eq!(end.phase, Phase::Aborted, "{end:?}");
+    let created = end.figures.created_during_move;
+    assert!(
+        created > 0,
+        "the test needs creates during the move: {end:?}"
+    );
+    assert_eq!(end.figures.lost_on_abort, 0, "{end:?}");
 
     let (report, histories) = load.await.unwrap().unwrap();
     assert_eq!(
@@ -233,31 +223,29 @@ async fn a_wrong_token_is_refused_everywhere() {
             .await
             .err()
             .unwrap();
-        assert!(e.to_string().contains("code 7"), "{e}");
+        assert_eq!(e.code(), Some(code::UNAUTHORIZED), "{e}");
     }
     let steer = c._steer.control_addr().unwrap();
     let e = ControlClient::connect(steer, "t", "").await.err().unwrap();
-    assert!(e.to_string().contains("code 7"), "{e}");
+    assert_eq!(e.code(), Some(code::UNAUTHORIZED), "{e}");
     // A bad request gets a clear error, not a dropped connection.
     let mut ok = ControlClient::connect(steer, "t", TOKEN).await.unwrap();
     let e = ok
-        .request(&serde_json::json!({ "op": "cutover", "instance": "nope" }))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("no service"), "{e}");
-    let e = c
-        .controller
-        .handle(ControllerRequest::Migrate {
-            instance: "mme-9".into(),
-            to: "node-b".into(),
-            order: handoff_state::CopyOrder::HotFirst,
-            plan: handoff_state::CopyPlan::default(),
-            abort_safe: false,
-            lead_ms: 0,
+        .call(&handoff_steer::control::ops::Cutover {
+            instance: "nope".into(),
         })
         .await
         .unwrap_err();
-    assert!(e.1.contains("unknown instance"), "{e:?}");
+    assert_eq!(e.code(), Some(code::UNKNOWN_INSTANCE), "{e}");
+    let e = c
+        .controller
+        .migrate(ops::Migrate {
+            instance: "mme-9".into(),
+            ..migrate(0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, code::UNKNOWN_INSTANCE, "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,16 +267,12 @@ async fn a_source_node_can_drive_the_move_itself_with_no_controller() {
     ));
     tokio::time::sleep(Duration::from_millis(900)).await;
     let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
-    let report = admin_a.request(&source_driven(&c, c.b)).await.unwrap();
-    assert_eq!(report["phase"], "done", "{report}");
-    assert_eq!(report["figures"]["copy"]["digest_match"], true, "{report}");
+    let report = admin_a.call(&source_driven(&c, c.b)).await.unwrap();
+    assert_eq!(report.phase, "done", "{report:?}");
+    assert_eq!(report.figures["copy"]["digest_match"], true, "{report:?}");
     // No controller took part.
-    let status = c
-        .controller
-        .handle(ControllerRequest::Status)
-        .await
-        .unwrap();
-    assert_eq!(status["moves"].as_array().unwrap().len(), 0, "{status}");
+    let status = c.controller.status().await;
+    assert!(status.moves.is_empty(), "{status:?}");
 
     let (load, histories) = load.await.unwrap().unwrap();
     assert_eq!(
@@ -307,13 +291,14 @@ async fn a_source_node_can_drive_the_move_itself_with_no_controller() {
     );
     // A node without a driver refuses clearly.
     let mut admin_b2 = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
-    let e = admin_b2.request(&source_driven(&c, c.a)).await.unwrap_err();
+    let e = admin_b2.call(&source_driven(&c, c.a)).await.unwrap_err();
+    assert_eq!(e.code(), Some(code::BAD_REQUEST), "{e}");
     assert!(e.to_string().contains("cannot drive moves"), "{e}");
 }
 
 /// A source-driven move of `mme-1` to `destination`, as asked of a node.
-fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::AdminRequest {
-    handoff_node::AdminRequest::Migrate(handoff_node::MigrateRequest {
+fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::ops::Migrate {
+    handoff_node::MigrateRequest {
         instance: "mme-1".into(),
         function: String::new(),
         destination,
@@ -322,5 +307,199 @@ fn source_driven(c: &Cluster, destination: SocketAddr) -> handoff_node::AdminReq
         plan: handoff_state::CopyPlan::default(),
         abort_safe: false,
         lead_ms: 0,
-    })
+    }
+}
+
+/// Sessions the destination creates during the move in the many-creates tests: at least
+/// 50,000, and enough that every key list of the move is longer than one frame. A vMME key is
+/// the IMSI's 8 bytes, 19 bytes of JSON as hex: 50,000 of them (950 kB) were already above the
+/// old cap of half a frame on `created_keys` and the re-send's `excluded`, 60,000 (1.14 MB)
+/// are above a whole frame, so the steer's `abort_begin` answer and the `expect_sessions` and
+/// `copy_to` requests of the abort all travel as continuations.
+const MANY: u64 = 60_000;
+/// Sessions on the source before the move (what the paced copy carries).
+const PRELOADED: u64 = 2_000;
+const FIRST_IMSI: u64 = 1_010_000_000_000;
+
+/// A UE's attach request: a create, keyed as the vMME keys its sessions (by IMSI).
+fn attach_request(imsi: u64) -> Vec<u8> {
+    handoff_vmme::Signal {
+        header: handoff_vmme::Header { imsi, txn_id: 1 },
+        body: handoff_testkit::attach_body(),
+    }
+    .to_bytes()
+}
+
+/// Attaches the UEs `imsis` through the steer, at most `WINDOW` unanswered at once, resending
+/// what is unanswered after a quiet spell as a UE would (the function answers a retransmission
+/// from its cache). Returns each UE's history for the oracle.
+async fn attach_all(service: SocketAddr, imsis: std::ops::Range<u64>) -> Vec<UeHistory> {
+    const WINDOW: usize = 256;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(service).await.unwrap();
+    let mut pending = std::collections::HashMap::new();
+    let mut histories = Vec::with_capacity((imsis.end - imsis.start) as usize);
+    let mut next = imsis.start;
+    let mut quiet = 0;
+    let mut buf = vec![0u8; 65_536];
+    while next < imsis.end || !pending.is_empty() {
+        while pending.len() < WINDOW && next < imsis.end {
+            let signal = attach_request(next);
+            sock.send(&signal).await.unwrap();
+            pending.insert(next, signal);
+            next += 1;
+        }
+        match tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await {
+            Ok(r) => {
+                let n = r.unwrap();
+                let answer = handoff_vmme::Response::decode(&buf[..n]).unwrap();
+                if let Some(signal) = pending.remove(&answer.header.imsi) {
+                    histories.push(UeHistory {
+                        imsi: answer.header.imsi,
+                        txns: vec![Transaction {
+                            txn_id: 1,
+                            signal,
+                            answer: buf[..n].to_vec(),
+                        }],
+                        tainted: false,
+                    });
+                }
+            }
+            Err(_) => {
+                quiet += 1;
+                assert!(quiet < 50, "{} attaches unanswered for 15 s", pending.len());
+                for signal in pending.values() {
+                    sock.send(signal).await.unwrap();
+                }
+            }
+        }
+    }
+    histories
+}
+
+/// Moves `mme-1` from node-a to node-b by driving the controller's move machine step by step
+/// with its network driver (the daemon's `drive` without its loop): once the copy has
+/// ended, and before anything else (so before the cutover), [`MANY`] sessions are created
+/// through the steer, all routed to the destination alone; the steer must count every one
+/// as created during the move. Then the operator aborts (`abort`) or the move goes on.
+async fn move_with_many_creates(c: &Cluster, abort: bool) -> (MoveMachine, Vec<UeHistory>) {
+    let spec = MoveSpec {
+        id: 1,
+        instance: "mme-1".into(),
+        function: "vmme".into(),
+        source: c.a,
+        destination: c.b,
+        steer: c.steer_control,
+        order: handoff_state::CopyOrder::HotFirst,
+        plan: handoff_state::CopyPlan::default(),
+        abort_safe: false,
+        lead_ms: 0,
+    };
+    let driver = NetDriver {
+        name: "test".into(),
+        token: TOKEN.into(),
+    };
+    let epoch = std::time::Instant::now();
+    let now = || epoch.elapsed().as_millis() as u64;
+    let mut m = MoveMachine::new(spec, 0).unwrap();
+    let mut created = Vec::new();
+    while let Some(action) = m.action() {
+        if !matches!(action, Action::Wait { .. }) {
+            m.start_action();
+        }
+        let r = driver.perform(&m, &action).await;
+        m.complete(r, now());
+        let copied = matches!(
+            action,
+            Action::Copy {
+                from: Side::Source,
+                ..
+            }
+        );
+        if copied && created.is_empty() {
+            assert_eq!(m.phase, Phase::Verify, "the copy went through");
+            let t = std::time::Instant::now();
+            created = attach_all(
+                c.service,
+                FIRST_IMSI + PRELOADED..FIRST_IMSI + PRELOADED + MANY,
+            )
+            .await;
+            eprintln!("{MANY} creates in {:?}", t.elapsed());
+            let mut steer = ControlClient::connect(c.steer_control, "t", TOKEN)
+                .await
+                .unwrap();
+            let status = steer
+                .call(&handoff_steer::control::ops::Status {})
+                .await
+                .unwrap();
+            assert_eq!(
+                status.services[0].route.created_during_move as u64, MANY,
+                "{status:?}"
+            );
+            // The destination's own list (what an abort uses when the steer lost its list)
+            // names every one of them too, in one answer.
+            let mut dest = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+            let own = dest
+                .call(&handoff_node::ops::CreatedKeysOf {
+                    instance: "mme-1".into(),
+                })
+                .await
+                .unwrap();
+            let wanted: std::collections::BTreeSet<_> = created
+                .iter()
+                .map(|h| handoff_vmme::session_key(h.imsi))
+                .collect();
+            let got: std::collections::BTreeSet<_> = own.created.into_iter().collect();
+            assert_eq!(got, wanted);
+            if abort {
+                assert!(m.abort_now("aborted by the operator", now()));
+            }
+        }
+    }
+    assert_eq!(created.len() as u64, MANY, "the move ran its copy");
+    (m, created)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_brings_back_sixty_thousand_sessions_the_destination_created() {
+    let c = cluster("many-abort").await;
+    let mut histories = attach_all(c.service, FIRST_IMSI..FIRST_IMSI + PRELOADED).await;
+    let (m, created) = move_with_many_creates(&c, true).await;
+    assert_eq!(m.phase, Phase::Aborted, "{:?}", m.reason);
+    assert_eq!(m.figures.created_during_move, MANY);
+    assert_eq!(m.figures.lost_on_abort, 0);
+    // The source holds every session, the 60,000 with the state the destination gave them.
+    histories.extend(created);
+    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    let dump = admin_a.dump("mme-1").await.unwrap();
+    assert_eq!(dump.len() as u64, PRELOADED + MANY);
+    let r = oracle::check(&Vmme::default(), &histories, &dump);
+    assert_eq!(r.checked, PRELOADED + MANY, "{r:?}");
+    assert_eq!(
+        (r.mismatches, r.answer_mismatches, r.unknown_records),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    assert!(admin_b.dump("mme-1").await.is_err(), "destination removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_completes_while_the_destination_creates_sixty_thousand_sessions() {
+    let c = cluster("many-done").await;
+    let mut histories = attach_all(c.service, FIRST_IMSI..FIRST_IMSI + PRELOADED).await;
+    let (m, created) = move_with_many_creates(&c, false).await;
+    assert_eq!(m.phase, Phase::Done, "{:?}", m.reason);
+    assert!(m.figures.cutover_seq > m.figures.first_seq);
+    histories.extend(created);
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    let dump = admin_b.dump("mme-1").await.unwrap();
+    assert_eq!(dump.len() as u64, PRELOADED + MANY);
+    let r = oracle::check(&Vmme::default(), &histories, &dump);
+    assert_eq!(r.checked, PRELOADED + MANY, "{r:?}");
+    assert_eq!(
+        (r.mismatches, r.answer_mismatches, r.unknown_records),
+        (0, 0, 0),
+        "{r:?}"
+    );
 }

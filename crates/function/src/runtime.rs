@@ -41,7 +41,7 @@ pub enum Applied {
 }
 
 /// Counters of one instance, readable at any time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstanceStats {
     /// Signals processed.
     pub processed: u64,

@@ -3,14 +3,15 @@
 
 use handoff_loadgen::{oracle, LoadConfig};
 use handoff_node::client::AdminClient;
-use handoff_node::AdminRequest;
+use handoff_node::copy::CopyReport;
+use handoff_node::ops;
 use handoff_vmme::Vmme;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_move_mid_run_loses_nothing_and_the_destination_matches_the_reference() {
     let copy = must_move_under_load(0, handoff_state::CopyOrder::HotFirst).await;
-    assert_eq!(copy["resends"].as_array().map(Vec::len), Some(0), "{copy}");
+    assert!(copy.resends.is_empty(), "{copy:?}");
 }
 
 /// Seed 000 R12: records corrupted on the way make the digests differ; only the differing
@@ -21,20 +22,19 @@ async fn a_digest_mismatch_is_repaired_by_resending_only_the_differing_buckets()
     // Random order: the first records are mostly cold sessions (Zipf), which the load leaves
     // alone afterwards, so an unrepaired corruption would still be there for the oracle.
     let copy = must_move_under_load(4, handoff_state::CopyOrder::Random { seed: 7 }).await;
-    let resends = copy["resends"].as_array().expect("resends").clone();
-    assert_eq!(resends.len(), 1, "{copy}");
-    let buckets = resends[0]["buckets"].as_array().unwrap().len() as u64;
-    assert!((1..=4).contains(&buckets), "{copy}");
-    let resent = resends[0]["records"].as_u64().unwrap();
-    let all = copy["sessions_at_start"].as_u64().unwrap();
+    assert_eq!(copy.resends.len(), 1, "{copy:?}");
+    let buckets = copy.resends[0].buckets.len();
+    assert!((1..=4).contains(&buckets), "{copy:?}");
+    let resent = copy.resends[0].records;
+    let all = copy.sessions_at_start;
     // Only the differing buckets' sessions went again (256 buckets in all).
-    assert!(resent > 0 && resent * 8 < all, "{copy}");
+    assert!(resent > 0 && resent * 8 < all, "{copy:?}");
 }
 
 /// Moves mme-1 from a fresh node A to node B under load in `order` (the first `corrupt`
 /// copied records arrive corrupted at B), checks the load generator's and the oracle's verdicts on B, and returns
 /// the copy's report.
-async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> serde_json::Value {
+async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> CopyReport {
     let (_a, a) = handoff_testkit::must_start_node("node-a", true).await;
     let (node_b, b) = handoff_testkit::must_start_node("node-b", false).await;
     // Byte 8 of a UE context record is the low byte of its IMSI (docs/s1ap-lite.md): a field
@@ -57,7 +57,7 @@ async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> 
     let mut admin_a = AdminClient::connect(a, "t").await.unwrap();
     let mut admin_b = AdminClient::connect(b, "t").await.unwrap();
     admin_b
-        .request(&AdminRequest::PrepareShadow {
+        .call(&ops::PrepareShadow {
             instance: "mme-1".into(),
             function: "vmme".into(),
         })
@@ -66,7 +66,7 @@ async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> 
     let first = steer.begin_move("mme-1", b, false).await.unwrap();
     assert!(first > 0);
     let copy = admin_a
-        .request(&AdminRequest::CopyTo {
+        .call(&ops::CopyTo {
             instance: "mme-1".into(),
             destination: b,
             order,
@@ -77,21 +77,22 @@ async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> 
         })
         .await
         .unwrap();
-    assert_eq!(copy["digest_match"], true, "{copy}");
-    assert_eq!(copy["differing_buckets"].as_array().map(Vec::len), Some(0));
-    assert_eq!(copy["records_copied"], copy["sessions_at_start"]);
+    assert!(copy.digest_match, "{copy:?}");
+    assert!(copy.differing_buckets.is_empty(), "{copy:?}");
+    assert_eq!(copy.records_copied, copy.sessions_at_start);
     let shadow = admin_b
-        .request(&AdminRequest::ShadowStats {
+        .call(&ops::ShadowStats {
             instance: "mme-1".into(),
         })
         .await
-        .unwrap();
-    assert_eq!(shadow["awaiting"], 0, "{shadow}");
-    assert_eq!(shadow["buffered"], 0, "{shadow}");
+        .unwrap()
+        .expect("a shadow");
+    assert_eq!(shadow.awaiting, 0, "{shadow:?}");
+    assert_eq!(shadow.buffered, 0, "{shadow:?}");
     let boundary = steer.cutover("mme-1").await.unwrap().boundary;
     assert!(boundary > first);
     admin_b
-        .request(&AdminRequest::FinishShadow {
+        .call(&ops::FinishShadow {
             instance: "mme-1".into(),
             force: false,
         })
@@ -117,12 +118,7 @@ async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> 
         "{r:?}"
     );
     // Signals kept flowing to the destination after the cutover.
-    let b_stats = admin_b.request(&AdminRequest::Stats).await.unwrap();
-    assert!(
-        b_stats["instances"][0]["stats"]["last_seq"]
-            .as_u64()
-            .unwrap()
-            >= boundary
-    );
+    let b_stats = admin_b.call(&ops::Stats {}).await.unwrap();
+    assert!(b_stats.instances[0].stats.runtime.last_seq >= boundary);
     copy
 }

@@ -39,7 +39,15 @@ impl AdminClient {
         self.inner.set_reply_timeout(timeout);
     }
 
-    /// Sends a request answered by one JSON reply.
+    /// Sends a typed request and reads its typed reply (see [`crate::ops`]).
+    pub async fn call<O: handoff_wire::rpc::Operation>(
+        &mut self,
+        req: &O,
+    ) -> Result<O::Reply, ClientError> {
+        self.inner.call(req).await
+    }
+
+    /// Sends a request answered by one JSON reply (untyped; for tools that print it).
     pub async fn request(&mut self, req: &AdminRequest) -> Result<serde_json::Value, ClientError> {
         self.inner.request(req).await
     }
@@ -47,9 +55,9 @@ impl AdminClient {
     /// Every record of an instance, sorted by key.
     pub async fn dump(&mut self, instance: &str) -> Result<Vec<RecordView>, ClientError> {
         self.inner
-            .send(&AdminRequest::Dump {
+            .send(&AdminRequest::Dump(crate::ops::Dump {
                 instance: instance.to_owned(),
-            })
+            }))
             .await?;
         let mut out = Vec::new();
         loop {

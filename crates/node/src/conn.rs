@@ -28,7 +28,7 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), FrameError> {
     let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(rd, FrameCodec, READ_BUFFER_BYTES);
+    let mut reader = FramedRead::with_capacity(rd, FrameCodec::new(), READ_BUFFER_BYTES);
     let (tx, rx) = mpsc::channel::<Vec<Frame>>(node.limits.conn_queue.max(1));
     let writer = tokio::spawn(write_loop(wr, rx));
     let result = async {

@@ -31,14 +31,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Records handed to the destination instance at once.
 const RECORD_BATCH: usize = 256;
-/// Most bytes of hex session keys one JSON answer lists: half a frame body, so the answer is
-/// never cut short by the frame limit (a longer list is refused instead).
-const MAX_JSON_KEY_BYTES: usize = handoff_wire::MAX_BODY / 2;
-
-/// Whether `keys`, hex-encoded, fit in one JSON answer (see [`MAX_JSON_KEY_BYTES`]).
-pub(crate) fn keys_fit_in_json(keys: &[SessionKey]) -> bool {
-    keys.iter().map(|k| 2 * k.len() + 3).sum::<usize>() <= MAX_JSON_KEY_BYTES
-}
 pub use crate::copy_core::{ResendRound, MAX_RESEND_ROUNDS};
 /// Longest wait for the source to apply a seq the copy must include.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +101,16 @@ pub enum CopyError {
         /// What went wrong.
         reason: String,
     },
+    /// The destination refused the copy (it is not an empty shadow, ...), with its code.
+    #[error("destination {addr} refused ({code}): {message}")]
+    Refused {
+        /// Its address.
+        addr: SocketAddr,
+        /// The destination's stable code.
+        code: u16,
+        /// Its message.
+        message: String,
+    },
     /// The instance cannot be copied from now (a full copy from a source that already
     /// expects an aborted move's sessions back).
     #[error("copy refused: {0}")]
@@ -116,6 +118,22 @@ pub enum CopyError {
     /// The copy's protocol failed (a tombstone missing, a bad answer).
     #[error(transparent)]
     Protocol(#[from] CopyCoreError),
+}
+
+impl CopyError {
+    /// The stable code a `copy_to` refusal carries: the node's own, `BAD_REQUEST` for an
+    /// infeasible plan or a protocol failure, `NOT_REACHABLE` when the destination did not
+    /// answer, the destination's code when it refused, `WRONG_PHASE` when the source cannot
+    /// copy now.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::Node(e) => e.code(),
+            Self::Infeasible(_) | Self::Protocol(_) => code::BAD_REQUEST,
+            Self::Destination { .. } => code::NOT_REACHABLE,
+            Self::Refused { code, .. } => *code,
+            Self::WrongPhase(_) => code::WRONG_PHASE,
+        }
+    }
 }
 
 /// Streams `instance`'s sessions to the node at `destination`, which must host an empty
@@ -334,12 +352,17 @@ async fn answer<T: serde::de::DeserializeOwned>(
     within: Duration,
     what: &str,
 ) -> Result<T, CopyError> {
-    peer::answer(f, within, what)
-        .await
-        .map_err(|reason| CopyError::Destination {
+    peer::answer(f, within, what).await.map_err(|e| match e {
+        peer::PeerError::Refused { code, message } => CopyError::Refused {
+            addr: destination,
+            code,
+            message,
+        },
+        peer::PeerError::Failed(reason) => CopyError::Destination {
             addr: destination,
             reason,
-        })
+        },
+    })
 }
 
 /// The source's side of a copy connection, with its pace.
@@ -457,17 +480,9 @@ pub(crate) async fn peer_session(
                 };
                 let body = match step {
                     ManifestStep::Reawait(keys) => match reawait(&h, keys).await? {
-                        Ok(done) if !keys_fit_in_json(&done.excluded) => {
-                            let why = format!(
-                                "{} sessions of the differing buckets are this node's own: more than \
-                                 a re-send answer can list",
-                                done.excluded.len()
-                            );
-                            return send(tx, vec![error(code::BAD_REQUEST, why)]).await;
-                        }
                         Ok(done) => core.reawaited(done),
                         Err(e) => {
-                            return send(tx, vec![error(code::WRONG_FRAME, e.to_string())]).await
+                            return send(tx, vec![error(code::WRONG_PHASE, e.to_string())]).await
                         }
                     },
                     ManifestStep::Take(keys) => {
@@ -490,7 +505,7 @@ pub(crate) async fn peer_session(
                                 core.taken(taken, count)
                             }
                             Ok(Err(e)) => {
-                                return send(tx, vec![error(code::WRONG_FRAME, e.to_string())])
+                                return send(tx, vec![error(code::WRONG_PHASE, e.to_string())])
                                     .await
                             }
                             Err(_) => return Err(FrameError::Io("instance stopped".into())),
@@ -605,21 +620,4 @@ async fn reawait(
     answer
         .await
         .map_err(|_| FrameError::Io("instance stopped".into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_lists_that_would_overflow_a_frame_do_not_fit_in_json() {
-        let key = |i: u32| SessionKey::from(i.to_be_bytes().repeat(8));
-        let few: Vec<SessionKey> = (0..100).map(key).collect();
-        assert!(keys_fit_in_json(&few));
-        // 32-byte keys are 67 bytes of JSON each: 10,000 of them exceed half a frame body.
-        let many: Vec<SessionKey> = (0..10_000).map(key).collect();
-        assert!(!keys_fit_in_json(&many));
-        let answer = serde_json::to_vec(&many.iter().map(hex::encode).collect::<Vec<_>>()).unwrap();
-        assert!(answer.len() > MAX_JSON_KEY_BYTES);
-    }
 }

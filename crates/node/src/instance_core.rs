@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// Counters the instance core adds to those of the runtime.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TaskStats {
     /// Runtime counters.
     #[serde(flatten)]

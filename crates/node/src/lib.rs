@@ -18,13 +18,15 @@ mod direct;
 mod frames;
 mod instance;
 pub mod instance_core;
+pub mod ops;
 mod peer;
 pub mod push;
 pub mod sys;
 
-pub use admin::{AdminRequest, InstanceInfo, NodeStats};
+pub use admin::AdminRequest;
 pub use direct::serve_direct;
 pub use instance::{InstanceHandle, Reply};
+pub use ops::{InstanceInfo, NodeStats};
 
 use handoff_function::runtime::Catalog;
 use parking_lot::Mutex;
@@ -103,7 +105,7 @@ pub trait MoveDriver: Send + Sync + 'static {
     fn migrate(
         &self,
         req: MigrateRequest,
-    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>>;
+    ) -> futures::future::BoxFuture<'static, Result<ops::MigrateReport, String>>;
 }
 
 /// A source-driven move, as asked of the source node.

@@ -26,7 +26,7 @@ pub(crate) async fn connect(
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let mut f = Framed::new(stream, FrameCodec);
+    let mut f = Framed::new(stream, FrameCodec::new());
     f.send(Frame::Hello {
         role: Role::Peer,
         name: name.to_owned(),
@@ -39,13 +39,37 @@ pub(crate) async fn connect(
     Ok(f)
 }
 
+/// Why a peer's answer is not the expected one.
+#[derive(Debug)]
+pub(crate) enum PeerError {
+    /// The peer refused, with its stable code.
+    Refused {
+        /// See `handoff_wire::code`.
+        code: u16,
+        /// For people.
+        message: String,
+    },
+    /// No answer, a broken connection, or an answer that does not parse.
+    Failed(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused { code, message } => write!(f, "refused ({code}): {message}"),
+            Self::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Reads the peer's typed answer to `what` within `within` (a refusal, a missing field or
 /// anything else is an error).
 pub(crate) async fn answer<T: serde::de::DeserializeOwned>(
     f: &mut PeerFramed,
     within: Duration,
     what: &str,
-) -> Result<T, String> {
+) -> Result<T, PeerError> {
+    let failed = PeerError::Failed;
     let got = tokio::time::timeout(within, async {
         loop {
             match f.next().await {
@@ -55,12 +79,12 @@ pub(crate) async fn answer<T: serde::de::DeserializeOwned>(
         }
     })
     .await
-    .map_err(|_| format!("no answer to {what}"))?;
+    .map_err(|_| failed(format!("no answer to {what}")))?;
     match got {
         Some(Ok(Frame::AdminReply(b))) => {
-            serde_json::from_slice(&b).map_err(|e| format!("bad answer to {what}: {e}"))
+            serde_json::from_slice(&b).map_err(|e| failed(format!("bad answer to {what}: {e}")))
         }
-        Some(Ok(Frame::Error { code, message })) => Err(format!("refused ({code}): {message}")),
-        other => Err(format!("unexpected answer to {what}: {other:?}")),
+        Some(Ok(Frame::Error { code, message })) => Err(PeerError::Refused { code, message }),
+        other => Err(failed(format!("unexpected answer to {what}: {other:?}"))),
     }
 }

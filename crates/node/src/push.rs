@@ -77,6 +77,20 @@ pub enum PushError {
     NoDeletionLog(u64),
 }
 
+impl PushError {
+    /// The stable code a `push` refusal carries: the node's own, `NOT_REACHABLE` when the
+    /// destination failed or the source did not apply the seq in time, `WRONG_PHASE` for a
+    /// round whose deletions are unknown.
+    pub fn code(&self) -> u16 {
+        use handoff_wire::code;
+        match self {
+            Self::Node(e) => e.code(),
+            Self::Destination { .. } | Self::NotApplied { .. } => code::NOT_REACHABLE,
+            Self::NoDeletionLog(_) => code::WRONG_PHASE,
+        }
+    }
+}
+
 /// Waits until the instance task has carried out everything queued before.
 async fn barrier(h: &crate::InstanceHandle) -> bool {
     let (done, answer) = oneshot::channel();
@@ -158,7 +172,7 @@ async fn stream(
     .map_err(io)?;
     let _: ImportReady = peer::answer(&mut f, Duration::from_secs(10), "the import header")
         .await
-        .map_err(dest_err)?;
+        .map_err(|e| dest_err(e.to_string()))?;
     for (key, seq) in log.deleted_after(since_seq) {
         report.tombstones += 1;
         report.bytes += key.len() as u64;
@@ -188,7 +202,7 @@ async fn stream(
     .map_err(io)?;
     let done: ImportDone = peer::answer(&mut f, END_TIMEOUT, "the push's end")
         .await
-        .map_err(dest_err)?;
+        .map_err(|e| dest_err(e.to_string()))?;
     if done.records != report.records + report.tombstones {
         return Err(dest_err(format!(
             "received {} of {} records",

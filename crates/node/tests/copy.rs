@@ -3,7 +3,7 @@
 use futures::{SinkExt, StreamExt};
 use handoff_function::SignalKind;
 use handoff_node::client::{AdminClient, ClientError};
-use handoff_node::AdminRequest;
+use handoff_node::ops;
 use handoff_vmme::{Header, Signal, SignalBody};
 use handoff_wire::{Frame, SignalFrame};
 use std::net::SocketAddr;
@@ -76,7 +76,7 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
     populate(a, 500).await;
     let mut admin_a = AdminClient::connect(a, "t").await.unwrap();
     let mut admin_b = AdminClient::connect(b, "t").await.unwrap();
-    let copy = AdminRequest::CopyTo {
+    let copy = ops::CopyTo {
         instance: "mme-1".into(),
         destination: b,
         order: handoff_state::CopyOrder::HotFirst,
@@ -85,23 +85,20 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
         keys: None,
         lead_ms: 0,
     };
-    let r = admin_a.request(&copy).await.unwrap();
-    assert_eq!(r["sessions_at_start"], 450);
-    assert_eq!(r["records_copied"], 450);
-    assert_eq!(r["digest_match"], true, "{r}");
+    let r = admin_a.call(&copy).await.unwrap();
+    assert_eq!(r.sessions_at_start, 450);
+    assert_eq!(r.records_copied, 450);
+    assert!(r.digest_match, "{r:?}");
     let stats = admin_b
-        .request(&AdminRequest::ShadowStats {
+        .call(&ops::ShadowStats {
             instance: "mme-1".into(),
         })
         .await
-        .unwrap();
-    assert_eq!(
-        (stats["awaiting"].as_u64(), stats["buffered"].as_u64()),
-        (Some(0), Some(0)),
-        "{stats}"
-    );
+        .unwrap()
+        .expect("a shadow");
+    assert_eq!((stats.awaiting, stats.buffered), (0, 0), "{stats:?}");
     admin_b
-        .request(&AdminRequest::FinishShadow {
+        .call(&ops::FinishShadow {
             instance: "mme-1".into(),
             force: false,
         })
@@ -115,8 +112,9 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
     assert_eq!(da, db, "the destination holds exactly the source's records");
 
     // A second copy onto a destination that is no longer empty is refused.
-    let err = admin_a.request(&copy).await.unwrap_err();
+    let err = admin_a.call(&copy).await.unwrap_err();
     assert!(matches!(err, ClientError::Refused { .. }), "{err}");
+    assert_eq!(err.code(), Some(handoff_wire::code::WRONG_PHASE), "{err}");
     assert!(err.to_string().contains("must start empty"), "{err}");
 }
 
@@ -125,7 +123,7 @@ async fn an_infeasible_plan_is_refused_before_anything_is_sent() {
     let (a, b) = (node("node-a").await, node("node-b").await);
     populate(a, 100).await;
     let mut admin_a = AdminClient::connect(a, "t").await.unwrap();
-    let copy = AdminRequest::CopyTo {
+    let copy = ops::CopyTo {
         instance: "mme-1".into(),
         destination: b,
         order: handoff_state::CopyOrder::Key,
@@ -138,20 +136,21 @@ async fn an_infeasible_plan_is_refused_before_anything_is_sent() {
         keys: None,
         lead_ms: 0,
     };
-    let err = admin_a.request(&copy).await.unwrap_err();
+    let err = admin_a.call(&copy).await.unwrap_err();
+    assert_eq!(err.code(), Some(handoff_wire::code::BAD_REQUEST), "{err}");
     assert!(
         err.to_string().contains("cannot be copied within 1000 ms"),
         "{err}"
     );
     let mut admin_b = AdminClient::connect(b, "t").await.unwrap();
     let stats = admin_b
-        .request(&AdminRequest::ShadowStats {
+        .call(&ops::ShadowStats {
             instance: "mme-1".into(),
         })
         .await
         .unwrap();
     assert!(
-        stats.is_null(),
-        "the destination never became a shadow: {stats}"
+        stats.is_none(),
+        "the destination never became a shadow: {stats:?}"
     );
 }

@@ -3,7 +3,7 @@
 use futures::{SinkExt, StreamExt};
 use handoff_function::SignalKind;
 use handoff_node::client::{AdminClient, ClientError};
-use handoff_node::{AdminRequest, Node};
+use handoff_node::{ops, Node};
 use handoff_vmme::{Header, Signal, SignalBody};
 use handoff_wire::{code, Frame, FrameCodec, Role, SignalFrame, VERSION};
 use std::net::SocketAddr;
@@ -161,7 +161,7 @@ async fn wrong_frames_and_unknown_instances_get_coded_errors() {
         "{err}"
     );
     let err = admin
-        .request(&AdminRequest::CreateInstance {
+        .call(&ops::CreateInstance {
             instance: "x".into(),
             function: "nope".into(),
         })
@@ -177,11 +177,11 @@ async fn wrong_frames_and_unknown_instances_get_coded_errors() {
         ),
         "{err}"
     );
-    let stats = admin.request(&AdminRequest::Stats).await.unwrap();
-    assert_eq!(stats["instances"][0]["instance"], "mme-1");
+    let stats = admin.call(&ops::Stats {}).await.unwrap();
+    assert_eq!(stats.instances[0].instance, "mme-1");
 
     // Malformed JSON is refused and the connection stays usable.
-    let mut raw = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec);
+    let mut raw = Framed::new(TcpStream::connect(addr).await.unwrap(), FrameCodec::new());
     raw.send(Frame::Hello {
         role: Role::Admin,
         name: "t".into(),
@@ -207,6 +207,24 @@ async fn wrong_frames_and_unknown_instances_get_coded_errors() {
             ..
         }
     ));
+    // One policy for unknown request fields: every operation refuses them (`stats`, which
+    // has no field, and `get_ruleset` alike), and the connection stays usable.
+    for req in [
+        &b"{\"op\":\"stats\",\"verbose\":true}"[..],
+        &b"{\"op\":\"get_ruleset\",\"instance\":\"mme-1\",\"verbose\":true}"[..],
+        &b"{\"op\":\"shadow_stats\",\"instance\":\"mme-1\",\"x\":1}"[..],
+    ] {
+        raw.send(Frame::Admin(bytes::Bytes::copy_from_slice(req)))
+            .await
+            .unwrap();
+        match raw.next().await.unwrap().unwrap() {
+            Frame::Error { code, message } => {
+                assert_eq!(code, code::BAD_REQUEST, "{message}");
+                assert!(message.contains("unknown field"), "{message}");
+            }
+            other => panic!("accepted an unknown field: {other:?}"),
+        }
+    }
     raw.send(Frame::Admin(bytes::Bytes::from_static(
         b"{\"op\":\"stats\"}",
     )))

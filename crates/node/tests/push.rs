@@ -4,8 +4,8 @@
 use futures::{SinkExt, StreamExt};
 use handoff_function::SignalKind;
 use handoff_node::client::AdminClient;
+use handoff_node::ops;
 use handoff_node::push::PushReport;
-use handoff_node::AdminRequest;
 use handoff_vmme::{Header, Signal, SignalBody};
 use handoff_wire::{Frame, FrameCodec, SignalFrame};
 use std::net::SocketAddr;
@@ -75,8 +75,8 @@ fn detach(i: u64) -> (u64, SignalKind, SignalBody) {
 }
 
 async fn push(admin: &mut AdminClient, to: SocketAddr, since_seq: u64, last: bool) -> PushReport {
-    let r = admin
-        .request(&AdminRequest::Push {
+    admin
+        .call(&ops::Push {
             instance: "mme-1".into(),
             destination: to,
             since_seq,
@@ -84,8 +84,7 @@ async fn push(admin: &mut AdminClient, to: SocketAddr, since_seq: u64, last: boo
             last,
         })
         .await
-        .unwrap();
-    serde_json::from_value(r).unwrap()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +127,7 @@ async fn push_rounds_leave_the_destination_equal_to_the_source() {
     assert_eq!((last.records, last.tombstones), (0, 0), "{last:?}");
     // A later round without a first one is refused: its tombstones would be unknown.
     let err = admin_a
-        .request(&AdminRequest::Push {
+        .call(&ops::Push {
             instance: "mme-1".into(),
             destination: b,
             since_seq: last.max_seq,
@@ -137,5 +136,6 @@ async fn push_rounds_leave_the_destination_equal_to_the_source() {
         })
         .await
         .unwrap_err();
+    assert_eq!(err.code(), Some(handoff_wire::code::WRONG_PHASE), "{err}");
     assert!(err.to_string().contains("start again"), "{err}");
 }

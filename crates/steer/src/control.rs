@@ -14,73 +14,227 @@ use tokio::sync::oneshot;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-/// A request to the steer's control listener.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+/// A request to the steer's control listener: one variant per operation, each carrying the
+/// operation's request type (see [`ops`]); the JSON is `{"op": …, fields…}`. Unknown fields
+/// are refused (`BAD_REQUEST`), `status` included.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum SteerRequest {
+    /// See [`ops::Status`].
+    Status(ops::Status),
+    /// See [`ops::BeginMove`].
+    BeginMove(ops::BeginMove),
+    /// See [`ops::Cutover`].
+    Cutover(ops::Cutover),
+    /// See [`ops::FinishMove`].
+    FinishMove(ops::FinishMove),
+    /// See [`ops::AbortBegin`].
+    AbortBegin(ops::AbortBegin),
+    /// See [`ops::AbortCommit`].
+    AbortCommit(ops::AbortCommit),
+    /// See [`ops::Hold`].
+    Hold(ops::Hold),
+    /// See [`ops::Release`].
+    Release(ops::Release),
+    /// See [`ops::Rebind`].
+    Rebind(ops::Rebind),
+    /// See [`ops::Serve`].
+    Serve(ops::Serve),
+}
+
+/// The steer's control operations: each request type, its reply type
+/// ([`handoff_wire::rpc::Operation`]) and what it does. Refusal codes: `UNKNOWN_INSTANCE`
+/// (no service for the instance), `BAD_REQUEST` (malformed, unknown field, the service
+/// stopped), `WRONG_PHASE` (not in this route phase), `ROUTE_LOST`/`ROUTE_LOST_CUT_OVER`
+/// (the steer restarted during a move; see `docs/wire.md`).
+pub mod ops {
+    use super::ServiceStatus;
+    use crate::service_core::Boundary;
+    use bytes::Bytes;
+    use std::net::SocketAddr;
+
     /// Every service's route and counters.
-    Status,
+    #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Status {}
+
+    /// The answer to [`Status`].
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    pub struct StatusReply {
+        /// The steer's run (bumped at every start).
+        pub incarnation: u64,
+        /// One entry per service.
+        pub services: Vec<ServiceStatus>,
+    }
+
     /// Enters move mode towards `destination` (which must be a prepared shadow).
-    BeginMove {
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BeginMove {
         /// The instance.
-        instance: String,
+        pub instance: String,
         /// The destination node.
-        destination: SocketAddr,
-        /// Duplicate creates too, so an abort needs nothing moved back.
+        pub destination: SocketAddr,
+        /// Duplicate creates too, so an abort needs nothing moved back (default false).
         #[serde(default)]
-        abort_safe: bool,
-    },
-    /// Flips the route at the next seq.
-    Cutover {
+        pub abort_safe: bool,
+    }
+
+    /// The answer to [`BeginMove`], once the destination accepted the route.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct BeginMoveReply {
+        /// The first seq stamped in move mode.
+        pub first_seq: u64,
+        /// The last seq sent to the source before it.
+        pub last_sent: u64,
+    }
+
+    macro_rules! instance_op {
+        ($(#[$doc:meta])* $name:ident) => {
+            $(#[$doc])*
+            #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $name {
+                /// The instance.
+                pub instance: String,
+            }
+        };
+    }
+
+    instance_op!(
+        /// Flips the route at the next seq; asked again after the flip, the same answer.
+        Cutover
+    );
+    instance_op!(
+        /// Makes the destination the owner.
+        FinishMove
+    );
+    instance_op!(
+        /// First step of an abort: answers the sessions created on the destination; from now
+        /// on only these go there.
+        AbortBegin
+    );
+    instance_op!(
+        /// Second step of an abort: every signal goes to the source from the answered
+        /// boundary (repeatable).
+        AbortCommit
+    );
+    instance_op!(
+        /// Holds signals at the steer (stop-and-copy baselines only).
+        Hold
+    );
+
+    /// The answer to [`FinishMove`].
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct FinishedReply {
         /// The instance.
-        instance: String,
-    },
-    /// Makes the destination the owner.
-    FinishMove {
-        /// The instance.
-        instance: String,
-    },
-    /// First step of an abort: answers with the sessions created on the destination.
-    AbortBegin {
-        /// The instance.
-        instance: String,
-    },
-    /// Second step of an abort: every signal goes to the source from the answered boundary.
-    AbortCommit {
-        /// The instance.
-        instance: String,
-    },
-    /// Holds signals at the steer (stop-and-copy comparisons only).
-    Hold {
-        /// The instance.
-        instance: String,
-    },
+        pub finished: String,
+    }
+
+    /// The answer to [`AbortBegin`]: any number of keys (long lists go as continuations).
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct CreatedReply {
+        /// The sessions created on the destination during the move, sorted, as hex.
+        #[serde(with = "handoff_wire::rpc::hex_keys")]
+        pub created: Vec<Bytes>,
+    }
+
+    /// The answer to [`Hold`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct HeldReply {
+        /// The last seq stamped.
+        pub last_seq: u64,
+    }
+
     /// Ends a hold, making `to` the instance's node.
-    Release {
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Release {
         /// The instance.
-        instance: String,
+        pub instance: String,
         /// The new node.
-        to: SocketAddr,
-    },
+        pub to: SocketAddr,
+    }
+
+    /// The answer to [`Release`].
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct ReleasedReply {
+        /// The instance.
+        pub released: String,
+    }
+
     /// After a restart that lost a move's route: links `source` and `destination` again
     /// (which fences off whatever the previous run still had in flight) and answers the last
-    /// seq each had applied (null: not reachable in time). Signals stay unrouted.
-    Rebind {
+    /// seq each had applied. Signals stay unrouted.
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Rebind {
         /// The instance.
-        instance: String,
+        pub instance: String,
         /// The move's source.
-        source: SocketAddr,
+        pub source: SocketAddr,
         /// The move's destination.
-        destination: SocketAddr,
-    },
-    /// After `rebind`: `node` (one of the two) owns the instance; signals go there again, at
-    /// seqs above everything either node applied. Answers the boundary.
-    Serve {
+        pub destination: SocketAddr,
+    }
+
+    /// The answer to [`Rebind`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct ReboundReply {
+        /// The last seq the source applied when bound again (`null`: not bound within 10 s).
+        #[serde(deserialize_with = "handoff_wire::rpc::required")]
+        pub source: Option<u64>,
+        /// The same for the destination.
+        #[serde(deserialize_with = "handoff_wire::rpc::required")]
+        pub destination: Option<u64>,
+        /// The steer's run.
+        pub incarnation: u64,
+    }
+
+    /// After [`Rebind`]: `node` (one of the two) owns the instance; signals go there again,
+    /// at seqs above everything either node applied (repeatable).
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Serve {
         /// The instance.
-        instance: String,
+        pub instance: String,
         /// The owner.
-        node: SocketAddr,
-    },
+        pub node: SocketAddr,
+    }
+
+    handoff_wire::operations! {
+        Status => StatusReply = "status",
+        BeginMove => BeginMoveReply = "begin_move",
+        Cutover => Boundary = "cutover",
+        FinishMove => FinishedReply = "finish_move",
+        AbortBegin => CreatedReply = "abort_begin",
+        AbortCommit => Boundary = "abort_commit",
+        Hold => HeldReply = "hold",
+        Release => ReleasedReply = "release",
+        Rebind => ReboundReply = "rebind",
+        Serve => Boundary = "serve",
+    }
+
+    macro_rules! into_request {
+        ($($name:ident),*) => {
+            $(impl From<$name> for super::SteerRequest {
+                fn from(r: $name) -> Self {
+                    Self::$name(r)
+                }
+            })*
+        };
+    }
+    into_request!(
+        Status,
+        BeginMove,
+        Cutover,
+        FinishMove,
+        AbortBegin,
+        AbortCommit,
+        Hold,
+        Release,
+        Rebind,
+        Serve
+    );
 }
 
 /// One service in a status reply.
@@ -157,7 +311,7 @@ async fn session(
     services: &[ServiceHandle],
     incarnation: u64,
 ) -> Result<(), handoff_wire::FrameError> {
-    let mut f = Framed::new(stream, FrameCodec);
+    let mut f = Framed::new(stream, FrameCodec::new());
     if !handoff_wire::client::accept_admin_hello(&mut f, token, name, HELLO_TIMEOUT).await? {
         return Ok(());
     }
@@ -221,69 +375,67 @@ impl SteerRequest {
     /// which spans every service).
     pub fn command(&self) -> Option<(&str, Command)> {
         Some(match self {
-            Self::Status => return None,
-            Self::BeginMove {
-                instance,
-                destination,
-                abort_safe,
-            } => (
-                instance,
+            Self::Status(_) => return None,
+            Self::BeginMove(r) => (
+                &r.instance,
                 Command::Begin {
-                    destination: *destination,
-                    abort_safe: *abort_safe,
+                    destination: r.destination,
+                    abort_safe: r.abort_safe,
                 },
             ),
-            Self::Cutover { instance } => (instance, Command::Cutover),
-            Self::FinishMove { instance } => (instance, Command::Finish),
-            Self::AbortBegin { instance } => (instance, Command::AbortBegin),
-            Self::AbortCommit { instance } => (instance, Command::AbortCommit),
-            Self::Hold { instance } => (instance, Command::Hold),
-            Self::Release { instance, to } => (instance, Command::Release { to: *to }),
-            Self::Rebind {
-                instance,
-                source,
-                destination,
-            } => (
-                instance,
+            Self::Cutover(r) => (&r.instance, Command::Cutover),
+            Self::FinishMove(r) => (&r.instance, Command::Finish),
+            Self::AbortBegin(r) => (&r.instance, Command::AbortBegin),
+            Self::AbortCommit(r) => (&r.instance, Command::AbortCommit),
+            Self::Hold(r) => (&r.instance, Command::Hold),
+            Self::Release(r) => (&r.instance, Command::Release { to: r.to }),
+            Self::Rebind(r) => (
+                &r.instance,
                 Command::Rebind {
-                    source: *source,
-                    destination: *destination,
+                    source: r.source,
+                    destination: r.destination,
                 },
             ),
-            Self::Serve { instance, node } => (instance, Command::Serve { node: *node }),
+            Self::Serve(r) => (&r.instance, Command::Serve { node: r.node }),
         })
     }
 }
 
-/// The reply body of a move request's answer (`None`: an answer that does not fit the
-/// request, a bug).
+/// The reply body of a move request's answer: the operation's typed reply as JSON (`None`:
+/// an answer that does not fit the request, a bug). The shell and the simulation both use it.
 pub fn reply_body(
     req: &SteerRequest,
     answer: Answer,
     incarnation: u64,
 ) -> Option<serde_json::Value> {
-    use serde_json::json;
-    Some(match (req, answer) {
-        (SteerRequest::BeginMove { .. }, Answer::Boundary(b)) => {
-            json!({ "first_seq": b.boundary, "last_sent": b.last_sent })
-        }
+    use serde_json::to_value;
+    let v = match (req, answer) {
+        (SteerRequest::BeginMove(_), Answer::Boundary(b)) => to_value(ops::BeginMoveReply {
+            first_seq: b.boundary,
+            last_sent: b.last_sent,
+        }),
         (
-            SteerRequest::Cutover { .. }
-            | SteerRequest::AbortCommit { .. }
-            | SteerRequest::Serve { .. },
+            SteerRequest::Cutover(_) | SteerRequest::AbortCommit(_) | SteerRequest::Serve(_),
             Answer::Boundary(b),
-        ) => json!(b),
-        (SteerRequest::FinishMove { instance }, Answer::Done) => json!({ "finished": instance }),
-        (SteerRequest::Release { instance, .. }, Answer::Done) => json!({ "released": instance }),
-        (SteerRequest::AbortBegin { .. }, Answer::Keys(keys)) => {
-            json!({ "created": keys_to_hex(&keys) })
+        ) => to_value(b),
+        (SteerRequest::FinishMove(r), Answer::Done) => to_value(ops::FinishedReply {
+            finished: r.instance.clone(),
+        }),
+        (SteerRequest::Release(r), Answer::Done) => to_value(ops::ReleasedReply {
+            released: r.instance.clone(),
+        }),
+        (SteerRequest::AbortBegin(_), Answer::Keys(created)) => {
+            to_value(ops::CreatedReply { created })
         }
-        (SteerRequest::Hold { .. }, Answer::LastSeq(last)) => json!({ "last_seq": last }),
-        (SteerRequest::Rebind { .. }, Answer::Rebound(r)) => {
-            json!({ "source": r.source, "destination": r.destination, "incarnation": incarnation })
-        }
+        (SteerRequest::Hold(_), Answer::LastSeq(last_seq)) => to_value(ops::HeldReply { last_seq }),
+        (SteerRequest::Rebind(_), Answer::Rebound(r)) => to_value(ops::ReboundReply {
+            source: r.source,
+            destination: r.destination,
+            incarnation,
+        }),
         _ => return None,
-    })
+    };
+    v.ok()
 }
 
 async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64) -> Reply {
@@ -299,7 +451,11 @@ async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64)
                 stats: s.stats.snapshot(),
             });
         }
-        return Ok(serde_json::json!({ "services": out, "incarnation": incarnation }));
+        return serde_json::to_value(ops::StatusReply {
+            incarnation,
+            services: out,
+        })
+        .map_err(|e| (code::BAD_REQUEST, e.to_string()));
     };
     let answer = ask(services, instance, command).await?;
     reply_body(&req, answer, incarnation).ok_or_else(unexpected)
@@ -307,4 +463,79 @@ async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64)
 
 fn unexpected() -> (u16, String) {
     (code::BAD_REQUEST, "the service answered out of turn".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_wire::rpc::{request_body, Operation};
+
+    #[test]
+    fn every_request_refuses_unknown_fields_status_included() {
+        for body in [
+            r#"{"op":"status","verbose":true}"#,
+            r#"{"op":"cutover","instance":"mme-1","now":true}"#,
+            r#"{"op":"begin_move","instance":"mme-1","destination":"127.0.0.1:1","x":0}"#,
+        ] {
+            let e = serde_json::from_str::<SteerRequest>(body).unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{body}: {e}");
+        }
+        assert_eq!(
+            serde_json::from_str::<SteerRequest>(r#"{"op":"status"}"#).unwrap(),
+            SteerRequest::Status(ops::Status {})
+        );
+    }
+
+    #[test]
+    fn a_typed_request_is_what_the_listener_reads() {
+        let req = ops::Rebind {
+            instance: "mme-1".into(),
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: "127.0.0.1:2".parse().unwrap(),
+        };
+        let body = request_body(&req).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["op"], ops::Rebind::OP);
+        assert_eq!(
+            serde_json::from_slice::<SteerRequest>(&body).unwrap(),
+            SteerRequest::Rebind(req)
+        );
+    }
+
+    #[test]
+    fn a_reply_missing_a_field_is_an_error_not_a_default() {
+        // `null` is an answer ("not bound in time"); a missing field is not.
+        let ok = r#"{"source":5,"destination":null,"incarnation":2}"#;
+        let r: ops::ReboundReply = serde_json::from_str(ok).unwrap();
+        assert_eq!((r.source, r.destination), (Some(5), None));
+        for bad in [
+            r#"{"source":5,"incarnation":2}"#,
+            r#"{"destination":5,"incarnation":2}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ops::ReboundReply>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(serde_json::from_str::<ops::BeginMoveReply>(r#"{"first_seq":1}"#).is_err());
+        assert!(serde_json::from_str::<ops::CreatedReply>(r#"{"created":["zz"]}"#).is_err());
+    }
+
+    #[test]
+    fn a_created_list_of_any_length_survives_the_reply_body() {
+        let created: Vec<bytes::Bytes> = (0u32..50_000)
+            .map(|i| bytes::Bytes::from(i.to_be_bytes().repeat(8)))
+            .collect();
+        let req = SteerRequest::AbortBegin(ops::AbortBegin {
+            instance: "mme-1".into(),
+        });
+        let v = reply_body(&req, Answer::Keys(created.clone()), 1).unwrap();
+        let body = serde_json::to_vec(&v).unwrap();
+        assert!(
+            body.len() > 3 * handoff_wire::MAX_BODY,
+            "well above one frame"
+        );
+        let back: ops::CreatedReply = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.created, created);
+    }
 }

@@ -129,7 +129,7 @@ async fn connect(
         .await
         .map_err(|_| FrameError::Io("connect timed out".into()))??;
     let _ = stream.set_nodelay(true);
-    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec);
+    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new());
     framed
         .send(Frame::Hello {
             role: Role::Steer,
@@ -174,7 +174,7 @@ async fn serve(
     stop: &CancellationToken,
 ) -> String {
     let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::new(rd, FrameCodec);
+    let mut reader = FramedRead::new(rd, FrameCodec::new());
     let relay_socket = socket.clone();
     let relay_stats = stats.clone();
     let mut relay = tokio::spawn(async move {
@@ -194,7 +194,7 @@ async fn serve(
         }
         "node closed the connection".to_owned()
     });
-    let mut writer = FramedWrite::new(wr, FrameCodec);
+    let mut writer = FramedWrite::new(wr, FrameCodec::new());
     let mut buf = bytes::BytesMut::with_capacity(WRITE_BATCH_BYTES);
     let reason = loop {
         let first = tokio::select! {

@@ -73,8 +73,10 @@ pub struct Boundary {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rebound {
     /// The move's source.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
     pub source: Option<u64>,
     /// The move's destination.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
     pub destination: Option<u64>,
 }
 
@@ -88,6 +90,7 @@ pub struct RouteStatus {
     /// The node serving the instance (a move's source).
     pub node: SocketAddr,
     /// A move's destination, if one is linked.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
     pub destination: Option<SocketAddr>,
     /// Whether the node link is up.
     pub node_up: bool,
@@ -98,7 +101,6 @@ pub struct RouteStatus {
     /// Signals held (stop-and-copy only).
     pub held: usize,
     /// The steer restarted during a move and the route is not installed again yet.
-    #[serde(default)]
     pub route_lost: bool,
 }
 

@@ -50,7 +50,6 @@ pub struct SteerStatsSnapshot {
     pub lost_in_link: u64,
     pub link_connects: u64,
     pub last_seq: u64,
-    #[serde(default)]
     pub unrouted: u64,
 }
 

@@ -102,7 +102,7 @@ pub async fn must_connect_as_steer(
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the node");
-    let mut f = tokio_util::codec::Framed::new(stream, handoff_wire::FrameCodec);
+    let mut f = tokio_util::codec::Framed::new(stream, handoff_wire::FrameCodec::new());
     f.send(Frame::Hello {
         role: Role::Steer,
         name: "test-steer".into(),

@@ -1,6 +1,14 @@
 //! The client side of a control connection: hello (with token), then JSON requests in
-//! `Admin` frames answered by `AdminReply` or `Error`. Nodes and steers both speak it.
+//! `Admin` frames answered by `AdminReply` or `Error`. Nodes, steers and the controller all
+//! speak it; [`ControlClient::call`] sends one typed [`Operation`] and reads its typed reply.
+//!
+//! Which errors close the connection: a [`ClientError::Refused`] leaves it open (the peer
+//! answered; the next request may follow), except the hello's refusals (`UNAUTHORIZED`,
+//! `VERSION`, `WRONG_FRAME` before the hello), after which the peer closes. A
+//! [`ClientError::Transport`] (timeout, framing error, a reply that does not parse as the
+//! operation's reply) leaves the connection unusable: drop it and connect again.
 
+use crate::rpc::{request_body, Operation};
 use crate::{Frame, FrameCodec, Role, VERSION};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -37,6 +45,15 @@ impl ClientError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, Self::Refused { .. })
     }
+
+    /// The stable code of a refusal (see [`crate::code`]); `None` for a transport failure.
+    /// Callers match on it, never on the message.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Self::Refused { code, .. } => Some(*code),
+            Self::Transport { .. } => None,
+        }
+    }
 }
 
 /// Longest wait for a connection.
@@ -62,7 +79,7 @@ impl ControlClient {
         let mut c = Self {
             addr,
             peer: String::new(),
-            framed: Framed::new(stream, FrameCodec),
+            framed: Framed::new(stream, FrameCodec::new()),
             reply_timeout: Duration::from_secs(30),
         };
         c.framed
@@ -142,7 +159,43 @@ impl ControlClient {
             })
     }
 
-    /// Sends a request answered by one JSON reply.
+    /// Sends one typed request without waiting for its answer.
+    pub async fn send_op<O: Operation>(&mut self, req: &O) -> Result<(), ClientError> {
+        let addr = self.addr;
+        let body = request_body(req).map_err(|e| ClientError::Transport {
+            addr,
+            reason: e.to_string(),
+        })?;
+        self.framed
+            .send(Frame::Admin(body.into()))
+            .await
+            .map_err(|e| ClientError::Transport {
+                addr,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Reads the reply of an operation sent with [`Self::send_op`].
+    pub async fn reply<O: Operation>(&mut self) -> Result<O::Reply, ClientError> {
+        match self.next().await? {
+            Frame::AdminReply(b) => {
+                serde_json::from_slice(&b).map_err(|e| ClientError::Transport {
+                    addr: self.addr,
+                    reason: format!("bad reply to {}: {e}", O::OP),
+                })
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends a typed request and reads its typed reply: every field of the reply is
+    /// required, a refusal carries its stable code.
+    pub async fn call<O: Operation>(&mut self, req: &O) -> Result<O::Reply, ClientError> {
+        self.send_op(req).await?;
+        self.reply::<O>().await
+    }
+
+    /// Sends a request answered by one JSON reply (untyped; for tools that print the reply).
     pub async fn request(
         &mut self,
         req: &impl serde::Serialize,

@@ -11,6 +11,11 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Largest body accepted; larger frames are a protocol error (bounded buffers).
 pub const MAX_BODY: usize = 1 << 20;
+/// Largest admin request or reply body ([`Frame::Admin`], [`Frame::AdminReply`]) once its
+/// continuation parts are reassembled (256 MiB: a list of 50 million hex session keys would
+/// not fit, the largest key list a move produces does, by far). A body above [`MAX_BODY`] is
+/// sent as continuation frames (kind 16) followed by the frame itself; see [`FrameCodec`](crate::FrameCodec).
+pub const MAX_CONTINUED_BODY: usize = 256 << 20;
 /// Most keys in one manifest frame.
 pub const MAX_MANIFEST_KEYS: usize = 16_384;
 /// Most digest buckets in a copy-end frame.
@@ -42,6 +47,11 @@ pub enum FrameError {
     /// Bytes remain after the body's last field.
     #[error("{0} trailing bytes in frame body")]
     Trailing(usize),
+    /// A continuation (kind 16) is malformed, continues a kind that cannot be continued, is
+    /// interrupted by another frame, or makes the reassembled body exceed
+    /// [`MAX_CONTINUED_BODY`].
+    #[error("bad continuation: {0}")]
+    Continuation(String),
     /// An I/O error on the connection.
     #[error("i/o: {0}")]
     Io(String),
@@ -208,7 +218,7 @@ pub enum Frame {
 }
 
 /// Frame kind bytes. 0 is invalid.
-mod kind {
+pub(crate) mod kind {
     pub const HELLO: u8 = 1;
     pub const HELLO_ACK: u8 = 2;
     pub const BIND: u8 = 3;
@@ -224,6 +234,7 @@ mod kind {
     pub const COPY_RECORD: u8 = 13;
     pub const TOMBSTONE: u8 = 14;
     pub const COPY_END: u8 = 15;
+    pub const CONTINUATION: u8 = 16;
 }
 
 /// Stable error codes carried by [`Frame::Error`].
@@ -282,7 +293,15 @@ impl Frame {
     ///
     /// Fields longer than their length prefix allows are a caller bug; they are truncated so the
     /// frame stays well formed, and the receiver's checks then reject the content.
+    ///
+    /// An admin request or reply body longer than [`MAX_BODY`] (up to [`MAX_CONTINUED_BODY`])
+    /// is written as continuation frames followed by the frame with the body's last part.
     pub fn encode(&self, dst: &mut BytesMut) {
+        if let Frame::Admin(b) | Frame::AdminReply(b) = self {
+            if b.len() > MAX_BODY {
+                return encode_continued(dst, self.kind(), b);
+            }
+        }
         let start = begin(dst, self.kind());
         match self {
             Frame::Hello {
@@ -499,6 +518,11 @@ impl Frame {
                     .collect::<Result<_, _>>()?;
                 Frame::CopyEnd { records, digest }
             }
+            kind::CONTINUATION => {
+                return Err(FrameError::Continuation(
+                    "a continuation is only reassembled by the codec".into(),
+                ))
+            }
             other => return Err(FrameError::Kind(other)),
         };
         if b.has_remaining() {
@@ -506,6 +530,30 @@ impl Frame {
         }
         Ok(frame)
     }
+}
+
+/// Bytes of a continued body in one continuation frame (its body is the continued kind and
+/// this part).
+pub(crate) const CONTINUATION_PART: usize = MAX_BODY - 1;
+
+/// Writes an admin body longer than [`MAX_BODY`]: continuation frames of
+/// [`CONTINUATION_PART`] bytes each, then the frame of `kind` with the rest (1 to
+/// [`MAX_BODY`] bytes). A body above [`MAX_CONTINUED_BODY`] is a caller bug; it is truncated
+/// (the receiver then refuses the content).
+fn encode_continued(dst: &mut BytesMut, kind: u8, body: &[u8]) {
+    let mut rest = &body[..body.len().min(MAX_CONTINUED_BODY)];
+    dst.reserve(rest.len() + (rest.len() / CONTINUATION_PART + 1) * (HEADER_LEN + 1));
+    while rest.len() > MAX_BODY {
+        let (part, tail) = rest.split_at(CONTINUATION_PART);
+        let start = begin(dst, kind::CONTINUATION);
+        dst.put_u8(kind);
+        dst.put_slice(part);
+        finish(dst, start);
+        rest = tail;
+    }
+    let start = begin(dst, kind);
+    dst.put_slice(rest);
+    finish(dst, start);
 }
 
 fn truncate_str(s: &str, max: usize) -> &str {

@@ -13,13 +13,17 @@
 //! Kind 0 is reserved as invalid, so a zeroed buffer is never taken for a frame. The version
 //! policy: a peer speaks exactly [`VERSION`] and names the range it accepts in [`Frame::Hello`];
 //! a frame with another version is rejected with [`FrameError::Version`], never guessed at.
-//! See `docs/wire.md` for each body's layout and the connection sequences.
+//! An admin body longer than [`MAX_BODY`] travels as continuation frames (kind 16) that the
+//! [`FrameCodec`] reassembles, up to [`MAX_CONTINUED_BODY`]; control operations are typed
+//! request/reply pairs ([`rpc::Operation`]). See `docs/wire.md` for each body's layout, every
+//! operation and its error codes, and the connection sequences.
 
 #![warn(missing_docs)]
 
 pub mod client;
 mod codec;
 mod frame;
+pub mod rpc;
 
 pub use codec::*;
 pub use frame::*;

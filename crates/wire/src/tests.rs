@@ -127,7 +127,7 @@ proptest! {
         for f in &frames {
             f.encode(&mut buf);
         }
-        let mut codec = FrameCodec;
+        let mut codec = FrameCodec::new();
         let mut got = Vec::new();
         while let Some(f) = codec.decode(&mut buf).unwrap() {
             got.push(f);
@@ -151,7 +151,7 @@ proptest! {
             buf.extend_from_slice(&(raw.len() as u32).to_be_bytes());
         }
         buf.extend_from_slice(&raw);
-        let mut codec = FrameCodec;
+        let mut codec = FrameCodec::new();
         for _ in 0..raw.len() + 1 {
             match codec.decode(&mut buf) {
                 Ok(Some(_)) => continue,
@@ -175,7 +175,7 @@ fn frames_split_across_reads_are_reassembled() {
     };
     let mut whole = BytesMut::new();
     f.encode(&mut whole);
-    let mut codec = FrameCodec;
+    let mut codec = FrameCodec::new();
     let mut buf = BytesMut::new();
     for (i, b) in whole.iter().enumerate() {
         buf.extend_from_slice(&[*b]);
@@ -189,7 +189,7 @@ fn frames_split_across_reads_are_reassembled() {
 
 #[test]
 fn oversized_and_foreign_frames_are_refused_before_buffering() {
-    let mut codec = FrameCodec;
+    let mut codec = FrameCodec::new();
     let mut buf = BytesMut::from(&[0x68, 0x66, 1, 5, 0xff, 0xff, 0xff, 0xff][..]);
     assert_eq!(
         codec.decode(&mut buf),
@@ -201,4 +201,163 @@ fn oversized_and_foreign_frames_are_refused_before_buffering() {
     assert_eq!(codec.decode(&mut buf), Err(FrameError::Version(9)));
     let mut zero = BytesMut::from(&[0x68, 0x66, 1, 0, 0, 0, 0, 0][..]);
     assert_eq!(codec.decode(&mut zero), Err(FrameError::Kind(0)));
+}
+
+/// A body of `n` bytes that is not periodic in the part size (a misplaced part would show).
+fn big_body(n: usize) -> Bytes {
+    (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+/// The frame kinds and body lengths in an encoded stream.
+fn frame_headers(mut b: &[u8]) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let len = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        out.push((b[3], len));
+        b = &b[HEADER_LEN + len..];
+    }
+    out
+}
+
+fn continuation_frame(of: u8, part: &[u8]) -> BytesMut {
+    let mut b = BytesMut::from(&[0x68, 0x66, 1, 16][..]);
+    b.extend_from_slice(&((part.len() + 1) as u32).to_be_bytes());
+    b.extend_from_slice(&[of]);
+    b.extend_from_slice(part);
+    b
+}
+
+#[test]
+fn an_admin_body_above_one_frame_is_split_into_continuations_and_reassembled() {
+    let body = big_body(2 * MAX_BODY + 12_345);
+    let mut buf = BytesMut::new();
+    Frame::AdminReply(body.clone()).encode(&mut buf);
+    Frame::Admin(Bytes::from_static(b"{}")).encode(&mut buf);
+    let heads = frame_headers(&buf);
+    assert_eq!(
+        heads,
+        vec![
+            (16, MAX_BODY),
+            (16, MAX_BODY),
+            (8, body.len() - 2 * (MAX_BODY - 1)),
+            (7, 2)
+        ]
+    );
+    // Fed in pieces that straddle the frame boundaries.
+    let mut codec = FrameCodec::new();
+    let mut src = BytesMut::new();
+    let mut got = Vec::new();
+    for piece in buf.chunks(300_000) {
+        src.extend_from_slice(piece);
+        while let Some(f) = codec.decode(&mut src).unwrap() {
+            got.push(f);
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            Frame::AdminReply(body),
+            Frame::Admin(Bytes::from_static(b"{}"))
+        ]
+    );
+    assert!(src.is_empty());
+}
+
+#[test]
+fn a_body_of_exactly_one_frame_is_not_continued() {
+    let mut buf = BytesMut::new();
+    Frame::Admin(big_body(MAX_BODY)).encode(&mut buf);
+    assert_eq!(frame_headers(&buf), vec![(7, MAX_BODY)]);
+    let mut buf = BytesMut::new();
+    Frame::Admin(big_body(MAX_BODY + 1)).encode(&mut buf);
+    assert_eq!(frame_headers(&buf), vec![(16, MAX_BODY), (7, 2)]);
+    let got = FrameCodec::new().decode(&mut buf).unwrap();
+    assert_eq!(got, Some(Frame::Admin(big_body(MAX_BODY + 1))));
+}
+
+#[test]
+fn the_reassembled_body_is_bounded_before_the_part_is_buffered() {
+    let mut codec = FrameCodec::with_max_continued(10);
+    let mut buf = continuation_frame(7, b"012345");
+    assert_eq!(codec.decode(&mut buf), Ok(None));
+    // The next part's header alone is enough to refuse it: 6 + 5 > 10.
+    let mut buf = BytesMut::from(&[0x68, 0x66, 1, 16, 0, 0, 0, 6][..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert_eq!(
+        err,
+        FrameError::Continuation("the continued body exceeds 10 bytes".into())
+    );
+    // The final frame counts too.
+    let mut codec = FrameCodec::with_max_continued(10);
+    let mut buf = continuation_frame(8, b"0123456789");
+    Frame::AdminReply(Bytes::from_static(b"x")).encode(&mut buf);
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(FrameError::Continuation(m)) if m.contains("exceeds 10 bytes")
+    ));
+    // Exactly at the bound is accepted.
+    let mut codec = FrameCodec::with_max_continued(10);
+    let mut buf = continuation_frame(8, b"012345678");
+    Frame::AdminReply(Bytes::from_static(b"9")).encode(&mut buf);
+    assert_eq!(
+        codec.decode(&mut buf),
+        Ok(Some(Frame::AdminReply(Bytes::from_static(b"0123456789"))))
+    );
+}
+
+#[test]
+fn malformed_continuations_are_refused_with_a_clear_error() {
+    let refused = |mut buf: BytesMut| -> String {
+        let mut codec = FrameCodec::new();
+        match codec.decode(&mut buf) {
+            Ok(Some(f)) => panic!("decoded {f:?}"),
+            Ok(None) => match codec.decode_eof(&mut buf) {
+                Err(FrameError::Continuation(m)) => m,
+                other => panic!("not refused: {other:?}"),
+            },
+            Err(FrameError::Continuation(m)) => m,
+            Err(e) => panic!("refused for another reason: {e}"),
+        }
+    };
+    // Only admin bodies are continued.
+    assert_eq!(
+        refused(continuation_frame(5, b"abc")),
+        "kind 5 cannot be continued"
+    );
+    // A continuation names its kind and carries at least one byte.
+    assert_eq!(
+        refused(BytesMut::from(&[0x68, 0x66, 1, 16, 0, 0, 0, 0][..])),
+        "a continuation without its kind"
+    );
+    assert_eq!(
+        refused(continuation_frame(7, b"")),
+        "an empty continuation part"
+    );
+    // Parts of one body are all of one kind.
+    let mut b = continuation_frame(7, b"abc");
+    b.extend_from_slice(&continuation_frame(8, b"def"));
+    assert_eq!(refused(b), "a continuation of kind 8 inside one of kind 7");
+    // Nothing comes between the parts and their frame.
+    let mut b = continuation_frame(7, b"abc");
+    Frame::DumpEnd { count: 1 }.encode(&mut b);
+    assert_eq!(
+        refused(b),
+        "a frame of kind 10 interrupts a continued body of kind 7"
+    );
+    let mut b = continuation_frame(7, b"abc");
+    Frame::AdminReply(Bytes::from_static(b"{}")).encode(&mut b);
+    assert_eq!(
+        refused(b),
+        "a frame of kind 8 interrupts a continued body of kind 7"
+    );
+    // The connection ending inside a body.
+    assert_eq!(
+        refused(continuation_frame(7, b"abc")),
+        "the connection ended inside a continued body"
+    );
+    // And a continuation is never a frame of its own.
+    assert!(matches!(
+        Frame::decode_body(16, Bytes::from_static(b"\x07abc")),
+        Err(FrameError::Continuation(_))
+    ));
 }

@@ -101,7 +101,7 @@ pub enum RecordOutcome {
 }
 
 /// Counters of a shadow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShadowStats {
     /// Signals buffered now.
     pub buffered: usize,
