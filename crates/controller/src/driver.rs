@@ -144,16 +144,16 @@ impl NetDriver {
     /// at the cutover after the whole copy (signals are not routed meanwhile). Pends forever
     /// while the route is fine or the steer cannot be asked.
     async fn route_lost(&self, m: &MoveMachine) {
-        #[derive(serde::Deserialize)]
-        struct Status {
-            services: Vec<handoff_steer::ServiceStatus>,
-        }
+        use handoff_steer::control::ops;
         loop {
             tokio::time::sleep(ROUTE_POLL).await;
-            let Ok(v) = self.steer(m.spec.steer, &SteerRequest::Status).await else {
+            let Ok(v) = self
+                .steer(m.spec.steer, &SteerRequest::Status(ops::Status {}))
+                .await
+            else {
                 continue;
             };
-            let Ok(st) = serde_json::from_value::<Status>(v) else {
+            let Ok(st) = serde_json::from_value::<ops::StatusReply>(v) else {
                 continue;
             };
             let lost = st
@@ -469,6 +469,7 @@ fn shadow_view(r: &handoff_function::runtime::shadow::ShadowStats) -> ShadowView
         buffered_for_records_peak: r.buffered_for_records_peak as u64,
         records: r.records,
         bytes: r.bytes,
+        refused: r.refused,
     }
 }
 

@@ -4,8 +4,10 @@
 //! copy: the move aborts through a rebind and the source keeps every session.
 
 use handoff_controller::daemon::{
-    Controller, ControllerConfig, ControllerRequest, InstanceEntry, NodeEntry, SteerEntry,
+    Controller, ControllerConfig, InstanceEntry, NodeEntry, SteerEntry,
 };
+use handoff_controller::machine::Phase;
+use handoff_controller::ops;
 use handoff_loadgen::LoadConfig;
 use handoff_node::client::AdminClient;
 use handoff_steer::{ServiceConfig, Steer, SteerConfig};
@@ -29,10 +31,8 @@ async fn start_steer(cfg: &SteerConfig) -> Steer {
     panic!("the steer never reached its node");
 }
 
-async fn move_status(c: &std::sync::Arc<Controller>, id: u64) -> serde_json::Value {
-    c.handle(ControllerRequest::MoveStatus { id })
-        .await
-        .expect("move status")
+fn move_status(c: &std::sync::Arc<Controller>, id: u64) -> ops::MoveStatus {
+    c.move_status(id).expect("move status")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +103,7 @@ async fn a_steer_restarted_during_the_copy_aborts_the_move_before_the_copy_ends(
     .unwrap();
     // The records follow only after a lead of 5 s: the copy runs that long at least.
     let started = controller
-        .handle(ControllerRequest::Migrate {
+        .migrate(ops::Migrate {
             instance: "mme-1".into(),
             to: "node-b".into(),
             order: handoff_state::CopyOrder::HotFirst,
@@ -113,10 +113,10 @@ async fn a_steer_restarted_during_the_copy_aborts_the_move_before_the_copy_ends(
         })
         .await
         .unwrap();
-    let id = started["id"].as_u64().unwrap();
+    let id = started.id;
     let mut copying = false;
     for _ in 0..500 {
-        if move_status(&controller, id).await["phase"] == "copy" {
+        if move_status(&controller, id).phase == Phase::Copy {
             copying = true;
             break;
         }
@@ -128,29 +128,25 @@ async fn a_steer_restarted_during_the_copy_aborts_the_move_before_the_copy_ends(
     drop(steer);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _steer = start_steer(&cfg).await;
-    let mut end = serde_json::Value::Null;
+    let mut end = move_status(&controller, id);
     for _ in 0..1000 {
-        end = move_status(&controller, id).await;
-        if end["ended"] == true {
+        if end.ended {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+        end = move_status(&controller, id);
     }
-    assert_eq!(
-        end["ended"], true,
-        "the move did not end within 10 s: {end}"
-    );
-    const { assert!(handoff_state::MAX_LEAD_MS >= 5_000) };
-    assert_eq!(end["phase"], "aborted", "{end}");
+    assert!(end.ended, "the move did not end within 10 s: {end:?}");
+    assert_eq!(end.phase, Phase::Aborted, "{end:?}");
     assert!(
-        end["reason"]
-            .as_str()
+        end.reason
+            .as_deref()
             .unwrap_or("")
             .contains("steer restarted"),
-        "{end}"
+        "{end:?}"
     );
     // The copy never answered: the route was found lost while it ran, not after it.
-    assert_eq!(end["figures"]["copy"]["records_copied"], 0, "{end}");
+    assert_eq!(end.figures.copy.records_copied, 0, "{end:?}");
     let mut admin_a = AdminClient::connect_with(a, "t", TOKEN).await.unwrap();
     let dump = admin_a.dump("mme-1").await.unwrap();
     assert_eq!(
