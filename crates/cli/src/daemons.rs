@@ -2,39 +2,13 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use handoff_node::{Node, NodeLimits};
+use handoff_node::{Node, NodeConfig, NodeLimits};
 use handoff_steer::{ServiceConfig, Steer, SteerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A node's settings file (see `docs/node.example.toml`); flags override it.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    /// The node's name.
-    pub name: Option<String>,
-    /// TCP address for steer, admin and peer connections.
-    pub listen: Option<SocketAddr>,
-    /// Shared token.
-    #[serde(default)]
-    pub token: String,
-    /// Instances hosted from the start.
-    #[serde(default)]
-    pub instances: Vec<NodeInstance>,
-}
-
-/// An instance in a node's settings file.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeInstance {
-    /// Its name.
-    pub name: String,
-    /// Its function.
-    pub function: String,
-}
 
 #[derive(Args, Clone, Debug)]
 pub struct NodeArgs {

@@ -35,6 +35,32 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// A node's settings file (see `docs/node.example.toml`); flags override it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name.
+    pub name: Option<String>,
+    /// TCP address for steer, admin and peer connections.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Shared token.
+    #[serde(default)]
+    pub token: String,
+    /// Instances hosted from the start.
+    #[serde(default)]
+    pub instances: Vec<NodeInstance>,
+}
+
+/// An instance in a node's settings file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInstance {
+    /// Its name.
+    pub name: String,
+    /// Its function.
+    pub function: String,
+}
+
 /// Limits of a node (every queue is bounded).
 #[derive(Clone, Debug)]
 pub struct NodeLimits {
