@@ -502,13 +502,16 @@ fn error(code: u16, message: impl Into<String>) -> Frame {
 }
 
 async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_wire::FrameError> {
-    let mut f = Framed::new(stream, FrameCodec::new());
+    let mut f = Framed::new(stream, FrameCodec::unauthenticated());
     let hello_timeout = Duration::from_secs(5);
     if !handoff_wire::client::accept_admin_hello(&mut f, &c.cfg.token, "controller", hello_timeout)
         .await?
     {
         return Ok(());
     }
+    // Authenticated: requests may now be continued over several frames.
+    f.codec_mut()
+        .set_max_continued(handoff_wire::MAX_CONTINUED_BODY);
     while let Some(frame) = f.next().await {
         let Frame::Admin(body) = frame? else {
             return f.send(error(code::WRONG_FRAME, "expected a request")).await;

@@ -153,8 +153,12 @@ impl NetDriver {
             else {
                 continue;
             };
-            let Ok(st) = serde_json::from_value::<ops::StatusReply>(v) else {
-                continue;
+            let st = match serde_json::from_value::<ops::StatusReply>(v) {
+                Ok(st) => st,
+                Err(e) => {
+                    tracing::warn!(id = m.spec.id, error = %e, "the steer's status does not parse");
+                    continue;
+                }
             };
             let lost = st
                 .services

@@ -28,7 +28,8 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), FrameError> {
     let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(rd, FrameCodec::new(), READ_BUFFER_BYTES);
+    let mut reader =
+        FramedRead::with_capacity(rd, FrameCodec::unauthenticated(), READ_BUFFER_BYTES);
     let (tx, rx) = mpsc::channel::<Vec<Frame>>(node.limits.conn_queue.max(1));
     let writer = tokio::spawn(write_loop(wr, rx));
     let result = async {
@@ -75,6 +76,13 @@ pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), Fra
             }],
         )
         .await?;
+        // Admin requests and peer answers may be continued over several frames once the peer
+        // is authenticated; a steer's signals never are.
+        if role != Role::Steer {
+            reader
+                .decoder_mut()
+                .set_max_continued(handoff_wire::MAX_CONTINUED_BODY);
+        }
         match role {
             Role::Steer => steer_session(&node, reader, &tx).await,
             Role::Admin => admin::session(&node, reader, &tx).await,

@@ -361,7 +361,10 @@ impl<R: Clone> InstanceCore<R> {
             }
         }
         let r = self.hosted.finish_shadow();
-        self.pending.clear();
+        if r.is_ok() {
+            // Serving now: every buffered signal was replayed or discarded.
+            self.pending.clear();
+        }
         r
     }
 

@@ -311,10 +311,13 @@ async fn session(
     services: &[ServiceHandle],
     incarnation: u64,
 ) -> Result<(), handoff_wire::FrameError> {
-    let mut f = Framed::new(stream, FrameCodec::new());
+    let mut f = Framed::new(stream, FrameCodec::unauthenticated());
     if !handoff_wire::client::accept_admin_hello(&mut f, token, name, HELLO_TIMEOUT).await? {
         return Ok(());
     }
+    // Authenticated: requests may now be continued over several frames.
+    f.codec_mut()
+        .set_max_continued(handoff_wire::MAX_CONTINUED_BODY);
     while let Some(frame) = f.next().await {
         let Frame::Admin(body) = frame? else {
             return f

@@ -101,6 +101,15 @@ async fn maintain(
                 backoff = Duration::from_millis(50);
                 stats.link_connects.fetch_add(1, Relaxed);
                 tracing::info!(%node, instance, last_seq, "node link up");
+                // Frames still queued from before the last failure were stamped while the
+                // batch the failure cut short was lost: sending them now would put them ahead
+                // of the retransmissions of what was lost. They are dropped and counted (their
+                // clients retransmit); the service sends nothing more until it hears `Up`.
+                let mut stale = 0u64;
+                while rx.try_recv().is_ok() {
+                    stale += 1;
+                }
+                stats.lost_in_link.fetch_add(stale, Relaxed);
                 report(LinkEvent::Up(id, last_seq)).await;
                 let reason = serve(stream, &mut rx, &socket, &stats, &stop).await;
                 if stop.is_cancelled() {
@@ -174,7 +183,8 @@ async fn serve(
     stop: &CancellationToken,
 ) -> String {
     let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::new(rd, FrameCodec::new());
+    // Outputs are never continued: a node cannot make the steer buffer a continued body.
+    let mut reader = FramedRead::new(rd, FrameCodec::unauthenticated());
     let relay_socket = socket.clone();
     let relay_stats = stats.clone();
     let mut relay = tokio::spawn(async move {

@@ -35,17 +35,7 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let uses = graph.entry(name.clone()).or_default();
         for line in text.lines() {
             let code = line.split("//").next().unwrap_or("");
-            let mut rest = code;
-            while let Some(i) = rest.find("crate::") {
-                rest = &rest[i + "crate::".len()..];
-                let m: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                    .collect();
-                if !m.is_empty() && m != name {
-                    uses.insert(m);
-                }
-            }
+            uses.extend(named_modules(code).into_iter().filter(|m| *m != name));
         }
     }
     let names: BTreeSet<String> = graph.keys().cloned().collect();
@@ -53,6 +43,32 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         uses.retain(|m| names.contains(m));
     }
     graph
+}
+
+/// The modules a line of code names as `crate::<module>`, including those of a grouped
+/// import (`use crate::{a, b::c}`).
+fn named_modules(code: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let inner = group.split('}').next().unwrap_or("");
+            out.extend(inner.split(',').map(ident).filter(|m| !m.is_empty()));
+        } else {
+            let m = ident(rest);
+            if !m.is_empty() {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 /// A cycle through `graph`, if there is one.
@@ -109,6 +125,18 @@ fn no_crate_has_an_import_cycle_between_its_modules() {
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} crates found");
+}
+
+#[test]
+fn grouped_imports_name_their_modules() {
+    assert_eq!(
+        named_modules("use crate::{admin, copy::CopyReport};"),
+        vec!["admin", "copy"]
+    );
+    assert_eq!(
+        named_modules("let x = crate::peer::connect(a);"),
+        vec!["peer"]
+    );
 }
 
 #[test]

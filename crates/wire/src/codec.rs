@@ -38,6 +38,19 @@ impl FrameCodec {
         Self::with_max_continued(MAX_CONTINUED_BODY)
     }
 
+    /// A codec for a connection not authenticated yet: it refuses continuations, so a peer
+    /// that has not said a valid hello cannot make the receiver buffer a continued body.
+    /// Raise the limit with [`FrameCodec::set_max_continued`] once the hello is accepted.
+    pub fn unauthenticated() -> Self {
+        Self::with_max_continued(0)
+    }
+
+    /// Accepts reassembled bodies up to `limit` bytes from now on (at most
+    /// [`MAX_CONTINUED_BODY`]).
+    pub fn set_max_continued(&mut self, limit: usize) {
+        self.max_continued = limit.min(MAX_CONTINUED_BODY);
+    }
+
     /// A codec accepting reassembled bodies up to `limit` bytes (at most
     /// [`MAX_CONTINUED_BODY`]; tests use small limits).
     pub fn with_max_continued(limit: usize) -> Self {

@@ -361,3 +361,20 @@ fn malformed_continuations_are_refused_with_a_clear_error() {
         Err(FrameError::Continuation(_))
     ));
 }
+
+/// A connection not authenticated yet refuses continuations from their header on (a peer
+/// that has not said a valid hello cannot make the receiver buffer a continued body); once
+/// the limit is raised the same part is taken.
+#[test]
+fn an_unauthenticated_codec_refuses_continuations_until_raised() {
+    let mut codec = FrameCodec::unauthenticated();
+    let mut header_only = BytesMut::from(&[0x68, 0x66, 1, 16, 0, 0, 0, 6][..]);
+    assert!(matches!(
+        codec.decode(&mut header_only),
+        Err(FrameError::Continuation(_))
+    ));
+    let mut codec = FrameCodec::unauthenticated();
+    codec.set_max_continued(crate::MAX_CONTINUED_BODY);
+    let mut buf = continuation_frame(7, b"01234");
+    assert_eq!(codec.decode(&mut buf), Ok(None));
+}

@@ -146,3 +146,26 @@ fn a_buffered_signal_is_answered_once_when_its_record_arrives() {
     assert!(out.is_empty(), "answered once");
     assert_eq!(dst.stats().outputs, answered as u64);
 }
+
+/// A finish asked too early (the shadow still awaits a record) is refused and forgets no
+/// answer owed: the buffered signal is answered once its record arrives.
+#[test]
+fn a_refused_finish_keeps_the_answers_owed() {
+    let mut src = core();
+    let mut out = Vec::new();
+    src.signals(None, &[attach(1, 1, 0)], &1, &mut out);
+    let rec = src.hosted().table().get(&session_key(1)).expect("record");
+    let mut dst = core();
+    dst.prepare_shadow().unwrap();
+    let taken = dst.take_manifest(vec![session_key(1)], &mut out).unwrap();
+    out.clear();
+    dst.signals(None, &[attach(3, 1, 0)], &5, &mut out);
+    assert!(dst.finish_shadow(false, &mut out).is_err(), "not settled");
+    dst.records(
+        vec![(session_key(1), rec.seq, Some(rec.bytes))],
+        taken.epoch,
+        &mut out,
+    );
+    assert!(!out.is_empty(), "the buffered signal is still answered");
+    assert!(out.iter().all(|e| e.seq == 3 && e.to == 5));
+}
