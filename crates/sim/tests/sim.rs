@@ -1,4 +1,4 @@
-//! The deterministic simulation of a whole live move (`handoff_controller::sim`): a sweep of
+//! The deterministic simulation of a whole live move (`handoff_sim`): a sweep of
 //! seeds round-robin over every fault class, one named scenario per class with its expected
 //! outcome, regressions of the bugs the simulation found, and an ignored soak.
 //!
