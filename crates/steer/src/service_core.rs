@@ -325,6 +325,9 @@ impl Dropped {
 
 /// What became of a signal.
 #[derive(Clone, Debug)]
+// Returned by value once per signal: boxing the large variant would allocate per signal,
+// which is what the fixed two-slot `Frames` avoids.
+#[allow(clippy::large_enum_variant)]
 pub enum Admission {
     /// Stamped `seq`: each frame goes to its link, in order.
     Routed {
@@ -332,8 +335,8 @@ pub enum Admission {
         seq: u64,
         /// Where it went.
         delivery: Delivery,
-        /// One or two frames.
-        frames: Vec<(LinkId, SignalFrame)>,
+        /// One or two frames (no allocation per signal).
+        frames: Frames,
     },
     /// Stamped `seq` and held (stop-and-copy).
     Held {
@@ -342,6 +345,25 @@ pub enum Admission {
     },
     /// Not stamped.
     Dropped(Dropped),
+}
+
+/// The one or two frames a routed signal becomes, each with its link, in sending order.
+#[derive(Clone, Debug)]
+pub struct Frames {
+    first: (LinkId, SignalFrame),
+    second: Option<(LinkId, SignalFrame)>,
+}
+
+impl IntoIterator for Frames {
+    type Item = (LinkId, SignalFrame);
+    type IntoIter = std::iter::Chain<
+        std::iter::Once<(LinkId, SignalFrame)>,
+        std::option::IntoIter<(LinkId, SignalFrame)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self.first).chain(self.second)
+    }
 }
 
 /// What the core asks its shell to do.
@@ -607,8 +629,8 @@ impl<R> ServiceCore<R> {
         let frame = stamp(next, now_us, s);
         let src = self.source.id;
         let frames = match (delivery, dest) {
-            (Delivery::HandOver, Some(d)) => vec![
-                (
+            (Delivery::HandOver, Some(d)) => Frames {
+                first: (
                     src,
                     SignalFrame {
                         flags: SIGNAL_HANDOVER,
@@ -616,20 +638,26 @@ impl<R> ServiceCore<R> {
                         ..frame.clone()
                     },
                 ),
-                (d.id, frame),
-            ],
-            (Delivery::Both, Some(d)) => vec![
-                (
+                second: Some((d.id, frame)),
+            },
+            (Delivery::Both, Some(d)) => Frames {
+                first: (
                     d.id,
                     SignalFrame {
                         flags: SIGNAL_SHADOW,
                         ..frame.clone()
                     },
                 ),
-                (src, frame),
-            ],
-            (Delivery::Destination, Some(d)) => vec![(d.id, frame)],
-            _ => vec![(src, frame)],
+                second: Some((src, frame)),
+            },
+            (Delivery::Destination, Some(d)) => Frames {
+                first: (d.id, frame),
+                second: None,
+            },
+            _ => Frames {
+                first: (src, frame),
+                second: None,
+            },
         };
         if to_source {
             self.sent.source = next;

@@ -145,34 +145,27 @@ impl ControlClient {
 
     /// Sends one JSON request without waiting for its answer.
     pub async fn send(&mut self, req: &impl serde::Serialize) -> Result<(), ClientError> {
-        let addr = self.addr;
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Transport {
-            addr,
-            reason: e.to_string(),
-        })?;
-        self.framed
-            .send(Frame::Admin(body.into()))
-            .await
-            .map_err(|e| ClientError::Transport {
-                addr,
-                reason: e.to_string(),
-            })
+        let body = serde_json::to_vec(req);
+        self.send_body(body).await
     }
 
     /// Sends one typed request without waiting for its answer.
     pub async fn send_op<O: Operation>(&mut self, req: &O) -> Result<(), ClientError> {
+        let body = request_body(req);
+        self.send_body(body).await
+    }
+
+    async fn send_body(
+        &mut self,
+        body: Result<Vec<u8>, serde_json::Error>,
+    ) -> Result<(), ClientError> {
         let addr = self.addr;
-        let body = request_body(req).map_err(|e| ClientError::Transport {
-            addr,
-            reason: e.to_string(),
-        })?;
+        let t = |reason: String| ClientError::Transport { addr, reason };
+        let body = body.map_err(|e| t(e.to_string()))?;
         self.framed
             .send(Frame::Admin(body.into()))
             .await
-            .map_err(|e| ClientError::Transport {
-                addr,
-                reason: e.to_string(),
-            })
+            .map_err(|e| t(e.to_string()))
     }
 
     /// Reads the reply of an operation sent with [`Self::send_op`].

@@ -57,7 +57,7 @@ fn serving(base: u64) -> (Core, LinkId) {
 
 fn routed(a: Admission) -> (u64, Vec<(LinkId, SignalFrame)>) {
     match a {
-        Admission::Routed { seq, frames, .. } => (seq, frames),
+        Admission::Routed { seq, frames, .. } => (seq, frames.into_iter().collect()),
         other => panic!("not routed: {other:?}"),
     }
 }
