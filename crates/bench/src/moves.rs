@@ -88,6 +88,7 @@ pub async fn live_move(
             plan: CopyPlan::default(),
             abort_safe: false,
             lead_ms: 0,
+            origin: "bench".into(),
         },
         0,
     )

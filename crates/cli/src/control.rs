@@ -103,9 +103,10 @@ pub struct MigrateArgs {
     /// The copy must finish within this many milliseconds (refused up front if it cannot).
     #[arg(long)]
     pub deadline: Option<u64>,
-    /// Duplicate creates to the source too, so an abort moves nothing back.
+    /// Do not duplicate creates and updates to the source (the default, abort-safe, does: a
+    /// destination lost before the cutover then costs nothing; see docs/moves.md).
     #[arg(long)]
-    pub abort_safe: bool,
+    pub no_abort_safe: bool,
     /// Lead between steering and copy start, milliseconds (at most 5000).
     #[arg(long, default_value_t = 0)]
     pub lead_ms: u64,
@@ -139,7 +140,7 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
             to: a.to.clone(),
             order: parse_order(&a.order, 1)?,
             plan,
-            abort_safe: a.abort_safe,
+            abort_safe: !a.no_abort_safe,
             lead_ms: a.lead_ms,
         })
         .await
@@ -190,6 +191,17 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
+    // A source-driven move reports itself to the controller when one answers: asking for
+    // its status makes it reconcile its view with the steer (best effort, bounded).
+    let reported = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut c = a.at.connect().await?;
+        c.call(&ops::Status {}).await?;
+        anyhow::Ok(())
+    })
+    .await;
+    if !matches!(reported, Ok(Ok(()))) {
+        tracing::debug!("no controller to report the source-driven move to");
+    }
     let view = MoveView {
         id: status.id,
         from: status.from.clone(),
@@ -244,7 +256,7 @@ async fn source_driven(
         steer,
         order: parse_order(&a.order, 1)?,
         plan,
-        abort_safe: a.abort_safe,
+        abort_safe: !a.no_abort_safe,
         lead_ms: a.lead_ms,
     };
     let bar = indicatif::ProgressBar::new_spinner();
@@ -412,7 +424,22 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     out!("instances");
     for i in &s.instances {
-        out!("  {:<10} {:<6} on {}", i.name, i.function, i.node);
+        out!(
+            "  {:<10} {:<6} on {} (route {} → {}, incarnation {})",
+            i.name,
+            i.function,
+            i.owner.as_deref().unwrap_or("NO NODE"),
+            i.route.as_deref().unwrap_or("?"),
+            i.routed_to.as_deref().unwrap_or("?"),
+            i.incarnation
+                .map_or_else(|| "?".into(), |n| format!("{n:016x}"))
+        );
+        if let Some(a) = &i.alarm {
+            out!("    ALARM: {a}");
+        }
+        for d in &i.disagreements {
+            out!("    disagreement: {d}");
+        }
     }
     out!("recent moves");
     for m in &s.moves {
@@ -446,5 +473,63 @@ mod tests {
         let mut broken = cfg.clone();
         broken.instances[0].node = "node-z".into();
         assert!(broken.validate().is_err());
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RecoverArgs {
+    /// The instance, e.g. `mme-1`.
+    pub instance: String,
+    /// Serve from the new (empty, or partial) incarnation on the node the steer routes to,
+    /// accepting that every session it lacks is lost.
+    #[arg(long)]
+    pub accept_empty: bool,
+    #[command(flatten)]
+    pub at: ControllerAddr,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `handoff recover`: brings an instance back after a crash (see `docs/moves.md`).
+pub async fn recover(a: RecoverArgs) -> anyhow::Result<ExitCode> {
+    let mut c = a.at.connect().await?;
+    let r = c
+        .call(&ops::Recover {
+            instance: a.instance.clone(),
+            accept_empty: a.accept_empty,
+        })
+        .await
+        .context("the controller refused the recovery")?;
+    if !a.json {
+        out!("{}", r.message);
+    }
+    let Some(id) = r.move_id else {
+        if a.json {
+            out!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = c.call(&ops::GetMoveStatus { id }).await?;
+        if st.ended || std::time::Instant::now() > deadline {
+            if a.json {
+                out!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                out!(
+                    "move {id}: {}{}",
+                    phase_name(st.phase),
+                    st.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                );
+            }
+            let ok = st.phase == handoff_controller::machine::Phase::Recovered;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

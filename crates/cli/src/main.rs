@@ -45,6 +45,8 @@ enum Cmd {
     Migrate(control::MigrateArgs),
     /// Show nodes, steers, instances and recent moves (from the controller).
     Status(control::StatusArgs),
+    /// Bring an instance back after a crash (an offline move, or a node that lost it).
+    Recover(control::RecoverArgs),
     /// Start a steer, a node with `mme-1` and the load generator on loopback; report.
     Demo(demo::DemoArgs),
     /// Benchmarks that run contenders side by side and print ratios.
@@ -84,7 +86,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
         Cmd::Node(_) | Cmd::Steer(_) | Cmd::Controller(_) => "info",
-        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Migrate(_) | Cmd::Status(_) => "warn",
+        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Migrate(_) | Cmd::Status(_) | Cmd::Recover(_) => "warn",
     };
     init_logging(cli.log.as_deref(), default_level, cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -104,6 +106,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Controller(a) => control::controller(a).await,
             Cmd::Migrate(a) => control::migrate(a).await,
             Cmd::Status(a) => control::status(a).await,
+            Cmd::Recover(a) => control::recover(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
         }

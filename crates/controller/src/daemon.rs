@@ -111,6 +111,8 @@ pub enum ControllerRequest {
     MoveStatus(ops::GetMoveStatus),
     /// See [`ops::Abort`].
     Abort(ops::Abort),
+    /// See [`ops::Recover`].
+    Recover(ops::Recover),
 }
 
 struct Running {
@@ -165,6 +167,34 @@ impl Controller {
                 "resuming a move left by the previous run");
             c.launch(m);
         }
+        // Reconcile at start and periodically: placements follow the truth, alarms are logged
+        // (once each, until they change).
+        let this = c.clone();
+        tokio::spawn(async move {
+            let mut last: BTreeMap<String, Option<String>> = BTreeMap::new();
+            loop {
+                let views = tokio::select! {
+                    _ = this.stop.cancelled() => return,
+                    v = this.reconcile() => v,
+                };
+                for v in views {
+                    if last.get(&v.name) != Some(&v.alarm) {
+                        match &v.alarm {
+                            Some(a) => tracing::error!(instance = %v.name, alarm = %a, "ALARM"),
+                            None if last.contains_key(&v.name) => {
+                                tracing::info!(instance = %v.name, owner = ?v.owner, "alarm cleared")
+                            }
+                            None => {}
+                        }
+                        last.insert(v.name.clone(), v.alarm.clone());
+                    }
+                }
+                tokio::select! {
+                    _ = this.stop.cancelled() => return,
+                    _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+                }
+            }
+        });
         Ok(c)
     }
 
@@ -214,11 +244,20 @@ impl Controller {
             if let Err(e) = store.put_move(&done) {
                 tracing::error!(error = %e, "cannot persist the move");
             }
-            if done.phase == Phase::Done {
-                let to = this.node_name(done.spec.destination);
+            let owner = match done.phase {
+                Phase::Done | Phase::RolledForward => Some(done.spec.destination),
+                Phase::Aborted | Phase::Recovered => Some(done.spec.source),
+                _ => None,
+            };
+            if let Some(owner) = owner {
+                let to = this.node_name(owner);
                 if let Err(e) = store.set_placement(&done.spec.instance, &to) {
                     tracing::error!(error = %e, "cannot record the placement");
                 }
+            }
+            if done.phase == Phase::Offline {
+                tracing::error!(id, instance = %done.spec.instance, reason = ?done.reason,
+                    "ALARM: the instance is offline; `handoff recover` brings it back on the source");
             }
             drop(store);
             // Ended moves are read from the store; the running table stays bounded.
@@ -238,6 +277,7 @@ impl Controller {
             ControllerRequest::Migrate(r) => json(self.migrate(r).await),
             ControllerRequest::MoveStatus(ops::GetMoveStatus { id }) => json(self.move_status(id)),
             ControllerRequest::Abort(ops::Abort { id }) => json(self.abort(id)),
+            ControllerRequest::Recover(r) => json(self.recover(r).await),
         }
     }
 
@@ -265,12 +305,57 @@ impl Controller {
                     format!("unknown instance {instance}"),
                 )
             })?;
-        let from = self
-            .store
-            .lock()
-            .placement(&instance)
-            .map_err(|e| bad(e.to_string()))?
-            .unwrap_or_else(|| entry.node.clone());
+        let busy = self.store.lock().moves().map_err(|e| bad(e.to_string()))?;
+        if let Some(m) = busy
+            .iter()
+            .find(|m| m.spec.instance == instance && !m.phase.is_terminal())
+        {
+            return Err(bad(format!(
+                "{instance} is already moving (move {}, {}{})",
+                m.spec.id,
+                m.phase_name(),
+                if m.phase.is_parked() {
+                    format!(": offline; `handoff recover {instance}` first")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        // The controller acts only on a view it has checked: the source is where the steer
+        // routes, and that node hosts the incarnation the route is bound to.
+        let view = self.reconcile().await;
+        let v = view
+            .iter()
+            .find(|v| v.name == instance)
+            .ok_or_else(|| bad(format!("unknown instance {instance}")))?;
+        if let Some(alarm) = &v.alarm {
+            return Err((
+                code::WRONG_PHASE,
+                format!("{instance} cannot move: {alarm}"),
+            ));
+        }
+        if v.route.as_deref() != Some("serving") {
+            return Err((
+                code::WRONG_PHASE,
+                format!(
+                    "{instance} cannot move: the steer's route is {} (a move the controller did not start is in progress?)",
+                    v.route.as_deref().unwrap_or("unknown")
+                ),
+            ));
+        }
+        let Some(from) = v.owner.clone() else {
+            return Err((
+                code::WRONG_PHASE,
+                format!("{instance} cannot move: no node owns it"),
+            ));
+        };
+        if let Some(d) = v.disagreements.iter().find(|d| d.starts_with("stale view")) {
+            return Err((
+                code::WRONG_PHASE,
+                format!("{d}; ask again to move it from {from}"),
+            ));
+        }
+        let source_incarnation = v.incarnation;
         let source = self
             .node_addr(&from)
             .ok_or_else(|| bad(format!("unknown node {from}")))?;
@@ -284,20 +369,13 @@ impl Controller {
             .find(|s| s.name == entry.steer)
             .map(|s| s.control)
             .ok_or_else(|| bad(format!("unknown steer {}", entry.steer)))?;
-        let busy = self.store.lock().moves().map_err(|e| bad(e.to_string()))?;
-        if busy
-            .iter()
-            .any(|m| m.spec.instance == instance && !m.phase.is_terminal())
-        {
-            return Err(bad(format!("{instance} is already moving")));
-        }
         plan.check(0, 1).map_err(|e| bad(e.to_string()))?;
         let id = self
             .store
             .lock()
             .next_move_id()
             .map_err(|e| bad(e.to_string()))?;
-        let m = MoveMachine::new(
+        let mut m = MoveMachine::new(
             MoveSpec {
                 id,
                 instance: instance.clone(),
@@ -309,10 +387,12 @@ impl Controller {
                 plan,
                 abort_safe,
                 lead_ms,
+                origin: "controller".into(),
             },
             0,
         )
         .map_err(bad)?;
+        m.incarnations.source = source_incarnation;
         self.store
             .lock()
             .put_move(&m)
@@ -363,8 +443,139 @@ impl Controller {
         Ok(ops::Aborting { aborting: id })
     }
 
-    /// The cluster view (see [`ops::Status`]).
-    pub async fn status(&self) -> ops::StatusReply {
+    /// Recovers an instance after a crash (see [`ops::Recover`]).
+    pub async fn recover(
+        self: &Arc<Self>,
+        req: ops::Recover,
+    ) -> Result<ops::Recovering, (u16, String)> {
+        let instance = req.instance;
+        let parked = self
+            .store
+            .lock()
+            .moves()
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .find(|m| m.spec.instance == instance && m.phase.is_parked());
+        if let Some(mut m) = parked {
+            m.recover_on_source(m.phase_started_ms)
+                .map_err(|e| (code::WRONG_PHASE, e))?;
+            self.store
+                .lock()
+                .put_move(&m)
+                .map_err(|e| bad(e.to_string()))?;
+            let id = m.spec.id;
+            let from = self.node_name(m.spec.source);
+            tracing::warn!(id, %instance, %from, "recovering the offline instance on the move's source");
+            self.launch(m);
+            return Ok(ops::Recovering {
+                instance,
+                move_id: Some(id),
+                message: format!(
+                    "recovering on {from} (move {id}): the signals stamped since the cutover are given up; `handoff migrate --follow {id}` or `handoff status` shows the outcome"
+                ),
+            });
+        }
+        if self
+            .store
+            .lock()
+            .moves()
+            .map_err(|e| bad(e.to_string()))?
+            .iter()
+            .any(|m| m.spec.instance == instance && !m.phase.is_terminal())
+        {
+            return Err((
+                code::WRONG_PHASE,
+                format!("{instance} is moving: its move takes the crash's way out by itself"),
+            ));
+        }
+        let view = self.reconcile().await;
+        let v = view.iter().find(|v| v.name == instance).ok_or_else(|| {
+            (
+                code::UNKNOWN_INSTANCE,
+                format!("unknown instance {instance}"),
+            )
+        })?;
+        let Some(alarm) = v.alarm.clone() else {
+            return Err((
+                code::WRONG_PHASE,
+                format!(
+                    "{instance} is served by {}: nothing to recover",
+                    v.owner.clone().unwrap_or_default()
+                ),
+            ));
+        };
+        let entry = self.cfg.instances.iter().find(|i| i.name == instance);
+        let steer = entry
+            .and_then(|e| self.cfg.steers.iter().find(|s| s.name == e.steer))
+            .map(|s| s.control)
+            .ok_or_else(|| bad("no steer for the instance"))?;
+        let node_name = v.routed_to.clone().unwrap_or_default();
+        let node = self.node_addr(&node_name).ok_or_else(|| {
+            bad(format!(
+                "the steer routes to {node_name}, not a configured node"
+            ))
+        })?;
+        // The incarnation the node hosts now.
+        let hosted = async {
+            let mut c =
+                handoff_wire::client::ControlClient::connect(node, "controller", &self.cfg.token)
+                    .await?;
+            c.set_reply_timeout(Duration::from_secs(3));
+            c.call(&handoff_node::ops::Stats {}).await
+        }
+        .await
+        .ok()
+        .and_then(|s| s.instances.into_iter().find(|i| i.instance == instance));
+        let Some(hosted) = hosted else {
+            return Err((
+                code::OFFLINE,
+                format!("{alarm}; {node_name} does not host {instance}: restart it with the instance (or create it), then `handoff recover {instance} --accept-empty`"),
+            ));
+        };
+        if !req.accept_empty {
+            return Err((
+                code::OFFLINE,
+                format!(
+                    "{alarm}; {node_name} hosts a new incarnation {} with {} sessions: `handoff recover {instance} --accept-empty` serves from it, accepting that every session it lacks is lost",
+                    hosted.incarnation, hosted.sessions
+                ),
+            ));
+        }
+        let mut c =
+            handoff_wire::client::ControlClient::connect(steer, "controller", &self.cfg.token)
+                .await
+                .map_err(|e| (code::NOT_REACHABLE, e.to_string()))?;
+        let b = c
+            .call(&handoff_steer::control::ops::Recover {
+                instance: instance.clone(),
+                node,
+                incarnation: Some(hosted.incarnation),
+            })
+            .await
+            .map_err(|e| (e.code().unwrap_or(code::BAD_REQUEST), e.to_string()))?;
+        tracing::warn!(%instance, node = %node_name, incarnation = hosted.incarnation, sessions = hosted.sessions,
+            "instance recovered from a new incarnation (the operator accepted the loss)");
+        let _ = self.store.lock().set_placement(&instance, &node_name);
+        Ok(ops::Recovering {
+            instance,
+            move_id: None,
+            message: format!(
+                "serving from {node_name}, incarnation {} ({} sessions), at seqs from {}",
+                hosted.incarnation, hosted.sessions, b.boundary
+            ),
+        })
+    }
+
+    /// Reconciles the controller's record with what the steers and nodes report: corrects a
+    /// placement the truth contradicts (when no move of the instance is in progress), logs
+    /// alarms, and answers each instance's checked view.
+    pub async fn reconcile(&self) -> Vec<ops::InstanceView> {
+        let (nodes, steers) = self.observe().await;
+        self.judge(&nodes, &steers)
+    }
+
+    /// Asks every node and steer for its state.
+    async fn observe(&self) -> (Vec<ops::NodeView>, Vec<ops::SteerView>) {
         let mut nodes = Vec::new();
         for n in &self.cfg.nodes {
             let r = async {
@@ -420,22 +631,140 @@ impl Controller {
                 },
             });
         }
+        (nodes, steers)
+    }
+
+    /// Each instance's checked view from what the nodes and steers said.
+    fn judge(&self, nodes: &[ops::NodeView], steers: &[ops::SteerView]) -> Vec<ops::InstanceView> {
         let store = self.store.lock();
-        let instances = self
-            .cfg
-            .instances
-            .iter()
-            .map(|i| ops::InstanceView {
+        let moving: Vec<String> = store
+            .moves()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| !m.phase.is_terminal())
+            .map(|m| m.spec.instance)
+            .collect();
+        let mut out = Vec::new();
+        for i in &self.cfg.instances {
+            let recorded = store
+                .placement(&i.name)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| i.node.clone());
+            let hosts: Vec<(&ops::NodeView, &handoff_node::InstanceInfo)> = nodes
+                .iter()
+                .filter_map(|n| match &n.state {
+                    ops::NodeState::Up { instances, .. } => instances
+                        .iter()
+                        .find(|x| x.instance == i.name)
+                        .map(|x| (n, x)),
+                    ops::NodeState::Down { .. } => None,
+                })
+                .collect();
+            let svc = steers
+                .iter()
+                .filter(|s| s.name == i.steer)
+                .find_map(|s| match &s.state {
+                    ops::SteerState::Up { services } => {
+                        services.iter().find(|x| x.route.instance == i.name)
+                    }
+                    ops::SteerState::Down { .. } => None,
+                });
+            let mut disagreements = Vec::new();
+            let mut alarm = None;
+            let (mut owner, mut route, mut routed_to, mut incarnation, mut dropped) =
+                (None, None, None, None, 0);
+            match svc {
+                None => alarm = Some(format!("the steer {} cannot be asked", i.steer)),
+                Some(svc) => {
+                    let r = &svc.route;
+                    route = serde_json::to_value(r.phase)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned));
+                    let to = self.node_name(r.node);
+                    routed_to = Some(to.clone());
+                    incarnation = r.incarnation;
+                    dropped = svc.stats.offline + svc.stats.no_link + svc.stats.unrouted;
+                    let host = hosts.iter().find(|(n, _)| n.addr == r.node);
+                    let node_up = nodes.iter().any(|n| n.addr == r.node && n.up);
+                    match (host, &r.offline) {
+                        (_, Some(why)) => {
+                            alarm = Some(format!(
+                                "OFFLINE: {why}; the steer drops its signals ({} so far)",
+                                svc.stats.offline
+                            ))
+                        }
+                        (Some((_, x)), None) if r.incarnation.is_none_or(|b| b == x.incarnation) => {
+                            owner = Some(to.clone())
+                        }
+                        (Some((_, x)), None) => {
+                            alarm = Some(format!(
+                                "OFFLINE: {to} hosts incarnation {} of {}, not {} the route is bound to",
+                                x.incarnation,
+                                i.name,
+                                r.incarnation.unwrap_or_default()
+                            ))
+                        }
+                        (None, None) if r.route_lost => {
+                            alarm = Some("the steer restarted during a move and routes nothing until the move re-installs the route".into())
+                        }
+                        (None, None) => {
+                            alarm = Some(format!(
+                                "ON NO NODE: the steer routes {} to {to}, which {}; {} signals dropped",
+                                i.name,
+                                if node_up { "does not host it" } else { "is down" },
+                                dropped
+                            ))
+                        }
+                    }
+                    for (n, x) in &hosts {
+                        let routed = n.addr == r.node || r.destination == Some(n.addr);
+                        if !routed {
+                            disagreements.push(format!(
+                                "{} also hosts {} (incarnation {}, {} sessions) that nothing routes to",
+                                n.name, i.name, x.incarnation, x.sessions
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(o) = &owner {
+                if *o != recorded {
+                    disagreements.push(format!(
+                        "stale view: the steer routes {} to {o}, not {recorded} as the controller recorded (a move it did not drive?); view corrected",
+                        i.name
+                    ));
+                    if !moving.contains(&i.name) {
+                        tracing::warn!(instance = %i.name, recorded, owner = %o, "the controller's view was stale; corrected from the steer and nodes");
+                        let _ = store.set_placement(&i.name, o);
+                    }
+                }
+            }
+            if let Some(a) = &alarm {
+                tracing::debug!(instance = %i.name, alarm = %a, "instance alarm");
+            }
+            out.push(ops::InstanceView {
                 name: i.name.clone(),
                 function: i.function.clone(),
-                node: store
-                    .placement(&i.name)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| i.node.clone()),
+                node: owner.clone().unwrap_or(recorded),
                 steer: i.steer.clone(),
-            })
-            .collect();
+                owner,
+                route,
+                routed_to,
+                incarnation,
+                dropped,
+                alarm,
+                disagreements,
+            });
+        }
+        out
+    }
+
+    /// The cluster view (see [`ops::Status`]).
+    pub async fn status(&self) -> ops::StatusReply {
+        let (nodes, steers) = self.observe().await;
+        let instances = self.judge(&nodes, &steers);
+        let store = self.store.lock();
         let moves = store
             .moves()
             .unwrap_or_default()
@@ -464,6 +793,9 @@ impl Controller {
         self.stop.cancel();
     }
 }
+
+/// How often the controller reconciles its view with the steers and nodes.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// Most control connections served at once.
 const MAX_CONNECTIONS: usize = 64;

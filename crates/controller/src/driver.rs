@@ -37,6 +37,7 @@ pub struct Progress {
 }
 
 /// Carries out actions over the network.
+#[derive(Clone)]
 pub struct NetDriver {
     /// Name in hellos.
     pub name: String,
@@ -97,7 +98,7 @@ impl NetDriver {
     /// Performs one action of `m`: its request ([`request_for`]) to the peer that carries
     /// it out, and the peer's answer read back ([`outcome_of`]).
     pub async fn perform(&self, m: &MoveMachine, action: &Action) -> Result<Outcome, Failure> {
-        let v = match request_for(&m.spec, action) {
+        let v = match request_for(m, action) {
             Request::Wait { ms } => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 serde_json::Value::Null
@@ -138,42 +139,121 @@ impl NetDriver {
     }
 }
 
+/// How often the steer's route and the move's nodes are looked at while a move runs.
+const ROUTE_POLL: Duration = Duration::from_millis(250);
+/// How long a node of a move may be unreachable before it counts as lost.
+pub const NODE_LOST_AFTER: Duration = Duration::from_secs(2);
+
+/// Something the health watch saw while a move runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incident {
+    /// The steer restarted and lost the route.
+    RouteLost,
+    /// A node of the move lost the instance's incarnation, or cannot be reached.
+    NodeLost(Side, String),
+}
+
+/// Whether the health watch may change the course of a move in `phase` (not while it
+/// aborts, re-installs a lost route or takes a crash's way out: those handle their own
+/// failures).
+fn watched(phase: crate::machine::Phase) -> bool {
+    !phase.is_terminal()
+        && !phase.is_crash_path()
+        && !phase.is_route_recovery()
+        && !matches!(
+            phase,
+            crate::machine::Phase::AbortBegin
+                | crate::machine::Phase::AbortExpect
+                | crate::machine::Phase::AbortCommit
+                | crate::machine::Phase::AbortPrime
+                | crate::machine::Phase::AbortSettle
+                | crate::machine::Phase::AbortCopyBack
+                | crate::machine::Phase::AbortReturn
+                | crate::machine::Phase::AbortDrop
+        )
+}
+
 impl NetDriver {
-    /// Returns once the move's steer reports the instance's route lost (it restarted during
-    /// the move): polled while a copy runs, so a lost route aborts the move then rather than
-    /// at the cutover after the whole copy (signals are not routed meanwhile). Pends forever
-    /// while the route is fine or the steer cannot be asked.
-    async fn route_lost(&self, m: &MoveMachine) {
+    /// Watches a move's steer and nodes every [`ROUTE_POLL`] until `stop`: reports the
+    /// route lost, and a node that no longer hosts the incarnation the move works with (or
+    /// is unreachable for [`NODE_LOST_AFTER`]). `incarnations` follows the machine's.
+    async fn health(
+        self,
+        spec: MoveSpec,
+        incarnations: watch::Receiver<crate::machine::Incarnations>,
+        out: watch::Sender<Option<Incident>>,
+    ) {
         use handoff_steer::control::ops;
+        let mut down_since: [Option<Instant>; 2] = [None, None];
         loop {
             tokio::time::sleep(ROUTE_POLL).await;
-            let Ok(v) = self
-                .steer(m.spec.steer, &SteerRequest::Status(ops::Status {}))
-                .await
-            else {
-                continue;
-            };
-            let st = match serde_json::from_value::<ops::StatusReply>(v) {
-                Ok(st) => st,
-                Err(e) => {
-                    tracing::warn!(id = m.spec.id, error = %e, "the steer's status does not parse");
-                    continue;
-                }
-            };
-            let lost = st
-                .services
-                .iter()
-                .any(|s| s.route.instance == m.spec.instance && s.route.route_lost);
-            if lost {
-                tracing::warn!(id = m.spec.id, "the steer lost the route during the copy");
+            if out.is_closed() {
                 return;
+            }
+            if let Ok(v) = self
+                .steer(spec.steer, &SteerRequest::Status(ops::Status {}))
+                .await
+            {
+                match serde_json::from_value::<ops::StatusReply>(v) {
+                    Ok(st) => {
+                        let lost = (st.services.iter())
+                            .any(|s| s.route.instance == spec.instance && s.route.route_lost);
+                        if lost {
+                            out.send_replace(Some(Incident::RouteLost));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = spec.id, error = %e, "the steer's status does not parse")
+                    }
+                }
+            }
+            let inc = *incarnations.borrow();
+            for (i, (side, addr, want)) in [
+                (Side::Source, spec.source, inc.source),
+                (Side::Destination, spec.destination, inc.destination),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if side == Side::Destination && want.is_none() {
+                    continue; // Not prepared yet.
+                }
+                let r = async {
+                    let mut c = self.connect(addr, Duration::from_secs(1)).await?;
+                    c.call(&node_ops::Stats {}).await.map_err(failure)
+                }
+                .await;
+                let lost = match r {
+                    Ok(st) => {
+                        down_since[i] = None;
+                        match st.instances.iter().find(|x| x.instance == spec.instance) {
+                            None => Some(format!(
+                                "{addr} no longer hosts {} (it restarted, or the instance was dropped)",
+                                spec.instance
+                            )),
+                            Some(x) if want.is_some_and(|w| w != x.incarnation) => Some(format!(
+                                "{addr} hosts incarnation {} of {}, not {} (it restarted, or the instance was created again)",
+                                x.incarnation,
+                                spec.instance,
+                                want.unwrap_or_default()
+                            )),
+                            Some(_) => None,
+                        }
+                    }
+                    Err(e) => {
+                        let since = *down_since[i].get_or_insert_with(Instant::now);
+                        (since.elapsed() >= NODE_LOST_AFTER).then(|| {
+                            format!("{addr} has been unreachable for {:?}: {e}", since.elapsed())
+                        })
+                    }
+                };
+                if let Some(why) = lost {
+                    out.send_replace(Some(Incident::NodeLost(side, why)));
+                }
             }
         }
     }
 }
-
-/// How often the steer's route is looked at while a copy runs.
-const ROUTE_POLL: Duration = Duration::from_millis(250);
 
 /// Drives `m` to its end: before every action the machine is handed to `persist` (so a
 /// restart knows the action may have been sent); `abort` asks for an abort (honoured before
@@ -188,9 +268,18 @@ pub async fn drive(
     let epoch = Instant::now();
     let base = m.phase_started_ms;
     let now = move || base + epoch.elapsed().as_millis() as u64;
+    let (inc_tx, inc_rx) = watch::channel(m.incarnations);
+    let (incident_tx, mut incidents) = watch::channel(None);
+    let health = tokio::spawn(driver.clone().health(m.spec.clone(), inc_rx, incident_tx));
     while let Some(action) = m.action() {
         if let Some(reason) = abort.borrow_and_update().clone() {
             if m.abort_now(reason, now()) {
+                persist(&m);
+                continue;
+            }
+        }
+        if let Some(i) = incidents.borrow_and_update().clone() {
+            if on_incident(&mut m, i, now()) {
                 persist(&m);
                 continue;
             }
@@ -210,27 +299,31 @@ pub async fn drive(
                 ..
             }
         );
-        let result = if is_copy {
-            let watcher = driver.watch_copy(&m, &progress);
-            tokio::pin!(watcher);
-            let lost = driver.route_lost(&m);
-            tokio::pin!(lost);
-            let work = driver.perform(&m, &action);
-            tokio::pin!(work);
-            tokio::select! {
-                r = &mut work => r,
-                // The steer restarted and routes nothing: abort now (through a rebind), not
-                // after the copy.
-                () = &mut lost => Err(Failure::RouteLost { cut_over: false }),
-                // The watcher ended (its connection was lost): wait for the copy, still
-                // watching the route.
-                _ = &mut watcher => tokio::select! {
-                    r = &mut work => r,
-                    () = &mut lost => Err(Failure::RouteLost { cut_over: false }),
-                },
+        // Steer commands are never cut short: their answer says whether the route changed.
+        let is_steer = matches!(request_for(&m, &action), Request::Steer(_));
+        let snapshot = m.clone();
+        let watcher = async {
+            if is_copy {
+                driver.watch_copy(&snapshot, &progress).await;
             }
-        } else {
-            driver.perform(&m, &action).await
+            std::future::pending::<()>().await
+        };
+        let work = driver.perform(&snapshot, &action);
+        tokio::pin!(work);
+        let incident = tokio::select! {
+            r = &mut work => Ok(r),
+            () = watcher => Err(None),
+            i = next_incident(&mut incidents, m.phase), if !is_steer => Err(Some(i)),
+        };
+        let result = match incident {
+            Ok(r) => r,
+            // The action is cut short (a copy to a lost node, a poll): the machine takes the
+            // crash's way out, or carries on with the action's own answer.
+            Err(Some(i)) if on_incident(&mut m, i.clone(), now()) => {
+                persist(&m);
+                continue;
+            }
+            Err(_) => work.await,
         };
         if let Err(f) = &result {
             tracing::warn!(id = m.spec.id, phase = %m.phase_name(), error = %f, "move action failed");
@@ -239,6 +332,11 @@ pub async fn drive(
             }
         }
         m.complete(result, now());
+        inc_tx.send_if_modified(|i| {
+            let changed = *i != m.incarnations;
+            *i = m.incarnations;
+            changed
+        });
         if let Action::Wait { .. } = action {
             // Polls are cheap; keep them off the store.
         } else {
@@ -260,12 +358,49 @@ pub async fn drive(
             p.reason = m.reason.clone();
         });
     }
+    health.abort();
     progress.send_modify(|p| {
         p.phase = m.phase_name();
         p.ended = true;
         p.reason = m.reason.clone();
     });
     m
+}
+
+/// The next incident that matters to a move in `phase` (pends otherwise).
+async fn next_incident(
+    incidents: &mut watch::Receiver<Option<Incident>>,
+    phase: crate::machine::Phase,
+) -> Incident {
+    loop {
+        if incidents.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if let Some(i) = incidents.borrow_and_update().clone() {
+            if watched(phase) {
+                return i;
+            }
+        }
+    }
+}
+
+/// Hands an incident to the machine; `true` if it changed the move's course.
+fn on_incident(m: &mut MoveMachine, i: Incident, now_ms: u64) -> bool {
+    if !watched(m.phase) {
+        return false;
+    }
+    match i {
+        Incident::RouteLost => {
+            if m.route_lost.is_some() {
+                return false;
+            }
+            tracing::warn!(id = m.spec.id, "the steer lost the route during the move");
+            let before = m.phase;
+            m.complete(Err(Failure::RouteLost { cut_over: false }), now_ms);
+            m.phase != before
+        }
+        Incident::NodeLost(side, why) => m.node_lost(side, &why, now_ms),
+    }
 }
 
 /// What carries out an action: a node's admin request, a steer's control request, or a wait.
@@ -291,7 +426,9 @@ pub enum Request {
 
 /// The request that carries out `action` of a move with `spec` (the daemon, the source-driven
 /// variant and the simulation all send exactly this).
-pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
+pub fn request_for(m: &MoveMachine, action: &Action) -> Request {
+    let s = &m.spec;
+    let inc = m.incarnations;
     let at = |side: Side| match side {
         Side::Source => s.source,
         Side::Destination => s.destination,
@@ -309,6 +446,7 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
             AdminRequest::PrepareShadow(node_ops::PrepareShadow {
                 instance,
                 function: s.function.clone(),
+                move_tag: Some(s.tag()),
             }),
         ),
         Action::BeginMove { abort_safe } => {
@@ -316,6 +454,7 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
                 instance,
                 destination: s.destination,
                 abort_safe: *abort_safe,
+                destination_incarnation: inc.destination,
             }))
         }
         Action::Wait { ms } => Request::Wait { ms: *ms },
@@ -337,6 +476,11 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
                 after_seq: *after_seq,
                 keys: keys.clone(),
                 lead_ms: *lead_ms,
+                move_tag: Some(s.tag()),
+                incarnation: match from {
+                    Side::Source => inc.source,
+                    Side::Destination => inc.destination,
+                },
             });
             // A copy takes as long as its plan allows: wait for its deadline, or long.
             let timeout = match s.plan.deadline_ms {
@@ -367,7 +511,14 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
         }
         Action::DropInstance { at: side } => node(
             at(*side),
-            AdminRequest::DropInstance(node_ops::DropInstance { instance }),
+            AdminRequest::DropInstance(node_ops::DropInstance {
+                instance,
+                move_tag: Some(s.tag()),
+                incarnation: match side {
+                    Side::Source => inc.source,
+                    Side::Destination => inc.destination,
+                },
+            }),
         ),
         Action::AbortBegin => {
             Request::Steer(SteerRequest::AbortBegin(steer_ops::AbortBegin { instance }))
@@ -395,6 +546,11 @@ pub fn request_for(s: &MoveSpec, action: &Action) -> Request {
             instance,
             node: at(*owner),
         })),
+        Action::Recover { owner } => Request::Steer(SteerRequest::Recover(steer_ops::Recover {
+            instance,
+            node: at(*owner),
+            incarnation: None,
+        })),
     }
 }
 
@@ -410,8 +566,10 @@ pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result
         last_sent: b.last_sent,
     };
     Ok(match action {
-        Action::PrepareShadow
-        | Action::Wait { .. }
+        Action::PrepareShadow => Outcome::Prepared {
+            incarnation: typed::<node_ops::PrepareShadow>(v)?.incarnation,
+        },
+        Action::Wait { .. }
         | Action::FinishShadow { .. }
         | Action::FinishMove
         | Action::DropInstance { .. }
@@ -441,6 +599,7 @@ pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result
         Action::Cutover => boundary(typed::<steer_ops::Cutover>(v)?),
         Action::AbortCommit => boundary(typed::<steer_ops::AbortCommit>(v)?),
         Action::ServeRoute { .. } => boundary(typed::<steer_ops::Serve>(v)?),
+        Action::Recover { .. } => boundary(typed::<steer_ops::Recover>(v)?),
         Action::AppliedSeq { .. } => {
             let stats = serde_json::from_value::<AppliedView>(v)
                 .map_err(|e| Failure::Refused(format!("bad reply to stats: {e}")))?;
@@ -474,6 +633,7 @@ fn shadow_view(r: &handoff_function::runtime::shadow::ShadowStats) -> ShadowView
         records: r.records,
         bytes: r.bytes,
         refused: r.refused,
+        manifest_known: r.manifest_known,
     }
 }
 

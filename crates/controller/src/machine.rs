@@ -50,6 +50,28 @@ pub struct MoveSpec {
     pub abort_safe: bool,
     /// Lead between steering and copy start, ms (0 < K ≤ 5000; 0: none).
     pub lead_ms: u64,
+    /// Who drives it (`controller`, or the source node's name): with `id`, the move's tag
+    /// that the shadow it prepares and the source it copies from carry, so its cleanup drops
+    /// only what it created. Moves stored before it existed read "".
+    #[serde(default)]
+    pub origin: String,
+}
+
+impl MoveSpec {
+    /// The move's tag: what the nodes record on the instances it may clean up.
+    pub fn tag(&self) -> String {
+        format!("{}#{}", self.origin, self.id)
+    }
+}
+
+/// The incarnations of the instance a move works with (see `handoff_wire::Frame::Bound`):
+/// nothing is copied from, dropped on or routed to another one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Incarnations {
+    /// The source's (checked against the steer's route when the move starts).
+    pub source: Option<u64>,
+    /// The destination's shadow (from its prepare).
+    pub destination: Option<u64>,
 }
 
 pub use handoff_state::MAX_LEAD_MS;
@@ -132,6 +154,12 @@ pub enum Action {
         /// The side that owns the instance from now on.
         owner: Side,
     },
+    /// Steer: make `owner` the instance's owner at once, whatever the route's phase (a
+    /// crash's way out). Answer: [`Outcome::Boundary`].
+    Recover {
+        /// The side that owns the instance from now on.
+        owner: Side,
+    },
 }
 
 /// A successful answer to an [`Action`].
@@ -139,6 +167,11 @@ pub enum Action {
 pub enum Outcome {
     /// Done, nothing to report.
     Done,
+    /// The destination's shadow is ready; its incarnation.
+    Prepared {
+        /// The shadow's incarnation.
+        incarnation: u64,
+    },
     /// Move mode is on from seq `first`; the source was last sent `last_sent` before it.
     FirstSeq {
         /// The first seq under move mode.
@@ -211,6 +244,9 @@ pub struct ShadowView {
     /// Signals the destination could not take (buffer or tick log full): a move with any
     /// aborts, since the destination's state lacks them.
     pub refused: u64,
+    /// Whether the whole manifest arrived (`awaiting` then names every missing session).
+    #[serde(default)]
+    pub manifest_known: bool,
 }
 
 impl ShadowView {
@@ -304,12 +340,43 @@ pub enum Phase {
     SteerServe,
     /// Stopped with the cluster needing an operator (the reason says why).
     Failed,
+    /// The source was lost before the cutover: the destination gives up the records it still
+    /// awaited and the steer makes it the owner (it holds more than a restarted source).
+    RollForward,
+    /// Moved by rolling forward after the source was lost (the figures say what was lost).
+    RolledForward,
+    /// The destination was lost before the cutover: the steer serves from the source again.
+    AbortRecover,
+    /// The destination was lost after the cutover, before the move finished: the instance is
+    /// offline (its signals are dropped and counted by the steer) until an operator recovers
+    /// it on the source (`handoff recover`), giving up the signals stamped since the cutover.
+    Offline,
+    /// Recovering an offline instance on the source.
+    RecoverSource,
+    /// Recovered on the source after the destination was lost past the cutover.
+    Recovered,
 }
 
 impl Phase {
     /// Whether the move has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Done | Phase::Aborted | Phase::Failed)
+        matches!(
+            self,
+            Phase::Done | Phase::Aborted | Phase::Failed | Phase::RolledForward | Phase::Recovered
+        )
+    }
+
+    /// Whether the move waits for an operator (`handoff recover`): not ended, no action.
+    pub fn is_parked(self) -> bool {
+        self == Phase::Offline
+    }
+
+    /// Whether the move is on a crash's way out (rolling forward or recovering).
+    pub fn is_crash_path(self) -> bool {
+        matches!(
+            self,
+            Phase::RollForward | Phase::AbortRecover | Phase::Offline | Phase::RecoverSource
+        )
     }
 
     /// Whether the route has flipped: from here on the move only goes forward.
@@ -368,6 +435,18 @@ pub struct MoveFigures {
     pub lost_on_abort: u64,
     /// Milliseconds spent per phase.
     pub phases_ms: std::collections::BTreeMap<String, u64>,
+    /// A roll forward: sessions the destination still awaited from the lost source (lost
+    /// with it). Stored moves without it read 0.
+    #[serde(default)]
+    pub lost_sessions: u64,
+    /// A roll forward before the manifest arrived: the destination did not know which
+    /// sessions the source held, so every session not created during the move is lost.
+    #[serde(default)]
+    pub manifest_lost: bool,
+    /// A recovery on the source after the cutover: seqs stamped for the lost destination
+    /// from the boundary on (signals and ticks) that the source never applied.
+    #[serde(default)]
+    pub given_up_seqs: u64,
 }
 
 /// The state of one move.
@@ -424,6 +503,9 @@ pub struct MoveMachine {
     pub figures: MoveFigures,
     /// When the current phase began (driver's clock, ms).
     pub phase_started_ms: u64,
+    /// The incarnations the move works with. Stored moves without it read none (unchecked).
+    #[serde(default)]
+    pub incarnations: Incarnations,
 }
 
 impl MoveMachine {
@@ -458,6 +540,7 @@ impl MoveMachine {
             rebound: (0, 0),
             figures: MoveFigures::default(),
             phase_started_ms: now_ms,
+            incarnations: Incarnations::default(),
         })
     }
 
@@ -533,8 +616,105 @@ impl MoveMachine {
                     Side::Source
                 },
             },
-            Phase::Done | Phase::Aborted | Phase::Failed => return None,
+            Phase::RollForward => match self.polls {
+                0 => Action::ShadowStats {
+                    at: Side::Destination,
+                },
+                1 => Action::FinishShadow {
+                    at: Side::Destination,
+                    force: true,
+                },
+                _ => Action::Recover {
+                    owner: Side::Destination,
+                },
+            },
+            Phase::AbortRecover | Phase::RecoverSource => Action::Recover {
+                owner: Side::Source,
+            },
+            Phase::Done
+            | Phase::Aborted
+            | Phase::Failed
+            | Phase::RolledForward
+            | Phase::Recovered
+            | Phase::Offline => return None,
         })
+    }
+
+    /// A node of the move was lost (it crashed, restarted or no longer hosts the incarnation
+    /// the move works with; `why` says how): the move takes the way out that loses the least
+    /// (`docs/moves.md`, "When a process crashes"). `true` if it changed course.
+    pub fn node_lost(&mut self, side: Side, why: &str, now_ms: u64) -> bool {
+        if self.phase.is_terminal() || self.phase.is_crash_path() || self.route_lost.is_some() {
+            return false;
+        }
+        let flip_unknown = self.phase == Phase::Cutover && (self.in_flight || self.cutover_sent);
+        let before = !self.phase.past_cutover() && !flip_unknown;
+        let what = match side {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        };
+        tracing::warn!(id = self.spec.id, phase = ?self.phase, side = what, why, "a node of the move was lost");
+        match (side, before) {
+            (_, _) if self.phase == Phase::Prepare => self.start_abort(
+                format!("the {what} was lost while preparing: {why}"),
+                now_ms,
+            ),
+            (Side::Destination, true) if self.phase == Phase::AbortDrop => return false,
+            (Side::Destination, true) => {
+                self.reason = Some(format!(
+                    "the destination was lost before the cutover ({why}): the source serves again{}",
+                    if self.spec.abort_safe {
+                        " and lost nothing (abort-safe: it processed every signal)"
+                    } else {
+                        "; sessions created on the destination during the move are lost (not abort-safe)"
+                    }
+                ));
+                self.abort_requested = false;
+                self.enter(Phase::AbortRecover, now_ms);
+            }
+            (Side::Source, true) if self.phase.is_abort() => return false,
+            (Side::Source, true) => {
+                self.reason = Some(format!(
+                    "the source was lost before the cutover ({why}): rolled forward to the destination"
+                ));
+                self.abort_requested = false;
+                self.enter(Phase::RollForward, now_ms);
+            }
+            (Side::Source, false) => {
+                // Past the flip the source only drains and is retired: nothing waits for it.
+                if self.phase == Phase::Drain && !self.source_drained {
+                    self.source_drained = true;
+                    self.polls = 0;
+                    self.attempts = 0;
+                    self.in_flight = false;
+                    return true;
+                }
+                return false;
+            }
+            (Side::Destination, false) => {
+                self.reason = Some(format!(
+                    "the destination was lost after the cutover ({why}): the instance is offline; \
+                     `handoff recover {}` serves it from the source again",
+                    self.spec.instance
+                ));
+                self.enter(Phase::Offline, now_ms);
+            }
+        }
+        true
+    }
+
+    /// An operator recovers an offline instance (the destination lost after the cutover) on
+    /// the source.
+    pub fn recover_on_source(&mut self, now_ms: u64) -> Result<(), String> {
+        if self.phase != Phase::Offline {
+            return Err(format!(
+                "move {} is {}, not offline: nothing to recover",
+                self.spec.id,
+                self.phase_name()
+            ));
+        }
+        self.enter(Phase::RecoverSource, now_ms);
+        Ok(())
     }
 
     /// `Finish` is two actions (destination, then steer); `polls` marks the first as done.
@@ -625,7 +805,6 @@ impl MoveMachine {
         self.in_flight = false;
         self.attempts = 0;
         match (phase, outcome) {
-            (Phase::Prepare, _) => self.enter(Phase::Steer, now_ms),
             (Phase::Steer, Outcome::FirstSeq { first, last_sent }) => {
                 self.figures.first_seq = first;
                 self.source_fence = last_sent;
@@ -847,6 +1026,45 @@ impl MoveMachine {
             (Phase::AbortReturn, Outcome::Done) if !self.source_settled => self.polls += 1,
             (Phase::AbortReturn, _) => self.enter(Phase::AbortDrop, now_ms),
             (Phase::AbortDrop, _) => self.enter(Phase::Aborted, now_ms),
+            (Phase::RollForward, Outcome::Shadow(s)) if self.polls == 0 => {
+                match s {
+                    Some(s) if s.manifest_known => self.figures.lost_sessions = s.awaiting,
+                    _ => self.figures.manifest_lost = true,
+                }
+                self.polls = 1;
+            }
+            (Phase::RollForward, _) if self.polls == 1 => self.polls = 2,
+            (Phase::RollForward, Outcome::Boundary { .. }) => {
+                let lost = if self.figures.manifest_lost {
+                    "every session the source held before the move (its manifest never arrived)"
+                        .to_owned()
+                } else {
+                    format!("{} sessions never copied", self.figures.lost_sessions)
+                };
+                self.reason = Some(format!(
+                    "{}; lost: {lost}",
+                    self.reason.clone().unwrap_or_default()
+                ));
+                self.enter(Phase::RolledForward, now_ms)
+            }
+            (Phase::AbortRecover, Outcome::Boundary { .. }) => self.enter(Phase::Aborted, now_ms),
+            (Phase::RecoverSource, Outcome::Boundary { last_sent, .. }) => {
+                self.figures.given_up_seqs = last_sent
+                    .saturating_add(1)
+                    .saturating_sub(self.figures.cutover_seq);
+                self.reason = Some(format!(
+                    "recovered on the source after the destination was lost past the cutover: \
+                     {} seqs stamped since the cutover (signals and ticks) were given up",
+                    self.figures.given_up_seqs
+                ));
+                self.enter(Phase::Recovered, now_ms)
+            }
+            (Phase::Prepare, Outcome::Prepared { incarnation }) => {
+                self.incarnations.destination = Some(incarnation);
+                self.enter(Phase::Steer, now_ms)
+            }
+            // A node that does not name the shadow's incarnation: the move goes on unchecked.
+            (Phase::Prepare, Outcome::Done) => self.enter(Phase::Steer, now_ms),
             (p, o) => self.fail(format!("unexpected answer {o:?} in phase {p:?}"), now_ms),
         }
         if self.abort_requested && self.phase == Phase::Cutover && self.cutover_sent {
@@ -1005,7 +1223,17 @@ impl MoveMachine {
             }
             Phase::AbortReturn => self.enter(Phase::AbortDrop, now_ms),
             Phase::AbortDrop => self.enter(Phase::Aborted, now_ms),
-            Phase::Done | Phase::Aborted | Phase::Failed => {}
+            // A crash's way out that fails needs an operator (the reason says which step).
+            Phase::RollForward if self.polls == 1 => self.polls = 2,
+            Phase::RollForward | Phase::AbortRecover | Phase::RecoverSource => {
+                self.fail(why, now_ms)
+            }
+            Phase::Done
+            | Phase::Aborted
+            | Phase::Failed
+            | Phase::RolledForward
+            | Phase::Recovered
+            | Phase::Offline => {}
         }
     }
 
@@ -1017,7 +1245,11 @@ impl MoveMachine {
         }
         self.attempts = 0;
         self.polls = 0;
-        if self.phase.past_cutover() || self.phase.is_abort() || self.phase.is_route_recovery() {
+        if self.phase.past_cutover()
+            || self.phase.is_abort()
+            || self.phase.is_route_recovery()
+            || self.phase.is_crash_path()
+        {
             // Every step from here is repeatable (re-binding and serving the route too).
             self.in_flight = false;
             return;

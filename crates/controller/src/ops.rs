@@ -100,10 +100,31 @@ pub struct InstanceView {
     pub name: String,
     /// Its function.
     pub function: String,
-    /// The node it is placed on now.
+    /// The node the controller records it on (corrected from what the steer and the nodes
+    /// report whenever they disagree and no move is in progress).
     pub node: String,
     /// The steer routing it.
     pub steer: String,
+    /// Its real owner: the node the steer routes to, when that node hosts the incarnation
+    /// the route is bound to (`null`: none, see `alarm`).
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub owner: Option<String>,
+    /// The route's phase at the steer (`null`: the steer cannot be asked).
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub route: Option<String>,
+    /// The node the steer routes to (name, or address if unknown).
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub routed_to: Option<String>,
+    /// The incarnation the route is bound to.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub incarnation: Option<u64>,
+    /// Signals the steer dropped because the instance was offline or its node link down.
+    pub dropped: u64,
+    /// Something an operator must act on (the instance is offline or on no node), or `null`.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub alarm: Option<String>,
+    /// Where the controller's record, the steer and the nodes disagree.
+    pub disagreements: Vec<String>,
 }
 
 /// A move in [`StatusReply`].
@@ -138,12 +159,18 @@ pub struct Migrate {
     /// Copy limits (default none).
     #[serde(default)]
     pub plan: CopyPlan,
-    /// Duplicate creates too, so an abort needs nothing moved back (default false).
-    #[serde(default)]
+    /// Duplicate creates and every update to both nodes, so a destination lost before the
+    /// cutover costs nothing and an abort needs nothing moved back (default true; see
+    /// `docs/moves.md` for its cost).
+    #[serde(default = "yes")]
     pub abort_safe: bool,
     /// Lead between steering and copy, ms (default 0).
     #[serde(default)]
     pub lead_ms: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn hot_first() -> CopyOrder {
@@ -213,7 +240,36 @@ pub struct Aborting {
     pub aborting: u64,
 }
 
+/// Brings an instance back after a crash: a move parked offline (its destination lost after
+/// the cutover) is recovered on its source, giving up the signals stamped since the cutover;
+/// an instance whose node lost it with no move in progress is served from that node's new
+/// incarnation only with `accept_empty` (what it holds is all that is left). Answer:
+/// [`Recovering`]; `WRONG_PHASE` when there is nothing to recover, `OFFLINE` when only an
+/// `accept_empty` recovery is possible.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    /// The instance.
+    pub instance: String,
+    /// Accept the new (empty, or partial) incarnation on the node the steer routes to.
+    #[serde(default)]
+    pub accept_empty: bool,
+}
+
+/// The answer to [`Recover`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recovering {
+    /// The instance.
+    pub instance: String,
+    /// The move being recovered (follow it with `move_status`), or `null`.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub move_id: Option<u64>,
+    /// What was done.
+    pub message: String,
+}
+
 handoff_wire::operations! {
+    Recover => Recovering = "recover",
     Status => StatusReply = "status",
     Migrate => MoveStarted = "migrate",
     GetMoveStatus => MoveStatus = "move_status",

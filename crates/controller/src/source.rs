@@ -14,6 +14,7 @@ pub struct SourceDriven {
     self_addr: SocketAddr,
     driver: std::sync::Arc<NetDriver>,
     next_id: AtomicU64,
+    origin: String,
 }
 
 impl SourceDriven {
@@ -26,6 +27,13 @@ impl SourceDriven {
                 token: token.to_owned(),
             }),
             next_id: AtomicU64::new(1),
+            // Ids restart with the process: the start time keeps the tags of two runs apart.
+            origin: format!(
+                "{node_name}@{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            ),
         }
     }
 }
@@ -60,6 +68,7 @@ impl MoveDriver for SourceDriven {
             plan: req.plan,
             abort_safe: req.abort_safe,
             lead_ms: req.lead_ms,
+            origin: self.origin.clone(),
         };
         let driver = self.driver.clone();
         Box::pin(async move {

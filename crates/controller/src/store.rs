@@ -115,6 +115,7 @@ mod tests {
             plan: handoff_state::CopyPlan::default(),
             abort_safe: false,
             lead_ms: 0,
+            origin: "controller".into(),
         };
         {
             let s = Store::open(&dir).unwrap();

@@ -394,6 +394,7 @@ async fn move_with_many_creates(c: &Cluster, abort: bool) -> (MoveMachine, Vec<U
         plan: handoff_state::CopyPlan::default(),
         abort_safe: false,
         lead_ms: 0,
+        origin: "test".into(),
     };
     let driver = NetDriver {
         name: "test".into(),

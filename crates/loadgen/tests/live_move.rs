@@ -60,6 +60,7 @@ async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> 
         .call(&ops::PrepareShadow {
             instance: "mme-1".into(),
             function: "vmme".into(),
+            move_tag: None,
         })
         .await
         .unwrap();
@@ -74,6 +75,8 @@ async fn must_move_under_load(corrupt: u64, order: handoff_state::CopyOrder) -> 
             after_seq: first - 1,
             keys: None,
             lead_ms: 0,
+            move_tag: None,
+            incarnation: None,
         })
         .await
         .unwrap();

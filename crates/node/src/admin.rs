@@ -156,8 +156,34 @@ pub(crate) async fn session(
                 after_seq,
                 keys: only,
                 lead_ms,
+                move_tag,
+                incarnation,
             }) => {
                 let now = crate::direct::now_us();
+                let checked = match node.instance(&instance) {
+                    Ok(h) if incarnation.is_some_and(|i| i != h.incarnation()) => Err(error(
+                        code::WRONG_PHASE,
+                        format!(
+                            "instance {instance} is incarnation {}, not {}: the node restarted or \
+                             the instance was created again",
+                            h.incarnation(),
+                            incarnation.unwrap_or_default()
+                        ),
+                    )),
+                    Ok(h) => {
+                        if only.is_none() {
+                            if let Some(tag) = move_tag.clone() {
+                                h.mark(|m| m.leaving = Some(tag));
+                            }
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(error(e.code(), e.to_string())),
+                };
+                if let Err(f) = checked {
+                    send(tx, vec![f]).await?;
+                    continue;
+                }
                 let f = match crate::copy::copy_to(
                     node,
                     &instance,
@@ -176,17 +202,61 @@ pub(crate) async fn session(
                 };
                 send(tx, vec![f]).await?;
             }
-            AdminRequest::PrepareShadow(ops::PrepareShadow { instance, function }) => {
-                if node.instance(&instance).is_err() {
-                    if let Err(e) = node.create_instance(&instance, &function) {
-                        send(tx, vec![error(e.code(), e.to_string())]).await?;
+            AdminRequest::PrepareShadow(ops::PrepareShadow {
+                instance,
+                function,
+                move_tag,
+            }) => {
+                let h = match node.instance(&instance) {
+                    // A repeat of this move's prepare, or an instance that never served (no
+                    // steer ever sent it a signal, not even a tick): it may become the shadow.
+                    Ok(h)
+                        if h.marks()
+                            .prepared_by
+                            .is_some_and(|t| Some(&t) == move_tag.as_ref())
+                            || (h.applied_seq() == 0 && h.table().len() == 0) =>
+                    {
+                        h
+                    }
+                    Ok(h) => {
+                        let f = error(
+                            code::FOREIGN,
+                            format!(
+                                "{instance} is already hosted here (incarnation {}, {} sessions, \
+                                 applied seq {}) and was not prepared by this move: a shadow \
+                                 must start empty; left alone",
+                                h.incarnation(),
+                                h.table().len(),
+                                h.applied_seq()
+                            ),
+                        );
+                        send(tx, vec![f]).await?;
                         continue;
                     }
-                }
+                    Err(_) => {
+                        match node.create_instance_marked(&instance, &function, move_tag.clone()) {
+                            Ok(h) => h,
+                            Err(e) => {
+                                send(tx, vec![error(e.code(), e.to_string())]).await?;
+                                continue;
+                            }
+                        }
+                    }
+                };
                 let ok = ops::Prepared {
                     prepared: instance.clone(),
+                    incarnation: h.incarnation(),
                 };
                 let f = move_step(node, &instance, Control::PrepareShadow, ok).await;
+                // An existing empty instance made this move's shadow is the move's to clean
+                // up (it held nothing); one that refused stays unmarked.
+                if matches!(f, Frame::AdminReply(_)) && move_tag.is_some() {
+                    h.mark(|m| {
+                        if m.prepared_by.is_none() {
+                            m.prepared_by = move_tag.clone();
+                        }
+                    });
+                }
                 send(tx, vec![f]).await?;
             }
             AdminRequest::ShadowStats(ops::ShadowStats { instance }) => {
@@ -269,8 +339,12 @@ pub(crate) async fn session(
                 };
                 send(tx, vec![f]).await?;
             }
-            AdminRequest::DropInstance(ops::DropInstance { instance }) => {
-                let f = match node.drop_instance(&instance) {
+            AdminRequest::DropInstance(ops::DropInstance {
+                instance,
+                move_tag,
+                incarnation,
+            }) => {
+                let f = match node.drop_instance_for(&instance, move_tag.as_deref(), incarnation) {
                     Ok(()) => reply(&ops::Dropped { dropped: instance }),
                     Err(e) => error(e.code(), e.to_string()),
                 };

@@ -132,9 +132,18 @@ async fn steer_session(
                             let Some((binding, last_seq)) = h.bind().await else {
                                 return Err(FrameError::Io(format!("instance {instance} stopped")));
                             };
+                            let incarnation = h.incarnation();
                             routes.insert(route, (h, binding));
-                            tracing::info!(route, instance, last_seq, "route bound");
-                            send(tx, vec![Frame::Bound { route, last_seq }]).await?;
+                            tracing::info!(route, instance, last_seq, incarnation, "route bound");
+                            send(
+                                tx,
+                                vec![Frame::Bound {
+                                    route,
+                                    last_seq,
+                                    incarnation,
+                                }],
+                            )
+                            .await?;
                         }
                         Err(e) => send(tx, vec![error(e.code(), e.to_string())]).await?,
                     }

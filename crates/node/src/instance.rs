@@ -132,6 +132,19 @@ pub struct InstanceHandle {
     applied: watch::Receiver<u64>,
     push_log: Arc<Mutex<Option<DeletionLog>>>,
     stop: CancellationToken,
+    incarnation: u64,
+    marks: Arc<Mutex<Marks>>,
+}
+
+/// Which moves may clean an instance up: a node drops an instance for a move only if that
+/// move created it (prepared it as its shadow) or copied from it (its source).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// The move that created this instance as its empty shadow (or made an empty instance
+    /// its shadow).
+    pub prepared_by: Option<String>,
+    /// The move that took a full copy of this instance (it is that move's source).
+    pub leaving: Option<String>,
 }
 
 impl Reply {
@@ -151,6 +164,7 @@ impl InstanceHandle {
         hosted: Box<dyn Hosted>,
         queue: usize,
         stop: CancellationToken,
+        incarnation: u64,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let (applied_tx, applied_rx) = watch::channel(0);
@@ -165,6 +179,8 @@ impl InstanceHandle {
             applied: applied_rx,
             push_log: Arc::new(Mutex::new(None)),
             stop: stop.clone(),
+            incarnation,
+            marks: Arc::new(Mutex::new(Marks::default())),
         };
         let shared = Shared {
             stats: handle.stats.clone(),
@@ -187,6 +203,27 @@ impl InstanceHandle {
     /// The function it runs.
     pub fn function(&self) -> &'static str {
         self.function
+    }
+
+    /// Its incarnation: unique to this creation of the instance (a restarted node, or a
+    /// dropped and re-created instance, has another), never 0.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The last seq it applied (0: it has never been sent a signal, not even a tick).
+    pub fn applied_seq(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// The moves that may clean it up.
+    pub fn marks(&self) -> Marks {
+        self.marks.lock().clone()
+    }
+
+    /// Changes the marks.
+    pub(crate) fn mark(&self, f: impl FnOnce(&mut Marks)) {
+        f(&mut self.marks.lock());
     }
 
     /// Queues a batch; waits while the queue is full (backpressure). `false` if the task ended.
@@ -246,10 +283,14 @@ impl InstanceHandle {
 
     /// A summary for admin replies.
     pub fn info(&self) -> crate::InstanceInfo {
+        let marks = self.marks();
         crate::InstanceInfo {
             instance: self.name.to_string(),
             function: self.function.to_owned(),
             sessions: self.table.len() as u64,
+            incarnation: self.incarnation,
+            prepared_by: marks.prepared_by,
+            leaving: marks.leaving,
             stats: self.stats(),
         }
     }

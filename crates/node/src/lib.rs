@@ -94,6 +94,9 @@ pub enum NodeError {
     /// An instance of that name already exists.
     #[error("instance {0} already exists")]
     Exists(String),
+    /// The request names a move or incarnation that did not create the instance.
+    #[error("{0}")]
+    Foreign(String),
 }
 
 impl NodeError {
@@ -104,6 +107,7 @@ impl NodeError {
             NodeError::UnknownInstance(_) => code::UNKNOWN_INSTANCE,
             NodeError::UnknownFunction(_) => code::UNKNOWN_FUNCTION,
             NodeError::Exists(_) => code::EXISTS,
+            NodeError::Foreign(_) => code::FOREIGN,
         }
     }
 }
@@ -117,6 +121,10 @@ pub struct Node {
     shutdown: CancellationToken,
     token: String,
     mover: std::sync::OnceLock<Arc<dyn MoveDriver>>,
+    /// Hashes incarnations: its keys are random per process, so two runs of a node never
+    /// give out the same incarnation.
+    incarnations: std::collections::hash_map::RandomState,
+    created: std::sync::atomic::AtomicU64,
     /// Copied records still to corrupt on arrival (fault injection for tests).
     #[cfg(feature = "faults")]
     corrupt_copy_records: std::sync::atomic::AtomicU64,
@@ -187,6 +195,8 @@ impl Node {
             shutdown: CancellationToken::new(),
             token,
             mover: std::sync::OnceLock::new(),
+            incarnations: std::collections::hash_map::RandomState::new(),
+            created: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "faults")]
             corrupt_copy_records: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "faults")]
@@ -257,8 +267,33 @@ impl Node {
         &self.name
     }
 
+    /// A new incarnation: random per process and per creation, never 0.
+    fn next_incarnation(&self) -> u64 {
+        use std::hash::BuildHasher;
+        let n = self
+            .created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.incarnations
+            .hash_one((n, nanos, std::process::id()))
+            .max(1)
+    }
+
     /// Creates an instance of `function` named `instance` and starts its task.
     pub fn create_instance(&self, instance: &str, function: &str) -> Result<(), NodeError> {
+        self.create_instance_marked(instance, function, None)
+            .map(|_| ())
+    }
+
+    /// Creates an instance as a move's shadow (`prepared_by`: the move) and returns its handle.
+    pub(crate) fn create_instance_marked(
+        &self,
+        instance: &str,
+        function: &str,
+        prepared_by: Option<String>,
+    ) -> Result<InstanceHandle, NodeError> {
         let mut map = self.instances.lock();
         if map.contains_key(instance) {
             return Err(NodeError::Exists(instance.to_owned()));
@@ -267,27 +302,66 @@ impl Node {
             .catalog
             .instantiate(function)
             .ok_or_else(|| NodeError::UnknownFunction(function.to_owned()))?;
+        let incarnation = self.next_incarnation();
         let handle = InstanceHandle::spawn(
             instance.to_owned(),
             hosted,
             self.limits.instance_queue,
             self.shutdown.child_token(),
+            incarnation,
         );
-        tracing::info!(instance, function, "instance created");
-        map.insert(instance.to_owned(), handle);
-        Ok(())
+        handle.mark(|m| m.prepared_by = prepared_by);
+        tracing::info!(instance, function, incarnation, "instance created");
+        map.insert(instance.to_owned(), handle.clone());
+        Ok(handle)
     }
 
     /// Stops and removes an instance; signals still queued for it are dropped (a drained
     /// move source has none).
     pub fn drop_instance(&self, instance: &str) -> Result<(), NodeError> {
-        let h = self
-            .instances
-            .lock()
-            .remove(instance)
+        self.drop_instance_for(instance, None, None)
+    }
+
+    /// Stops and removes an instance for a move's cleanup: naming a move (`move_tag`), only
+    /// if that move created it or fully copied from it, and naming an incarnation, only that
+    /// one; otherwise [`NodeError::Foreign`] and the instance is left alone.
+    pub fn drop_instance_for(
+        &self,
+        instance: &str,
+        move_tag: Option<&str>,
+        incarnation: Option<u64>,
+    ) -> Result<(), NodeError> {
+        let mut map = self.instances.lock();
+        let h = map
+            .get(instance)
             .ok_or_else(|| NodeError::UnknownInstance(instance.to_owned()))?;
+        if let Some(want) = incarnation.filter(|i| *i != h.incarnation()) {
+            return Err(NodeError::Foreign(format!(
+                "instance {instance} is incarnation {}, not {want}: left alone",
+                h.incarnation()
+            )));
+        }
+        if let Some(tag) = move_tag {
+            let m = h.marks();
+            let ours = m.prepared_by.as_deref() == Some(tag) || m.leaving.as_deref() == Some(tag);
+            if !ours {
+                return Err(NodeError::Foreign(format!(
+                    "instance {instance} was not created by move {tag} nor copied from by it \
+                     (created by {}, source of {}): left alone",
+                    m.prepared_by.as_deref().unwrap_or("no move"),
+                    m.leaving.as_deref().unwrap_or("no move"),
+                )));
+            }
+        }
+        let h = map.remove(instance).expect("present");
+        drop(map);
         h.stop();
-        tracing::info!(instance, "instance dropped");
+        tracing::info!(
+            instance,
+            incarnation = h.incarnation(),
+            move_tag,
+            "instance dropped"
+        );
         Ok(())
     }
 

@@ -24,6 +24,14 @@ pub struct InstanceInfo {
     pub function: String,
     /// Sessions held.
     pub sessions: u64,
+    /// Its incarnation (changes whenever the instance is created again; never 0).
+    pub incarnation: u64,
+    /// The move that created it as its shadow (`null`: none).
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub prepared_by: Option<String>,
+    /// The move that took a full copy of it, as its source (`null`: none).
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub leaving: Option<String>,
     /// Counters.
     pub stats: crate::instance_core::TaskStats,
 }
@@ -112,6 +120,14 @@ pub struct CopyTo {
     /// long. Default 0.
     #[serde(default)]
     pub lead_ms: u64,
+    /// The move this copy belongs to: a full copy marks the instance as that move's source,
+    /// so the move (and only it) may retire it later. Default: none.
+    #[serde(default)]
+    pub move_tag: Option<String>,
+    /// Copy only from this incarnation of the instance (`WRONG_PHASE` otherwise: the node
+    /// restarted, or the instance was created again). Default: any.
+    #[serde(default)]
+    pub incarnation: Option<u64>,
 }
 
 fn default_order() -> handoff_state::CopyOrder {
@@ -181,11 +197,24 @@ pub struct MigrateReport {
     pub figures: serde_json::Value,
 }
 
-instance_op!(
-    /// Stops and removes an instance (a move's drained source, or an aborted destination).
-    /// Answer: [`Dropped`].
-    DropInstance
-);
+/// Stops and removes an instance (a move's drained source, or an aborted destination).
+/// Answer: [`Dropped`]. A request naming a move drops only an instance that move created (its
+/// shadow) or fully copied from (its source), and, naming an incarnation, only that one:
+/// anything else is refused with `FOREIGN` and left alone, so no cleanup destroys what it did
+/// not create. A request naming no move drops the instance whatever it is (an operator's or
+/// a benchmark's drop).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropInstance {
+    /// The instance.
+    pub instance: String,
+    /// The move whose cleanup this is. Default: none.
+    #[serde(default)]
+    pub move_tag: Option<String>,
+    /// Only this incarnation. Default: any.
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
 
 /// The answer to [`DropInstance`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -204,6 +233,10 @@ pub struct PrepareShadow {
     pub instance: String,
     /// Its function.
     pub function: String,
+    /// The move preparing it: the shadow carries it, and only that move's cleanup may drop
+    /// it. Default: none.
+    #[serde(default)]
+    pub move_tag: Option<String>,
 }
 
 /// The answer to [`PrepareShadow`].
@@ -211,6 +244,8 @@ pub struct PrepareShadow {
 pub struct Prepared {
     /// The instance.
     pub prepared: String,
+    /// The shadow's incarnation.
+    pub incarnation: u64,
 }
 
 instance_op!(

@@ -84,6 +84,8 @@ async fn a_copy_delivers_every_session_once_and_the_digests_match() {
         after_seq: 0,
         keys: None,
         lead_ms: 0,
+        move_tag: None,
+        incarnation: None,
     };
     let r = admin_a.call(&copy).await.unwrap();
     assert_eq!(r.sessions_at_start, 450);
@@ -135,6 +137,8 @@ async fn an_infeasible_plan_is_refused_before_anything_is_sent() {
         after_seq: 0,
         keys: None,
         lead_ms: 0,
+        move_tag: None,
+        incarnation: None,
     };
     let err = admin_a.call(&copy).await.unwrap_err();
     assert_eq!(err.code(), Some(handoff_wire::code::BAD_REQUEST), "{err}");

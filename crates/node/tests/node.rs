@@ -83,11 +83,14 @@ fn echo(seq: u64) -> Frame {
 async fn a_rebind_fences_the_old_connection_and_reports_the_exact_resume_point() {
     let (node, addr) = node().await;
     let (mut f, bound) = steer_conn(addr, "mme-1").await;
+    let incarnation = node.instance("mme-1").unwrap().incarnation();
+    assert_ne!(incarnation, 0);
     assert_eq!(
         bound,
         Frame::Bound {
             route: 1,
-            last_seq: 0
+            last_seq: 0,
+            incarnation,
         }
     );
     for seq in 1..=300 {
@@ -244,4 +247,102 @@ async fn wrong_frames_and_unknown_instances_get_coded_errors() {
         }
     ));
     assert!(raw.next().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_instance_binds_as_a_new_incarnation() {
+    let (node, addr) = node().await;
+    let (_f, first) = steer_conn(addr, "mme-1").await;
+    let Frame::Bound {
+        incarnation: before,
+        ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    node.drop_instance("mme-1").unwrap();
+    node.create_instance("mme-1", "vmme").unwrap();
+    let (_g, again) = steer_conn(addr, "mme-1").await;
+    let Frame::Bound {
+        incarnation: after, ..
+    } = again
+    else {
+        panic!("{again:?}")
+    };
+    assert_ne!(
+        before, after,
+        "a re-created instance must never pass for the old one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_drops_only_what_it_created_and_never_a_serving_instance() {
+    let (node, addr) = node().await;
+    let mut admin = AdminClient::connect(addr, "t").await.unwrap();
+    let inc = node.instance("mme-1").unwrap().incarnation();
+    // A stale move names mme-1 (serving here, created by no move) as the destination to drop.
+    let refused = admin
+        .call(&ops::DropInstance {
+            instance: "mme-1".into(),
+            move_tag: Some("controller#7".into()),
+            incarnation: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(code::FOREIGN), "{refused}");
+    assert_eq!(node.instance("mme-1").unwrap().incarnation(), inc);
+    // A shadow the move prepared is its to drop; naming another incarnation is refused.
+    let p = admin
+        .call(&ops::PrepareShadow {
+            instance: "mme-2".into(),
+            function: "vmme".into(),
+            move_tag: Some("controller#8".into()),
+        })
+        .await
+        .unwrap();
+    let wrong = admin
+        .call(&ops::DropInstance {
+            instance: "mme-2".into(),
+            move_tag: Some("controller#8".into()),
+            incarnation: Some(p.incarnation + 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Some(code::FOREIGN), "{wrong}");
+    let other = admin
+        .call(&ops::DropInstance {
+            instance: "mme-2".into(),
+            move_tag: Some("controller#9".into()),
+            incarnation: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Some(code::FOREIGN), "{other}");
+    admin
+        .call(&ops::DropInstance {
+            instance: "mme-2".into(),
+            move_tag: Some("controller#8".into()),
+            incarnation: Some(p.incarnation),
+        })
+        .await
+        .unwrap();
+    assert!(node.instance("mme-2").is_err());
+    // Preparing a serving instance that holds state is refused, and leaves it alone.
+    let (mut f, _) = steer_conn(addr, "mme-1").await;
+    f.send(attach(1, 1_010_000_000_001, 0)).await.unwrap();
+    node.instance("mme-1")
+        .unwrap()
+        .wait_applied(1, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let busy = admin
+        .call(&ops::PrepareShadow {
+            instance: "mme-1".into(),
+            function: "vmme".into(),
+            move_tag: Some("controller#10".into()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Some(code::FOREIGN), "{busy}");
+    assert_eq!(node.instance("mme-1").unwrap().incarnation(), inc);
 }

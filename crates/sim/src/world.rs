@@ -295,12 +295,13 @@ enum Ev {
         /// The back-off before the next try if this one is refused.
         retry_us: u64,
     },
-    /// The node's answer: its last applied seq (`None`: it hosts no instance).
+    /// The node's answer: its last applied seq and the instance's incarnation (`None`: it
+    /// hosts no instance).
     Bound {
         node: usize,
         inc: u32,
         link: LinkId,
-        last_seq: Option<u64>,
+        last_seq: Option<(u64, u64)>,
         retry_us: u64,
     },
     LinkDown(usize),
@@ -416,12 +417,35 @@ struct Node {
     /// Its incarnation (a restart starts the next one).
     inc: u32,
     inst: Option<InstanceCore<Conn>>,
+    /// Instances created on this node so far (the incarnation of the current one derives
+    /// from it, the node's index and its restarts).
+    created: u64,
+    /// The moves that may clean the instance up: the one that prepared it, the one that
+    /// copied from it (as the real node's `Marks`).
+    prepared_by: Option<String>,
+    leaving: Option<String>,
     copies: BTreeMap<u64, CopyTask>,
     /// The destination's side of each copy connection: the real copy receiver.
     incoming: BTreeMap<(usize, u64), CopyReceiver>,
     /// The instance's binding for each steer link that bound it (frames of a link bound
     /// before another are fenced off by the core).
     bindings: BTreeMap<(u32, LinkId), u64>,
+}
+
+impl Node {
+    /// The incarnation of the instance node `n` hosts now (never 0; distinct for every
+    /// creation and every restart).
+    fn incarnation(&self, n: usize) -> u64 {
+        ((n as u64 + 1) << 40) | (u64::from(self.inc) << 20) | self.created
+    }
+
+    /// A new instance replaces whatever the node hosted.
+    fn create(&mut self, inst: Option<InstanceCore<Conn>>) {
+        self.inst = inst;
+        self.created += 1;
+        self.prepared_by = None;
+        self.leaving = None;
+    }
 }
 
 struct Controller {
@@ -494,6 +518,7 @@ impl Sim {
             plan: CopyPlan::default(),
             abort_safe: sc.abort_safe,
             lead_ms: sc.lead_ms,
+            origin: "controller".into(),
         };
         let m = MoveMachine::new(spec, sc.warmup_us / 1000).expect("a valid spec");
         let rng = SmallRng::seed_from_u64(sc.seed);
@@ -508,6 +533,9 @@ impl Sim {
             alive: true,
             inc: 0,
             inst,
+            created: 1,
+            prepared_by: None,
+            leaving: None,
             copies: BTreeMap::new(),
             incoming: BTreeMap::new(),
             bindings: BTreeMap::new(),
@@ -543,6 +571,7 @@ impl Sim {
                     node: node_addr(serving),
                     phase: RoutePhase::Serving,
                     floor: 0,
+                    incarnation: None,
                 },
                 links: BTreeMap::new(),
                 poll_due: false,
@@ -590,9 +619,10 @@ impl Sim {
             if let Effect::OpenLink { id, node } = e {
                 sim.steer.links.insert(id, node_at(node));
                 let n = node_at(node);
+                let incarnation = sim.nodes[n].incarnation(n);
                 if let Some((binding, last_seq)) = sim.nodes[n].inst.as_mut().map(|i| i.bind()) {
                     sim.nodes[n].bindings.insert((0, id), binding);
-                    sim.steer.core.link_up(id, last_seq);
+                    sim.steer.core.link_up(id, last_seq, incarnation);
                 }
             }
         }

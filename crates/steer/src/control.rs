@@ -40,6 +40,8 @@ pub enum SteerRequest {
     Rebind(ops::Rebind),
     /// See [`ops::Serve`].
     Serve(ops::Serve),
+    /// See [`ops::Recover`].
+    Recover(ops::Recover),
 }
 
 /// The steer's control operations: each request type, its reply type
@@ -78,6 +80,10 @@ pub mod ops {
         /// Duplicate creates too, so an abort needs nothing moved back (default false).
         #[serde(default)]
         pub abort_safe: bool,
+        /// The incarnation of the destination's shadow (the one the move prepared): the steer
+        /// binds no other. Default: whichever binds first.
+        #[serde(default)]
+        pub destination_incarnation: Option<u64>,
     }
 
     /// The answer to [`BeginMove`], once the destination accepted the route.
@@ -201,6 +207,24 @@ pub mod ops {
         pub node: SocketAddr,
     }
 
+    /// Makes `node` (the route's node, or a move's destination) the owner at once, in any
+    /// phase, restarted or not: a crash's way out (see `docs/moves.md`, "When a process
+    /// crashes"). `incarnation` accepts a new incarnation of the instance on `node` (what it
+    /// holds is all there is); without it only the incarnation the route is bound to. Answers
+    /// the boundary and, as `last_sent`, the last seq sent to the side given up. Refusals:
+    /// `OFFLINE` (another incarnation, not accepted), `NOT_REACHABLE`, `BAD_REQUEST`.
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Recover {
+        /// The instance.
+        pub instance: String,
+        /// The new owner.
+        pub node: SocketAddr,
+        /// Accept this incarnation on `node`. Default: only the bound one.
+        #[serde(default)]
+        pub incarnation: Option<u64>,
+    }
+
     handoff_wire::operations! {
         Status => StatusReply = "status",
         BeginMove => BeginMoveReply = "begin_move",
@@ -212,6 +236,7 @@ pub mod ops {
         Release => ReleasedReply = "release",
         Rebind => ReboundReply = "rebind",
         Serve => Boundary = "serve",
+        Recover => Boundary = "recover",
     }
 
     macro_rules! into_request {
@@ -233,7 +258,8 @@ pub mod ops {
         Hold,
         Release,
         Rebind,
-        Serve
+        Serve,
+        Recover
     );
 }
 
@@ -384,6 +410,7 @@ impl SteerRequest {
                 Command::Begin {
                     destination: r.destination,
                     abort_safe: r.abort_safe,
+                    incarnation: r.destination_incarnation,
                 },
             ),
             Self::Cutover(r) => (&r.instance, Command::Cutover),
@@ -400,6 +427,13 @@ impl SteerRequest {
                 },
             ),
             Self::Serve(r) => (&r.instance, Command::Serve { node: r.node }),
+            Self::Recover(r) => (
+                &r.instance,
+                Command::Recover {
+                    node: r.node,
+                    incarnation: r.incarnation,
+                },
+            ),
         })
     }
 }
@@ -418,7 +452,10 @@ pub fn reply_body(
             last_sent: b.last_sent,
         }),
         (
-            SteerRequest::Cutover(_) | SteerRequest::AbortCommit(_) | SteerRequest::Serve(_),
+            SteerRequest::Cutover(_)
+            | SteerRequest::AbortCommit(_)
+            | SteerRequest::Serve(_)
+            | SteerRequest::Recover(_),
             Answer::Boundary(b),
         ) => to_value(b),
         (SteerRequest::FinishMove(r), Answer::Done) => to_value(ops::FinishedReply {

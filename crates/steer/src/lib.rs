@@ -325,6 +325,7 @@ impl Steer {
         let c = Command::Begin {
             destination,
             abort_safe,
+            incarnation: None,
         };
         Ok(self.boundary(instance, c).await?.boundary)
     }

@@ -28,8 +28,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A link's news for the service loop.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum LinkEvent {
-    /// Bound; the node had applied `base`.
-    Up(LinkId, u64),
+    /// Bound; the node had applied `base` (second), its instance is this incarnation (third).
+    Up(LinkId, u64, u64),
     /// The connection failed (the link reconnects by itself).
     Down(LinkId),
 }
@@ -97,10 +97,10 @@ async fn maintain(
             r = connect(node, &instance, &identity) => r,
         };
         match attempt {
-            Ok((stream, last_seq)) => {
+            Ok((stream, last_seq, incarnation)) => {
                 backoff = Duration::from_millis(50);
                 stats.link_connects.fetch_add(1, Relaxed);
-                tracing::info!(%node, instance, last_seq, "node link up");
+                tracing::info!(%node, instance, last_seq, incarnation, "node link up");
                 // Frames still queued from before the last failure were stamped while the
                 // batch the failure cut short was lost: sending them now would put them ahead
                 // of the retransmissions of what was lost. They are dropped and counted (their
@@ -110,7 +110,7 @@ async fn maintain(
                     stale += 1;
                 }
                 stats.lost_in_link.fetch_add(stale, Relaxed);
-                report(LinkEvent::Up(id, last_seq)).await;
+                report(LinkEvent::Up(id, last_seq, incarnation)).await;
                 let reason = serve(stream, &mut rx, &socket, &stats, &stop).await;
                 if stop.is_cancelled() {
                     return;
@@ -128,12 +128,13 @@ async fn maintain(
     }
 }
 
-/// Connects, says hello and binds the route; returns the node's last applied seq.
+/// Connects, says hello and binds the route; returns the node's last applied seq and the
+/// instance's incarnation.
 async fn connect(
     node: SocketAddr,
     instance: &str,
     identity: &crate::Identity,
-) -> Result<(TcpStream, u64), FrameError> {
+) -> Result<(TcpStream, u64, u64), FrameError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(node))
         .await
         .map_err(|_| FrameError::Io("connect timed out".into()))??;
@@ -161,7 +162,11 @@ async fn connect(
             .map_err(|_| FrameError::Io("handshake timed out".into()))?;
         match next {
             Some(Ok(Frame::HelloAck { .. })) => {}
-            Some(Ok(Frame::Bound { last_seq: s, .. })) => last_seq = Some(s),
+            Some(Ok(Frame::Bound {
+                last_seq: s,
+                incarnation,
+                ..
+            })) => last_seq = Some((s, incarnation)),
             Some(Ok(Frame::Error { code, message })) => {
                 return Err(FrameError::Io(format!("node refused ({code}): {message}")))
             }
@@ -171,7 +176,8 @@ async fn connect(
         }
     }
     let stream = framed.into_inner();
-    Ok((stream, last_seq.unwrap_or(0)))
+    let (last_seq, incarnation) = last_seq.unwrap_or((0, 0));
+    Ok((stream, last_seq, incarnation))
 }
 
 /// Streams queued signals out and relays outputs back until the connection fails.

@@ -224,7 +224,7 @@ pub(crate) async fn run(s: ServiceRun) {
             }
             Some(e) = events.recv() => {
                 match e {
-                    LinkEvent::Up(id, base) => core.link_up(id, base),
+                    LinkEvent::Up(id, base, incarnation) => core.link_up(id, base, incarnation),
                     LinkEvent::Down(id) => core.link_down(id),
                 }
                 core.poll(mono_us(), |id| links.room(id));
@@ -290,6 +290,7 @@ mod tests {
             node,
             phase: crate::route::RoutePhase::CutOver,
             floor: 0,
+            incarnation: None,
         };
         write_route_file(Some(&path), kept);
         assert_eq!(read_route_file(&path), Kept::Route(kept));
@@ -301,6 +302,7 @@ mod tests {
                 node,
                 phase: crate::route::RoutePhase::Moving,
                 floor: 0,
+                incarnation: None,
             })
         );
         std::fs::write(&path, b"{not json").unwrap();

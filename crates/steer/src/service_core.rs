@@ -24,6 +24,11 @@
 //!   then `serve` install the route again.
 //! - Links are named by [`LinkId`]s the core hands out; events of a link it has replaced are
 //!   ignored.
+//! - A link is bound to one incarnation of the instance (the first it binds, or the one a
+//!   command names). A node that binds again with another incarnation (it restarted, or the
+//!   instance was created again) is never taken for the old one: the link counts as down, the
+//!   instance is *offline* on that side, and its signals are dropped and counted
+//!   ([`Dropped::Offline`]) until [`Command::Recover`] names an owner.
 
 use crate::route::{Delivery, Route, RouteError, RoutePhase};
 use bytes::Bytes;
@@ -94,6 +99,17 @@ pub struct RouteStatus {
     pub destination: Option<SocketAddr>,
     /// Whether the node link is up.
     pub node_up: bool,
+    /// The incarnation of the instance the route is bound to on `node` (`null`: not bound
+    /// yet).
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub incarnation: Option<u64>,
+    /// The incarnation of a move's destination shadow.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub destination_incarnation: Option<u64>,
+    /// Why the instance is offline (a side lost the incarnation the route is bound to), or
+    /// `null`. An alarm: its signals are dropped and counted (`offline`) until recovered.
+    #[serde(deserialize_with = "handoff_wire::rpc::required")]
+    pub offline: Option<String>,
     /// Last seq stamped.
     pub last_seq: u64,
     /// Sessions created during the current move.
@@ -116,6 +132,10 @@ pub struct KeptRoute {
     /// source before a finish) is given out again. Files written before it existed read 0.
     #[serde(default)]
     pub floor: u64,
+    /// The incarnation of the instance on `node` the route is bound to (a restarted steer
+    /// binds only that one). Files written before it existed read `null`: the first bound.
+    #[serde(default)]
+    pub incarnation: Option<u64>,
 }
 
 /// What the shell found of the kept route at start.
@@ -141,6 +161,9 @@ pub enum Command {
         destination: SocketAddr,
         /// Duplicate creates and every update to both copies.
         abort_safe: bool,
+        /// The incarnation of the destination's shadow (the one the move prepared); `None`:
+        /// whichever binds first.
+        incarnation: Option<u64>,
     },
     /// Flips the route at the next seq; answers the boundary and the last seq sent to the source.
     Cutover,
@@ -179,6 +202,20 @@ pub enum Command {
     Serve {
         /// The owner (one of the two rebound nodes).
         node: SocketAddr,
+    },
+    /// Makes `node` (the route's source or destination) the instance's owner at once, in any
+    /// phase, restarted or not: the route serves from it at seqs above everything stamped or
+    /// applied, the other side's link is retired, and a move in progress is over. A crash's
+    /// way out: a move's destination lost after the cutover (recover on the source), its
+    /// source lost before it (roll forward on the destination). `incarnation`: accept this
+    /// incarnation on `node` (one that bound since and is not the one the route was bound
+    /// to: the operator accepts whatever it holds); `None`: only the bound one. Answers the
+    /// boundary and, as `last_sent`, the last seq sent to the side given up.
+    Recover {
+        /// The new owner.
+        node: SocketAddr,
+        /// Accept this (new) incarnation of the instance on `node`.
+        incarnation: Option<u64>,
     },
     /// The route's state.
     Status,
@@ -231,6 +268,19 @@ pub enum CommandError {
     /// A link the command needs is down.
     #[error("the link to {0} is down")]
     LinkDown(SocketAddr),
+    /// The node hosts another incarnation of the instance than the route is bound to.
+    #[error("{node} hosts incarnation {found} of the instance, not {bound} (it restarted or the instance was created again); recover naming incarnation {found} to accept what it holds")]
+    OtherIncarnation {
+        /// The node.
+        node: SocketAddr,
+        /// The incarnation the route is bound to.
+        bound: u64,
+        /// The one the node hosts now.
+        found: u64,
+    },
+    /// `Recover` of a node that is neither the route's source nor its destination.
+    #[error("{0} is neither the route's node nor a move's destination")]
+    NotOnRoute(SocketAddr),
     /// A node did not bind in time.
     #[error("node {0} did not accept the route in time")]
     NotBound(SocketAddr),
@@ -264,6 +314,8 @@ impl CommandError {
             | Self::CannotHold
             | Self::NothingHeld => code::WRONG_PHASE,
             Self::LinkDown(_) | Self::NotBound(_) => code::NOT_REACHABLE,
+            Self::OtherIncarnation { .. } => code::OFFLINE,
+            Self::NotOnRoute(_) => code::BAD_REQUEST,
             Self::Superseded(_) | Self::Aborted => code::SUPERSEDED,
         }
     }
@@ -278,6 +330,8 @@ pub enum DropCounter {
     NoLink,
     /// `SteerStats::unrouted`.
     Unrouted,
+    /// `SteerStats::offline`.
+    Offline,
 }
 
 /// A signal as the shell classified it.
@@ -300,6 +354,9 @@ pub enum Dropped {
     Unrouted,
     /// A link it must go to is down.
     NoLink,
+    /// The instance is offline on a side it must go to: the node there lost the incarnation
+    /// the route is bound to.
+    Offline,
     /// A link it must go to has no room (or a hold is full).
     Shed,
     /// The route refused it (too many sessions created during the move).
@@ -316,7 +373,8 @@ impl Dropped {
         match self {
             Self::Unrouted if tick => None,
             Self::Unrouted => Some(DropCounter::Unrouted),
-            Self::NoLink if tick => None,
+            Self::NoLink | Self::Offline if tick => None,
+            Self::Offline => Some(DropCounter::Offline),
             Self::NoLink | Self::SeqExhausted => Some(DropCounter::NoLink),
             Self::Shed | Self::Refused(_) => Some(DropCounter::Shed),
         }
@@ -396,6 +454,11 @@ struct Slot {
     up: bool,
     /// The last seq the node had applied when the link last bound.
     base: u64,
+    /// The incarnation the link is bound to (`None`: the first that binds).
+    incarnation: Option<u64>,
+    /// Another incarnation bound since (the node lost the one the route is bound to), and
+    /// its last applied seq.
+    foreign: Option<(u64, u64)>,
 }
 
 /// The last seq sent on each link and the answers a repeated command gets.
@@ -480,6 +543,8 @@ impl<R> ServiceCore<R> {
                 node: first,
                 up: false,
                 base: 0,
+                incarnation: None,
+                foreign: None,
             },
             dest: None,
             sent: Sent {
@@ -495,6 +560,9 @@ impl<R> ServiceCore<R> {
             effects: Vec::new(),
         };
         core.source = core.open(first);
+        if let Kept::Route(k) = kept {
+            core.source.incarnation = k.incarnation;
+        }
         core
     }
 
@@ -539,13 +607,26 @@ impl<R> ServiceCore<R> {
             node,
             up: false,
             base: 0,
+            incarnation: None,
+            foreign: None,
         }
     }
 
     fn persist(&mut self, node: SocketAddr, phase: RoutePhase) {
         let floor = self.seq;
-        self.effects
-            .push(Effect::PersistRoute(KeptRoute { node, phase, floor }));
+        let incarnation = if node == self.source.node {
+            self.source.incarnation
+        } else {
+            self.dest
+                .filter(|d| d.node == node)
+                .and_then(|d| d.incarnation)
+        };
+        self.effects.push(Effect::PersistRoute(KeptRoute {
+            node,
+            phase,
+            floor,
+            incarnation,
+        }));
     }
 
     fn reply(&mut self, to: R, r: Result<Answer, CommandError>) {
@@ -565,12 +646,47 @@ impl<R> ServiceCore<R> {
         }
     }
 
-    /// A link bound its instance; `base` is the last seq the node had applied.
-    pub fn link_up(&mut self, id: LinkId, base: u64) {
-        if let Some(s) = self.slot_mut(id) {
-            s.up = true;
-            s.base = base;
+    /// A link bound its instance; `base` is the last seq the node had applied, `incarnation`
+    /// the instance's incarnation. Another incarnation than the one the link is bound to is
+    /// never taken for it: the link stays down and the instance is offline on that side.
+    pub fn link_up(&mut self, id: LinkId, base: u64, incarnation: u64) {
+        let instance = self.instance.clone();
+        let is_source = self.source.id == id;
+        let Some(s) = self.slot_mut(id) else { return };
+        match s.incarnation {
+            Some(bound) if bound != incarnation => {
+                if s.foreign.map(|f| f.0) != Some(incarnation) {
+                    tracing::error!(%instance, node = %s.node, bound, found = incarnation,
+                        "ALARM: the node lost the incarnation the route is bound to (it restarted \
+                         or the instance was created again); the instance is offline there until \
+                         it is recovered");
+                }
+                s.up = false;
+                s.foreign = Some((incarnation, base));
+            }
+            first => {
+                s.up = true;
+                s.base = base;
+                s.foreign = None;
+                s.incarnation = Some(incarnation);
+                if first.is_none() && is_source && self.lost.is_none() {
+                    // Keep it, so a restarted steer binds this incarnation only.
+                    let (node, phase) = (self.source.node, self.route.phase());
+                    if self.hold.is_none() && phase == RoutePhase::Serving {
+                        self.persist(node, phase);
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether a side of the route lost the incarnation it was bound to: `(source,
+    /// destination)`.
+    pub fn offline(&self) -> (bool, bool) {
+        (
+            self.source.foreign.is_some(),
+            self.dest.is_some_and(|d| d.foreign.is_some()),
+        )
     }
 
     /// A link failed (it reconnects by itself and reports up again).
@@ -611,6 +727,11 @@ impl<R> ServiceCore<R> {
             Delivery::Both | Delivery::HandOver => (true, true),
         };
         let dest = self.dest.filter(|_| to_dest);
+        if (to_source && self.source.foreign.is_some())
+            || (to_dest && dest.is_some_and(|d| d.foreign.is_some()))
+        {
+            return Admission::Dropped(Dropped::Offline);
+        }
         if (to_source && !self.source.up) || (to_dest && !dest.is_some_and(|d| d.up)) {
             return Admission::Dropped(Dropped::NoLink);
         }
@@ -768,11 +889,32 @@ impl<R> ServiceCore<R> {
             node: self.source.node,
             destination: self.dest.map(|d| d.node),
             node_up: self.source.up,
+            incarnation: self.source.incarnation,
+            destination_incarnation: self.dest.and_then(|d| d.incarnation),
+            offline: self.offline_reason(),
             last_seq: self.seq,
             created_during_move: self.route.created_during_move(),
             held: self.hold.as_ref().map_or(0, |h| h.queue.len()),
             route_lost: self.lost.is_some(),
         }
+    }
+
+    fn offline_reason(&self) -> Option<String> {
+        let side = |what: &str, s: &Slot| {
+            s.foreign.map(|(found, _)| {
+                format!(
+                    "the {what} {} lost incarnation {} (it hosts {found} now)",
+                    s.node,
+                    s.incarnation.unwrap_or_default()
+                )
+            })
+        };
+        let mut why: Vec<String> = Vec::new();
+        why.extend(side("node", &self.source));
+        if let Some(d) = &self.dest {
+            why.extend(side("move destination", d));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     fn retire_dest(&mut self) {
@@ -820,9 +962,11 @@ impl<R> ServiceCore<R> {
                 }
             }
             Command::Serve { node } => self.serve(node),
+            Command::Recover { node, incarnation } => self.recover(node, incarnation),
             Command::Begin {
                 destination,
                 abort_safe,
+                incarnation,
             } => {
                 // A repeat of this very move (its answer was lost): the same answer, or, while
                 // the destination link still comes up, the answer when it does.
@@ -841,7 +985,9 @@ impl<R> ServiceCore<R> {
                     Err(CommandError::InProgress)
                 } else {
                     self.sent.begun = None;
-                    self.dest = Some(self.open(destination));
+                    let mut d = self.open(destination);
+                    d.incarnation = incarnation;
+                    self.dest = Some(d);
                     self.sent.flip = None;
                     self.sent.finished = false;
                     self.pending = Some(PendingBegin {
@@ -968,6 +1114,84 @@ impl<R> ServiceCore<R> {
             Command::Status => Ok(Answer::Status(self.status())),
         };
         self.reply(reply, r);
+    }
+
+    fn recover(
+        &mut self,
+        node: SocketAddr,
+        incarnation: Option<u64>,
+    ) -> Result<Answer, CommandError> {
+        let (mut owner, other) = if node == self.source.node {
+            (self.source, self.dest)
+        } else if let Some(d) = self.dest.filter(|d| d.node == node) {
+            (d, Some(self.source))
+        } else {
+            return Err(CommandError::NotOnRoute(node));
+        };
+        match (owner.foreign, incarnation) {
+            (Some((found, base)), Some(accept)) if found == accept => {
+                owner.incarnation = Some(found);
+                owner.base = base;
+                owner.foreign = None;
+                owner.up = true;
+            }
+            (Some((found, _)), _) => {
+                return Err(CommandError::OtherIncarnation {
+                    node,
+                    bound: owner.incarnation.unwrap_or_default(),
+                    found,
+                })
+            }
+            (None, Some(accept)) if owner.incarnation != Some(accept) => {
+                return Err(CommandError::OtherIncarnation {
+                    node,
+                    bound: owner.incarnation.unwrap_or_default(),
+                    found: accept,
+                })
+            }
+            (None, _) => {}
+        }
+        if !owner.up {
+            return Err(CommandError::LinkDown(node));
+        }
+        if let Some(p) = self.pending.take() {
+            self.reply(p.reply, Err(CommandError::Aborted));
+        }
+        if let Some(r) = self.rebind.take() {
+            self.reply(r.reply, Err(CommandError::Superseded("rebind")));
+        }
+        if let Some(h) = self.hold.take() {
+            if let Some(r) = h.reply {
+                self.reply(r, Err(CommandError::Aborted));
+            }
+        }
+        let last_sent = match other {
+            Some(o) if o.id == self.source.id => self.sent.source,
+            Some(_) => self.sent.dest,
+            None => 0,
+        };
+        if let Some(o) = other {
+            self.effects.push(Effect::RetireLink(o.id));
+        }
+        let top = self.seq.max(owner.base);
+        self.seq = top;
+        self.source = owner;
+        self.dest = None;
+        self.route = Route::new(MAX_CREATED_DURING_MOVE);
+        let b = Boundary {
+            boundary: top + 1,
+            last_sent,
+        };
+        self.sent.source = top;
+        self.sent.dest = 0;
+        self.sent.flip = Some(b);
+        self.sent.begun = None;
+        self.sent.finished = true;
+        self.lost = None;
+        self.persist(node, RoutePhase::Serving);
+        tracing::warn!(instance = %self.instance, %node, boundary = b.boundary, incarnation = ?owner.incarnation,
+            "route recovered: serving from this node");
+        Ok(Answer::Boundary(b))
     }
 
     fn serve(&mut self, node: SocketAddr) -> Result<Answer, CommandError> {

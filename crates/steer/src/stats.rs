@@ -33,6 +33,9 @@ pub struct SteerStats {
     /// Datagrams dropped unstamped because the steer restarted during a move and the route is
     /// not installed again yet (clients retransmit).
     pub unrouted: AtomicU64,
+    /// Datagrams dropped because the instance is offline: the node the route is bound to lost
+    /// that incarnation (a crash or restart), and nobody recovered it yet. An alarm.
+    pub offline: AtomicU64,
 }
 
 /// A plain copy of [`SteerStats`] for reports.
@@ -51,6 +54,7 @@ pub struct SteerStatsSnapshot {
     pub link_connects: u64,
     pub last_seq: u64,
     pub unrouted: u64,
+    pub offline: u64,
 }
 
 impl SteerStats {
@@ -70,6 +74,7 @@ impl SteerStats {
             Some(DropCounter::Shed) => &self.shed,
             Some(DropCounter::NoLink) => &self.no_link,
             Some(DropCounter::Unrouted) => &self.unrouted,
+            Some(DropCounter::Offline) => &self.offline,
             None => return,
         };
         counter.fetch_add(1, Relaxed);
@@ -90,6 +95,7 @@ impl SteerStats {
             link_connects: self.link_connects.load(Relaxed),
             last_seq: self.last_seq.load(Relaxed),
             unrouted: self.unrouted.load(Relaxed),
+            offline: self.offline.load(Relaxed),
         }
     }
 }

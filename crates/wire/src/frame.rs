@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// Magic bytes opening every frame: ASCII "hf".
 pub const MAGIC: u16 = 0x6866;
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
 /// Largest body accepted; larger frames are a protocol error (bounded buffers).
@@ -153,6 +153,10 @@ pub enum Frame {
         route: u32,
         /// Last seq the instance applied (the steer continues above it).
         last_seq: u64,
+        /// The instance's incarnation: a number that changes whenever the instance is created
+        /// again (its node restarted, or it was dropped and re-created), never 0. A steer never
+        /// takes a new incarnation for the one it was bound to.
+        incarnation: u64,
     },
     /// See [`SignalFrame`].
     Signal(SignalFrame),
@@ -266,6 +270,14 @@ pub mod code {
     /// A newer request of the same kind replaced this one, or the operation it waited for was
     /// aborted.
     pub const SUPERSEDED: u16 = 12;
+    /// The request names a move (or an incarnation) that did not create the instance it
+    /// would drop, freeze or overwrite: the instance is left alone. A move's cleanup that
+    /// gets this answer has nothing of its own to clean up there.
+    pub const FOREIGN: u16 = 13;
+    /// The instance is offline: the node it was bound to lost it (a crash, a restart, a
+    /// re-created instance), and the steer routes none of its signals until an operator
+    /// recovers it (`handoff recover`).
+    pub const OFFLINE: u16 = 14;
 }
 
 impl Frame {
@@ -322,9 +334,14 @@ impl Frame {
                 dst.put_u32(*route);
                 put_str8(dst, instance);
             }
-            Frame::Bound { route, last_seq } => {
+            Frame::Bound {
+                route,
+                last_seq,
+                incarnation,
+            } => {
                 dst.put_u32(*route);
                 dst.put_u64(*last_seq);
+                dst.put_u64(*incarnation);
             }
             Frame::Signal(s) => {
                 dst.put_u32(s.route);
@@ -425,6 +442,7 @@ impl Frame {
             kind::BOUND => Frame::Bound {
                 route: get_u32(r, "bound.route")?,
                 last_seq: get_u64(r, "bound.last_seq")?,
+                incarnation: get_u64(r, "bound.incarnation")?,
             },
             kind::SIGNAL => Frame::Signal(SignalFrame {
                 route: get_u32(r, "signal.route")?,

@@ -35,7 +35,13 @@ fn frame() -> impl Strategy<Value = Frame> {
         "[a-z0-9-]{0,40}".prop_map(|node| Frame::HelloAck { node }),
         (any::<u32>(), "[a-z0-9-]{0,40}")
             .prop_map(|(route, instance)| Frame::Bind { route, instance }),
-        (any::<u32>(), any::<u64>()).prop_map(|(route, last_seq)| Frame::Bound { route, last_seq }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(route, last_seq, incarnation)| {
+            Frame::Bound {
+                route,
+                last_seq,
+                incarnation,
+            }
+        }),
         (
             (
                 any::<u32>(),

@@ -12,6 +12,7 @@ fn spec() -> MoveSpec {
         plan: CopyPlan::default(),
         abort_safe: false,
         lead_ms: 0,
+        origin: "controller".into(),
     }
 }
 

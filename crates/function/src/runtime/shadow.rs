@@ -130,6 +130,8 @@ pub struct ShadowStats {
     /// Signals this copy could not take (its buffer or tick log was full): its state lacks
     /// them, so it must never be cut over to (the move aborts).
     pub refused: u64,
+    /// Whether the whole manifest arrived (so `awaiting` names every session still missing).
+    pub manifest_known: bool,
 }
 
 struct Buffered<P> {
@@ -552,7 +554,10 @@ impl<F: Function> Shadow<F> {
 
     /// Counters.
     pub fn stats(&self) -> ShadowStats {
-        self.stats
+        ShadowStats {
+            manifest_known: self.manifest_known,
+            ..self.stats
+        }
     }
 
     /// The instance (for digests and dumps).

@@ -82,7 +82,7 @@ impl Sim {
             return;
         }
         // Where the driver sends it.
-        let target = match request_for(&self.ctl.m.spec, &action) {
+        let target = match request_for(&self.ctl.m, &action) {
             Request::Steer(_) => Target::Steer,
             Request::Node { addr, .. } => Target::Node(node_at(addr)),
             Request::Wait { .. } => unreachable!("handled above"),

@@ -175,6 +175,7 @@ impl Sim {
         if !node.alive {
             return;
         }
+        let incarnation = node.incarnation(n);
         let bound = node.inst.as_mut().map(|i| i.bind());
         if let Some((binding, _)) = bound {
             node.bindings.insert((inc, link), binding);
@@ -186,7 +187,7 @@ impl Sim {
                 node: n,
                 inc,
                 link,
-                last_seq: bound.map(|b| b.1),
+                last_seq: bound.map(|b| (b.1, incarnation)),
                 retry_us,
             },
         );
@@ -197,13 +198,13 @@ impl Sim {
         n: usize,
         inc: u32,
         link: LinkId,
-        last_seq: Option<u64>,
+        last_seq: Option<(u64, u64)>,
         retry_us: u64,
     ) {
         if !self.steer.alive || inc != self.steer.inc || !self.steer.links.contains_key(&link) {
             return;
         }
-        let Some(seq) = last_seq else {
+        let Some((seq, incarnation)) = last_seq else {
             // As the real link does: try again after a back-off while anyone still cares.
             self.trace(format!("steer: {} refused the bind", node_name(n)));
             if !self.ctl.ended {
@@ -221,8 +222,11 @@ impl Sim {
             }
             return;
         };
-        self.steer.core.link_up(link, seq);
-        self.trace(format!("steer: {} bound at seq {seq}", node_name(n)));
+        self.steer.core.link_up(link, seq, incarnation);
+        self.trace(format!(
+            "steer: {} bound at seq {seq} (incarnation {incarnation:x})",
+            node_name(n)
+        ));
         self.steer.core.poll(self.now, |_| usize::MAX);
         self.steer_effects();
     }

@@ -128,11 +128,13 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.alive = true;
         node.inc += 1;
-        node.inst = match comes_back {
+        // Whatever it comes back with is a new incarnation: the process restarted, and what
+        // its connections had in flight died with it.
+        node.create(match comes_back {
             Comeback::Nothing => None,
             Comeback::Empty => Some(InstanceCore::new(Box::new(Hosting::new(func)))),
             Comeback::Kept => kept,
-        };
+        });
         let inc = node.inc;
         self.trace(format!(
             "{} restarts (incarnation {inc}) with {comes_back:?}",

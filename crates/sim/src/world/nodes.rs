@@ -156,10 +156,33 @@ impl Sim {
         // The node's answer body, as its admin listener sends it (the driver reads it).
         let body: Result<serde_json::Value, (u16, String)> = match &action {
             Action::PrepareShadow => {
-                let inst = node
-                    .inst
-                    .get_or_insert_with(|| InstanceCore::new(Box::new(Hosting::new(func))));
-                step(inst.prepare_shadow(), json!({ "prepared": "counter-1" }))
+                // As the real node: a repeat of this move's prepare, or an instance that
+                // never served, may become the shadow; anything else is left alone.
+                let tag = self.ctl.m.spec.tag();
+                let fresh = node.inst.is_none();
+                if fresh {
+                    node.create(Some(InstanceCore::new(Box::new(Hosting::new(func)))));
+                    node.prepared_by = Some(tag.clone());
+                }
+                let incarnation = node.incarnation(n);
+                let ours = node.prepared_by.as_deref() == Some(tag.as_str());
+                let inst = node.inst.as_mut().expect("present");
+                let never_served = inst.stats().runtime.last_seq == 0;
+                if !ours && !never_served {
+                    Err((
+                        code::FOREIGN,
+                        "already hosted here and not prepared by this move: left alone".into(),
+                    ))
+                } else {
+                    let r = step(
+                        inst.prepare_shadow(),
+                        json!({ "prepared": "counter-1", "incarnation": incarnation }),
+                    );
+                    if r.is_ok() && node.prepared_by.is_none() {
+                        node.prepared_by = Some(tag);
+                    }
+                    r
+                }
             }
             Action::ShadowStats { .. } => match &node.inst {
                 Some(i) => Ok(json!(i.shadow_stats())),
@@ -186,10 +209,29 @@ impl Sim {
                 ),
                 None => unknown(),
             },
-            Action::DropInstance { .. } => match node.inst.take() {
-                Some(_) => Ok(json!({ "dropped": "counter-1" })),
-                None => unknown(),
-            },
+            Action::DropInstance { at } => {
+                // As the real node: only what this move created or copied from, and only the
+                // incarnation it names.
+                let tag = self.ctl.m.spec.tag();
+                let want = match at {
+                    Side::Source => self.ctl.m.incarnations.source,
+                    Side::Destination => self.ctl.m.incarnations.destination,
+                };
+                let ours = node.prepared_by.as_deref() == Some(tag.as_str())
+                    || node.leaving.as_deref() == Some(tag.as_str());
+                let same = want.is_none_or(|w| w == node.incarnation(n));
+                match node.inst.as_ref() {
+                    None => unknown(),
+                    Some(_) if !ours || !same => Err((
+                        code::FOREIGN,
+                        format!("not created by move {tag} (or another incarnation): left alone"),
+                    )),
+                    Some(_) => {
+                        node.create(None);
+                        Ok(json!({ "dropped": "counter-1" }))
+                    }
+                }
+            }
             Action::ExpectSessions { keys } => match node.inst.as_mut() {
                 Some(i) => step(
                     i.expect_records(keys.clone()),
@@ -207,6 +249,9 @@ impl Sim {
                     Side::Source => Side::Destination,
                     Side::Destination => Side::Source,
                 });
+                if keys.is_none() && *from == Side::Source {
+                    self.nodes[n].leaving = Some(self.ctl.m.spec.tag());
+                }
                 self.next_copy += 1;
                 let id = self.next_copy;
                 let (core, step) = CopySender::new(*after_seq, keys.clone());

@@ -134,7 +134,7 @@ impl Sim {
             );
             return;
         }
-        let req = match request_for(&self.ctl.m.spec, &action) {
+        let req = match request_for(&self.ctl.m, &action) {
             Request::Steer(r) => r,
             other => {
                 let why = format!("not a steer request: {other:?}");

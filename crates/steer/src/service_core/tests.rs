@@ -51,7 +51,7 @@ fn serving(base: u64) -> (Core, LinkId) {
     let links = opened(&c.take_effects());
     assert_eq!(links.len(), 1, "the source link is opened at start");
     assert_eq!(links[0].1, addr(1));
-    c.link_up(links[0].0, base);
+    c.link_up(links[0].0, base, 1);
     (c, links[0].0)
 }
 
@@ -72,12 +72,13 @@ fn moving(abort_safe: bool) -> (Core, LinkId, LinkId, u64) {
         Command::Begin {
             destination: addr(2),
             abort_safe,
+            incarnation: None,
         },
         1,
         0,
     );
     let dst = opened(&c.take_effects())[0].0;
-    c.link_up(dst, 0);
+    c.link_up(dst, 0, 1);
     c.poll(1, |_| 0);
     let r = replies(c.take_effects());
     let Ok(Answer::Boundary(b)) = &r[0].1 else {
@@ -116,7 +117,7 @@ fn a_signal_with_no_room_or_no_link_takes_no_seq() {
         None,
         "a tick no link carries is not a dropped datagram"
     );
-    c.link_up(src, 0);
+    c.link_up(src, 0, 1);
     assert_eq!(
         routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true)).0,
         1
@@ -131,16 +132,17 @@ fn move_mode_starts_once_both_links_are_bound_and_a_repeat_gets_the_same_answer(
     let begin = Command::Begin {
         destination: addr(2),
         abort_safe: false,
+        incarnation: None,
     };
     c.command(begin.clone(), 1, 0);
     let dst = opened(&c.take_effects())[0].0;
-    c.link_up(dst, 0);
+    c.link_up(dst, 0, 1);
     c.poll(10, |_| 0);
     assert!(
         replies(c.take_effects()).is_empty(),
         "no move mode while the source link is down"
     );
-    c.link_up(src, 5);
+    c.link_up(src, 5, 1);
     c.poll(20, |_| 0);
     let effects = c.take_effects();
     assert!(effects.iter().any(|e| matches!(
@@ -164,6 +166,7 @@ fn move_mode_starts_once_both_links_are_bound_and_a_repeat_gets_the_same_answer(
         Command::Begin {
             destination: addr(3),
             abort_safe: false,
+            incarnation: None,
         },
         3,
         30,
@@ -181,6 +184,7 @@ fn a_destination_that_never_binds_fails_the_begin_and_closes_its_link() {
         Command::Begin {
             destination: addr(2),
             abort_safe: false,
+            incarnation: None,
         },
         1,
         0,
@@ -257,6 +261,7 @@ fn a_route_lost_in_a_restart_refuses_moves_until_rebind_and_serve() {
         node: addr(1),
         phase: RoutePhase::Moving,
         floor: 0,
+        incarnation: None,
     });
     let mut c = Core::new("mme-1", addr(7), kept, Timeouts::default());
     let first = opened(&c.take_effects());
@@ -285,9 +290,9 @@ fn a_route_lost_in_a_restart_refuses_moves_until_rebind_and_serve() {
         replies(c.take_effects()),
         vec![(3, Err(CommandError::RebindIncomplete))]
     );
-    c.link_up(links[0].0, 30);
-    c.link_up(links[1].0, 40);
-    c.link_up(first[0].0, 99); // the replaced link: ignored
+    c.link_up(links[0].0, 30, 1);
+    c.link_up(links[1].0, 40, 1);
+    c.link_up(first[0].0, 99, 1); // the replaced link: ignored
     c.poll(1, |_| 0);
     let want = Rebound {
         source: Some(30),
@@ -320,6 +325,7 @@ fn a_route_lost_after_the_cutover_is_served_only_by_the_destination() {
         node: addr(1),
         phase: RoutePhase::CutOver,
         floor: 0,
+        incarnation: None,
     });
     let mut c = Core::new("mme-1", addr(1), kept, Timeouts::default());
     c.take_effects();
@@ -332,7 +338,7 @@ fn a_route_lost_after_the_cutover_is_served_only_by_the_destination() {
         0,
     );
     for (id, _) in opened(&c.take_effects()) {
-        c.link_up(id, 0);
+        c.link_up(id, 0, 1);
     }
     c.poll(0, |_| 0);
     c.take_effects();
@@ -405,7 +411,7 @@ fn a_release_hands_the_held_signals_over_in_order_as_room_allows() {
         c.take_effects().is_empty(),
         "nothing sent before the link binds"
     );
-    c.link_up(to, 0);
+    c.link_up(to, 0, 1);
     c.poll(2, |_| 3);
     let sent: Vec<u64> = c
         .take_effects()
@@ -461,7 +467,141 @@ fn a_restart_after_a_flip_stamps_above_every_seq_given_out_before_it() {
     assert_eq!((kept.phase, kept.floor), (RoutePhase::Serving, last));
     let mut again = Core::new("mme-1", addr(1), Kept::Route(kept), Timeouts::default());
     let src = opened(&again.take_effects())[0].0;
-    again.link_up(src, last - 1);
+    again.link_up(src, last - 1, 1);
     let (seq, _) = routed(again.admit(signal(SignalKind::Update, 1), 0, |_| true));
     assert_eq!(seq, last + 1);
+}
+
+#[test]
+fn a_node_that_binds_another_incarnation_is_never_taken_for_the_old_one() {
+    let (mut c, src) = serving(0);
+    routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true));
+    // The node restarted: its link comes back bound to a new, empty incarnation.
+    c.link_down(src);
+    c.link_up(src, 0, 2);
+    let a = c.admit(signal(SignalKind::Update, 1), 0, |_| true);
+    assert!(
+        matches!(a, Admission::Dropped(Dropped::Offline)),
+        "an empty incarnation must not answer as if it held the sessions: {a:?}"
+    );
+    assert_eq!(
+        Dropped::Offline.counter(SignalKind::Update),
+        Some(DropCounter::Offline)
+    );
+    let st = c.status();
+    assert!(st.offline.is_some(), "{st:?}");
+    assert_eq!(st.incarnation, Some(1));
+    // Recovering needs the operator to name the new incarnation.
+    c.command(
+        Command::Recover {
+            node: addr(1),
+            incarnation: None,
+        },
+        9,
+        0,
+    );
+    let r = replies(c.take_effects());
+    assert!(
+        matches!(
+            &r[0].1,
+            Err(CommandError::OtherIncarnation { found: 2, .. })
+        ),
+        "{r:?}"
+    );
+    c.command(
+        Command::Recover {
+            node: addr(1),
+            incarnation: Some(2),
+        },
+        10,
+        0,
+    );
+    let effects = c.take_effects();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::PersistRoute(k) if k.incarnation == Some(2))));
+    let r = replies(effects);
+    let Ok(Answer::Boundary(b)) = &r[0].1 else {
+        panic!("{r:?}")
+    };
+    assert_eq!(b.boundary, 2, "seqs go on above everything stamped");
+    assert_eq!(
+        routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true)).0,
+        2
+    );
+    assert!(c.status().offline.is_none());
+}
+
+#[test]
+fn a_move_recovers_on_either_side_at_once_in_any_phase() {
+    // The source lost before the cutover: roll forward to the destination.
+    let (mut c, src, dst, _) = moving(true);
+    routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true));
+    c.link_up(src, 0, 5);
+    assert!(matches!(
+        c.admit(signal(SignalKind::Update, 1), 0, |_| true),
+        Admission::Dropped(Dropped::Offline)
+    ));
+    c.command(
+        Command::Recover {
+            node: addr(2),
+            incarnation: None,
+        },
+        1,
+        0,
+    );
+    let effects = c.take_effects();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::RetireLink(l) if *l == src)));
+    let r = replies(effects);
+    assert!(matches!(&r[0].1, Ok(Answer::Boundary(_))), "{r:?}");
+    assert_eq!(c.phase(), RoutePhase::Serving);
+    let (_, frames) = routed(c.admit(signal(SignalKind::Create, 9), 0, |_| true));
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, dst, "the destination owns the instance now");
+
+    // The destination lost after the cutover: recover on the source, giving up what the
+    // destination was sent since the boundary.
+    let (mut c, src, dst, _) = moving(false);
+    c.command(Command::Cutover, 2, 0);
+    let r = replies(c.take_effects());
+    let Ok(Answer::Boundary(cut)) = &r[0].1 else {
+        panic!("{r:?}")
+    };
+    let cut = cut.boundary;
+    for _ in 0..4 {
+        routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true));
+    }
+    c.link_down(dst);
+    c.command(
+        Command::Recover {
+            node: addr(1),
+            incarnation: None,
+        },
+        3,
+        0,
+    );
+    let r = replies(c.take_effects());
+    let Ok(Answer::Boundary(b)) = &r[0].1 else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        b.last_sent,
+        cut + 3,
+        "the last seq sent to the lost destination"
+    );
+    let (_, frames) = routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true));
+    assert_eq!(frames[0].0, src);
+    // A node on neither side is refused.
+    c.command(
+        Command::Recover {
+            node: addr(7),
+            incarnation: None,
+        },
+        4,
+        0,
+    );
+    let r = replies(c.take_effects());
+    assert!(matches!(&r[0].1, Err(CommandError::NotOnRoute(_))), "{r:?}");
 }
