@@ -5,7 +5,7 @@ use crate::driver::{drive, NetDriver, Progress};
 use crate::machine::{MoveMachine, MoveSpec, Phase};
 use crate::ops;
 use crate::store::Store;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use handoff_wire::{code, Frame, FrameCodec};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -68,6 +68,11 @@ pub struct ControllerConfig {
     pub steers: Vec<SteerEntry>,
     /// Instances.
     pub instances: Vec<InstanceEntry>,
+    /// How long a request frame may take from its first byte to its last (ms; see
+    /// `docs/wire.md`, "Timeouts").
+    pub frame_timeout_ms: u64,
+    /// How long a control connection may wait for its next request before it is closed (ms).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +84,8 @@ impl Default for ControllerConfig {
             nodes: Vec::new(),
             steers: Vec::new(),
             instances: Vec::new(),
+            frame_timeout_ms: handoff_wire::deadline::FRAME_TIMEOUT.as_millis() as u64,
+            idle_timeout_ms: handoff_wire::deadline::IDLE_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -125,6 +132,8 @@ pub struct Controller {
     running: Mutex<BTreeMap<u64, Running>>,
     driver: Arc<NetDriver>,
     stop: CancellationToken,
+    /// Control connections closed because they stalled.
+    stalls: handoff_wire::deadline::StallCounters,
 }
 
 type Reply = Result<serde_json::Value, (u16, String)>;
@@ -157,6 +166,7 @@ impl Controller {
             store: Arc::new(Mutex::new(store)),
             running: Mutex::new(BTreeMap::new()),
             stop: CancellationToken::new(),
+            stalls: Default::default(),
         });
         for mut m in unfinished {
             let before = m.phase;
@@ -456,6 +466,7 @@ impl Controller {
             steers,
             instances,
             moves,
+            control: self.stalls.snapshot(),
         }
     }
 
@@ -512,7 +523,14 @@ async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_w
     // Authenticated: requests may now be continued over several frames.
     f.codec_mut()
         .set_max_continued(handoff_wire::MAX_CONTINUED_BODY);
-    while let Some(frame) = f.next().await {
+    let limits = handoff_wire::deadline::Deadlines::control_ms(
+        c.cfg.frame_timeout_ms,
+        c.cfg.idle_timeout_ms,
+    );
+    while let Some(frame) = c
+        .stalls
+        .closes(handoff_wire::deadline::next_within(&mut f, limits).await)?
+    {
         let Frame::Admin(body) = frame? else {
             return f.send(error(code::WRONG_FRAME, "expected a request")).await;
         };

@@ -29,6 +29,9 @@ pub struct StatusReply {
     pub instances: Vec<InstanceView>,
     /// The latest 20 moves, newest first.
     pub moves: Vec<MoveSummary>,
+    /// Control connections this controller closed because they stalled (`docs/wire.md`,
+    /// "Timeouts").
+    pub control: handoff_wire::deadline::ClosedConnections,
 }
 
 /// A node in [`StatusReply`].

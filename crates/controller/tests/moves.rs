@@ -60,6 +60,7 @@ async fn cluster(name: &str) -> Cluster {
             node: "node-a".into(),
             steer: "steer-1".into(),
         }],
+        ..ControllerConfig::default()
     })
     .unwrap();
     Cluster {

@@ -4,7 +4,6 @@ use crate::frames::{error, reply, send, Reader};
 use crate::instance::Control;
 use crate::ops;
 use crate::Node;
-use futures::StreamExt;
 use handoff_wire::{code, Frame, FrameError};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -102,7 +101,7 @@ pub(crate) async fn session(
     mut reader: Reader,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
-    while let Some(frame) = reader.next().await {
+    while let Some(frame) = crate::conn::next_request(node, &mut reader).await? {
         let Frame::Admin(body) = frame? else {
             send(
                 tx,
@@ -158,7 +157,7 @@ pub(crate) async fn session(
                 lead_ms,
             }) => {
                 let now = crate::direct::now_us();
-                let f = match crate::copy::copy_to(
+                let copy = crate::copy::copy_to(
                     node,
                     &instance,
                     destination,
@@ -168,9 +167,12 @@ pub(crate) async fn session(
                     only,
                     Duration::from_millis(lead_ms.min(handoff_state::MAX_LEAD_MS)),
                     now,
-                )
-                .await
-                {
+                );
+                // A requester that hangs up cancels the copy (a move's driver aborting).
+                let Some(copied) = crate::conn::unless_hung_up(&mut reader, copy).await else {
+                    return Ok(());
+                };
+                let f = match copied {
                     Ok(r) => reply(&r),
                     Err(e) => error(e.code(), e.to_string()),
                 };

@@ -5,6 +5,7 @@ use crate::frames::{error, send, Reader};
 use crate::instance::{Batch, InstanceHandle, Reply};
 use crate::Node;
 use futures::StreamExt;
+use handoff_wire::deadline::{next_within, Deadlines, Stall};
 use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, SignalFrame, VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +96,47 @@ pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), Fra
     result
 }
 
+/// The next frame of an admin or peer connection within the node's limits
+/// ([`crate::NodeLimits::deadlines`]): `Ok(None)` when the peer closed, an error (the
+/// connection is closed, the close counted) when a frame begun stalls or the connection
+/// stays idle too long.
+pub(crate) async fn next_request(
+    node: &Node,
+    reader: &mut Reader,
+) -> Result<Option<Result<Frame, FrameError>>, FrameError> {
+    let limits = node.limits().deadlines;
+    watched(
+        node,
+        handoff_wire::deadline::next_within(reader, limits).await,
+    )
+}
+
+/// Runs `work`, a long request (a copy), while watching the connection it came on: a client
+/// that closes the connection (or breaks it) before the answer cancels the work, which is
+/// dropped wherever it waits (`None`). A client that sends more meanwhile is alive: the
+/// connection is no longer watched for this request.
+pub(crate) async fn unless_hung_up<T>(
+    reader: &mut Reader,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let hung_up = async {
+        let mut byte = [0u8; 1];
+        match reader.get_mut().peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        r = work => Some(r),
+        () = hung_up => None,
+    }
+}
+
+/// Counts a stall's close.
+fn watched<T>(node: &Node, r: Result<T, Stall>) -> Result<T, FrameError> {
+    node.conns().closes(r)
+}
+
 /// Signals from a steer: bind routes, then batch consecutive signals per instance.
 async fn steer_session(
     node: &Node,
@@ -104,10 +146,16 @@ async fn steer_session(
     let mut routes: HashMap<u32, (InstanceHandle, u64)> = HashMap::new();
     let mut chunks = reader.ready_chunks(READ_BATCH);
     let stop = node.shutdown_token();
+    // A steer's link is legitimately silent while no traffic flows: never closed for
+    // idleness, only for a frame begun and not finished.
+    let limits = Deadlines {
+        idle: None,
+        ..node.limits().deadlines
+    };
     loop {
         let chunk = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            c = chunks.next() => match c {
+            c = next_within(&mut chunks, limits) => match watched(node, c)? {
                 Some(c) => c,
                 None => return Ok(()),
             },

@@ -24,9 +24,9 @@ pub mod push;
 pub mod sys;
 
 pub use admin::AdminRequest;
-pub use direct::serve_direct;
+pub use direct::{serve_direct, DirectStats};
 pub use instance::{InstanceHandle, Reply};
-pub use ops::{InstanceInfo, NodeStats};
+pub use ops::{DirectInfo, InstanceInfo, NodeStats};
 
 use handoff_function::runtime::Catalog;
 use parking_lot::Mutex;
@@ -70,6 +70,10 @@ pub struct NodeLimits {
     pub conn_queue: usize,
     /// Concurrent connections accepted.
     pub max_connections: usize,
+    /// How long a frame may take from its first byte to its last on any connection, and how
+    /// long an admin or peer connection may wait for its next frame before it is closed (a
+    /// steer's connection is never closed for idleness). See `docs/wire.md`, "Timeouts".
+    pub deadlines: handoff_wire::deadline::Deadlines,
 }
 
 impl Default for NodeLimits {
@@ -78,6 +82,7 @@ impl Default for NodeLimits {
             instance_queue: 1024,
             conn_queue: 1024,
             max_connections: 256,
+            deadlines: handoff_wire::deadline::Deadlines::CONTROL,
         }
     }
 }
@@ -117,6 +122,10 @@ pub struct Node {
     shutdown: CancellationToken,
     token: String,
     mover: std::sync::OnceLock<Arc<dyn MoveDriver>>,
+    /// Connections closed because they stalled.
+    conns: handoff_wire::deadline::StallCounters,
+    /// The counters of each instance served on a direct UDP port.
+    direct: Mutex<BTreeMap<String, Arc<direct::DirectStats>>>,
     /// Copied records still to corrupt on arrival (fault injection for tests).
     #[cfg(feature = "faults")]
     corrupt_copy_records: std::sync::atomic::AtomicU64,
@@ -187,6 +196,8 @@ impl Node {
             shutdown: CancellationToken::new(),
             token,
             mover: std::sync::OnceLock::new(),
+            conns: handoff_wire::deadline::StallCounters::default(),
+            direct: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "faults")]
             corrupt_copy_records: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "faults")]
@@ -323,7 +334,34 @@ impl Node {
             node: self.name.clone(),
             rss_bytes: sys::rss_bytes(),
             instances,
+            connections: self.conns.snapshot(),
+            direct: self
+                .direct
+                .lock()
+                .iter()
+                .map(|(instance, s)| s.info(instance))
+                .collect(),
         }
+    }
+
+    /// The counters of `instance`'s direct UDP path, reported in [`Node::stats`] from now on
+    /// (hand them to [`serve_direct`]).
+    pub fn direct_stats(&self, instance: &str) -> Arc<direct::DirectStats> {
+        self.direct
+            .lock()
+            .entry(instance.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The connection counters.
+    pub(crate) fn conns(&self) -> &handoff_wire::deadline::StallCounters {
+        &self.conns
+    }
+
+    /// The limits.
+    pub(crate) fn limits(&self) -> &NodeLimits {
+        &self.limits
     }
 
     /// Stops every instance task and connection.

@@ -37,6 +37,29 @@ pub struct NodeStats {
     pub rss_bytes: u64,
     /// Hosted instances.
     pub instances: Vec<InstanceInfo>,
+    /// Connections closed because they stalled (`docs/wire.md`, "Timeouts").
+    pub connections: handoff_wire::deadline::ClosedConnections,
+    /// Each instance served on a direct UDP port (none without `--direct`).
+    pub direct: Vec<DirectInfo>,
+}
+
+/// One instance's direct UDP path in a stats reply: every datagram it took is counted once,
+/// as admitted or as dropped for one reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DirectInfo {
+    /// The instance.
+    pub instance: String,
+    /// Datagrams classified and handed to the instance.
+    pub admitted: u64,
+    /// Datagrams dropped because the function's classifier refused them.
+    pub malformed: u64,
+    /// Datagrams (and ticks) dropped because the instance had stopped when they were handed
+    /// over.
+    pub instance_stopped: u64,
+    /// Receive calls that failed (no datagram was read).
+    pub recv_errors: u64,
+    /// Answers the socket refused to send.
+    pub send_failed: u64,
 }
 
 /// Node and instance counters. Answer: [`NodeStats`].
