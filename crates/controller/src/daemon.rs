@@ -294,6 +294,10 @@ impl Controller {
             .find(|s| s.name == entry.steer)
             .map(|s| s.control)
             .ok_or_else(|| bad(format!("unknown steer {}", entry.steer)))?;
+        plan.check(0, 1).map_err(|e| bad(e.to_string()))?;
+        // The plan against what the source holds now, before anything changes (the steer
+        // is not switched for a move its copy could not make).
+        self.check_plan(source, &from, &instance, plan).await?;
         let busy = self.store.lock().moves().map_err(|e| bad(e.to_string()))?;
         if busy
             .iter()
@@ -301,7 +305,6 @@ impl Controller {
         {
             return Err(bad(format!("{instance} is already moving")));
         }
-        plan.check(0, 1).map_err(|e| bad(e.to_string()))?;
         let id = self
             .store
             .lock()
@@ -335,6 +338,36 @@ impl Controller {
             from,
             to,
         })
+    }
+
+    /// Asks the source node whether the copy plan can be met for what `instance` holds
+    /// there now: `BAD_REQUEST` with the reason when not, `NOT_REACHABLE` when the node
+    /// does not answer, the node's own code for another refusal.
+    async fn check_plan(
+        &self,
+        source: SocketAddr,
+        from: &str,
+        instance: &str,
+        plan: handoff_state::CopyPlan,
+    ) -> Result<(), (u16, String)> {
+        use handoff_wire::client::ClientError;
+        match self.driver.check_plan(source, instance, plan).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Refused {
+                code: code::BAD_REQUEST,
+                message,
+                ..
+            }) => Err(bad(format!(
+                "the copy plan cannot be met for {instance} on {from}: {message}"
+            ))),
+            Err(ClientError::Refused { code, message, .. }) => {
+                Err((code, format!("source node {from}: {message}")))
+            }
+            Err(e) => Err((
+                code::NOT_REACHABLE,
+                format!("source node {from} cannot be asked about the copy plan: {e}"),
+            )),
+        }
     }
 
     /// A move's status (see [`ops::GetMoveStatus`]).

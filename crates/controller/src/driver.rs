@@ -1,7 +1,7 @@
 //! Runs a [`MoveMachine`] against real nodes and a steer over the control protocol.
 
 use crate::machine::{
-    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, ShadowView, Side, POLL_MS,
+    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, Phase, ShadowView, Side, POLL_MS,
 };
 use handoff_node::ops as node_ops;
 use handoff_node::AdminRequest;
@@ -108,6 +108,24 @@ impl NetDriver {
         outcome_of(&m.spec, action, v)
     }
 
+    /// Checks `plan` against what `instance` holds on the node at `source` now (its
+    /// `plan_copy`: the check `copy_to` makes before sending anything), before a move
+    /// changes anything. A refusal carries the node's reason.
+    pub async fn check_plan(
+        &self,
+        source: SocketAddr,
+        instance: &str,
+        plan: handoff_state::CopyPlan,
+    ) -> Result<node_ops::CopyPlanned, ClientError> {
+        let mut c = ControlClient::connect(source, &self.name, &self.token).await?;
+        c.set_reply_timeout(Duration::from_secs(10));
+        c.call(&node_ops::PlanCopy {
+            instance: instance.to_owned(),
+            plan,
+        })
+        .await
+    }
+
     /// Polls the destination's shadow while a copy runs, for progress.
     async fn watch_copy(&self, m: &MoveMachine, progress: &watch::Sender<Progress>) {
         let Ok(mut c) = self
@@ -210,6 +228,10 @@ pub async fn drive(
                 ..
             }
         );
+        // An abort asked while the move's copy runs interrupts it: the request is dropped
+        // (the source node cancels a copy whose requester hung up) and the abort starts now,
+        // not after the whole copy.
+        let abortable = m.phase == Phase::Copy;
         let result = if is_copy {
             let watcher = driver.watch_copy(&m, &progress);
             tokio::pin!(watcher);
@@ -217,25 +239,50 @@ pub async fn drive(
             tokio::pin!(lost);
             let work = driver.perform(&m, &action);
             tokio::pin!(work);
+            let asked = abort_asked(&mut abort, abortable);
+            tokio::pin!(asked);
             tokio::select! {
-                r = &mut work => r,
+                r = &mut work => Step::Done(r),
                 // The steer restarted and routes nothing: abort now (through a rebind), not
                 // after the copy.
-                () = &mut lost => Err(Failure::RouteLost { cut_over: false }),
+                () = &mut lost => Step::Done(Err(Failure::RouteLost { cut_over: false })),
+                reason = &mut asked => Step::Aborted(reason),
                 // The watcher ended (its connection was lost): wait for the copy, still
-                // watching the route.
+                // watching the route and for an abort.
                 _ = &mut watcher => tokio::select! {
-                    r = &mut work => r,
-                    () = &mut lost => Err(Failure::RouteLost { cut_over: false }),
+                    r = &mut work => Step::Done(r),
+                    () = &mut lost => Step::Done(Err(Failure::RouteLost { cut_over: false })),
+                    reason = &mut asked => Step::Aborted(reason),
                 },
             }
         } else {
-            driver.perform(&m, &action).await
+            Step::Done(driver.perform(&m, &action).await)
+        };
+        let result = match result {
+            Step::Done(r) => r,
+            Step::Aborted(reason) => {
+                tracing::warn!(id = m.spec.id, %reason, "abort: the copy in flight is cancelled");
+                if m.abort_now(reason, now()) {
+                    persist(&m);
+                }
+                // Otherwise (not abortable after all) the action is simply asked again.
+                continue;
+            }
         };
         if let Err(f) = &result {
             tracing::warn!(id = m.spec.id, phase = %m.phase_name(), error = %f, "move action failed");
             if matches!(f, Failure::Unreachable(_)) {
-                tokio::time::sleep(Duration::from_millis(200 << m.attempts.min(4))).await;
+                // Backing off before a retry; an abort ends the wait (it is taken at the top
+                // of the loop).
+                let pause = tokio::time::sleep(Duration::from_millis(200 << m.attempts.min(4)));
+                let abortable = matches!(
+                    m.phase,
+                    Phase::Prepare | Phase::Steer | Phase::Copy | Phase::Verify
+                ) && m.route_lost.is_none();
+                tokio::select! {
+                    () = pause => {}
+                    _ = abort_asked(&mut abort, abortable) => {}
+                }
             }
         }
         m.complete(result, now());
@@ -266,6 +313,30 @@ pub async fn drive(
         p.reason = m.reason.clone();
     });
     m
+}
+
+/// How an action in flight ended.
+enum Step {
+    /// It was answered (or failed).
+    Done(Result<Outcome, Failure>),
+    /// An abort was asked for meanwhile; the action was dropped.
+    Aborted(String),
+}
+
+/// Returns the reason once an abort is asked for (at once if it already was); pends forever
+/// when `abortable` is false or nobody can ask any more.
+async fn abort_asked(abort: &mut watch::Receiver<Option<String>>, abortable: bool) -> String {
+    if abortable {
+        loop {
+            if let Some(reason) = abort.borrow_and_update().clone() {
+                return reason;
+            }
+            if abort.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// What carries out an action: a node's admin request, a steer's control request, or a wait.

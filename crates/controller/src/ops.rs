@@ -3,7 +3,8 @@
 //! has one variant per operation; the JSON is `{"op": …, fields…}` and unknown fields are
 //! refused with `BAD_REQUEST`. Refusals: `UNKNOWN_INSTANCE` (an instance not in the config),
 //! `BAD_REQUEST` (anything else: unknown node or move, an instance already moving, an
-//! infeasible plan, a store error).
+//! infeasible plan (checked against what the source holds before anything changes), a store
+//! error), `NOT_REACHABLE` (the source node cannot be asked about the plan).
 
 use crate::driver::Progress;
 use crate::machine::{MoveFigures, Phase};

@@ -44,6 +44,10 @@ pub enum AdminRequest {
     Push(ops::Push),
     /// See [`ops::SetRuleset`].
     SetRuleset(ops::SetRuleset),
+    /// See [`ops::AbortMigrate`].
+    AbortMigrate(ops::AbortMigrate),
+    /// See [`ops::PlanCopy`].
+    PlanCopy(ops::PlanCopy),
 }
 
 macro_rules! into_request {
@@ -70,6 +74,8 @@ into_request!(
     FinishShadow(ops::FinishShadow),
     Push(ops::Push),
     SetRuleset(ops::SetRuleset),
+    AbortMigrate(ops::AbortMigrate),
+    PlanCopy(ops::PlanCopy),
 );
 
 /// Runs a move step on an instance's task and turns its answer into a reply frame.
@@ -298,6 +304,14 @@ pub(crate) async fn session(
                     Ok(r) => reply(&r),
                     Err(e) => error(e.code(), e.to_string()),
                 };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::AbortMigrate(ops::AbortMigrate { instance }) => {
+                let f = crate::abort_migrate(node, instance);
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::PlanCopy(req) => {
+                let f = crate::plan_copy(node, &req);
                 send(tx, vec![f]).await?;
             }
             AdminRequest::GetRuleset(ops::GetRuleset { instance }) => {

@@ -141,6 +141,48 @@ pub trait MoveDriver: Send + Sync + 'static {
         &self,
         req: MigrateRequest,
     ) -> futures::future::BoxFuture<'static, Result<ops::MigrateReport, String>>;
+
+    /// Asks the move of `instance` this driver runs to abort (honoured before its cutover);
+    /// `false` when none runs.
+    fn abort(&self, instance: &str, reason: String) -> bool {
+        let _ = (instance, reason);
+        false
+    }
+}
+
+/// Answers `abort_migrate` (a leaf of the admin session, kept here beside the driver).
+pub(crate) fn abort_migrate(node: &Node, instance: String) -> handoff_wire::Frame {
+    use crate::frames::{error, reply};
+    let asked = node
+        .move_driver()
+        .is_some_and(|d| d.abort(&instance, "aborted by the operator".into()));
+    if asked {
+        reply(&ops::AbortingMigrate { aborting: instance })
+    } else {
+        error(
+            handoff_wire::code::BAD_REQUEST,
+            format!("no source-driven move of {instance} runs on this node"),
+        )
+    }
+}
+
+/// Answers `plan_copy`: the plan checked against the instance's bytes now, as `copy_to`
+/// checks it.
+pub(crate) fn plan_copy(node: &Node, req: &ops::PlanCopy) -> handoff_wire::Frame {
+    use crate::frames::{error, reply};
+    let h = match node.instance(&req.instance) {
+        Ok(h) => h,
+        Err(e) => return error(e.code(), e.to_string()),
+    };
+    let bytes = h.table().payload_bytes();
+    match req.plan.check(bytes, copy::CORE_COPY_BPS) {
+        Ok(rate_bps) => reply(&ops::CopyPlanned {
+            sessions: h.table().len() as u64,
+            bytes,
+            rate_bps,
+        }),
+        Err(e) => error(handoff_wire::code::BAD_REQUEST, e.to_string()),
+    }
 }
 
 /// A source-driven move, as asked of the source node.
