@@ -197,10 +197,8 @@ impl Controller {
     fn launch(self: &Arc<Self>, m: MoveMachine) {
         let id = m.spec.id;
         let (abort_tx, abort_rx) = watch::channel(None);
-        let (progress_tx, progress_rx) = watch::channel(Progress {
-            phase: m.phase_name(),
-            ..Progress::default()
-        });
+        // From the persisted figures: a move resumed after a restart does not read 0.
+        let (progress_tx, progress_rx) = watch::channel(Progress::of(&m, m.phase_started_ms));
         self.running.lock().insert(
             id,
             Running {

@@ -36,6 +36,34 @@ pub struct Progress {
     pub reason: Option<String>,
 }
 
+impl Progress {
+    /// What `m`'s persisted state says of its progress at `now_ms` (the machine's clock): its
+    /// phase, its copy's figures once reported, the destination's buffered peak, the time
+    /// spent so far. A controller restarted mid-move starts from here, so the figures of a
+    /// copy that already ran do not read 0 (the live counters of the copy's destination were
+    /// only ever in the watch of the controller that ran it).
+    pub fn of(m: &MoveMachine, now_ms: u64) -> Self {
+        let mut p = Progress::default();
+        p.absorb(m, now_ms);
+        p
+    }
+
+    /// Takes in what `m` knows (never lowering a live counter read meanwhile).
+    fn absorb(&mut self, m: &MoveMachine, now_ms: u64) {
+        let fig = &m.figures;
+        self.phase = m.phase_name();
+        if fig.copy.sessions_at_start > 0 {
+            self.sessions_at_start = fig.copy.sessions_at_start;
+            self.records = self.records.max(fig.copy.records_copied);
+            self.bytes = self.bytes.max(fig.copy.bytes_copied);
+        }
+        self.buffered_peak = self.buffered_peak.max(fig.shadow.buffered_peak);
+        self.elapsed_ms =
+            fig.phases_ms.values().sum::<u64>() + now_ms.saturating_sub(m.phase_started_ms);
+        self.reason = m.reason.clone();
+    }
+}
+
 /// Carries out actions over the network.
 pub struct NetDriver {
     /// Name in hellos.
@@ -206,6 +234,8 @@ pub async fn drive(
     let epoch = Instant::now();
     let base = m.phase_started_ms;
     let now = move || base + epoch.elapsed().as_millis() as u64;
+    // A move resumed after a restart reports what it had done already.
+    progress.send_modify(|p| p.absorb(&m, now()));
     while let Some(action) = m.action() {
         if let Some(reason) = abort.borrow_and_update().clone() {
             if m.abort_now(reason, now()) {
@@ -219,7 +249,7 @@ pub async fn drive(
         }
         progress.send_modify(|p| {
             p.phase = m.phase_name();
-            p.elapsed_ms = epoch.elapsed().as_millis() as u64;
+            p.elapsed_ms = Progress::of(&m, now()).elapsed_ms;
         });
         let is_copy = matches!(
             action,
@@ -294,18 +324,7 @@ pub async fn drive(
         if matches!(action, Action::ShadowStats { .. }) {
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
-        let fig = &m.figures;
-        progress.send_modify(|p| {
-            p.phase = m.phase_name();
-            if fig.copy.sessions_at_start > 0 {
-                p.sessions_at_start = fig.copy.sessions_at_start;
-                p.records = p.records.max(fig.copy.records_copied);
-                p.bytes = p.bytes.max(fig.copy.bytes_copied);
-            }
-            p.buffered_peak = p.buffered_peak.max(fig.shadow.buffered_peak);
-            p.elapsed_ms = epoch.elapsed().as_millis() as u64;
-            p.reason = m.reason.clone();
-        });
+        progress.send_modify(|p| p.absorb(&m, now()));
     }
     progress.send_modify(|p| {
         p.phase = m.phase_name();

@@ -194,8 +194,8 @@ pub struct MoveStatus {
     /// Why it aborted or failed (`null` otherwise).
     #[serde(deserialize_with = "handoff_wire::rpc::required")]
     pub reason: Option<String>,
-    /// Live progress while this controller drives it (`null` once ended or when driven by a
-    /// previous run).
+    /// Live progress while this controller drives it, a move it resumed after a restart
+    /// included (from the persisted figures on); `null` once ended.
     #[serde(deserialize_with = "handoff_wire::rpc::required")]
     pub progress: Option<Progress>,
     /// The move's figures so far.
