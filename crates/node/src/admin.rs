@@ -163,6 +163,7 @@ pub(crate) async fn session(
                 lead_ms,
             }) => {
                 let now = crate::direct::now_us();
+                let full = only.is_none();
                 let copy = crate::copy::copy_to(
                     node,
                     &instance,
@@ -174,9 +175,16 @@ pub(crate) async fn session(
                     Duration::from_millis(lead_ms.min(handoff_state::MAX_LEAD_MS)),
                     now,
                 );
-                // A requester that hangs up cancels the copy (a move's driver aborting).
-                let Some(copied) = crate::conn::unless_hung_up(&mut reader, copy).await else {
-                    return Ok(());
+                // A requester that hangs up cancels a move's full copy (its driver aborting).
+                // A copy of listed sessions (an abort's way back) runs to its end: a repeat
+                // of it is refused while it runs, so only it can still bring them back.
+                let copied = if full {
+                    match crate::conn::unless_hung_up(&mut reader, copy).await {
+                        Some(copied) => copied,
+                        None => return Ok(()),
+                    }
+                } else {
+                    copy.await
                 };
                 let f = match copied {
                     Ok(r) => reply(&r),

@@ -316,3 +316,47 @@ async fn every_datagram_on_the_direct_path_is_counted_in_stats() {
     }
     assert_eq!(stopped, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_listed_sessions_runs_to_its_end_when_its_requester_hangs_up() {
+    // An abort's way back: cancelling it would strand the sessions (a repeat is refused while
+    // it runs), so it goes on.
+    let (_na, a) = handoff_testkit::must_start_node("node-a", true).await;
+    let (_nb, b) = handoff_testkit::must_start_node("node-b", true).await;
+    populate(a, 1_500).await;
+    let keys = (0..1_500)
+        .map(|i| handoff_vmme::session_key(1_010_000_000_000 + i))
+        .collect();
+    let copy = ops::CopyTo {
+        instance: "mme-1".into(),
+        destination: b,
+        order: handoff_state::CopyOrder::HotFirst,
+        plan: handoff_state::CopyPlan {
+            max_bandwidth_bps: Some(300_000),
+            ..handoff_state::CopyPlan::default()
+        },
+        after_seq: 0,
+        keys: Some(keys),
+        lead_ms: 0,
+    };
+    let mut requester = ControlClient::connect(a, "mover", "").await.unwrap();
+    requester.send_op(&copy).await.unwrap();
+    let mut records = 0;
+    for _ in 0..100 {
+        records = records_at(b).await;
+        if records > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(records > 0 && records < 1_500, "{records}");
+    drop(requester);
+    for _ in 0..500 {
+        records = records_at(b).await;
+        if records == 1_500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records, 1_500, "the copy back stopped with its requester");
+}
