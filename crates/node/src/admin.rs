@@ -107,7 +107,7 @@ pub(crate) async fn session(
     mut reader: Reader,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
-    while let Some(frame) = crate::conn::next_request(node, &mut reader).await? {
+    while let Some(frame) = crate::frames::next_request(node, &mut reader).await? {
         let Frame::Admin(body) = frame? else {
             send(
                 tx,
@@ -179,7 +179,7 @@ pub(crate) async fn session(
                 // A copy of listed sessions (an abort's way back) runs to its end: a repeat
                 // of it is refused while it runs, so only it can still bring them back.
                 let copied = if full {
-                    match crate::conn::unless_hung_up(&mut reader, copy).await {
+                    match crate::frames::unless_hung_up(&mut reader, copy).await {
                         Some(copied) => copied,
                         None => return Ok(()),
                     }

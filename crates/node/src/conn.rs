@@ -1,11 +1,11 @@
 //! One TCP connection to the node: the hello exchange, then a steer or admin session.
 
 use crate::admin;
-use crate::frames::{error, send, Reader};
+use crate::frames::{error, send, watched, Reader};
 use crate::instance::{Batch, InstanceHandle, Reply};
 use crate::Node;
 use futures::StreamExt;
-use handoff_wire::deadline::{next_within, Deadlines, Stall};
+use handoff_wire::deadline::{next_within, Deadlines};
 use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, SignalFrame, VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,47 +94,6 @@ pub(crate) async fn handle(node: Arc<Node>, stream: TcpStream) -> Result<(), Fra
     drop(tx);
     let _ = writer.await;
     result
-}
-
-/// The next frame of an admin or peer connection within the node's limits
-/// ([`crate::NodeLimits::deadlines`]): `Ok(None)` when the peer closed, an error (the
-/// connection is closed, the close counted) when a frame begun stalls or the connection
-/// stays idle too long.
-pub(crate) async fn next_request(
-    node: &Node,
-    reader: &mut Reader,
-) -> Result<Option<Result<Frame, FrameError>>, FrameError> {
-    let limits = node.limits().deadlines;
-    watched(
-        node,
-        handoff_wire::deadline::next_within(reader, limits).await,
-    )
-}
-
-/// Runs `work`, a long request (a copy), while watching the connection it came on: a client
-/// that closes the connection (or breaks it) before the answer cancels the work, which is
-/// dropped wherever it waits (`None`). A client that sends more meanwhile is alive: the
-/// connection is no longer watched for this request.
-pub(crate) async fn unless_hung_up<T>(
-    reader: &mut Reader,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    let hung_up = async {
-        let mut byte = [0u8; 1];
-        match reader.get_mut().peek(&mut byte).await {
-            Ok(0) | Err(_) => {}
-            Ok(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        r = work => Some(r),
-        () = hung_up => None,
-    }
-}
-
-/// Counts a stall's close.
-fn watched<T>(node: &Node, r: Result<T, Stall>) -> Result<T, FrameError> {
-    node.conns().closes(r)
 }
 
 /// Signals from a steer: bind routes, then batch consecutive signals per instance.

@@ -489,7 +489,7 @@ pub(crate) async fn peer_session(
         };
         vec![error(c, r.to_string())]
     };
-    while let Some(frame) = crate::conn::next_request(node, &mut reader).await? {
+    while let Some(frame) = crate::frames::next_request(node, &mut reader).await? {
         let batch = match frame? {
             Frame::Manifest {
                 instance,

@@ -278,7 +278,7 @@ pub(crate) async fn import_session(
     let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::with_capacity(IMPORT_BATCH);
     let mut received = 0u64;
     let mut answers = Vec::new();
-    while let Some(frame) = crate::conn::next_request(node, reader).await? {
+    while let Some(frame) = crate::frames::next_request(node, reader).await? {
         match frame? {
             Frame::CopyRecord { key, seq, bytes } => {
                 received += 1;
