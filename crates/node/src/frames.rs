@@ -1,5 +1,7 @@
-//! Helpers every session on an accepted connection uses to answer: the reader type, and the
-//! `Error`/`AdminReply` frames queued on the connection's writer. A leaf module: it imports
+//! Helpers every session on an accepted connection uses to read and answer: the reader type,
+//! the next request within the node's limits (`docs/wire.md`, "Timeouts"), a long request
+//! cancelled when its requester hangs up, and the `Error`/`AdminReply` frames queued on the
+//! connection's writer. A leaf module: it imports
 //! none of its siblings, so the sessions that use it (admin, copy, push, steer) do not import
 //! each other through it.
 
