@@ -78,10 +78,15 @@ impl ControllerAddr {
 #[derive(Args, Clone, Debug)]
 pub struct MigrateArgs {
     /// The instance to move, e.g. `mme-1`.
-    pub instance: String,
+    #[arg(required_unless_present = "follow")]
+    pub instance: Option<String>,
     /// The destination node's name (its address with `--source`).
-    #[arg(long)]
-    pub to: String,
+    #[arg(long, required_unless_present = "follow")]
+    pub to: Option<String>,
+    /// Re-attach to the progress of the controller's move with this id (see `handoff
+    /// status`) instead of starting one; Ctrl-C aborts it as it would have.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["source", "instance", "to"])]
+    pub follow: Option<u64>,
     /// Source-driven: ask the source node at this address to run the move itself (no
     /// controller); `--to` is then the destination's address and `--steer` is required.
     #[arg(long, requires = "steer")]
@@ -124,6 +129,12 @@ pub fn parse_order(s: &str, seed: u64) -> anyhow::Result<handoff_state::CopyOrde
     })
 }
 
+/// The exit status when the connection to the controller was lost before the move ended
+/// (its outcome is not known here).
+const EXIT_CONTROLLER_LOST: u8 = 3;
+/// How long `handoff migrate` tries to reach a controller it lost before giving up.
+const RECONNECT_FOR: Duration = Duration::from_secs(5);
+
 pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     let plan = CopyPlan {
         max_bandwidth_bps: a.max_bandwidth,
@@ -134,18 +145,33 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         return source_driven(&a, source, steer, plan).await;
     }
     let mut c = a.at.connect().await?;
-    let started = c
-        .call(&ops::Migrate {
-            instance: a.instance.clone(),
-            to: a.to.clone(),
-            order: parse_order(&a.order, 1)?,
-            plan,
-            abort_safe: !a.no_abort_safe,
-            lead_ms: a.lead_ms,
-        })
-        .await
-        .context("the controller refused the move")?;
-    let id = started.id;
+    let id = match a.follow {
+        Some(id) => id,
+        None => {
+            let (Some(instance), Some(to)) = (a.instance.clone(), a.to.clone()) else {
+                bail!("an instance and --to are required (or --follow ID)");
+            };
+            c.call(&ops::Migrate {
+                instance,
+                to,
+                order: parse_order(&a.order, 1)?,
+                plan,
+                abort_safe: !a.no_abort_safe,
+                lead_ms: a.lead_ms,
+            })
+            .await
+            .context("the controller refused the move")?
+            .id
+        }
+    };
+    follow(&a, c, id).await
+}
+
+/// Follows the controller's move `id` to its end with a progress bar (Ctrl-C aborts it
+/// before its cutover), then prints its report. A controller that goes away is looked for
+/// again for a few seconds; if it stays away, what happens to the move is said and the exit
+/// status is [`EXIT_CONTROLLER_LOST`].
+async fn follow(a: &MigrateArgs, mut c: ControlClient, id: u64) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -154,13 +180,51 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_prefix(format!("{id} {} → {}", a.instance, a.to));
+    bar.set_prefix(format!("{id}"));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut aborted = false;
     let mut last_bytes = (0u64, std::time::Instant::now(), 0f64);
+    let mut last: Option<ops::MoveStatus> = None;
     let status = loop {
-        let s = c.call(&ops::GetMoveStatus { id }).await?;
+        let s = match c.call(&ops::GetMoveStatus { id }).await {
+            Ok(s) => s,
+            Err(e) if e.is_refusal() => {
+                bar.finish_and_clear();
+                return Err(e).context(format!("the controller cannot report move {id}"));
+            }
+            Err(e) => {
+                bar.suspend(|| {
+                    eprintln!(
+                        "lost the connection to the controller at {} ({e}); looking for it for {} s",
+                        a.at.controller,
+                        RECONNECT_FOR.as_secs()
+                    )
+                });
+                match reconnect(&a.at).await {
+                    Some(again) => {
+                        c = again;
+                        say(
+                            &bar,
+                            format!("reconnected to the controller; following move {id} again"),
+                        );
+                        continue;
+                    }
+                    None => {
+                        bar.finish_and_clear();
+                        eprintln!(
+                            "{}",
+                            controller_lost(a.at.controller, id, last.as_ref(), &e.to_string())
+                        );
+                        return Ok(ExitCode::from(EXIT_CONTROLLER_LOST));
+                    }
+                }
+            }
+        };
+        if last.is_none() {
+            bar.set_prefix(format!("{id} {} {} → {}", s.instance, s.from, s.to));
+        }
+        last = Some(s.clone());
         let p = s.progress.clone().unwrap_or_default();
         let (total, records, bytes) = (p.sessions_at_start, p.records, p.bytes);
         let dt = last_bytes.1.elapsed().as_secs_f64();
@@ -184,7 +248,7 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = &mut ctrl_c, if !aborted => {
                 aborted = true;
-                bar.println("Ctrl-C: aborting the move (it completes if already cut over)");
+                say(&bar, "Ctrl-C: aborting the move (it completes if already cut over)");
                 let _ = c.call(&ops::Abort { id }).await;
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -210,7 +274,86 @@ pub async fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         reason: status.reason.clone(),
         figures: status.figures.clone(),
     };
-    print_move(&a, &serde_json::to_value(&status)?, &view)
+    print_move(a, &status.instance, &serde_json::to_value(&status)?, &view)
+}
+
+/// Prints a line on stderr above the progress bar (shown even when the bar is hidden because
+/// stderr is not a terminal).
+fn say(bar: &indicatif::ProgressBar, line: impl AsRef<str>) {
+    bar.suspend(|| eprintln!("{}", line.as_ref()));
+}
+
+/// Connects to the controller again, trying for [`RECONNECT_FOR`].
+async fn reconnect(at: &ControllerAddr) -> Option<ControlClient> {
+    let until = std::time::Instant::now() + RECONNECT_FOR;
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(c) = at.connect().await {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// What `handoff migrate` says when the controller is gone: where the move was, what a
+/// restarted controller does with it (`MoveMachine::recover`), and how to follow it.
+pub fn controller_lost(
+    controller: SocketAddr,
+    id: u64,
+    last: Option<&ops::MoveStatus>,
+    error: &str,
+) -> String {
+    let (what, fate) = match last {
+        None => (
+            format!("move {id}"),
+            "The restarted controller aborts it if it had not cut over (the source keeps \
+             serving) and finishes it if it had."
+                .to_owned(),
+        ),
+        Some(s) => {
+            let what = format!(
+                "move {id} ({} {} → {}, phase {})",
+                s.instance,
+                s.from,
+                s.to,
+                phase_name(s.phase)
+            );
+            let fate = match s.phase {
+                p if p.is_terminal() => format!("The move had already ended ({}).", phase_name(p)),
+                p if p.past_cutover() => format!(
+                    "The route had flipped: the restarted controller finishes the move ({} owns \
+                     {} now).",
+                    s.to, s.instance
+                ),
+                Phase::Cutover => format!(
+                    "It was cutting over: the restarted controller asks the steer again and \
+                     finishes the move if the route flipped, or aborts it (the source {} serves \
+                     {}) if it did not.",
+                    s.from, s.instance
+                ),
+                p if p.is_route_recovery() => "The steer had restarted: the restarted controller \
+                     installs the route again, then finishes or aborts the move as it would have."
+                    .to_owned(),
+                Phase::Prepare | Phase::Steer | Phase::Copy | Phase::Verify => format!(
+                    "It had not cut over: the restarted controller aborts it (the source {} \
+                     keeps serving {}; sessions created on {} come back to it).",
+                    s.from, s.instance, s.to
+                ),
+                _ => "It was aborting: the restarted controller finishes the abort (the source \
+                     serves the instance)."
+                    .to_owned(),
+            };
+            (what, fate)
+        }
+    };
+    format!(
+        "error: lost the connection to the controller at {controller} ({error}) before {what} \
+         ended.\n\
+         Nothing is lost with it: the steer keeps routing every signal, and the move is kept in \
+         the controller's store; the controller takes it up again when it restarts. {fate}\n\
+         Follow it with `handoff migrate --follow {id} --controller {controller}` or \
+         `handoff status --controller {controller}`."
+    )
 }
 
 /// A move phase's name (see `docs/wire.md`).
@@ -239,18 +382,18 @@ async fn source_driven(
     steer: SocketAddr,
     plan: CopyPlan,
 ) -> anyhow::Result<ExitCode> {
-    let destination: SocketAddr = a.to.parse().with_context(|| {
-        format!(
-            "--to {}: with --source it is the destination's address",
-            a.to
-        )
-    })?;
+    let (Some(instance), Some(to)) = (a.instance.clone(), a.to.clone()) else {
+        bail!("an instance and --to are required");
+    };
+    let destination: SocketAddr = to
+        .parse()
+        .with_context(|| format!("--to {to}: with --source it is the destination's address"))?;
     let mut c = ControlClient::connect(source, "cli", &a.at.token)
         .await
         .with_context(|| format!("cannot reach the source node at {source}"))?;
     c.set_reply_timeout(Duration::from_secs(3_600));
     let req = handoff_node::ops::Migrate {
-        instance: a.instance.clone(),
+        instance: instance.clone(),
         function: String::new(),
         destination,
         steer,
@@ -261,8 +404,7 @@ async fn source_driven(
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_prefix(format!(
-        "{} {source} → {destination} (source-driven)",
-        a.instance
+        "{instance} {source} → {destination} (source-driven)"
     ));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} move {prefix}: {msg} [{elapsed}]")
@@ -277,7 +419,7 @@ async fn source_driven(
         loop {
             let s = d
                 .call(&handoff_node::ops::ShadowStats {
-                    instance: a.instance.clone(),
+                    instance: instance.clone(),
                 })
                 .await;
             if let Ok(Some(s)) = s {
@@ -294,9 +436,28 @@ async fn source_driven(
         }
     };
     tokio::pin!(watch);
-    let status = tokio::select! {
-        r = &mut work => r.context("the source node refused the move")?,
-        _ = &mut watch => unreachable!("the watcher never ends"),
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut aborting = false;
+    let status = loop {
+        tokio::select! {
+            r = &mut work => break r.context("the source node refused the move")?,
+            _ = &mut watch => unreachable!("the watcher never ends"),
+            _ = &mut ctrl_c, if !aborting => {
+                aborting = true;
+                say(&bar, "Ctrl-C: aborting the move (it completes if already cut over)");
+                // On a connection of its own: the first one waits for the move's report.
+                let abort = handoff_node::ops::AbortMigrate { instance: instance.clone() };
+                match ControlClient::connect(source, "cli", &a.at.token).await {
+                    Ok(mut s) => {
+                        if let Err(e) = s.call(&abort).await {
+                            say(&bar, format!("the source node refused the abort: {e}"));
+                        }
+                    }
+                    Err(e) => say(&bar, format!("cannot reach the source node to abort: {e}")),
+                }
+            }
+        }
     };
     bar.finish_and_clear();
     let view = MoveView {
@@ -308,10 +469,15 @@ async fn source_driven(
         figures: serde_json::from_value(status.figures.clone())
             .context("the source node's report has bad figures")?,
     };
-    print_move(a, &serde_json::to_value(&status)?, &view)
+    print_move(a, &instance, &serde_json::to_value(&status)?, &view)
 }
 
-fn print_move(a: &MigrateArgs, json: &serde_json::Value, m: &MoveView) -> anyhow::Result<ExitCode> {
+fn print_move(
+    a: &MigrateArgs,
+    instance: &str,
+    json: &serde_json::Value,
+    m: &MoveView,
+) -> anyhow::Result<ExitCode> {
     if a.json {
         out!("{}", serde_json::to_string_pretty(json)?);
     } else {
@@ -319,7 +485,7 @@ fn print_move(a: &MigrateArgs, json: &serde_json::Value, m: &MoveView) -> anyhow
         out!(
             "move {}: {} {} → {}: {}{}",
             m.id,
-            a.instance,
+            instance,
             m.from,
             m.to,
             m.phase,

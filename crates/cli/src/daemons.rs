@@ -108,7 +108,7 @@ pub async fn node(a: NodeArgs) -> anyhow::Result<ExitCode> {
             socket,
             Duration::from_millis(a.tick_ms.max(1)),
             node.shutdown_token(),
-            Arc::new(Default::default()),
+            node.direct_stats(name),
         ));
     }
     tracing::info!(node = %name, %listen, direct = ?direct_addr, "node serving");

@@ -5,7 +5,7 @@ use crate::driver::{drive, NetDriver, Progress};
 use crate::machine::{MoveMachine, MoveSpec, Phase};
 use crate::ops;
 use crate::store::Store;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use handoff_wire::{code, Frame, FrameCodec};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -68,6 +68,11 @@ pub struct ControllerConfig {
     pub steers: Vec<SteerEntry>,
     /// Instances.
     pub instances: Vec<InstanceEntry>,
+    /// How long a request frame may take from its first byte to its last (ms; see
+    /// `docs/wire.md`, "Timeouts").
+    pub frame_timeout_ms: u64,
+    /// How long a control connection may wait for its next request before it is closed (ms).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +84,8 @@ impl Default for ControllerConfig {
             nodes: Vec::new(),
             steers: Vec::new(),
             instances: Vec::new(),
+            frame_timeout_ms: handoff_wire::deadline::FRAME_TIMEOUT.as_millis() as u64,
+            idle_timeout_ms: handoff_wire::deadline::IDLE_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -127,6 +134,8 @@ pub struct Controller {
     running: Mutex<BTreeMap<u64, Running>>,
     driver: Arc<NetDriver>,
     stop: CancellationToken,
+    /// Control connections closed because they stalled.
+    stalls: handoff_wire::deadline::StallCounters,
 }
 
 type Reply = Result<serde_json::Value, (u16, String)>;
@@ -159,6 +168,7 @@ impl Controller {
             store: Arc::new(Mutex::new(store)),
             running: Mutex::new(BTreeMap::new()),
             stop: CancellationToken::new(),
+            stalls: Default::default(),
         });
         for mut m in unfinished {
             let before = m.phase;
@@ -217,10 +227,8 @@ impl Controller {
     fn launch(self: &Arc<Self>, m: MoveMachine) {
         let id = m.spec.id;
         let (abort_tx, abort_rx) = watch::channel(None);
-        let (progress_tx, progress_rx) = watch::channel(Progress {
-            phase: m.phase_name(),
-            ..Progress::default()
-        });
+        // From the persisted figures: a move resumed after a restart does not read 0.
+        let (progress_tx, progress_rx) = watch::channel(Progress::of(&m, m.phase_started_ms));
         self.running.lock().insert(
             id,
             Running {
@@ -370,6 +378,9 @@ impl Controller {
             .map(|s| s.control)
             .ok_or_else(|| bad(format!("unknown steer {}", entry.steer)))?;
         plan.check(0, 1).map_err(|e| bad(e.to_string()))?;
+        // The plan against what the source holds now, before anything changes (the steer
+        // is not switched for a move its copy could not make).
+        self.check_plan(source, &from, &instance, plan).await?;
         let id = self
             .store
             .lock()
@@ -405,6 +416,36 @@ impl Controller {
             from,
             to,
         })
+    }
+
+    /// Asks the source node whether the copy plan can be met for what `instance` holds
+    /// there now: `BAD_REQUEST` with the reason when not, `NOT_REACHABLE` when the node
+    /// does not answer, the node's own code for another refusal.
+    async fn check_plan(
+        &self,
+        source: SocketAddr,
+        from: &str,
+        instance: &str,
+        plan: handoff_state::CopyPlan,
+    ) -> Result<(), (u16, String)> {
+        use handoff_wire::client::ClientError;
+        match self.driver.check_plan(source, instance, plan).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Refused {
+                code: code::BAD_REQUEST,
+                message,
+                ..
+            }) => Err(bad(format!(
+                "the copy plan cannot be met for {instance} on {from}: {message}"
+            ))),
+            Err(ClientError::Refused { code, message, .. }) => {
+                Err((code, format!("source node {from}: {message}")))
+            }
+            Err(e) => Err((
+                code::NOT_REACHABLE,
+                format!("source node {from} cannot be asked about the copy plan: {e}"),
+            )),
+        }
     }
 
     /// A move's status (see [`ops::GetMoveStatus`]).
@@ -785,6 +826,7 @@ impl Controller {
             steers,
             instances,
             moves,
+            control: self.stalls.snapshot(),
         }
     }
 
@@ -844,7 +886,14 @@ async fn session(c: &Arc<Controller>, stream: TcpStream) -> Result<(), handoff_w
     // Authenticated: requests may now be continued over several frames.
     f.codec_mut()
         .set_max_continued(handoff_wire::MAX_CONTINUED_BODY);
-    while let Some(frame) = f.next().await {
+    let limits = handoff_wire::deadline::Deadlines::control_ms(
+        c.cfg.frame_timeout_ms,
+        c.cfg.idle_timeout_ms,
+    );
+    while let Some(frame) = c
+        .stalls
+        .closes(handoff_wire::deadline::next_within(&mut f, limits).await)?
+    {
         let Frame::Admin(body) = frame? else {
             return f.send(error(code::WRONG_FRAME, "expected a request")).await;
         };

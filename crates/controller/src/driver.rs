@@ -1,7 +1,7 @@
 //! Runs a [`MoveMachine`] against real nodes and a steer over the control protocol.
 
 use crate::machine::{
-    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, ShadowView, Side, POLL_MS,
+    Action, CopyOutcome, Failure, MoveMachine, MoveSpec, Outcome, Phase, ShadowView, Side, POLL_MS,
 };
 use handoff_node::ops as node_ops;
 use handoff_node::AdminRequest;
@@ -34,6 +34,34 @@ pub struct Progress {
     pub ended: bool,
     /// Why it aborted or failed.
     pub reason: Option<String>,
+}
+
+impl Progress {
+    /// What `m`'s persisted state says of its progress at `now_ms` (the machine's clock): its
+    /// phase, its copy's figures once reported, the destination's buffered peak, the time
+    /// spent so far. A controller restarted mid-move starts from here, so the figures of a
+    /// copy that already ran do not read 0 (the live counters of the copy's destination were
+    /// only ever in the watch of the controller that ran it).
+    pub fn of(m: &MoveMachine, now_ms: u64) -> Self {
+        let mut p = Progress::default();
+        p.absorb(m, now_ms);
+        p
+    }
+
+    /// Takes in what `m` knows (never lowering a live counter read meanwhile).
+    fn absorb(&mut self, m: &MoveMachine, now_ms: u64) {
+        let fig = &m.figures;
+        self.phase = m.phase_name();
+        if fig.copy.sessions_at_start > 0 {
+            self.sessions_at_start = fig.copy.sessions_at_start;
+            self.records = self.records.max(fig.copy.records_copied);
+            self.bytes = self.bytes.max(fig.copy.bytes_copied);
+        }
+        self.buffered_peak = self.buffered_peak.max(fig.shadow.buffered_peak);
+        self.elapsed_ms =
+            fig.phases_ms.values().sum::<u64>() + now_ms.saturating_sub(m.phase_started_ms);
+        self.reason = m.reason.clone();
+    }
 }
 
 /// Carries out actions over the network.
@@ -107,6 +135,24 @@ impl NetDriver {
             Request::Steer(req) => self.steer(m.spec.steer, &req).await?,
         };
         outcome_of(&m.spec, action, v)
+    }
+
+    /// Checks `plan` against what `instance` holds on the node at `source` now (its
+    /// `plan_copy`: the check `copy_to` makes before sending anything), before a move
+    /// changes anything. A refusal carries the node's reason.
+    pub async fn check_plan(
+        &self,
+        source: SocketAddr,
+        instance: &str,
+        plan: handoff_state::CopyPlan,
+    ) -> Result<node_ops::CopyPlanned, ClientError> {
+        let mut c = ControlClient::connect(source, &self.name, &self.token).await?;
+        c.set_reply_timeout(Duration::from_secs(10));
+        c.call(&node_ops::PlanCopy {
+            instance: instance.to_owned(),
+            plan,
+        })
+        .await
     }
 
     /// Polls the destination's shadow while a copy runs, for progress.
@@ -271,6 +317,8 @@ pub async fn drive(
     let (inc_tx, inc_rx) = watch::channel(m.incarnations);
     let (incident_tx, mut incidents) = watch::channel(None);
     let health = tokio::spawn(driver.clone().health(m.spec.clone(), inc_rx, incident_tx));
+    // A move resumed after a restart reports what it had done already.
+    progress.send_modify(|p| p.absorb(&m, now()));
     while let Some(action) = m.action() {
         if let Some(reason) = abort.borrow_and_update().clone() {
             if m.abort_now(reason, now()) {
@@ -290,7 +338,7 @@ pub async fn drive(
         }
         progress.send_modify(|p| {
             p.phase = m.phase_name();
-            p.elapsed_ms = epoch.elapsed().as_millis() as u64;
+            p.elapsed_ms = Progress::of(&m, now()).elapsed_ms;
         });
         let is_copy = matches!(
             action,
@@ -301,6 +349,10 @@ pub async fn drive(
         );
         // Steer commands are never cut short: their answer says whether the route changed.
         let is_steer = matches!(request_for(&m, &action), Request::Steer(_));
+        // An abort asked while the move's copy runs interrupts it: the request is dropped
+        // (the source node cancels a copy whose requester hung up) and the abort starts now,
+        // not after the whole copy.
+        let abortable = m.phase == Phase::Copy;
         let snapshot = m.clone();
         let watcher = async {
             if is_copy {
@@ -310,25 +362,44 @@ pub async fn drive(
         };
         let work = driver.perform(&snapshot, &action);
         tokio::pin!(work);
-        let incident = tokio::select! {
-            r = &mut work => Ok(r),
-            () = watcher => Err(None),
-            i = next_incident(&mut incidents, m.phase), if !is_steer => Err(Some(i)),
+        let step = tokio::select! {
+            r = &mut work => Step::Done(r),
+            () = watcher => Step::Wait,
+            reason = abort_asked(&mut abort, abortable) => Step::Aborted(reason),
+            i = next_incident(&mut incidents, m.phase), if !is_steer => Step::Incident(i),
         };
-        let result = match incident {
-            Ok(r) => r,
+        let result = match step {
+            Step::Done(r) => r,
+            Step::Aborted(reason) => {
+                tracing::warn!(id = m.spec.id, %reason, "abort: the copy in flight is cancelled");
+                if m.abort_now(reason, now()) {
+                    persist(&m);
+                }
+                // Otherwise (not abortable after all) the action is simply asked again.
+                continue;
+            }
             // The action is cut short (a copy to a lost node, a poll): the machine takes the
             // crash's way out, or carries on with the action's own answer.
-            Err(Some(i)) if on_incident(&mut m, i.clone(), now()) => {
+            Step::Incident(i) if on_incident(&mut m, i.clone(), now()) => {
                 persist(&m);
                 continue;
             }
-            Err(_) => work.await,
+            Step::Incident(_) | Step::Wait => work.await,
         };
         if let Err(f) = &result {
             tracing::warn!(id = m.spec.id, phase = %m.phase_name(), error = %f, "move action failed");
             if matches!(f, Failure::Unreachable(_)) {
-                tokio::time::sleep(Duration::from_millis(200 << m.attempts.min(4))).await;
+                // Backing off before a retry; an abort ends the wait (it is taken at the top
+                // of the loop).
+                let pause = tokio::time::sleep(Duration::from_millis(200 << m.attempts.min(4)));
+                let abortable = matches!(
+                    m.phase,
+                    Phase::Prepare | Phase::Steer | Phase::Copy | Phase::Verify
+                ) && m.route_lost.is_none();
+                tokio::select! {
+                    () = pause => {}
+                    _ = abort_asked(&mut abort, abortable) => {}
+                }
             }
         }
         m.complete(result, now());
@@ -345,18 +416,7 @@ pub async fn drive(
         if matches!(action, Action::ShadowStats { .. }) {
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
-        let fig = &m.figures;
-        progress.send_modify(|p| {
-            p.phase = m.phase_name();
-            if fig.copy.sessions_at_start > 0 {
-                p.sessions_at_start = fig.copy.sessions_at_start;
-                p.records = p.records.max(fig.copy.records_copied);
-                p.bytes = p.bytes.max(fig.copy.bytes_copied);
-            }
-            p.buffered_peak = p.buffered_peak.max(fig.shadow.buffered_peak);
-            p.elapsed_ms = epoch.elapsed().as_millis() as u64;
-            p.reason = m.reason.clone();
-        });
+        progress.send_modify(|p| p.absorb(&m, now()));
     }
     health.abort();
     progress.send_modify(|p| {
@@ -401,6 +461,34 @@ fn on_incident(m: &mut MoveMachine, i: Incident, now_ms: u64) -> bool {
         }
         Incident::NodeLost(side, why) => m.node_lost(side, &why, now_ms),
     }
+}
+
+/// How waiting for an action in flight ended.
+enum Step {
+    /// It was answered (or failed).
+    Done(Result<Outcome, Failure>),
+    /// An abort was asked for meanwhile; the action was dropped.
+    Aborted(String),
+    /// A node or the route was lost meanwhile.
+    Incident(Incident),
+    /// Nothing decided: wait for the answer.
+    Wait,
+}
+
+/// Returns the reason once an abort is asked for (at once if it already was); pends forever
+/// when `abortable` is false or nobody can ask any more.
+async fn abort_asked(abort: &mut watch::Receiver<Option<String>>, abortable: bool) -> String {
+    if abortable {
+        loop {
+            if let Some(reason) = abort.borrow_and_update().clone() {
+                return reason;
+            }
+            if abort.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// What carries out an action: a node's admin request, a steer's control request, or a wait.

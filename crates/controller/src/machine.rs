@@ -989,6 +989,13 @@ impl MoveMachine {
                 let next = self.after_commit();
                 self.enter(next, now_ms);
             }
+            // The prime resolved every returning session at the destination (its record
+            // arrived, or the destination owns it), so none of them is awaited there any
+            // more. Records of a full copy that was interrupted (an abort during the copy) may
+            // stay awaited for good: settling would wait for them in vain.
+            (Phase::AbortPrime, Outcome::Copied(c)) if c.digest_match => {
+                self.enter(Phase::AbortCopyBack, now_ms)
+            }
             (Phase::AbortPrime, _) => self.enter(Phase::AbortSettle, now_ms),
             (Phase::AbortSettle, Outcome::Shadow(s)) => {
                 // The destination must not still await a record it is about to send back.

@@ -3,7 +3,8 @@
 //! has one variant per operation; the JSON is `{"op": …, fields…}` and unknown fields are
 //! refused with `BAD_REQUEST`. Refusals: `UNKNOWN_INSTANCE` (an instance not in the config),
 //! `BAD_REQUEST` (anything else: unknown node or move, an instance already moving, an
-//! infeasible plan, a store error).
+//! infeasible plan (checked against what the source holds before anything changes), a store
+//! error), `NOT_REACHABLE` (the source node cannot be asked about the plan).
 
 use crate::driver::Progress;
 use crate::machine::{MoveFigures, Phase};
@@ -29,6 +30,9 @@ pub struct StatusReply {
     pub instances: Vec<InstanceView>,
     /// The latest 20 moves, newest first.
     pub moves: Vec<MoveSummary>,
+    /// Control connections this controller closed because they stalled (`docs/wire.md`,
+    /// "Timeouts").
+    pub control: handoff_wire::deadline::ClosedConnections,
 }
 
 /// A node in [`StatusReply`].
@@ -217,8 +221,8 @@ pub struct MoveStatus {
     /// Why it aborted or failed (`null` otherwise).
     #[serde(deserialize_with = "handoff_wire::rpc::required")]
     pub reason: Option<String>,
-    /// Live progress while this controller drives it (`null` once ended or when driven by a
-    /// previous run).
+    /// Live progress while this controller drives it, a move it resumed after a restart
+    /// included (from the persisted figures on); `null` once ended.
     #[serde(deserialize_with = "handoff_wire::rpc::required")]
     pub progress: Option<Progress>,
     /// The move's figures so far.

@@ -5,9 +5,14 @@ use crate::driver::{drive, NetDriver, Progress};
 use crate::machine::{MoveMachine, MoveSpec};
 use handoff_node::ops::MigrateReport;
 use handoff_node::{MigrateRequest, MoveDriver};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
+
+/// The abort switches of the moves running, by instance.
+type Running = std::sync::Arc<Mutex<HashMap<String, watch::Sender<Option<String>>>>>;
 
 /// Drives moves from the node at `self_addr`.
 pub struct SourceDriven {
@@ -15,6 +20,19 @@ pub struct SourceDriven {
     driver: std::sync::Arc<NetDriver>,
     next_id: AtomicU64,
     origin: String,
+    running: Running,
+}
+
+/// Takes a move off the running table when it ends (or is dropped).
+struct Registered {
+    running: Running,
+    instance: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.running.lock().remove(&self.instance);
+    }
 }
 
 impl SourceDriven {
@@ -34,6 +52,7 @@ impl SourceDriven {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis())
             ),
+            running: Running::default(),
         }
     }
 }
@@ -71,13 +90,44 @@ impl MoveDriver for SourceDriven {
             origin: self.origin.clone(),
         };
         let driver = self.driver.clone();
+        let running = self.running.clone();
         Box::pin(async move {
             let m = MoveMachine::new(spec, 0)?;
+            // Refused before anything changes (the steer is not switched) when the plan
+            // cannot be met for what the instance holds now.
+            driver
+                .check_plan(m.spec.source, &m.spec.instance, m.spec.plan)
+                .await
+                .map_err(|e| match e {
+                    handoff_wire::client::ClientError::Refused { message, .. } => {
+                        format!("the copy plan cannot be met: {message}")
+                    }
+                    other => format!("the copy plan cannot be checked: {other}"),
+                })?;
+            let (abort_tx, abort_rx) = watch::channel(None);
+            let instance = m.spec.instance.clone();
+            {
+                let mut r = running.lock();
+                if r.contains_key(&instance) {
+                    return Err(format!("{instance} is already moving"));
+                }
+                r.insert(instance.clone(), abort_tx);
+            }
+            let _registered = Registered { running, instance };
             tracing::info!(instance = %m.spec.instance, to = %m.spec.destination, "source-driven move");
-            let (_abort_tx, abort_rx) = watch::channel(None);
             let (progress, _rx) = watch::channel(Progress::default());
             let end = drive(m, &driver, |_| {}, abort_rx, progress).await;
             Ok(report(&end))
         })
+    }
+
+    fn abort(&self, instance: &str, reason: String) -> bool {
+        match self.running.lock().get(instance) {
+            Some(tx) => {
+                tx.send_replace(Some(reason));
+                true
+            }
+            None => false,
+        }
     }
 }

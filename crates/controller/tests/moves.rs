@@ -60,6 +60,7 @@ async fn cluster(name: &str) -> Cluster {
             node: "node-a".into(),
             steer: "steer-1".into(),
         }],
+        ..ControllerConfig::default()
     })
     .unwrap();
     Cluster {
@@ -503,4 +504,248 @@ async fn a_move_completes_while_the_destination_creates_sixty_thousand_sessions(
         (0, 0, 0),
         "{r:?}"
     );
+}
+
+/// The steer's route of `mme-1`: its phase and the node it serves from.
+async fn route(c: &Cluster) -> (handoff_steer::RoutePhase, SocketAddr) {
+    let mut steer = ControlClient::connect(c.steer_control, "t", TOKEN)
+        .await
+        .unwrap();
+    let st = steer
+        .call(&handoff_steer::control::ops::Status {})
+        .await
+        .unwrap();
+    (st.services[0].route.phase, st.services[0].route.node)
+}
+
+/// A copy plan slow enough that a copy of [`SLOW_SESSIONS`] sessions takes several seconds
+/// past its first burst.
+fn slow_plan() -> handoff_state::CopyPlan {
+    handoff_state::CopyPlan {
+        max_bandwidth_bps: Some(100_000),
+        ..handoff_state::CopyPlan::default()
+    }
+}
+const SLOW_SESSIONS: u64 = 3_000;
+
+/// Records the destination has received of the copy so far.
+async fn records_at(addr: SocketAddr) -> u64 {
+    let mut admin = AdminClient::connect_with(addr, "t", TOKEN).await.unwrap();
+    admin
+        .call(&handoff_node::ops::ShadowStats {
+            instance: "mme-1".into(),
+        })
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |s| s.records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_interrupts_a_copy_in_flight_at_once() {
+    abort_a_copy_in_flight(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_interrupts_a_copy_in_flight_and_brings_back_what_was_created() {
+    abort_a_copy_in_flight(200).await;
+}
+
+/// Moves `mme-1` with a slow copy and aborts it while the copy runs, once `creates` sessions
+/// were created (on the destination) during the copy: the abort must start at once and the
+/// move end soon after, every session back on the source.
+async fn abort_a_copy_in_flight(creates: u64) {
+    use handoff_controller::driver::{drive, Progress};
+    let c = cluster(&format!("abort-copy-{creates}")).await;
+    let mut histories = attach_all(c.service, FIRST_IMSI..FIRST_IMSI + SLOW_SESSIONS).await;
+    let spec = MoveSpec {
+        id: 1,
+        instance: "mme-1".into(),
+        function: "vmme".into(),
+        source: c.a,
+        destination: c.b,
+        steer: c.steer_control,
+        order: handoff_state::CopyOrder::HotFirst,
+        plan: slow_plan(),
+        abort_safe: false,
+        lead_ms: 0,
+        origin: "test".into(),
+    };
+    let driver = NetDriver {
+        name: "test".into(),
+        token: TOKEN.into(),
+    };
+    let (abort_tx, abort_rx) = tokio::sync::watch::channel(None);
+    let (progress_tx, progress) = tokio::sync::watch::channel(Progress::default());
+    let m = MoveMachine::new(spec, 0).unwrap();
+    let run = tokio::spawn(async move { drive(m, &driver, |_| {}, abort_rx, progress_tx).await });
+    // Wait until the copy is under way.
+    let mut copied = 0;
+    for _ in 0..500 {
+        copied = records_at(c.b).await;
+        if copied > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(copied > 0, "the copy never started");
+    let new = FIRST_IMSI + SLOW_SESSIONS..FIRST_IMSI + SLOW_SESSIONS + creates;
+    histories.extend(attach_all(c.service, new).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(progress.borrow().phase, "copy");
+    let asked = std::time::Instant::now();
+    abort_tx.send_replace(Some("aborted by the operator".into()));
+    let mut left_copy = None;
+    while asked.elapsed() < Duration::from_secs(10) {
+        if progress.borrow().phase != "copy" {
+            left_copy = Some(asked.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let left_copy = left_copy.expect("the move never left the copy");
+    assert!(
+        left_copy < Duration::from_secs(1),
+        "the abort waited {left_copy:?} for the copy"
+    );
+    let m = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the aborted move ends")
+        .unwrap();
+    let ended = asked.elapsed();
+    assert_eq!(m.phase, Phase::Aborted, "{:?}", m.reason);
+    assert_eq!(m.reason.as_deref(), Some("aborted by the operator"));
+    assert!(
+        m.figures.copy.records_copied < SLOW_SESSIONS,
+        "the copy was not interrupted: {:?}",
+        m.figures
+    );
+    assert!(ended < Duration::from_secs(3), "the abort took {ended:?}");
+    assert_eq!(m.figures.created_during_move, creates, "{:?}", m.figures);
+    assert_eq!(m.figures.lost_on_abort, 0, "{:?}", m.figures);
+    // The route is back on the source, which serves every session; the destination's copy
+    // is gone.
+    assert_eq!(route(&c).await, (handoff_steer::RoutePhase::Serving, c.a));
+    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    let dump = admin_a.dump("mme-1").await.unwrap();
+    assert_eq!(dump.len() as u64, SLOW_SESSIONS + creates);
+    let r = oracle::check(&Vmme::default(), &histories, &dump);
+    assert_eq!(
+        (
+            r.checked,
+            r.mismatches,
+            r.answer_mismatches,
+            r.unknown_records
+        ),
+        (SLOW_SESSIONS + creates, 0, 0, 0),
+        "{r:?}"
+    );
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    assert!(admin_b.dump("mme-1").await.is_err(), "destination removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_driven_move_aborts_at_once_when_asked() {
+    let c = cluster("source-abort").await;
+    c._nodes[0].set_move_driver(Arc::new(handoff_controller::source::SourceDriven::new(
+        c.a, "node-a", TOKEN,
+    )));
+    attach_all(c.service, FIRST_IMSI..FIRST_IMSI + SLOW_SESSIONS).await;
+    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    admin_a.set_reply_timeout(Duration::from_secs(60));
+    let req = handoff_node::ops::Migrate {
+        plan: slow_plan(),
+        ..source_driven(&c, c.b)
+    };
+    let run = tokio::spawn(async move { admin_a.call(&req).await });
+    let mut copied = 0;
+    for _ in 0..500 {
+        copied = records_at(c.b).await;
+        if copied > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(copied > 0, "the copy never started");
+    let asked = std::time::Instant::now();
+    let mut other = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    let abort = handoff_node::ops::AbortMigrate {
+        instance: "mme-1".into(),
+    };
+    assert_eq!(other.call(&abort).await.unwrap().aborting, "mme-1");
+    let report = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the move answers")
+        .unwrap()
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(report.phase, "aborted", "{report:?}");
+    assert!(took < Duration::from_secs(3), "the abort took {took:?}");
+    assert_eq!(route(&c).await, (handoff_steer::RoutePhase::Serving, c.a));
+    // No move runs any more: nothing to abort.
+    let e = other.call(&abort).await.unwrap_err();
+    assert_eq!(e.code(), Some(code::BAD_REQUEST), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_that_cannot_be_met_is_refused_before_the_steer_changes() {
+    let c = cluster("plan-check").await;
+    attach_all(c.service, FIRST_IMSI..FIRST_IMSI + 2_000).await;
+    let tight = handoff_state::CopyPlan {
+        deadline_ms: Some(1),
+        ..handoff_state::CopyPlan::default()
+    };
+    // The controller variant.
+    let e = c
+        .controller
+        .migrate(ops::Migrate {
+            plan: tight,
+            ..migrate(0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, code::BAD_REQUEST, "{e:?}");
+    assert!(e.1.contains("cannot be met"), "{e:?}");
+    assert!(e.1.contains("within 1 ms"), "{e:?}");
+    assert!(
+        c.controller.status().await.moves.is_empty(),
+        "a move was created"
+    );
+    assert_eq!(route(&c).await, (handoff_steer::RoutePhase::Serving, c.a));
+    // The source-driven variant.
+    c._nodes[0].set_move_driver(Arc::new(handoff_controller::source::SourceDriven::new(
+        c.a, "node-a", TOKEN,
+    )));
+    let mut admin_a = AdminClient::connect_with(c.a, "t", TOKEN).await.unwrap();
+    let e = admin_a
+        .call(&handoff_node::ops::Migrate {
+            plan: tight,
+            ..source_driven(&c, c.b)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(code::BAD_REQUEST), "{e}");
+    assert!(e.to_string().contains("cannot be met"), "{e}");
+    assert_eq!(route(&c).await, (handoff_steer::RoutePhase::Serving, c.a));
+    // Nothing reached the destination either.
+    let mut admin_b = AdminClient::connect_with(c.b, "t", TOKEN).await.unwrap();
+    assert!(
+        admin_b.dump("mme-1").await.is_err(),
+        "no shadow was prepared"
+    );
+    // A plan that fits goes through.
+    let ok = handoff_state::CopyPlan {
+        deadline_ms: Some(60_000),
+        ..handoff_state::CopyPlan::default()
+    };
+    let started = c
+        .controller
+        .migrate(ops::Migrate {
+            plan: ok,
+            ..migrate(0)
+        })
+        .await
+        .unwrap();
+    let end = wait_end(&c.controller, started.id).await;
+    assert_eq!(end.phase, Phase::Done, "{end:?}");
 }

@@ -99,6 +99,7 @@ async fn a_steer_restarted_during_the_copy_aborts_the_move_before_the_copy_ends(
             node: "node-a".into(),
             steer: "steer-1".into(),
         }],
+        ..ControllerConfig::default()
     })
     .unwrap();
     // The records follow only after a lead of 5 s: the copy runs that long at least.

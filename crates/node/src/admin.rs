@@ -4,7 +4,6 @@ use crate::frames::{error, reply, send, Reader};
 use crate::instance::Control;
 use crate::ops;
 use crate::Node;
-use futures::StreamExt;
 use handoff_wire::{code, Frame, FrameError};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -45,6 +44,10 @@ pub enum AdminRequest {
     Push(ops::Push),
     /// See [`ops::SetRuleset`].
     SetRuleset(ops::SetRuleset),
+    /// See [`ops::AbortMigrate`].
+    AbortMigrate(ops::AbortMigrate),
+    /// See [`ops::PlanCopy`].
+    PlanCopy(ops::PlanCopy),
 }
 
 macro_rules! into_request {
@@ -71,6 +74,8 @@ into_request!(
     FinishShadow(ops::FinishShadow),
     Push(ops::Push),
     SetRuleset(ops::SetRuleset),
+    AbortMigrate(ops::AbortMigrate),
+    PlanCopy(ops::PlanCopy),
 );
 
 /// Runs a move step on an instance's task and turns its answer into a reply frame.
@@ -102,7 +107,7 @@ pub(crate) async fn session(
     mut reader: Reader,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
-    while let Some(frame) = reader.next().await {
+    while let Some(frame) = crate::frames::next_request(node, &mut reader).await? {
         let Frame::Admin(body) = frame? else {
             send(
                 tx,
@@ -184,7 +189,8 @@ pub(crate) async fn session(
                     send(tx, vec![f]).await?;
                     continue;
                 }
-                let f = match crate::copy::copy_to(
+                let full = only.is_none();
+                let copy = crate::copy::copy_to(
                     node,
                     &instance,
                     destination,
@@ -194,9 +200,19 @@ pub(crate) async fn session(
                     only,
                     Duration::from_millis(lead_ms.min(handoff_state::MAX_LEAD_MS)),
                     now,
-                )
-                .await
-                {
+                );
+                // A requester that hangs up cancels a move's full copy (its driver aborting).
+                // A copy of listed sessions (an abort's way back) runs to its end: a repeat
+                // of it is refused while it runs, so only it can still bring them back.
+                let copied = if full {
+                    match crate::frames::unless_hung_up(&mut reader, copy).await {
+                        Some(copied) => copied,
+                        None => return Ok(()),
+                    }
+                } else {
+                    copy.await
+                };
+                let f = match copied {
                     Ok(r) => reply(&r),
                     Err(e) => error(e.code(), e.to_string()),
                 };
@@ -214,7 +230,7 @@ pub(crate) async fn session(
                         if h.marks()
                             .prepared_by
                             .is_some_and(|t| Some(&t) == move_tag.as_ref())
-                            || (h.applied_seq() == 0 && h.table().len() == 0) =>
+                            || (h.applied_seq() == 0 && h.table().is_empty()) =>
                     {
                         h
                     }
@@ -370,6 +386,14 @@ pub(crate) async fn session(
                     Ok(r) => reply(&r),
                     Err(e) => error(e.code(), e.to_string()),
                 };
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::AbortMigrate(ops::AbortMigrate { instance }) => {
+                let f = crate::abort_migrate(node, instance);
+                send(tx, vec![f]).await?;
+            }
+            AdminRequest::PlanCopy(req) => {
+                let f = crate::plan_copy(node, &req);
                 send(tx, vec![f]).await?;
             }
             AdminRequest::GetRuleset(ops::GetRuleset { instance }) => {

@@ -1,10 +1,11 @@
 //! One TCP connection to the node: the hello exchange, then a steer or admin session.
 
 use crate::admin;
-use crate::frames::{error, send, Reader};
+use crate::frames::{error, send, watched, Reader};
 use crate::instance::{Batch, InstanceHandle, Reply};
 use crate::Node;
 use futures::StreamExt;
+use handoff_wire::deadline::{next_within, Deadlines};
 use handoff_wire::{code, Frame, FrameCodec, FrameError, Role, SignalFrame, VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,10 +105,16 @@ async fn steer_session(
     let mut routes: HashMap<u32, (InstanceHandle, u64)> = HashMap::new();
     let mut chunks = reader.ready_chunks(READ_BATCH);
     let stop = node.shutdown_token();
+    // A steer's link is legitimately silent while no traffic flows: never closed for
+    // idleness, only for a frame begun and not finished.
+    let limits = Deadlines {
+        idle: None,
+        ..node.limits().deadlines
+    };
     loop {
         let chunk = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            c = chunks.next() => match c {
+            c = next_within(&mut chunks, limits) => match watched(node, c)? {
                 Some(c) => c,
                 None => return Ok(()),
             },

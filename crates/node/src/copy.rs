@@ -18,7 +18,7 @@ use crate::instance::Control;
 use crate::peer::{self, PeerFramed};
 use crate::InstanceHandle;
 use crate::{Node, NodeError};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use handoff_function::runtime::shadow::Reawaited;
 use handoff_function::runtime::{DeletionLog, MoveStepError};
 use handoff_function::SessionKey;
@@ -179,6 +179,12 @@ pub async fn copy_to(
         Ok(Err(e)) => return Err(CopyError::WrongPhase(e)),
         Err(_) => return Err(NodeError::UnknownInstance(instance.to_owned()).into()),
     }
+    // The deletion log is switched off when the copy ends, and also when it is cancelled (its
+    // requester hung up: the future is dropped wherever it waits).
+    let mut ending = EndCopy {
+        h: h.clone(),
+        log: Some(log.clone()),
+    };
     let result = async {
         let began = Instant::now();
         let m = if core.subset() {
@@ -294,8 +300,30 @@ pub async fn copy_to(
         Ok(report)
     }
     .await;
-    let _ = h.control(Control::EndSourceCopy(log)).await;
+    if let Some(log) = ending.log.take() {
+        let _ = h.control(Control::EndSourceCopy(log)).await;
+    }
     result
+}
+
+/// Ends a source copy's deletion log if the copy is dropped before it ends (cancelled).
+struct EndCopy {
+    h: InstanceHandle,
+    log: Option<DeletionLog>,
+}
+
+impl Drop for EndCopy {
+    fn drop(&mut self) {
+        let Some(log) = self.log.take() else { return };
+        tracing::info!(instance = self.h.name(), "copy cancelled");
+        let h = self.h.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // A later copy's log is never switched off by this one (the log is compared).
+            rt.spawn(async move {
+                let _ = h.control(Control::EndSourceCopy(log)).await;
+            });
+        }
+    }
 }
 
 /// Waits until the instance has applied `seq` (bounded).
@@ -461,7 +489,7 @@ pub(crate) async fn peer_session(
         };
         vec![error(c, r.to_string())]
     };
-    while let Some(frame) = reader.next().await {
+    while let Some(frame) = crate::frames::next_request(node, &mut reader).await? {
         let batch = match frame? {
             Frame::Manifest {
                 instance,

@@ -18,15 +18,34 @@ use tokio_util::sync::CancellationToken;
 /// Datagrams taken into one batch at most.
 const DIRECT_BATCH: usize = 256;
 
-/// Counters of the direct path.
+/// Counters of the direct path (reported by the node's `stats`: [`crate::Node::direct_stats`]).
+/// Every datagram read is counted once: admitted, or dropped for one reason.
 #[derive(Debug, Default)]
 pub struct DirectStats {
-    /// Datagrams admitted.
+    /// Datagrams classified and handed to the instance.
     pub admitted: AtomicU64,
     /// Datagrams dropped as malformed.
     pub malformed: AtomicU64,
+    /// Datagrams dropped because the instance had stopped (the path stops too).
+    pub instance_stopped: AtomicU64,
+    /// Receive calls that failed (no datagram read).
+    pub recv_errors: AtomicU64,
     /// Answers the socket refused to send.
     pub send_failed: AtomicU64,
+}
+
+impl DirectStats {
+    /// The counters now, for `instance`.
+    pub fn info(&self, instance: &str) -> crate::ops::DirectInfo {
+        crate::ops::DirectInfo {
+            instance: instance.to_owned(),
+            admitted: self.admitted.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            instance_stopped: self.instance_stopped.load(Ordering::Relaxed),
+            recv_errors: self.recv_errors.load(Ordering::Relaxed),
+            send_failed: self.send_failed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Microseconds since the Unix epoch: the time the steer (here, the direct path) stamps.
@@ -87,14 +106,20 @@ pub async fn serve_direct(
                 });
             }
             r = socket.recv_from(&mut buf) => {
-                let mut next = r.ok();
+                let mut next = match r {
+                    Ok(got) => Some(got),
+                    Err(e) => {
+                        stats.recv_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "direct path: receive failed");
+                        None
+                    }
+                };
                 // Take what is already queued too: one batch per wakeup, as the steer does.
                 while let Some((n, client)) = next {
                     let datagram = &buf[..n];
                     match classifier.classify(datagram) {
                         Ok(c) => {
                             seq += 1;
-                            stats.admitted.fetch_add(1, Ordering::Relaxed);
                             signals.push(SignalFrame {
                                 route: 0,
                                 seq,
@@ -113,13 +138,24 @@ pub async fn serve_direct(
                     if signals.len() >= DIRECT_BATCH {
                         break;
                     }
-                    next = socket.try_recv_from(&mut buf).ok();
+                    next = match socket.try_recv_from(&mut buf) {
+                        Ok(got) => Some(got),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                        Err(_) => {
+                            stats.recv_errors.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    };
                 }
             }
         };
         if signals.is_empty() {
             continue;
         }
+        let datagrams = signals
+            .iter()
+            .filter(|s| s.kind != SignalKind::Tick as u8)
+            .count() as u64;
         let batch = Batch {
             signals,
             reply: Reply::Udp(out_tx.clone()),
@@ -127,7 +163,11 @@ pub async fn serve_direct(
             binding: None,
         };
         if !instance.submit(batch).await {
+            stats
+                .instance_stopped
+                .fetch_add(datagrams, Ordering::Relaxed);
             return;
         }
+        stats.admitted.fetch_add(datagrams, Ordering::Relaxed);
     }
 }

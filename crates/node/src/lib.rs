@@ -24,9 +24,9 @@ pub mod push;
 pub mod sys;
 
 pub use admin::AdminRequest;
-pub use direct::serve_direct;
+pub use direct::{serve_direct, DirectStats};
 pub use instance::{InstanceHandle, Reply};
-pub use ops::{InstanceInfo, NodeStats};
+pub use ops::{DirectInfo, InstanceInfo, NodeStats};
 
 use handoff_function::runtime::Catalog;
 use parking_lot::Mutex;
@@ -70,6 +70,10 @@ pub struct NodeLimits {
     pub conn_queue: usize,
     /// Concurrent connections accepted.
     pub max_connections: usize,
+    /// How long a frame may take from its first byte to its last on any connection, and how
+    /// long an admin or peer connection may wait for its next frame before it is closed (a
+    /// steer's connection is never closed for idleness). See `docs/wire.md`, "Timeouts".
+    pub deadlines: handoff_wire::deadline::Deadlines,
 }
 
 impl Default for NodeLimits {
@@ -78,6 +82,7 @@ impl Default for NodeLimits {
             instance_queue: 1024,
             conn_queue: 1024,
             max_connections: 256,
+            deadlines: handoff_wire::deadline::Deadlines::CONTROL,
         }
     }
 }
@@ -125,6 +130,10 @@ pub struct Node {
     /// give out the same incarnation.
     incarnations: std::collections::hash_map::RandomState,
     created: std::sync::atomic::AtomicU64,
+    /// Connections closed because they stalled.
+    conns: handoff_wire::deadline::StallCounters,
+    /// The counters of each instance served on a direct UDP port.
+    direct: Mutex<BTreeMap<String, Arc<direct::DirectStats>>>,
     /// Copied records still to corrupt on arrival (fault injection for tests).
     #[cfg(feature = "faults")]
     corrupt_copy_records: std::sync::atomic::AtomicU64,
@@ -140,6 +149,48 @@ pub trait MoveDriver: Send + Sync + 'static {
         &self,
         req: MigrateRequest,
     ) -> futures::future::BoxFuture<'static, Result<ops::MigrateReport, String>>;
+
+    /// Asks the move of `instance` this driver runs to abort (honoured before its cutover);
+    /// `false` when none runs.
+    fn abort(&self, instance: &str, reason: String) -> bool {
+        let _ = (instance, reason);
+        false
+    }
+}
+
+/// Answers `abort_migrate` (a leaf of the admin session, kept here beside the driver).
+pub(crate) fn abort_migrate(node: &Node, instance: String) -> handoff_wire::Frame {
+    use crate::frames::{error, reply};
+    let asked = node
+        .move_driver()
+        .is_some_and(|d| d.abort(&instance, "aborted by the operator".into()));
+    if asked {
+        reply(&ops::AbortingMigrate { aborting: instance })
+    } else {
+        error(
+            handoff_wire::code::BAD_REQUEST,
+            format!("no source-driven move of {instance} runs on this node"),
+        )
+    }
+}
+
+/// Answers `plan_copy`: the plan checked against the instance's bytes now, as `copy_to`
+/// checks it.
+pub(crate) fn plan_copy(node: &Node, req: &ops::PlanCopy) -> handoff_wire::Frame {
+    use crate::frames::{error, reply};
+    let h = match node.instance(&req.instance) {
+        Ok(h) => h,
+        Err(e) => return error(e.code(), e.to_string()),
+    };
+    let bytes = h.table().payload_bytes();
+    match req.plan.check(bytes, copy::CORE_COPY_BPS) {
+        Ok(rate_bps) => reply(&ops::CopyPlanned {
+            sessions: h.table().len() as u64,
+            bytes,
+            rate_bps,
+        }),
+        Err(e) => error(handoff_wire::code::BAD_REQUEST, e.to_string()),
+    }
 }
 
 /// A source-driven move, as asked of the source node.
@@ -197,6 +248,8 @@ impl Node {
             mover: std::sync::OnceLock::new(),
             incarnations: std::collections::hash_map::RandomState::new(),
             created: std::sync::atomic::AtomicU64::new(0),
+            conns: handoff_wire::deadline::StallCounters::default(),
+            direct: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "faults")]
             corrupt_copy_records: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "faults")]
@@ -397,7 +450,34 @@ impl Node {
             node: self.name.clone(),
             rss_bytes: sys::rss_bytes(),
             instances,
+            connections: self.conns.snapshot(),
+            direct: self
+                .direct
+                .lock()
+                .iter()
+                .map(|(instance, s)| s.info(instance))
+                .collect(),
         }
+    }
+
+    /// The counters of `instance`'s direct UDP path, reported in [`Node::stats`] from now on
+    /// (hand them to [`serve_direct`]).
+    pub fn direct_stats(&self, instance: &str) -> Arc<direct::DirectStats> {
+        self.direct
+            .lock()
+            .entry(instance.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The connection counters.
+    pub(crate) fn conns(&self) -> &handoff_wire::deadline::StallCounters {
+        &self.conns
+    }
+
+    /// The limits.
+    pub(crate) fn limits(&self) -> &NodeLimits {
+        &self.limits
     }
 
     /// Stops every instance task and connection.

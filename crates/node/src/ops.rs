@@ -45,6 +45,29 @@ pub struct NodeStats {
     pub rss_bytes: u64,
     /// Hosted instances.
     pub instances: Vec<InstanceInfo>,
+    /// Connections closed because they stalled (`docs/wire.md`, "Timeouts").
+    pub connections: handoff_wire::deadline::ClosedConnections,
+    /// Each instance served on a direct UDP port (none without `--direct`).
+    pub direct: Vec<DirectInfo>,
+}
+
+/// One instance's direct UDP path in a stats reply: every datagram it took is counted once,
+/// as admitted or as dropped for one reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DirectInfo {
+    /// The instance.
+    pub instance: String,
+    /// Datagrams classified and handed to the instance.
+    pub admitted: u64,
+    /// Datagrams dropped because the function's classifier refused them.
+    pub malformed: u64,
+    /// Datagrams (and ticks) dropped because the instance had stopped when they were handed
+    /// over.
+    pub instance_stopped: u64,
+    /// Receive calls that failed (no datagram was read).
+    pub recv_errors: u64,
+    /// Answers the socket refused to send.
+    pub send_failed: u64,
 }
 
 /// Node and instance counters. Answer: [`NodeStats`].
@@ -325,6 +348,45 @@ pub struct Replaced {
     pub replaced: String,
 }
 
+instance_op!(
+    /// Aborts the source-driven move of the instance this node is running (see [`Migrate`]):
+    /// honoured before its cutover, at once even while its copy runs; the `migrate` request
+    /// is then answered with the aborted move's report. Answer: [`AbortingMigrate`];
+    /// `BAD_REQUEST` when no such move runs here.
+    AbortMigrate
+);
+
+/// The answer to [`AbortMigrate`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AbortingMigrate {
+    /// The instance whose move is asked to abort.
+    pub aborting: String,
+}
+
+/// Checks a copy plan against what the instance holds now, as `copy_to` would before
+/// sending anything (`handoff_state::CopyPlan::check` with the node's copy speed). Nothing
+/// changes. Answer: [`CopyPlanned`]; `BAD_REQUEST` with the reason when the plan cannot be
+/// met (or is invalid).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCopy {
+    /// The instance.
+    pub instance: String,
+    /// The plan.
+    pub plan: handoff_state::CopyPlan,
+}
+
+/// The answer to [`PlanCopy`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopyPlanned {
+    /// Sessions the instance holds.
+    pub sessions: u64,
+    /// Their bytes (keys and records): what a full copy would send.
+    pub bytes: u64,
+    /// The rate the copy would be paced at (bytes/s).
+    pub rate_bps: u64,
+}
+
 handoff_wire::operations! {
     Stats => NodeStats = "stats",
     CreateInstance => Created = "create_instance",
@@ -339,4 +401,6 @@ handoff_wire::operations! {
     FinishShadow => Serving = "finish_shadow",
     Push => PushReport = "push",
     SetRuleset => Replaced = "set_ruleset",
+    AbortMigrate => AbortingMigrate = "abort_migrate",
+    PlanCopy => CopyPlanned = "plan_copy",
 }

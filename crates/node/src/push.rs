@@ -16,7 +16,7 @@ use crate::instance::Control;
 use crate::peer;
 use crate::{Node, NodeError};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use handoff_function::runtime::DeletionLog;
 use handoff_function::SessionKey;
 use handoff_wire::{code, Frame, FrameError};
@@ -278,7 +278,7 @@ pub(crate) async fn import_session(
     let mut batch: Vec<(SessionKey, u64, Option<Bytes>)> = Vec::with_capacity(IMPORT_BATCH);
     let mut received = 0u64;
     let mut answers = Vec::new();
-    while let Some(frame) = reader.next().await {
+    while let Some(frame) = crate::frames::next_request(node, reader).await? {
         match frame? {
             Frame::CopyRecord { key, seq, bytes } => {
                 received += 1;

@@ -4,7 +4,8 @@
 
 use crate::service_core::{Answer, Command, RouteStatus};
 use crate::{MoveCommand, ServiceHandle, SteerStatsSnapshot};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
+use handoff_wire::deadline::{next_within, Deadlines, StallCounters};
 use handoff_wire::{code, Frame, FrameCodec};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub mod ops {
         pub incarnation: u64,
         /// One entry per service.
         pub services: Vec<ServiceStatus>,
+        /// Control connections closed because they stalled (`docs/wire.md`, "Timeouts").
+        pub control: handoff_wire::deadline::ClosedConnections,
     }
 
     /// Enters move mode towards `destination` (which must be a prepared shadow).
@@ -286,10 +289,15 @@ pub(crate) async fn serve(
     token: String,
     services: Arc<Vec<ServiceHandle>>,
     incarnation: u64,
+    deadlines: Deadlines,
     stop: CancellationToken,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let ctx = Arc::new((name, token, services, incarnation));
+    let conns = Arc::new(Connections {
+        deadlines,
+        stalls: StallCounters::default(),
+    });
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -308,11 +316,12 @@ pub(crate) async fn serve(
             continue;
         };
         let ctx = ctx.clone();
+        let conns = conns.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = session(stream, &ctx.0, &ctx.1, &ctx.2, ctx.3) => {
+                r = session(stream, &ctx.0, &ctx.1, &ctx.2, ctx.3, &conns) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "control connection closed");
                     }
@@ -321,6 +330,12 @@ pub(crate) async fn serve(
             drop(permit);
         });
     }
+}
+
+/// The limits of control connections and the closes they caused.
+struct Connections {
+    deadlines: Deadlines,
+    stalls: StallCounters,
 }
 
 fn error(code: u16, message: impl Into<String>) -> Frame {
@@ -336,6 +351,7 @@ async fn session(
     token: &str,
     services: &[ServiceHandle],
     incarnation: u64,
+    conns: &Connections,
 ) -> Result<(), handoff_wire::FrameError> {
     let mut f = Framed::new(stream, FrameCodec::unauthenticated());
     if !handoff_wire::client::accept_admin_hello(&mut f, token, name, HELLO_TIMEOUT).await? {
@@ -344,7 +360,10 @@ async fn session(
     // Authenticated: requests may now be continued over several frames.
     f.codec_mut()
         .set_max_continued(handoff_wire::MAX_CONTINUED_BODY);
-    while let Some(frame) = f.next().await {
+    while let Some(frame) = conns
+        .stalls
+        .closes(next_within(&mut f, conns.deadlines).await)?
+    {
         let Frame::Admin(body) = frame? else {
             return f
                 .send(error(code::WRONG_FRAME, "expected an admin request"))
@@ -353,7 +372,7 @@ async fn session(
         let reply = match serde_json::from_slice::<SteerRequest>(&body) {
             Ok(req) => {
                 tracing::info!(?req, "control request");
-                handle(req, services, incarnation).await
+                handle(req, services, incarnation, conns).await
             }
             Err(e) => Err((code::BAD_REQUEST, format!("bad request: {e}"))),
         };
@@ -478,7 +497,12 @@ pub fn reply_body(
     v.ok()
 }
 
-async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64) -> Reply {
+async fn handle(
+    req: SteerRequest,
+    services: &[ServiceHandle],
+    incarnation: u64,
+    conns: &Connections,
+) -> Reply {
     let Some((instance, command)) = req.command() else {
         let mut out = Vec::new();
         for s in services {
@@ -494,6 +518,7 @@ async fn handle(req: SteerRequest, services: &[ServiceHandle], incarnation: u64)
         return serde_json::to_value(ops::StatusReply {
             incarnation,
             services: out,
+            control: conns.stalls.snapshot(),
         })
         .map_err(|e| (code::BAD_REQUEST, e.to_string()));
     };

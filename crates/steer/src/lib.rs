@@ -59,6 +59,12 @@ pub struct SteerConfig {
     /// `serve`); one restarted between moves serves from the node it last served from. None:
     /// nothing is kept, and a restart during a move is not safe.
     pub state_dir: Option<std::path::PathBuf>,
+    /// How long a frame may take from its first byte to its last, on the control listener's
+    /// connections and on the links to nodes (ms; see `docs/wire.md`, "Timeouts").
+    pub frame_timeout_ms: u64,
+    /// How long a control connection may wait for its next request before it is closed (ms).
+    /// The links to nodes are never closed for idleness.
+    pub idle_timeout_ms: u64,
 }
 
 /// Who the steer says it is to nodes.
@@ -86,6 +92,8 @@ impl Default for SteerConfig {
             token: String::new(),
             control: None,
             state_dir: None,
+            frame_timeout_ms: handoff_wire::deadline::FRAME_TIMEOUT.as_millis() as u64,
+            idle_timeout_ms: handoff_wire::deadline::IDLE_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -178,6 +186,10 @@ impl Steer {
             name: config.name.clone(),
             token: config.token.clone(),
         });
+        let deadlines = handoff_wire::deadline::Deadlines::control_ms(
+            config.frame_timeout_ms,
+            config.idle_timeout_ms,
+        );
         let mut services = Vec::new();
         for svc in &config.services {
             let cls = classifier(&svc.function).ok_or_else(|| SteerError::UnknownFunction {
@@ -210,6 +222,7 @@ impl Steer {
                 stats: stats.clone(),
                 commands: cmd_rx,
                 stop: stop.child_token(),
+                frame_timeout: deadlines.frame,
             }));
             tracing::info!(instance = %svc.instance, %addr, node = %svc.node, "service up");
             services.push(ServiceHandle {
@@ -239,6 +252,7 @@ impl Steer {
                 config.token.clone(),
                 services.clone(),
                 incarnation,
+                deadlines,
                 stop.child_token(),
             ));
         }

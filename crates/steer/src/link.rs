@@ -44,6 +44,8 @@ pub(crate) struct LinkContext {
     pub(crate) stats: Arc<SteerStats>,
     pub(crate) events: mpsc::Sender<LinkEvent>,
     pub(crate) stop: CancellationToken,
+    /// How long a frame from the node may take once begun (the link is never idle-closed).
+    pub(crate) frame_timeout: Duration,
 }
 
 pub(crate) struct Link {
@@ -78,6 +80,7 @@ async fn maintain(
         socket,
         stats,
         events,
+        frame_timeout,
         ..
     } = cx;
     let report = |e: LinkEvent| {
@@ -111,7 +114,7 @@ async fn maintain(
                 }
                 stats.lost_in_link.fetch_add(stale, Relaxed);
                 report(LinkEvent::Up(id, last_seq, incarnation)).await;
-                let reason = serve(stream, &mut rx, &socket, &stats, &stop).await;
+                let reason = serve(stream, &mut rx, &socket, &stats, &stop, frame_timeout).await;
                 if stop.is_cancelled() {
                     return;
                 }
@@ -187,14 +190,29 @@ async fn serve(
     socket: &Arc<UdpSocket>,
     stats: &Arc<SteerStats>,
     stop: &CancellationToken,
+    frame_timeout: Duration,
 ) -> String {
     let (rd, wr) = stream.into_split();
     // Outputs are never continued: a node cannot make the steer buffer a continued body.
     let mut reader = FramedRead::new(rd, FrameCodec::unauthenticated());
     let relay_socket = socket.clone();
     let relay_stats = stats.clone();
+    // Outputs may stop for as long as no signal flows (never idle), but a frame begun must
+    // finish.
+    let limits = handoff_wire::deadline::Deadlines {
+        frame: frame_timeout,
+        idle: None,
+    };
     let mut relay = tokio::spawn(async move {
-        while let Some(frame) = reader.next().await {
+        loop {
+            let frame = match handoff_wire::deadline::next_within(&mut reader, limits).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(stall) => {
+                    relay_stats.link_stalled.fetch_add(1, Relaxed);
+                    return format!("the node's connection stalled: {stall}");
+                }
+            };
             match frame {
                 Ok(Frame::Output(o)) => match relay_socket.send_to(&o.payload, o.client).await {
                     Ok(_) => relay_stats.outputs_relayed.fetch_add(1, Relaxed),

@@ -111,6 +111,8 @@ pub(crate) struct ServiceRun {
     pub(crate) stats: Arc<SteerStats>,
     pub(crate) commands: mpsc::Receiver<MoveCommand>,
     pub(crate) stop: CancellationToken,
+    /// How long a frame from a node may take once begun.
+    pub(crate) frame_timeout: Duration,
 }
 
 /// The links the core opened, and those retired until their grace period ends.
@@ -181,6 +183,7 @@ pub(crate) async fn run(s: ServiceRun) {
         stats,
         mut commands,
         stop,
+        frame_timeout,
     } = s;
     let socket = Arc::new(socket);
     let local = socket
@@ -196,6 +199,7 @@ pub(crate) async fn run(s: ServiceRun) {
             stats: stats.clone(),
             events: events_tx,
             stop: stop.clone(),
+            frame_timeout,
         },
         open: HashMap::new(),
         retiring: Vec::new(),

@@ -28,6 +28,9 @@ pub struct SteerStats {
     pub lost_in_link: AtomicU64,
     /// Successful (re)connections to the node.
     pub link_connects: AtomicU64,
+    /// Times the node's connection was closed because a frame from it began and did not
+    /// finish in time (the link reconnects).
+    pub link_stalled: AtomicU64,
     /// Last seq stamped.
     pub last_seq: AtomicU64,
     /// Datagrams dropped unstamped because the steer restarted during a move and the route is
@@ -52,6 +55,7 @@ pub struct SteerStatsSnapshot {
     pub node_errors: u64,
     pub lost_in_link: u64,
     pub link_connects: u64,
+    pub link_stalled: u64,
     pub last_seq: u64,
     pub unrouted: u64,
     pub offline: u64,
@@ -93,6 +97,7 @@ impl SteerStats {
             node_errors: self.node_errors.load(Relaxed),
             lost_in_link: self.lost_in_link.load(Relaxed),
             link_connects: self.link_connects.load(Relaxed),
+            link_stalled: self.link_stalled.load(Relaxed),
             last_seq: self.last_seq.load(Relaxed),
             unrouted: self.unrouted.load(Relaxed),
             offline: self.offline.load(Relaxed),

@@ -124,3 +124,191 @@ async fn ticks_take_seqs_and_signals_keep_strictly_increasing_seqs() {
     assert!(h.runtime.processed >= 50);
     assert!(h.runtime.last_seq >= 50 && h.runtime.last_seq <= s.last_seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_datagram_the_service_reads_is_counted_once() {
+    // A service whose node is not there: every valid datagram is dropped for want of a link.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_node = nowhere.local_addr().unwrap();
+    drop(nowhere);
+    let catalog = handoff_testkit::catalog();
+    let steer = Steer::start(
+        handoff_steer::SteerConfig {
+            tick_ms: 3_600_000,
+            services: vec![handoff_steer::ServiceConfig {
+                instance: "mme-1".into(),
+                function: "vmme".into(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                node: dead_node,
+            }],
+            ..handoff_steer::SteerConfig::default()
+        },
+        |f| catalog.classifier(f),
+    )
+    .await
+    .unwrap();
+    let service = steer.service_addr("mme-1").unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for txn in 0..30u32 {
+        client
+            .send_to(&echo(1_010_000_000_001, txn).to_bytes(), service)
+            .await
+            .unwrap();
+        client.send_to(b"junk", service).await.unwrap();
+    }
+    let stats = steer.stats("mme-1").unwrap();
+    let mut s = stats.snapshot();
+    for _ in 0..400 {
+        s = stats.snapshot();
+        if s.admitted + s.malformed + s.shed + s.no_link + s.unrouted == 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        (s.admitted, s.malformed, s.no_link, s.shed, s.unrouted),
+        (0, 30, 30, 0, 0),
+        "{s:?}"
+    );
+}
+
+/// A node stand-in that accepts the steer's links (hello, bind), answers as a node would,
+/// and hands each connection to the test.
+async fn fake_node() -> (
+    SocketAddr,
+    tokio::sync::mpsc::Receiver<tokio::net::TcpStream>,
+) {
+    use futures::{SinkExt, StreamExt};
+    use handoff_wire::{Frame, FrameCodec};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut f = tokio_util::codec::Framed::new(stream, FrameCodec::new());
+            let mut route = 0;
+            for _ in 0..2 {
+                match f.next().await {
+                    Some(Ok(Frame::Bind { route: r, .. })) => route = r,
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            let _ = f
+                .send(Frame::HelloAck {
+                    node: "fake".into(),
+                })
+                .await;
+            let _ = f
+                .send(Frame::Bound {
+                    route,
+                    last_seq: 0,
+                    incarnation: 1,
+                })
+                .await;
+            let _ = tx.send(f.into_inner()).await;
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_control_and_link_connections_are_closed_and_counted_a_quiet_link_is_kept() {
+    use futures::{SinkExt, StreamExt};
+    use handoff_wire::{Frame, FrameCodec, Role, VERSION};
+    use tokio::io::AsyncWriteExt;
+    let (node, mut links) = fake_node().await;
+    let catalog = handoff_testkit::catalog();
+    let steer = Steer::start(
+        handoff_steer::SteerConfig {
+            tick_ms: 3_600_000,
+            control: Some("127.0.0.1:0".parse().unwrap()),
+            frame_timeout_ms: 300,
+            idle_timeout_ms: 1_000,
+            services: vec![handoff_steer::ServiceConfig {
+                instance: "mme-1".into(),
+                function: "vmme".into(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                node,
+            }],
+            ..handoff_steer::SteerConfig::default()
+        },
+        |f| catalog.classifier(f),
+    )
+    .await
+    .unwrap();
+    let stats = steer.stats("mme-1").unwrap();
+    let mut link = links.recv().await.unwrap();
+    // The link stays up while nothing flows, well past the control idle limit.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        stats.snapshot().link_connects,
+        1,
+        "a quiet link was dropped"
+    );
+    // Half an output frame from the node, then nothing: the steer gives the connection up
+    // and links again.
+    let mut out = bytes::BytesMut::new();
+    Frame::Error {
+        code: 1,
+        message: "x".into(),
+    }
+    .encode(&mut out);
+    link.write_all(&out[..6]).await.unwrap();
+    let relinked = tokio::time::timeout(Duration::from_secs(5), links.recv()).await;
+    assert!(relinked.is_ok(), "the stalled link was not given up");
+    let s = stats.snapshot();
+    assert_eq!(s.link_stalled, 1, "{s:?}");
+
+    // Control connections: half a request, or silence, closes them.
+    let control = steer.control_addr().unwrap();
+    let hello = || async move {
+        let stream = tokio::net::TcpStream::connect(control).await.unwrap();
+        let mut f = tokio_util::codec::Framed::new(stream, FrameCodec::new());
+        f.send(Frame::Hello {
+            role: Role::Admin,
+            name: "t".into(),
+            min_version: VERSION,
+            max_version: VERSION,
+            token: String::new(),
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            f.next().await.unwrap().unwrap(),
+            Frame::HelloAck { .. }
+        ));
+        f
+    };
+    let closed = |mut f: tokio_util::codec::Framed<tokio::net::TcpStream, FrameCodec>| async move {
+        let t = std::time::Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(5), f.next()).await;
+        assert!(
+            matches!(end, Ok(None | Some(Err(_)))),
+            "not closed: {end:?}"
+        );
+        t.elapsed()
+    };
+    let mut half = hello().await;
+    let mut req = bytes::BytesMut::new();
+    Frame::Admin(bytes::Bytes::from_static(br#"{"op":"status"}"#)).encode(&mut req);
+    half.get_mut().write_all(&req[..10]).await.unwrap();
+    let took = closed(half).await;
+    assert!(took < Duration::from_millis(1_300), "{took:?}");
+    let took = closed(hello().await).await;
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+    let mut c = handoff_wire::client::ControlClient::connect(control, "t", "")
+        .await
+        .unwrap();
+    let st = c
+        .call(&handoff_steer::control::ops::Status {})
+        .await
+        .unwrap();
+    assert_eq!(
+        st.control,
+        handoff_wire::deadline::ClosedConnections {
+            closed_partial_frame: 1,
+            closed_idle: 1,
+        }
+    );
+}

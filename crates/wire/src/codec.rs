@@ -51,6 +51,12 @@ impl FrameCodec {
         self.max_continued = limit.min(MAX_CONTINUED_BODY);
     }
 
+    /// Bytes of a continued body received so far (0 when no continuation is pending): part
+    /// of what a connection holds of a frame not yet complete (see [`crate::deadline`]).
+    pub fn continued_len(&self) -> usize {
+        self.pending.as_ref().map_or(0, |(_, b)| b.len())
+    }
+
     /// A codec accepting reassembled bodies up to `limit` bytes (at most
     /// [`MAX_CONTINUED_BODY`]; tests use small limits).
     pub fn with_max_continued(limit: usize) -> Self {

@@ -22,6 +22,7 @@
 
 pub mod client;
 mod codec;
+pub mod deadline;
 mod frame;
 pub mod rpc;
 
