@@ -153,7 +153,7 @@ proptest! {
         // decoders see the arbitrary bytes too.
         let mut buf = BytesMut::new();
         if header {
-            buf.extend_from_slice(&[0x68, 0x66, 1, kind]);
+            buf.extend_from_slice(&[0x68, 0x66, crate::VERSION, kind]);
             buf.extend_from_slice(&(raw.len() as u32).to_be_bytes());
         }
         buf.extend_from_slice(&raw);
@@ -196,7 +196,7 @@ fn frames_split_across_reads_are_reassembled() {
 #[test]
 fn oversized_and_foreign_frames_are_refused_before_buffering() {
     let mut codec = FrameCodec::new();
-    let mut buf = BytesMut::from(&[0x68, 0x66, 1, 5, 0xff, 0xff, 0xff, 0xff][..]);
+    let mut buf = BytesMut::from(&[0x68, 0x66, crate::VERSION, 5, 0xff, 0xff, 0xff, 0xff][..]);
     assert_eq!(
         codec.decode(&mut buf),
         Err(FrameError::TooLong(u32::MAX as usize))
@@ -205,7 +205,7 @@ fn oversized_and_foreign_frames_are_refused_before_buffering() {
     assert!(matches!(codec.decode(&mut buf), Err(FrameError::Magic(_))));
     let mut buf = BytesMut::from(&[0x68, 0x66, 9, 5, 0, 0, 0, 0][..]);
     assert_eq!(codec.decode(&mut buf), Err(FrameError::Version(9)));
-    let mut zero = BytesMut::from(&[0x68, 0x66, 1, 0, 0, 0, 0, 0][..]);
+    let mut zero = BytesMut::from(&[0x68, 0x66, crate::VERSION, 0, 0, 0, 0, 0][..]);
     assert_eq!(codec.decode(&mut zero), Err(FrameError::Kind(0)));
 }
 
@@ -226,7 +226,7 @@ fn frame_headers(mut b: &[u8]) -> Vec<(u8, usize)> {
 }
 
 fn continuation_frame(of: u8, part: &[u8]) -> BytesMut {
-    let mut b = BytesMut::from(&[0x68, 0x66, 1, 16][..]);
+    let mut b = BytesMut::from(&[0x68, 0x66, crate::VERSION, 16][..]);
     b.extend_from_slice(&((part.len() + 1) as u32).to_be_bytes());
     b.extend_from_slice(&[of]);
     b.extend_from_slice(part);
@@ -287,7 +287,7 @@ fn the_reassembled_body_is_bounded_before_the_part_is_buffered() {
     let mut buf = continuation_frame(7, b"012345");
     assert_eq!(codec.decode(&mut buf), Ok(None));
     // The next part's header alone is enough to refuse it: 6 + 5 > 10.
-    let mut buf = BytesMut::from(&[0x68, 0x66, 1, 16, 0, 0, 0, 6][..]);
+    let mut buf = BytesMut::from(&[0x68, 0x66, crate::VERSION, 16, 0, 0, 0, 6][..]);
     let err = codec.decode(&mut buf).unwrap_err();
     assert_eq!(
         err,
@@ -332,7 +332,7 @@ fn malformed_continuations_are_refused_with_a_clear_error() {
     );
     // A continuation names its kind and carries at least one byte.
     assert_eq!(
-        refused(BytesMut::from(&[0x68, 0x66, 1, 16, 0, 0, 0, 0][..])),
+        refused(BytesMut::from(&[0x68, 0x66, crate::VERSION, 16, 0, 0, 0, 0][..])),
         "a continuation without its kind"
     );
     assert_eq!(
@@ -374,7 +374,7 @@ fn malformed_continuations_are_refused_with_a_clear_error() {
 #[test]
 fn an_unauthenticated_codec_refuses_continuations_until_raised() {
     let mut codec = FrameCodec::unauthenticated();
-    let mut header_only = BytesMut::from(&[0x68, 0x66, 1, 16, 0, 0, 0, 6][..]);
+    let mut header_only = BytesMut::from(&[0x68, 0x66, crate::VERSION, 16, 0, 0, 0, 6][..]);
     assert!(matches!(
         codec.decode(&mut header_only),
         Err(FrameError::Continuation(_))
