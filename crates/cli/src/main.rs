@@ -14,6 +14,7 @@ mod bench_move;
 mod control;
 mod daemons;
 mod demo;
+mod loadgen;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,9 @@ enum Cmd {
     Status(control::StatusArgs),
     /// Start a steer, a node with `mme-1` and the load generator on loopback; report.
     Demo(demo::DemoArgs),
+    /// Drive a service address with simulated UEs and report (JSON with --json), optionally
+    /// checking a node's state with the oracle.
+    Loadgen(loadgen::LoadgenArgs),
     /// Benchmarks that run contenders side by side and print ratios.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -84,7 +88,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
         Cmd::Node(_) | Cmd::Steer(_) | Cmd::Controller(_) => "info",
-        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Migrate(_) | Cmd::Status(_) => "warn",
+        Cmd::Demo(_) | Cmd::Loadgen(_) | Cmd::Bench(_) | Cmd::Migrate(_) | Cmd::Status(_) => "warn",
     };
     init_logging(cli.log.as_deref(), default_level, cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -105,6 +109,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Migrate(a) => control::migrate(a).await,
             Cmd::Status(a) => control::status(a).await,
             Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Loadgen(a) => loadgen::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
         }
     });
