@@ -1,0 +1,210 @@
+//! Chaos cases with real processes: two `handoff node`s, a steer, a controller and
+//! `handoff loadgen`, on loopback (harness: `chaos/harness.rs`). A fault is a SIGKILL aimed
+//! at a named move phase, then a restart with the same arguments; the load generator's
+//! accounting and the oracle against the instance's owner say whether a client saw anything.
+//!
+//! Every case checks: no transaction lost, duplicated, reordered or wrongly answered; the
+//! oracle finds every UE's state and every answer on the owner as the reference computes them;
+//! the controller (`handoff status --json`) and the steer agree on the owner.
+//!
+//! The node-crash cases are `#[ignore]`d: they need crash semantics (issue 9). Their
+//! assertions say what is expected once that is fixed; run them with
+//! `cargo test -p handoff --test chaos -- --ignored`.
+//!
+//! Soak: `HANDOFF_CHAOS_ROUNDS=20 cargo test -p handoff --test chaos` repeats every case with
+//! seeds 1 + round (the load's seed and where in the copy the kill lands);
+//! `HANDOFF_CHAOS_SEED=<n>` moves the base to replay a round.
+
+#[path = "chaos/harness.rs"]
+mod harness;
+
+use harness::{phase_name, Cluster, Load, Role, INSTANCE};
+use std::time::{Duration, Instant};
+
+/// UEs per case: enough for a copy of a few seconds under the bandwidth cap below.
+const SESSIONS: u32 = 2000;
+/// Procedures per second during the measured phase.
+const RATE: f64 = 300.0;
+/// The copy's bandwidth cap (bytes/s): stretches the copy so a kill can land inside it.
+const BANDWIDTH: &str = "300000";
+/// Longest any move may take in these cases.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the load may take to attach its UEs.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a load run may take to end after its measured phase.
+const LOAD_END_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn load(seed: u64, duration_ms: u64) -> Load {
+    Load {
+        sessions: SESSIONS,
+        rate: RATE,
+        duration_ms,
+        seed,
+        imsi_base: None,
+    }
+}
+
+/// Where in the copy a kill lands, from the seed: 10 % to 80 % of the records received.
+fn kill_point_percent(seed: u64) -> u64 {
+    10 + (seed.wrapping_mul(37) % 71)
+}
+
+/// Whether the copy of a move has delivered at least `percent` of its records.
+fn copied_at_least(s: &handoff_controller::ops::MoveStatus, percent: u64) -> bool {
+    s.progress.as_ref().is_some_and(|p| {
+        p.sessions_at_start > 0 && p.records * 100 >= p.sessions_at_start * percent
+    })
+}
+
+/// The node a move left the instance on: the destination if it completed, else the source.
+fn owner_after(c: &Cluster, phase: &str) -> (std::net::SocketAddr, &'static str) {
+    match phase {
+        "done" => (c.b, "node-b"),
+        "aborted" => (c.a, "node-a"),
+        other => c.fail(&format!(
+            "the move ended {other}: neither done nor cleanly aborted"
+        )),
+    }
+}
+
+/// Asserts that the controller, `handoff status` and the steer all put `mme-1` on `owner`.
+fn assert_owner(c: &Cluster, owner: std::net::SocketAddr, name: &str, context: &str) {
+    let placed = c.placed_on();
+    if placed != name {
+        c.fail(&format!(
+            "{context}: handoff status places {INSTANCE} on {placed}, not {name}"
+        ));
+    }
+    let route = c.wait_steer_link(Duration::from_secs(10));
+    if route.node != owner || route.destination.is_some() {
+        c.fail(&format!(
+            "{context}: the steer routes {INSTANCE} to {} (destination {:?}), not {owner} alone",
+            route.node, route.destination
+        ));
+    }
+}
+
+#[test]
+fn a_controller_move_under_load_loses_nothing_and_lands_on_node_b() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("no fault, seed {seed}");
+        let mut c = Cluster::start("no-fault");
+        let mut run = c.loadgen(&load(seed, 6000));
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let started = Instant::now();
+        let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
+        let end = c.wait_move_end(id, MOVE_TIMEOUT);
+        let took = started.elapsed();
+        if phase_name(end.phase) != "done" {
+            c.fail(&format!(
+                "{ctx}: move {id} ended {:?}: {:?}",
+                end.phase, end.reason
+            ));
+        }
+        // The move ran under load: the measured phase outlasted it.
+        if run.process.exited() {
+            c.fail(&format!(
+                "{ctx}: the load ended before the move ({took:?}): lengthen it"
+            ));
+        }
+        let status = migrate.wait(Duration::from_secs(10));
+        let report = migrate.json();
+        assert!(status.success(), "{ctx}: migrate exit {status}: {report:#}");
+        assert_eq!(report["phase"], "done", "{ctx}: {report:#}");
+        assert_eq!(
+            report["figures"]["copy"]["digest_match"], true,
+            "{ctx}: {report:#}"
+        );
+        let r = run.finish(LOAD_END_TIMEOUT);
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_clean(c.b, SESSIONS, &ctx);
+        r.assert_not_hosted(c.a, &ctx);
+        assert_owner(&c, c.b, "node-b", &ctx);
+        eprintln!(
+            "{ctx}: move took {took:?}, copy {:?}",
+            end.figures.phases_ms
+        );
+    }
+}
+
+/// Kills `role` once move `id`'s copy delivered the seed's share of its records, restarts it
+/// at once, and returns how the move ended. The load must outlast all of it.
+fn kill_mid_copy_and_restart(c: &mut Cluster, id: u64, seed: u64, role: Role, ctx: &str) -> String {
+    let percent = kill_point_percent(seed);
+    let at = c.wait_phase(id, &["copy"], MOVE_TIMEOUT, |s| copied_at_least(s, percent));
+    eprintln!(
+        "{ctx}: SIGKILL {role:?} at {} of {} records",
+        at.progress.as_ref().map_or(0, |p| p.records),
+        at.progress.as_ref().map_or(0, |p| p.sessions_at_start)
+    );
+    c.kill(role);
+    c.restart(role);
+    let end = c.wait_move_end(id, MOVE_TIMEOUT);
+    let phase = phase_name(end.phase);
+    eprintln!("{ctx}: move {id} ended {phase} ({:?})", end.reason);
+    phase
+}
+
+#[test]
+fn a_controller_killed_mid_copy_and_restarted_ends_the_move_cleanly_and_loses_nothing() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("controller kill -9 mid-copy, seed {seed}");
+        let mut c = Cluster::start("controller-kill");
+        let mut run = c.loadgen(&load(seed, 7000));
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
+        let phase = kill_mid_copy_and_restart(&mut c, id, seed, Role::Controller, &ctx);
+        let (owner, name) = owner_after(&c, &phase);
+        if run.process.exited() {
+            c.fail(&format!(
+                "{ctx}: the load ended before the move: lengthen it"
+            ));
+        }
+        // The CLI lost its controller mid-move: it must end, and not claim a completed move.
+        let status = migrate.wait(Duration::from_secs(30));
+        if status.success() && phase != "done" {
+            c.fail(&format!(
+                "{ctx}: migrate exited 0 for a move that ended {phase}: {}",
+                migrate.stdout()
+            ));
+        }
+        let r = run.finish(LOAD_END_TIMEOUT);
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_clean(owner, SESSIONS, &ctx);
+        r.assert_not_hosted(if owner == c.a { c.b } else { c.a }, &ctx);
+        assert_owner(&c, owner, name, &ctx);
+    }
+}
+
+#[test]
+fn a_steer_killed_mid_copy_and_restarted_with_its_state_dir_loses_no_transaction() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("steer kill -9 mid-copy, seed {seed}");
+        let mut c = Cluster::start("steer-kill");
+        let mut run = c.loadgen(&load(seed, 7000));
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
+        let phase = kill_mid_copy_and_restart(&mut c, id, seed, Role::Steer, &ctx);
+        let (owner, name) = owner_after(&c, &phase);
+        let status = migrate.wait(Duration::from_secs(30));
+        if status.success() != (phase == "done") {
+            c.fail(&format!(
+                "{ctx}: migrate exited {status} for a move that ended {phase}: {}",
+                migrate.stdout()
+            ));
+        }
+        // Clients retransmit what the dead steer dropped: nothing may be lost.
+        let r = run.finish(LOAD_END_TIMEOUT);
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_clean(owner, SESSIONS, &ctx);
+        r.assert_not_hosted(if owner == c.a { c.b } else { c.a }, &ctx);
+        assert_owner(&c, owner, name, &ctx);
+        assert!(
+            r.n("retransmissions") > 0,
+            "{ctx}: the steer was down, yet no client retransmitted: was the kill real?"
+        );
+    }
+}
