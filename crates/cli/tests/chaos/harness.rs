@@ -60,7 +60,16 @@ pub fn seed(round: u64) -> u64 {
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, for at most `timeout`; `None` after that.
-pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(POLL, timeout, f)
+}
+
+/// [`poll`] at another interval.
+pub fn poll_every<T>(
+    every: Duration,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -69,7 +78,7 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(every);
     }
 }
 
@@ -221,16 +230,39 @@ impl Daemon {
             .and_then(|mut f| writeln!(f, "----- harness: SIGKILL {} -----", self.name));
     }
 
+    /// Freezes the process (SIGSTOP): it holds its sockets but does nothing.
+    pub fn pause(&mut self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused process (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+            .id();
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {pid} ({}) failed", self.name);
+        let _ = OpenOptions::new()
+            .append(true)
+            .open(self.log_path())
+            .and_then(|mut f| writeln!(f, "----- harness: SIG{sig} {} -----", self.name));
+    }
+
     /// Starts it again with the same arguments (and so the same addresses).
     pub fn restart(&mut self) {
         self.spawn();
     }
 
-    /// Whether the process is alive.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
-    }
-
+    /// Replaces an argument (e.g. a port-0 address by the one bound) for later restarts.
     pub fn replace_arg(&mut self, from: &str, to: &str) {
         for a in &mut self.args {
             if a == from {
@@ -281,6 +313,13 @@ impl Background {
             stderr,
             status: None,
         }
+    }
+
+    /// Starts `handoff <args> --controller <addr>` against a cluster's controller.
+    pub fn spawn_in(c: &Cluster, args: &[&str]) -> Self {
+        let mut all: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        all.extend(["--controller".to_owned(), c.controller_addr.to_string()]);
+        Self::spawn(c.dir(), args.first().copied().unwrap_or("cli"), &all)
     }
 
     /// Waits for the process to exit (at most `timeout`, then it is killed and this panics).
@@ -657,16 +696,6 @@ steer = "steer-1"
         }
     }
 
-    /// The node at `addr`'s role.
-    pub fn node_role(&self, addr: SocketAddr) -> Role {
-        if addr == self.a {
-            Role::NodeA
-        } else {
-            assert_eq!(addr, self.b, "{addr} is no node of this cluster");
-            Role::NodeB
-        }
-    }
-
     /// SIGKILLs a daemon.
     pub fn kill(&mut self, role: Role) {
         self.daemon(role).kill();
@@ -722,21 +751,6 @@ steer = "steer-1"
         })
     }
 
-    /// A typed call to a node's admin listener.
-    pub fn node_call<O: handoff_wire::rpc::Operation>(
-        &self,
-        node: SocketAddr,
-        req: &O,
-    ) -> Result<O::Reply, String> {
-        self.block_on(async {
-            let mut c = ControlClient::connect(node, "chaos", TOKEN)
-                .await
-                .map_err(|e| e.to_string())?;
-            c.set_reply_timeout(Duration::from_secs(5));
-            c.call(req).await.map_err(|e| e.to_string())
-        })
-    }
-
     /// The steer's route for `mme-1`.
     pub fn steer_route(&self) -> Result<handoff_steer::RouteStatus, String> {
         let s = self.steer_call(&handoff_steer::control::ops::Status {})?;
@@ -755,15 +769,6 @@ steer = "steer-1"
                 self.steer_route()
             ))
         })
-    }
-
-    /// The sessions `mme-1` holds on a node (`None`: not hosted or the node is down).
-    pub fn sessions_on(&self, node: SocketAddr) -> Option<u64> {
-        let s = self.node_call(node, &handoff_node::ops::Stats {}).ok()?;
-        s.instances
-            .iter()
-            .find(|i| i.instance == INSTANCE)
-            .map(|i| i.sessions)
     }
 
     /// Starts `handoff loadgen` against the service, checking both nodes afterwards.
@@ -872,7 +877,8 @@ steer = "steer-1"
     }
 
     /// Waits until move `id` is in one of `phases` (snake_case names, as `docs/wire.md`) and
-    /// `until` holds of its status; panics if it ends elsewhere or the time runs out.
+    /// `until` holds of its status; panics if it ends elsewhere or the time runs out. Polls
+    /// every 2 ms over one connection, so a phase of a few milliseconds (drain, finish) is seen.
     pub fn wait_phase(
         &self,
         id: u64,
@@ -881,8 +887,25 @@ steer = "steer-1"
         until: impl Fn(&ops::MoveStatus) -> bool,
     ) -> ops::MoveStatus {
         let mut last = None;
-        let got = poll(timeout, || {
-            let s = self.move_status(id).ok()?;
+        let mut client: Option<ControlClient> = None;
+        let got = poll_every(Duration::from_millis(2), timeout, || {
+            let s = self.block_on(async {
+                if client.is_none() {
+                    let mut c = ControlClient::connect(self.controller_addr, "chaos", TOKEN)
+                        .await
+                        .ok()?;
+                    c.set_reply_timeout(Duration::from_secs(5));
+                    client = Some(c);
+                }
+                let c = client.as_mut()?;
+                match c.call(&ops::GetMoveStatus { id }).await {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        client = None;
+                        None
+                    }
+                }
+            })?;
             let phase = phase_name(s.phase);
             if phases.contains(&phase.as_str()) && until(&s) {
                 return Some(s);
@@ -918,6 +941,13 @@ steer = "steer-1"
                 "move {id} did not end within {timeout:?}; last status: {last:?}"
             ))
         })
+    }
+
+    /// Runs `handoff <args> --controller <addr>` to its end (at most `timeout`).
+    pub fn cli(&self, args: &[&str], timeout: Duration) -> Background {
+        let mut b = Background::spawn_in(self, args);
+        b.wait(timeout);
+        b
     }
 
     /// `handoff status --json`, run as the operator runs it.
