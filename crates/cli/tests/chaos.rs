@@ -232,22 +232,21 @@ fn a_destination_killed_mid_copy_aborts_the_move_within_seconds_and_loses_nothin
         let percent = kill_point_percent(seed);
         c.wait_phase(id, &["copy"], MOVE_TIMEOUT, |s| copied_at_least(s, percent));
         c.kill(Role::NodeB);
-        let killed = Instant::now();
-        let end = c.wait_move_end(id, MOVE_TIMEOUT);
-        let took = killed.elapsed();
-        if phase_name(end.phase) != "aborted" || took > ABORT_WITHIN {
-            c.fail(&format!(
-                "{ctx}: expected an abort within {ABORT_WITHIN:?} of the kill, got {:?} ({:?}) after {took:?}",
-                end.phase, end.reason
-            ));
+        let end = c.try_wait_move_end(id, ABORT_WITHIN);
+        // node-b comes back empty, so the load's check of it can answer.
+        c.restart_node(Role::NodeB, false);
+        let r = run.finish(LOAD_END_TIMEOUT);
+        match end {
+            Ok(end) if phase_name(end.phase) == "aborted" => {}
+            other => c.fail(&format!(
+                "{ctx}: expected an abort within {ABORT_WITHIN:?} of the kill, got {other:?}\n{}",
+                r.summary()
+            )),
         }
         assert!(
             !migrate.wait(Duration::from_secs(30)).success(),
             "{ctx}: migrate exited 0 for an aborted move"
         );
-        // node-b comes back empty, so the load's check of it can answer.
-        c.restart_node(Role::NodeB, false);
-        let r = run.finish(LOAD_END_TIMEOUT);
         r.assert_no_client_visible_fault(&ctx);
         r.assert_oracle_clean(c.a, SESSIONS, &ctx);
         r.assert_not_hosted(c.b, &ctx);
@@ -271,15 +270,16 @@ fn a_source_killed_mid_copy_and_restarted_with_its_instance_rolls_forward_withou
         c.kill(Role::NodeA);
         // It comes back hosting a fresh, empty mme-1 (a new incarnation, with no sessions).
         c.restart_node(Role::NodeA, true);
-        let end = c.wait_move_end(id, MOVE_TIMEOUT);
-        if phase_name(end.phase) != "done" {
-            c.fail(&format!(
-                "{ctx}: expected the move to roll forward to node-b, it ended {:?} ({:?})",
-                end.phase, end.reason
-            ));
-        }
+        let end = c.try_wait_move_end(id, MOVE_TIMEOUT);
         let _ = migrate.wait(Duration::from_secs(30));
         let r = run.finish(LOAD_END_TIMEOUT);
+        match end {
+            Ok(end) if phase_name(end.phase) == "done" => {}
+            other => c.fail(&format!(
+                "{ctx}: expected the move to roll forward to node-b, got {other:?}\n{}",
+                r.summary()
+            )),
+        }
         // Sessions the source had not sent yet died with it (no persistence): transactions on
         // them may be lost. But no client may get an answer from the empty restarted
         // instance, and every UE whose transactions were all answered is exact on node-b.
@@ -322,9 +322,12 @@ fn a_destination_killed_after_cutover_shows_offline_and_recover_brings_it_back_o
             entry.to_string().contains("offline").then_some(entry)
         });
         if offline.is_none() {
+            let status = c.status_json();
+            c.restart_node(Role::NodeB, false);
+            let r = run.finish(LOAD_END_TIMEOUT);
             c.fail(&format!(
-                "{ctx}: handoff status never said {INSTANCE} is offline: {:#}",
-                c.status_json()
+                "{ctx}: handoff status never said {INSTANCE} is offline: {status:#}\n{}",
+                r.summary()
             ));
         }
         let mut recover = c.cli(&["recover", INSTANCE, "--json"], Duration::from_secs(60));
@@ -363,7 +366,7 @@ fn a_controller_move_after_a_source_driven_move_back_is_refused_or_reconciled_an
         let seed = harness::seed(round);
         let ctx = format!("mix-up of controller and source-driven moves, seed {seed}");
         let c = Cluster::start("mix-up");
-        let mut run = c.loadgen(&load(seed, 10_000));
+        let mut run = c.loadgen(&load(seed, 6000));
         run.wait_measuring(ATTACH_TIMEOUT);
         // 1. The controller moves mme-1 to node-b.
         let (mut first, id) = c.migrate("node-b", &[]);
@@ -379,30 +382,36 @@ fn a_controller_move_after_a_source_driven_move_back_is_refused_or_reconciled_an
             "{ctx}: source-driven move back: {status}: {report:#}\n{}",
             back.stderr_tail()
         );
-        // 3. The controller is asked to move it to node-a, where it already is.
+        // 3. The controller, whose view still says node-b, is asked to move it to node-a,
+        //    where it already is.
         let mut third =
             Background::spawn_in(&c, &["migrate", INSTANCE, "--to", "node-a", "--json"]);
         let status = third.wait(MOVE_TIMEOUT);
-        let said = format!("{}\n{}", third.stdout(), third.stderr());
-        if !status.success() {
-            // Refused: the message names the real owner, as an owner.
-            let names_owner = said.contains("node-a")
-                && ["owner", "routes", "serves", "hosted", "is on", "already"]
-                    .iter()
-                    .any(|w| said.contains(w));
-            if !names_owner {
-                c.fail(&format!(
-                    "{ctx}: the refusal does not name the real owner node-a: {said}"
-                ));
-            }
-        }
-        // In no case are sessions lost, and every view agrees mme-1 is on node-a.
         if run.process.exited() {
             c.fail(&format!(
                 "{ctx}: the load ended before the third move: lengthen it"
             ));
         }
         let r = run.finish(LOAD_END_TIMEOUT);
+        // Either the controller refuses up front (no move report), naming node-a as the
+        // owner, or its reconciled view turns the request into a correct no-op or move (exit
+        // 0). A move that starts and then aborts (today: its abort drops the instance node-a
+        // serves) is neither.
+        let stderr = third.stderr();
+        let refused_up_front = !status.success()
+            && third.stdout().trim().is_empty()
+            && stderr.contains("node-a")
+            && ["owner", "routes", "serves", "hosted", "is on", "already"]
+                .iter()
+                .any(|w| stderr.contains(w));
+        if !(status.success() || refused_up_front) {
+            c.fail(&format!(
+                "{ctx}: migrate --to node-a was neither refused naming the owner node-a nor \
+                 carried out: exit {status}\nstdout: {}\nstderr: {stderr}\n{}",
+                third.stdout(),
+                r.summary()
+            ));
+        }
         r.assert_no_client_visible_fault(&ctx);
         r.assert_oracle_clean(c.a, SESSIONS, &ctx);
         r.assert_not_hosted(c.b, &ctx);

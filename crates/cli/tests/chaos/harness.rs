@@ -179,6 +179,7 @@ impl Daemon {
             .args(&self.args)
             .arg("--ready")
             .env("HANDOFF_TOKEN", TOKEN)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log)
@@ -301,6 +302,7 @@ impl Background {
         let child = Command::new(exe())
             .args(args)
             .env("HANDOFF_TOKEN", TOKEN)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout file"))
             .stderr(File::create(&stderr).expect("create stderr file"))
@@ -473,6 +475,25 @@ impl LoadReport {
             .pointer(&pointer)
             .and_then(serde_json::Value::as_u64)
             .unwrap_or_else(|| panic!("no counter {field} in the loadgen report: {}", self.json))
+    }
+
+    /// The client-side counters and each check's oracle figures, on one line each.
+    pub fn summary(&self) -> String {
+        let j = &self.json;
+        let mut s = format!(
+            "loadgen ({}): sent {} answered {} lost {} duplicated {} reordered {} wrong {} stray {} retransmissions {}",
+            self.status,
+            j["signals_sent"], j["answered"], j["lost"], j["duplicated"], j["reordered"],
+            j["wrong_answers"], j["stray"], j["retransmissions"]
+        );
+        for c in j["checks"].as_array().into_iter().flatten() {
+            let _ = write!(
+                s,
+                "\n  check {} ({}): hosted {} records {} oracle {} error {}",
+                c["node"], c["node_name"], c["hosted"], c["records"], c["oracle"], c["error"]
+            );
+        }
+        s
     }
 
     /// The check of the node at `addr`.
@@ -928,6 +949,12 @@ steer = "steer-1"
 
     /// Waits until move `id` ended (the controller may be restarting meanwhile).
     pub fn wait_move_end(&self, id: u64, timeout: Duration) -> ops::MoveStatus {
+        self.try_wait_move_end(id, timeout)
+            .unwrap_or_else(|e| self.fail(&e))
+    }
+
+    /// [`Cluster::wait_move_end`], saying why instead of panicking.
+    pub fn try_wait_move_end(&self, id: u64, timeout: Duration) -> Result<ops::MoveStatus, String> {
         let mut last = None;
         poll(timeout, || match self.move_status(id) {
             Ok(s) if s.ended => Some(s),
@@ -936,11 +963,7 @@ steer = "steer-1"
                 None
             }
         })
-        .unwrap_or_else(|| {
-            self.fail(&format!(
-                "move {id} did not end within {timeout:?}; last status: {last:?}"
-            ))
-        })
+        .ok_or_else(|| format!("move {id} did not end within {timeout:?}; last status: {last:?}"))
     }
 
     /// Runs `handoff <args> --controller <addr>` to its end (at most `timeout`).
@@ -960,6 +983,7 @@ steer = "steer-1"
                 &self.controller_addr.to_string(),
             ])
             .env("HANDOFF_TOKEN", TOKEN)
+            .env("NO_COLOR", "1")
             .output()
             .expect("run handoff status");
         if !out.status.success() {
@@ -1003,9 +1027,9 @@ steer = "steer-1"
         s
     }
 
-    /// Panics with `msg` and every daemon's log tail.
+    /// Panics with `msg`; the cluster's drop then prints every daemon's log tail.
     pub fn fail(&self, msg: &str) -> ! {
-        panic!("{msg}\n{}", self.logs())
+        panic!("{msg}\n(the tail of every daemon's log follows)")
     }
 }
 
