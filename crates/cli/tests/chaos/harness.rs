@@ -404,6 +404,8 @@ pub struct Load {
     pub seed: u64,
     /// First IMSI (`None`: loadgen's default).
     pub imsi_base: Option<u64>,
+    /// The nodes the run's oracle checks at its end (empty: both).
+    pub check: Vec<SocketAddr>,
 }
 
 /// A `handoff loadgen` running in the background.
@@ -792,7 +794,22 @@ steer = "steer-1"
         })
     }
 
-    /// Starts `handoff loadgen` against the service, checking both nodes afterwards.
+    /// Whether the node at `node` hosts `mme-1` (asked of the node itself).
+    pub fn hosts(&self, node: SocketAddr) -> Result<bool, String> {
+        let stats = self.block_on(async {
+            let mut c = ControlClient::connect(node, "chaos", TOKEN)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.set_reply_timeout(Duration::from_secs(5));
+            c.call(&handoff_node::ops::Stats {})
+                .await
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(stats.instances.iter().any(|i| i.instance == INSTANCE))
+    }
+
+    /// Starts `handoff loadgen` against the service, checking `load.check` (both nodes by
+    /// default) afterwards.
     pub fn loadgen(&self, load: &Load) -> LoadRun {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -818,10 +835,6 @@ steer = "steer-1"
             load.seed.to_string(),
             "--attach-deadline-ms".to_owned(),
             "30000".to_owned(),
-            "--check-node".to_owned(),
-            self.a.to_string(),
-            "--check-node".to_owned(),
-            self.b.to_string(),
             "--json".to_owned(),
             "--report".to_owned(),
             report.display().to_string(),
@@ -830,6 +843,14 @@ steer = "steer-1"
         let mut args = args;
         if let Some(base) = load.imsi_base {
             args.extend(["--imsi-base".to_owned(), base.to_string()]);
+        }
+        let check = if load.check.is_empty() {
+            vec![self.a, self.b]
+        } else {
+            load.check.clone()
+        };
+        for node in check {
+            args.extend(["--check-node".to_owned(), node.to_string()]);
         }
         LoadRun {
             process: Background::spawn(self.dir(), "loadgen", &args),
