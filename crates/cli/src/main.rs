@@ -14,6 +14,7 @@ mod bench_move;
 mod control;
 mod daemons;
 mod demo;
+mod loadgen;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Cmd {
     Recover(control::RecoverArgs),
     /// Start a steer, a node with `mme-1` and the load generator on loopback; report.
     Demo(demo::DemoArgs),
+    /// Drive a service address with simulated UEs and report (JSON with --json), optionally
+    /// checking a node's state with the oracle.
+    Loadgen(loadgen::LoadgenArgs),
     /// Benchmarks that run contenders side by side and print ratios.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -86,7 +90,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
         Cmd::Node(_) | Cmd::Steer(_) | Cmd::Controller(_) => "info",
-        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Migrate(_) | Cmd::Status(_) | Cmd::Recover(_) => "warn",
+        Cmd::Demo(_)
+        | Cmd::Loadgen(_)
+        | Cmd::Bench(_)
+        | Cmd::Migrate(_)
+        | Cmd::Status(_)
+        | Cmd::Recover(_) => "warn",
     };
     init_logging(cli.log.as_deref(), default_level, cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -108,6 +117,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Status(a) => control::status(a).await,
             Cmd::Recover(a) => control::recover(a).await,
             Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Loadgen(a) => loadgen::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
         }
     });

@@ -332,7 +332,9 @@ fn malformed_continuations_are_refused_with_a_clear_error() {
     );
     // A continuation names its kind and carries at least one byte.
     assert_eq!(
-        refused(BytesMut::from(&[0x68, 0x66, crate::VERSION, 16, 0, 0, 0, 0][..])),
+        refused(BytesMut::from(
+            &[0x68, 0x66, crate::VERSION, 16, 0, 0, 0, 0][..]
+        )),
         "a continuation without its kind"
     );
     assert_eq!(
