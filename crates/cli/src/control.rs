@@ -242,7 +242,9 @@ async fn follow(a: &MigrateArgs, mut c: ControlClient, id: u64) -> anyhow::Resul
             p.buffered
         ));
         bar.tick();
-        if s.ended {
+        if s.ended || s.phase.is_parked() {
+            // A parked move (offline: its destination was lost after the cutover) waits
+            // for an operator; its report says what to do.
             break s;
         }
         tokio::select! {
@@ -255,17 +257,6 @@ async fn follow(a: &MigrateArgs, mut c: ControlClient, id: u64) -> anyhow::Resul
         }
     };
     bar.finish_and_clear();
-    // A source-driven move reports itself to the controller when one answers: asking for
-    // its status makes it reconcile its view with the steer (best effort, bounded).
-    let reported = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut c = a.at.connect().await?;
-        c.call(&ops::Status {}).await?;
-        anyhow::Ok(())
-    })
-    .await;
-    if !matches!(reported, Ok(Ok(()))) {
-        tracing::debug!("no controller to report the source-driven move to");
-    }
     let view = MoveView {
         id: status.id,
         from: status.from.clone(),
@@ -460,6 +451,17 @@ async fn source_driven(
         }
     };
     bar.finish_and_clear();
+    // A source-driven move reports itself to the controller when one answers: asking for
+    // its status makes it reconcile its view with the steer (best effort, bounded).
+    let reported = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut c = a.at.connect().await?;
+        c.call(&ops::Status {}).await?;
+        anyhow::Ok(())
+    })
+    .await;
+    if !matches!(reported, Ok(Ok(()))) {
+        tracing::debug!("no controller to report the source-driven move to");
+    }
     let view = MoveView {
         id: status.id,
         from: status.from.to_string(),
@@ -523,6 +525,26 @@ fn print_move(
                 "  abort: {} sessions created during the move, {} lost",
                 f.created_during_move,
                 f.lost_on_abort
+            );
+        }
+        if f.lost_sessions > 0 || f.manifest_lost {
+            out!(
+                "  rolled forward: {} sessions lost with the source{} (their keys: --json, figures.lost_keys)",
+                f.lost_sessions,
+                if f.manifest_lost {
+                    ", and every session it held before the move (its manifest never arrived)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if m.phase == "offline" {
+            out!("  OFFLINE: `handoff recover {instance}` serves it from the source again");
+        }
+        if f.given_up_seqs > 0 {
+            out!(
+                "  recovered on the source: {} seqs stamped since the cutover were given up",
+                f.given_up_seqs
             );
         }
     }

@@ -678,13 +678,13 @@ impl Controller {
     /// Each instance's checked view from what the nodes and steers said.
     fn judge(&self, nodes: &[ops::NodeView], steers: &[ops::SteerView]) -> Vec<ops::InstanceView> {
         let store = self.store.lock();
-        let moving: Vec<String> = store
+        let unfinished: Vec<MoveMachine> = store
             .moves()
             .unwrap_or_default()
             .into_iter()
             .filter(|m| !m.phase.is_terminal())
-            .map(|m| m.spec.instance)
             .collect();
+        let moving: Vec<String> = unfinished.iter().map(|m| m.spec.instance.clone()).collect();
         let mut out = Vec::new();
         for i in &self.cfg.instances {
             let recorded = store
@@ -780,6 +780,18 @@ impl Controller {
                         let _ = store.set_placement(&i.name, o);
                     }
                 }
+            }
+            if let Some(m) = unfinished
+                .iter()
+                .find(|m| m.spec.instance == i.name && m.phase.is_parked())
+            {
+                owner = None;
+                alarm = Some(format!(
+                    "OFFLINE: move {} parked: {}; the steer drops its signals ({} so far)",
+                    m.spec.id,
+                    m.reason.clone().unwrap_or_default(),
+                    dropped
+                ));
             }
             if let Some(a) = &alarm {
                 tracing::debug!(instance = %i.name, alarm = %a, "instance alarm");

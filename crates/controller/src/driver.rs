@@ -657,6 +657,9 @@ pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result
         Action::PrepareShadow => Outcome::Prepared {
             incarnation: typed::<node_ops::PrepareShadow>(v)?.incarnation,
         },
+        Action::FinishShadow { force: true, .. } => {
+            Outcome::Keys(typed::<node_ops::FinishShadow>(v)?.abandoned)
+        }
         Action::Wait { .. }
         | Action::FinishShadow { .. }
         | Action::FinishMove

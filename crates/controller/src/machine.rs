@@ -443,6 +443,10 @@ pub struct MoveFigures {
     /// sessions the source held, so every session not created during the move is lost.
     #[serde(default)]
     pub manifest_lost: bool,
+    /// A roll forward: exactly which sessions were lost (the destination's records never
+    /// received), as hex keys. Stored moves without it read none.
+    #[serde(default, with = "handoff_wire::rpc::hex_keys")]
+    pub lost_keys: Vec<Bytes>,
     /// A recovery on the source after the cutover: seqs stamped for the lost destination
     /// from the boundary on (signals and ticks) that the source never applied.
     #[serde(default)]
@@ -1040,7 +1044,13 @@ impl MoveMachine {
                 }
                 self.polls = 1;
             }
-            (Phase::RollForward, _) if self.polls == 1 => self.polls = 2,
+            (Phase::RollForward, o) if self.polls == 1 => {
+                if let Outcome::Keys(keys) = o {
+                    self.figures.lost_sessions = keys.len() as u64;
+                    self.figures.lost_keys = keys;
+                }
+                self.polls = 2;
+            }
             (Phase::RollForward, Outcome::Boundary { .. }) => {
                 let lost = if self.figures.manifest_lost {
                     "every session the source held before the move (its manifest never arrived)"

@@ -629,8 +629,8 @@ pub trait Hosted: Send {
     /// Ends shadow mode once settled: the instance serves from here on.
     fn finish_shadow(&mut self) -> Result<(), MoveStepError>;
     /// Gives up on the records a shadow still awaits (their sender is gone; see
-    /// [`shadow::Shadow::abandon_awaited`]); returns how many.
-    fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> usize;
+    /// [`shadow::Shadow::abandon_awaited`]); returns their keys.
+    fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> Vec<SessionKey>;
     /// Overwrites one session of a serving instance with a pushed record (`None`: removes it),
     /// as stop-and-copy and pre-copy baselines do; notes `seq` as applied. Refused by a shadow
     /// and for a record that does not decode.
@@ -811,10 +811,10 @@ impl<F: Function> Hosted for Hosting<F> {
             Self::Serving(_) => Some(Vec::new()),
         }
     }
-    fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> usize {
+    fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> Vec<SessionKey> {
         match self {
             Self::Shadow(s) => s.abandon_awaited(out),
-            Self::Serving(_) => 0,
+            Self::Serving(_) => Vec::new(),
         }
     }
     fn finish_shadow(&mut self) -> Result<(), MoveStepError> {

@@ -78,6 +78,27 @@ into_request!(
     PlanCopy(ops::PlanCopy),
 );
 
+/// Gives up on a shadow's awaited records and ends its shadow mode; the reply names the
+/// sessions given up (lost with the move's source).
+async fn abandon_and_finish(node: &Node, instance: &str) -> Frame {
+    let h = match node.instance(instance) {
+        Ok(h) => h,
+        Err(e) => return error(e.code(), e.to_string()),
+    };
+    let (done, answer) = tokio::sync::oneshot::channel();
+    if !h.control(Control::AbandonAndFinish(done)).await {
+        return error(code::UNKNOWN_INSTANCE, "instance stopped");
+    }
+    match answer.await {
+        Ok(Ok(abandoned)) => reply(&ops::Serving {
+            serving: instance.to_owned(),
+            abandoned,
+        }),
+        Ok(Err(e)) => error(code::WRONG_PHASE, e.to_string()),
+        Err(_) => error(code::UNKNOWN_INSTANCE, "instance stopped"),
+    }
+}
+
 /// Runs a move step on an instance's task and turns its answer into a reply frame.
 async fn move_step(
     node: &Node,
@@ -311,15 +332,15 @@ pub(crate) async fn session(
                 send(tx, vec![f]).await?;
             }
             AdminRequest::FinishShadow(ops::FinishShadow { instance, force }) => {
-                let ok = ops::Serving {
-                    serving: instance.clone(),
-                };
-                let step = if force {
-                    Control::AbandonAndFinish
+                let f = if force {
+                    abandon_and_finish(node, &instance).await
                 } else {
-                    Control::FinishShadow
+                    let ok = ops::Serving {
+                        serving: instance.clone(),
+                        abandoned: Vec::new(),
+                    };
+                    move_step(node, &instance, Control::FinishShadow, ok).await
                 };
-                let f = move_step(node, &instance, step, ok).await;
                 send(tx, vec![f]).await?;
             }
             AdminRequest::ExpectSessions(ops::ExpectSessions { instance, keys }) => {

@@ -102,8 +102,9 @@ pub enum Control {
     CreatedKeys(oneshot::Sender<Option<Vec<SessionKey>>>),
     /// Leave shadow mode (when settled).
     FinishShadow(oneshot::Sender<Result<(), MoveStepError>>),
-    /// Give up on the records still awaited (their sender is gone), then leave shadow mode.
-    AbandonAndFinish(oneshot::Sender<Result<(), MoveStepError>>),
+    /// Give up on the records still awaited (their sender is gone), then leave shadow mode;
+    /// answered with the sessions given up.
+    AbandonAndFinish(oneshot::Sender<Result<Vec<SessionKey>, MoveStepError>>),
     /// Pushed records (`None` bytes: a deletion) overwriting sessions of a serving instance
     /// (the stop-and-copy and pre-copy baselines); answered with how many were refused.
     Import {
@@ -328,7 +329,7 @@ fn control(core: &mut InstanceCore<Reply>, c: Control, out: &mut Vec<Emit<Reply>
             let _ = done.send(core.created_keys());
         }
         Control::FinishShadow(done) => {
-            let _ = done.send(core.finish_shadow(false, out));
+            let _ = done.send(core.finish_shadow(false, out).map(|_| ()));
         }
         Control::AbandonAndFinish(done) => {
             let _ = done.send(core.finish_shadow(true, out));

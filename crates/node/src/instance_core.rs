@@ -348,16 +348,21 @@ impl<R: Clone> InstanceCore<R> {
 
     /// Leaves shadow mode, giving up first (`force`) on the records still awaited (their
     /// sender is gone: those sessions are taken as absent, and the move counts an error).
+    /// Returns the sessions given up, sorted.
     pub fn finish_shadow(
         &mut self,
         force: bool,
         out: &mut Vec<Emit<R>>,
-    ) -> Result<(), MoveStepError> {
+    ) -> Result<Vec<SessionKey>, MoveStepError> {
+        let mut abandoned = Vec::new();
         if force {
-            let n = self.step(out, |h, r| h.abandon_awaited(r));
-            if n > 0 {
+            abandoned = self.step(out, |h, r| h.abandon_awaited(r));
+            if !abandoned.is_empty() {
                 self.stats.move_errors += 1;
-                tracing::warn!(sessions = n, "gave up on records never received");
+                tracing::warn!(
+                    sessions = abandoned.len(),
+                    "gave up on records never received"
+                );
             }
         }
         let r = self.hosted.finish_shadow();
@@ -365,7 +370,7 @@ impl<R: Clone> InstanceCore<R> {
             // Serving now: every buffered signal was replayed or discarded.
             self.pending.clear();
         }
-        r
+        r.map(|()| abandoned)
     }
 
     /// Pushed records overwriting sessions of a serving instance (the stop-and-copy and

@@ -308,6 +308,10 @@ pub struct FinishShadow {
 pub struct Serving {
     /// The instance.
     pub serving: String,
+    /// With `force`: the sessions whose records never arrived, given up (lost with the
+    /// move's source), as hex keys; empty otherwise.
+    #[serde(with = "handoff_wire::rpc::hex_keys")]
+    pub abandoned: Vec<Bytes>,
 }
 
 /// Streams the instance's records with seq above `since_seq` (and tombstones of sessions

@@ -794,6 +794,23 @@ steer = "steer-1"
         })
     }
 
+    /// What the node at `node` says of `mme-1` (`None`: not hosted).
+    pub fn instance_info(
+        &self,
+        node: SocketAddr,
+    ) -> Result<Option<handoff_node::InstanceInfo>, String> {
+        let stats = self.block_on(async {
+            let mut c = ControlClient::connect(node, "chaos", TOKEN)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.set_reply_timeout(Duration::from_secs(5));
+            c.call(&handoff_node::ops::Stats {})
+                .await
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(stats.instances.into_iter().find(|i| i.instance == INSTANCE))
+    }
+
     /// Whether the node at `node` hosts `mme-1` (asked of the node itself).
     pub fn hosts(&self, node: SocketAddr) -> Result<bool, String> {
         let stats = self.block_on(async {

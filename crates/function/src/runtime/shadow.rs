@@ -532,8 +532,9 @@ impl<F: Function> Shadow<F> {
 
     /// Gives up on every record still awaited (its sender is gone): each such session is taken
     /// as absent and its buffered signals apply on nothing, in seq order with the ticks, as the
-    /// sender would have applied them to a session it no longer had. Returns how many.
-    pub fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> usize {
+    /// sender would have applied them to a session it no longer had. Returns their keys,
+    /// sorted (the sessions lost with the sender).
+    pub fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> Vec<SessionKey> {
         let mut keys: Vec<SessionKey> = self.awaiting.drain().collect();
         keys.sort();
         self.manifest_known = true;
@@ -543,7 +544,7 @@ impl<F: Function> Shadow<F> {
         }
         self.stats.awaiting = 0;
         self.ticks.clear();
-        keys.len()
+        keys
     }
 
     /// Whether every manifest key has arrived and nothing is buffered: the destination's part

@@ -203,10 +203,12 @@ impl Sim {
                 None => unknown(),
             },
             Action::FinishShadow { force, .. } => match node.inst.as_mut() {
-                Some(i) => step(
-                    i.finish_shadow(*force, &mut out),
-                    json!({ "serving": "counter-1" }),
-                ),
+                Some(i) => i
+                    .finish_shadow(*force, &mut out)
+                    .map(|abandoned| {
+                        json!({ "serving": "counter-1", "abandoned": keys_to_hex(&abandoned) })
+                    })
+                    .map_err(|e| (code::WRONG_FRAME, e.to_string())),
                 None => unknown(),
             },
             Action::DropInstance { at } => {
