@@ -491,3 +491,186 @@ fn a_controller_move_after_a_source_driven_move_back_is_refused_or_reconciled_an
         assert_owner(&c, c.a, "node-a", &ctx);
     }
 }
+
+/// The figures of the closing note: how long from a kill to the outcome.
+fn figure(what: &str, since: Instant) {
+    eprintln!("FIGURE {what}: {} ms", since.elapsed().as_millis());
+}
+
+#[test]
+fn a_source_killed_after_the_cutover_lets_the_move_finish_with_nothing_lost() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("source kill -9 after the cutover, seed {seed}");
+        let mut c = Cluster::start("source-kill-after-cutover");
+        let mut run = c.loadgen(&Load {
+            check: vec![c.b],
+            ..load(seed, 6000)
+        });
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
+        // Freeze the source at the flip so the kill lands in the drain, before the retire.
+        c.wait_phase(id, &["cutover", "drain"], MOVE_TIMEOUT, |_| true);
+        c.node_a.pause();
+        c.wait_phase(id, &["drain"], Duration::from_secs(10), |_| true);
+        c.kill(Role::NodeA);
+        let killed = Instant::now();
+        let end = c.try_wait_move_end(id, ABORT_WITHIN);
+        figure("source killed in the drain -> move done", killed);
+        let _ = migrate.wait(Duration::from_secs(30));
+        let r = run.finish(LOAD_END_TIMEOUT);
+        match end {
+            Ok(end) if phase_name(end.phase) == "done" => {}
+            other => c.fail(&format!(
+                "{ctx}: expected the move to finish within {ABORT_WITHIN:?}, got {other:?}\n{}",
+                r.summary()
+            )),
+        }
+        // Every signal below the boundary reached node-b too; what the dead source never
+        // answered, clients retransmitted to node-b.
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_clean(c.b, SESSIONS, &ctx);
+        assert_owner(&c, c.b, "node-b", &ctx);
+    }
+}
+
+#[test]
+fn a_source_killed_mid_copy_and_left_down_rolls_forward_within_seconds() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("source kill -9 mid-copy, not restarted, seed {seed}");
+        let mut c = Cluster::start("source-kill-down");
+        let mut run = c.loadgen(&Load {
+            check: vec![c.b],
+            ..load(seed, 8000)
+        });
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
+        let percent = kill_point_percent(seed);
+        c.wait_phase(id, &["copy"], MOVE_TIMEOUT, |s| copied_at_least(s, percent));
+        c.kill(Role::NodeA);
+        let killed = Instant::now();
+        let end = c.try_wait_move_end(id, ABORT_WITHIN);
+        figure(
+            "source killed mid-copy, left down -> rolled forward",
+            killed,
+        );
+        let _ = migrate.wait(Duration::from_secs(30));
+        let r = run.finish(LOAD_END_TIMEOUT);
+        let end = match end {
+            Ok(end) if phase_name(end.phase) == "rolled_forward" => end,
+            other => c.fail(&format!(
+                "{ctx}: expected a roll forward within {ABORT_WITHIN:?}, got {other:?}\n{}",
+                r.summary()
+            )),
+        };
+        let f = &end.figures;
+        assert_eq!(f.lost_keys.len() as u64, f.lost_sessions, "{ctx}: {f:?}");
+        for field in ["duplicated", "reordered", "wrong_answers", "stray"] {
+            assert_eq!(r.n(field), 0, "{ctx}: {field}: {:#}", r.json);
+        }
+        let check = r.check(c.b);
+        let mismatches = check["oracle"]["mismatches"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            mismatches <= f.lost_sessions,
+            "{ctx}: {mismatches} UEs differ but only {} sessions were lost: {check:#}",
+            f.lost_sessions
+        );
+        let route = c.wait_steer_link(Duration::from_secs(10));
+        assert_eq!(route.node, c.b, "{ctx}: the steer serves from node-b");
+    }
+}
+
+#[test]
+fn a_destination_killed_after_the_move_is_an_alarm_until_an_operator_accepts_an_empty_one() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("destination kill -9 after done, seed {seed}");
+        let mut c = Cluster::start("destination-kill-after-done");
+        let mut run = c.loadgen(&Load {
+            check: Vec::new(),
+            ..load(seed, 5000)
+        });
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let (mut migrate, id) = c.migrate("node-b", &[]);
+        let end = c.wait_move_end(id, MOVE_TIMEOUT);
+        assert_eq!(phase_name(end.phase), "done", "{ctx}: {end:?}");
+        assert!(migrate.wait(Duration::from_secs(10)).success(), "{ctx}");
+        // No standby: the instance dies with node-b. It must be an alarm, not silence.
+        c.kill(Role::NodeB);
+        let killed = Instant::now();
+        let alarm = harness::poll(Duration::from_secs(15), || {
+            let s = c.status_json();
+            let entry = s["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["name"] == INSTANCE)?
+                .clone();
+            entry["alarm"].as_str().map(str::to_owned)
+        });
+        figure("destination killed after done -> alarm in status", killed);
+        let Some(alarm) = alarm else {
+            c.fail(&format!("{ctx}: handoff status raised no alarm"));
+        };
+        assert!(alarm.contains("ON NO NODE"), "{ctx}: {alarm}");
+        // It comes back hosting a new, empty mme-1: never taken for the old one.
+        c.restart_node(Role::NodeB, true);
+        let offline = harness::poll(Duration::from_secs(15), || {
+            let s = c.status_json();
+            let entry = s["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["name"] == INSTANCE)?
+                .clone();
+            entry["alarm"]
+                .as_str()
+                .filter(|a| a.contains("OFFLINE"))
+                .map(str::to_owned)
+        });
+        assert!(
+            offline.is_some(),
+            "{ctx}: no OFFLINE alarm once node-b is back empty"
+        );
+        let r = run.finish(LOAD_END_TIMEOUT);
+        assert!(r.n("lost") > 0, "{ctx}: the clients noticed nothing?");
+        assert_eq!(r.n("wrong_answers"), 0, "{ctx}: {:#}", r.json);
+        let fresh = c.instance_info(c.b).expect("node-b answers");
+        let fresh = fresh.expect("node-b hosts its new mme-1");
+        assert_eq!(
+            (fresh.stats.outputs, fresh.stats.runtime.processed),
+            (0, 0),
+            "{ctx}: the empty incarnation was sent signals before anyone accepted it"
+        );
+        // Without --accept-empty, recover says what it would give up and changes nothing.
+        let mut refused = c.cli(&["recover", INSTANCE], Duration::from_secs(30));
+        assert!(!refused.wait(Duration::ZERO).success(), "{ctx}");
+        assert!(
+            refused.stderr().contains("--accept-empty"),
+            "{ctx}: {}",
+            refused.stderr()
+        );
+        let mut accept = c.cli(
+            &["recover", INSTANCE, "--accept-empty"],
+            Duration::from_secs(30),
+        );
+        assert!(
+            accept.wait(Duration::ZERO).success(),
+            "{ctx}: {}",
+            accept.stderr()
+        );
+        figure(
+            "destination killed after done -> served again (accept-empty)",
+            killed,
+        );
+        // Served again, from node-b's new incarnation: new subscribers are exact there.
+        let mut again = c.loadgen(&Load {
+            imsi_base: Some(2_020_000_000_001),
+            check: vec![c.b],
+            ..load(seed + 1000, 1000)
+        });
+        let r = again.finish(LOAD_END_TIMEOUT);
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_matches(c.b, SESSIONS, &ctx);
+        assert_owner(&c, c.b, "node-b", &ctx);
+    }
+}

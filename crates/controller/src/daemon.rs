@@ -363,6 +363,12 @@ impl Controller {
                 format!("{d}; ask again to move it from {from}"),
             ));
         }
+        if from == to {
+            return Err((
+                code::WRONG_PHASE,
+                format!("{instance} is already on {to}: the steer routes it there"),
+            ));
+        }
         let source_incarnation = v.incarnation;
         let source = self
             .node_addr(&from)

@@ -236,10 +236,11 @@ impl NetDriver {
             if out.is_closed() {
                 return;
             }
-            if let Ok(v) = self
-                .steer(spec.steer, &SteerRequest::Status(ops::Status {}))
-                .await
-            {
+            let asked = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.steer(spec.steer, &SteerRequest::Status(ops::Status {})),
+            );
+            if let Ok(Ok(v)) = asked.await {
                 match serde_json::from_value::<ops::StatusReply>(v) {
                     Ok(st) => {
                         let lost = (st.services.iter())
@@ -254,21 +255,40 @@ impl NetDriver {
                 }
             }
             let inc = *incarnations.borrow();
-            for (i, (side, addr, want)) in [
-                (Side::Source, spec.source, inc.source),
-                (Side::Destination, spec.destination, inc.destination),
+            let probe = |addr: SocketAddr| {
+                let this = &self;
+                async move {
+                    // A frozen node accepts connections and never answers: bounded.
+                    let r = tokio::time::timeout(Duration::from_secs(1), async {
+                        let mut c = this.connect(addr, Duration::from_secs(1)).await?;
+                        c.call(&node_ops::Stats {}).await.map_err(failure)
+                    })
+                    .await;
+                    match r {
+                        Ok(r) => r,
+                        Err(_) => Err(Failure::Unreachable("no answer within 1 s".into())),
+                    }
+                }
+            };
+            let (source_stats, dest_stats) = tokio::join!(probe(spec.source), async {
+                match inc.destination {
+                    Some(_) => Some(probe(spec.destination).await),
+                    None => None, // Not prepared yet.
+                }
+            });
+            for (i, (side, addr, want, r)) in [
+                (Side::Source, spec.source, inc.source, Some(source_stats)),
+                (
+                    Side::Destination,
+                    spec.destination,
+                    inc.destination,
+                    dest_stats,
+                ),
             ]
             .into_iter()
             .enumerate()
             {
-                if side == Side::Destination && want.is_none() {
-                    continue; // Not prepared yet.
-                }
-                let r = async {
-                    let mut c = self.connect(addr, Duration::from_secs(1)).await?;
-                    c.call(&node_ops::Stats {}).await.map_err(failure)
-                }
-                .await;
+                let Some(r) = r else { continue };
                 let lost = match r {
                     Ok(st) => {
                         down_since[i] = None;

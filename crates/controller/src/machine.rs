@@ -693,6 +693,11 @@ impl MoveMachine {
                     self.in_flight = false;
                     return true;
                 }
+                if self.phase == Phase::Retire {
+                    // Nothing left to retire: its copy of the instance died with it.
+                    self.enter(Phase::Done, now_ms);
+                    return true;
+                }
                 return false;
             }
             (Side::Destination, false) => {
