@@ -134,7 +134,7 @@ impl NetDriver {
             Request::Node { addr, req, timeout } => self.node(addr, &req, timeout).await?,
             Request::Steer(req) => self.steer(m.spec.steer, &req).await?,
         };
-        outcome_of(&m.spec, action, v)
+        outcome_of(m, action, v)
     }
 
     /// Checks `plan` against what `instance` holds on the node at `source` now (its
@@ -202,7 +202,7 @@ pub enum Incident {
 /// Whether the health watch may change the course of a move in `phase` (not while it
 /// aborts, re-installs a lost route or takes a crash's way out: those handle their own
 /// failures).
-fn watched(phase: crate::machine::Phase) -> bool {
+pub fn watched(phase: crate::machine::Phase) -> bool {
     !phase.is_terminal()
         && !phase.is_crash_path()
         && !phase.is_route_recovery()
@@ -465,7 +465,7 @@ async fn next_incident(
 }
 
 /// Hands an incident to the machine; `true` if it changed the move's course.
-fn on_incident(m: &mut MoveMachine, i: Incident, now_ms: u64) -> bool {
+pub fn on_incident(m: &mut MoveMachine, i: Incident, now_ms: u64) -> bool {
     if !watched(m.phase) {
         return false;
     }
@@ -654,16 +654,26 @@ pub fn request_for(m: &MoveMachine, action: &Action) -> Request {
             instance,
             node: at(*owner),
         })),
+        // Only the incarnation the move worked with (after a finish the route no longer names
+        // the source: the steer links it again, bound to exactly that one).
         Action::Recover { owner } => Request::Steer(SteerRequest::Recover(steer_ops::Recover {
             instance,
             node: at(*owner),
-            incarnation: None,
+            incarnation: match owner {
+                Side::Source => inc.source,
+                Side::Destination => inc.destination,
+            },
         })),
     }
 }
 
 /// Reads the answer `v` to the request for `action` (see [`request_for`]) as its outcome.
-pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result<Outcome, Failure> {
+pub fn outcome_of(
+    m: &MoveMachine,
+    action: &Action,
+    v: serde_json::Value,
+) -> Result<Outcome, Failure> {
+    let s = &m.spec;
     /// The reply of operation `O`, every field required.
     fn typed<O: Operation>(v: serde_json::Value) -> Result<O::Reply, Failure> {
         serde_json::from_value::<O::Reply>(v)
@@ -711,16 +721,25 @@ pub fn outcome_of(s: &MoveSpec, action: &Action, v: serde_json::Value) -> Result
         Action::AbortCommit => boundary(typed::<steer_ops::AbortCommit>(v)?),
         Action::ServeRoute { .. } => boundary(typed::<steer_ops::Serve>(v)?),
         Action::Recover { .. } => boundary(typed::<steer_ops::Recover>(v)?),
-        Action::AppliedSeq { .. } => {
+        Action::AppliedSeq { at } => {
             let stats = serde_json::from_value::<AppliedView>(v)
                 .map_err(|e| Failure::Refused(format!("bad reply to stats: {e}")))?;
-            let seq = stats
+            let i = stats
                 .instances
                 .iter()
                 .find(|i| i.instance == s.instance)
-                .map(|i| i.stats.last_seq)
                 .ok_or_else(|| Failure::Refused(format!("{} is not hosted there", s.instance)))?;
-            Outcome::Applied(seq)
+            let want = match at {
+                Side::Source => m.incarnations.source,
+                Side::Destination => m.incarnations.destination,
+            };
+            if let Some(w) = want.filter(|w| *w != i.incarnation) {
+                return Err(Failure::Refused(format!(
+                    "{} there is incarnation {}, not {w} (it restarted)",
+                    s.instance, i.incarnation
+                )));
+            }
+            Outcome::Applied(i.stats.last_seq)
         }
         Action::AbortBegin => Outcome::Keys(typed::<steer_ops::AbortBegin>(v)?.created),
         Action::CreatedKeys { .. } => Outcome::Keys(typed::<node_ops::CreatedKeysOf>(v)?.created),
@@ -759,6 +778,7 @@ struct AppliedView {
 #[derive(serde::Deserialize)]
 struct AppliedInstance {
     instance: String,
+    incarnation: u64,
     stats: AppliedStats,
 }
 

@@ -577,6 +577,11 @@ impl MoveMachine {
                 force: false,
             },
             Phase::Finish => Action::FinishMove,
+            // The new owner is checked (there, the incarnation cut over to) before the source's
+            // copy, the last one, is dropped.
+            Phase::Retire if self.polls == 0 => Action::AppliedSeq {
+                at: Side::Destination,
+            },
             Phase::Retire => Action::DropInstance { at: Side::Source },
             Phase::AbortBegin => Action::AbortBegin,
             Phase::AbortExpect => Action::ExpectSessions {
@@ -895,6 +900,7 @@ impl MoveMachine {
             (Phase::Drain, Outcome::Done) => self.polls += 1,
             (Phase::Finish, _) if self.polls == 0 => self.polls = 1,
             (Phase::Finish, _) => self.enter(Phase::Retire, now_ms),
+            (Phase::Retire, Outcome::Applied(_)) if self.polls == 0 => self.polls = 1,
             (Phase::Retire, _) => self.enter(Phase::Done, now_ms),
             (Phase::AbortBegin, Outcome::Keys(keys)) => {
                 self.figures.created_during_move = keys.len() as u64;
@@ -1200,8 +1206,24 @@ impl MoveMachine {
                 self.attempts = 0;
             }
             Phase::Drain => self.enter(Phase::Finish, now_ms),
+            Phase::Retire if self.polls == 0 => {
+                self.reason = Some(format!(
+                    "the destination was lost before the source was retired ({why}): the instance is offline; `handoff recover {}` serves it from the source again",
+                    self.spec.instance
+                ));
+                self.enter(Phase::Offline, now_ms)
+            }
             Phase::Retire => self.enter(Phase::Done, now_ms),
-            Phase::Finish => self.fail(why, now_ms),
+            // The destination cannot leave shadow mode, or the steer will not make it the
+            // owner (it lost its incarnation): offline, the source still holds everything
+            // below the boundary.
+            Phase::Finish => {
+                self.reason = Some(format!(
+                    "the destination could not take over after the cutover ({why}): the instance is offline; `handoff recover {}` serves it from the source again",
+                    self.spec.instance
+                ));
+                self.enter(Phase::Offline, now_ms)
+            }
             // The steer refused: the route is not moving (never switched, or already back).
             Phase::AbortBegin => match f {
                 Failure::Refused(_) => self.enter(Phase::AbortDrop, now_ms),

@@ -5,7 +5,9 @@
 //! `checks`.
 
 use bytes::Bytes;
-use handoff_controller::driver::{outcome_of, refusal, request_for, Request};
+use handoff_controller::driver::{
+    on_incident, outcome_of, refusal, request_for, Incident, Request,
+};
 use handoff_controller::machine::{
     Action, Failure, MoveMachine, MoveSpec, Outcome, Phase, Side, POLL_MS,
 };
@@ -88,6 +90,14 @@ const A: usize = 0;
 const B: usize = 1;
 /// The steer's bind retries back off from this (scaled from 50 ms) ...
 const BIND_RETRY_US: u64 = 5_000;
+/// The controller's health watch interval (`driver::drive`'s 250 ms, scaled like the other
+/// control time-outs).
+const HEALTH_US: u64 = 25_000;
+/// How long a node of a move may be down before the health watch counts it lost (the
+/// driver's 2 s, scaled).
+const NODE_LOST_AFTER_US: u64 = 200_000;
+/// How long after a move parks offline the operator recovers it.
+const OPERATOR_RECOVERS_US: u64 = 300_000;
 /// ... to at most this (scaled from 2 s).
 const BIND_RETRY_MAX_US: u64 = 100_000;
 /// How often the steer's core is polled while a command waits on a link.
@@ -285,6 +295,14 @@ enum Ev {
         copy: u64,
     },
     Fault(Fault),
+    /// The controller's health watch of the move's steer and nodes (as `driver::drive`'s).
+    Health {
+        inc: u32,
+    },
+    /// The operator recovers a move parked offline.
+    OperatorRecover {
+        inc: u32,
+    },
     Restart,
     SteerRestart,
     /// A (restarted) steer's link binds the instance at a node.
@@ -634,6 +652,10 @@ impl Sim {
         }
         sim.at(TICK_US, Ev::Tick);
         sim.at(sim.sc.warmup_us, Ev::Step { inc: 0 });
+        sim.at(sim.sc.warmup_us + HEALTH_US, Ev::Health { inc: 0 });
+        // The controller checked where the steer routes before starting: the source's
+        // incarnation is the one the route is bound to.
+        sim.ctl.m.incarnations.source = Some(sim.nodes[A].incarnation(A));
         sim
     }
 
@@ -774,6 +796,8 @@ impl Sim {
             Ev::Reply { inc, req, result } => self.ctl_reply(inc, req, result),
             Ev::Complete { inc, req, result } => self.ctl_complete(inc, req, result),
             Ev::Step { inc } => self.ctl_step(inc),
+            Ev::Health { inc } => self.ctl_health(inc),
+            Ev::OperatorRecover { inc } => self.operator_recover(inc),
             Ev::SteerPoll { inc } => {
                 if inc == self.steer.inc && self.steer.alive {
                     self.steer.poll_due = false;

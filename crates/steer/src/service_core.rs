@@ -447,6 +447,18 @@ pub enum Effect<R> {
     Send(LinkId, SignalFrame),
 }
 
+impl Slot {
+    /// The refusal of a step onto this side, if it lost the incarnation it was bound to.
+    fn lost_incarnation(&self) -> Option<CommandError> {
+        self.foreign
+            .map(|(found, _)| CommandError::OtherIncarnation {
+                node: self.node,
+                bound: self.incarnation.unwrap_or_default(),
+                found,
+            })
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     id: LinkId,
@@ -485,6 +497,12 @@ struct PendingRebind<R> {
     reply: R,
 }
 
+struct PendingRecover<R> {
+    slot: Slot,
+    since_us: u64,
+    reply: R,
+}
+
 struct Hold<R> {
     queue: VecDeque<SignalFrame>,
     target: Option<(Slot, u64)>,
@@ -504,6 +522,8 @@ pub struct ServiceCore<R> {
     sent: Sent,
     pending: Option<PendingBegin<R>>,
     rebind: Option<PendingRebind<R>>,
+    /// A recovery onto a node off the route, waiting for its link to bind.
+    recovering: Option<PendingRecover<R>>,
     /// `Some(cut_over)` while the route is lost.
     lost: Option<bool>,
     hold: Option<Hold<R>>,
@@ -555,6 +575,7 @@ impl<R> ServiceCore<R> {
             },
             pending: None,
             rebind: None,
+            recovering: None,
             lost,
             hold: None,
             effects: Vec::new(),
@@ -581,6 +602,7 @@ impl<R> ServiceCore<R> {
     pub fn needs_poll(&self) -> bool {
         self.pending.is_some()
             || self.rebind.is_some()
+            || self.recovering.is_some()
             || self.hold.as_ref().is_some_and(|h| h.target.is_some())
     }
 
@@ -634,6 +656,9 @@ impl<R> ServiceCore<R> {
     }
 
     fn slot_mut(&mut self, id: LinkId) -> Option<&mut Slot> {
+        if let Some(p) = self.recovering.as_mut().filter(|p| p.slot.id == id) {
+            return Some(&mut p.slot);
+        }
         if self.source.id == id {
             return Some(&mut self.source);
         }
@@ -812,6 +837,30 @@ impl<R> ServiceCore<R> {
             }
         }
         self.release_step(now_us, room);
+        if let Some(p) = self.recovering.take() {
+            let slot = p.slot;
+            if slot.up {
+                let mut retire = vec![self.source];
+                retire.extend(self.dest);
+                let r = self.take_over(slot, retire, self.sent.source.max(self.sent.dest));
+                self.reply(p.reply, r);
+            } else if slot.foreign.is_some()
+                || now_us.saturating_sub(p.since_us) > self.timeouts.link_up_us
+            {
+                self.effects.push(Effect::CloseLink(slot.id));
+                let e = match slot.foreign {
+                    Some((found, _)) => CommandError::OtherIncarnation {
+                        node: slot.node,
+                        bound: slot.incarnation.unwrap_or_default(),
+                        found,
+                    },
+                    None => CommandError::NotBound(slot.node),
+                };
+                self.reply(p.reply, Err(e));
+            } else {
+                self.recovering = Some(p);
+            }
+        }
         if let Some(p) = self.pending.take() {
             // The source's link must be bound too: after a restart its last applied seq (what
             // the copy's manifest must wait for) is known only then.
@@ -962,6 +1011,27 @@ impl<R> ServiceCore<R> {
                 }
             }
             Command::Serve { node } => self.serve(node),
+            Command::Recover { node, incarnation }
+                if node != self.source.node && self.dest.is_none_or(|d| d.node != node) =>
+            {
+                // Off the route (a move's source the route already left): a new link, bound
+                // only to the incarnation named.
+                let Some(want) = incarnation else {
+                    self.reply(reply, Err(CommandError::NotOnRoute(node)));
+                    return;
+                };
+                let mut slot = self.open(node);
+                slot.incarnation = Some(want);
+                if let Some(old) = self.recovering.replace(PendingRecover {
+                    slot,
+                    since_us: now_us,
+                    reply,
+                }) {
+                    self.effects.push(Effect::CloseLink(old.slot.id));
+                    self.reply(old.reply, Err(CommandError::Superseded("recover")));
+                }
+                return;
+            }
             Command::Recover { node, incarnation } => self.recover(node, incarnation),
             Command::Begin {
                 destination,
@@ -1001,6 +1071,9 @@ impl<R> ServiceCore<R> {
             Command::Cutover => {
                 if let (Some(b), RoutePhase::CutOver) = (self.sent.flip, self.route.phase()) {
                     Ok(Answer::Boundary(b))
+                } else if let Some(e) = self.dest.and_then(|d| d.lost_incarnation()) {
+                    // Never flip onto an incarnation that is not the move's shadow.
+                    Err(e)
                 } else {
                     let boundary = self.seq + 1;
                     let r = self.route.cutover(boundary, self.seq).map(|()| Boundary {
@@ -1021,6 +1094,12 @@ impl<R> ServiceCore<R> {
                     && self.dest.is_none()
                 {
                     Ok(Answer::Done)
+                } else if let Some(e) = self.dest.and_then(|d| d.lost_incarnation()) {
+                    // Never make an incarnation the owner that is not the one cut over to.
+                    Err(e)
+                } else if let Some(d) = self.dest.filter(|d| !d.up) {
+                    // Nor a node that is not there: the move waits (or goes offline).
+                    Err(CommandError::LinkDown(d.node))
                 } else {
                     let r = self.route.finish();
                     if r.is_ok() {
@@ -1154,6 +1233,23 @@ impl<R> ServiceCore<R> {
         if !owner.up {
             return Err(CommandError::LinkDown(node));
         }
+        let last_sent = match other {
+            Some(o) if o.id == self.source.id => self.sent.source,
+            Some(_) => self.sent.dest,
+            None => 0,
+        };
+        self.take_over(owner, other.into_iter().collect(), last_sent)
+    }
+
+    /// Makes `owner` the instance's node at once: whatever waited is answered, `retire`d
+    /// links close after their grace, a move in progress is over.
+    fn take_over(
+        &mut self,
+        owner: Slot,
+        retire: Vec<Slot>,
+        last_sent: u64,
+    ) -> Result<Answer, CommandError> {
+        let node = owner.node;
         if let Some(p) = self.pending.take() {
             self.reply(p.reply, Err(CommandError::Aborted));
         }
@@ -1165,12 +1261,7 @@ impl<R> ServiceCore<R> {
                 self.reply(r, Err(CommandError::Aborted));
             }
         }
-        let last_sent = match other {
-            Some(o) if o.id == self.source.id => self.sent.source,
-            Some(_) => self.sent.dest,
-            None => 0,
-        };
-        if let Some(o) = other {
+        for o in retire.iter().filter(|o| o.id != owner.id) {
             self.effects.push(Effect::RetireLink(o.id));
         }
         let top = self.seq.max(owner.base);

@@ -98,6 +98,7 @@ fn a_healthy_move_walks_every_phase_in_order() {
             "applied",
             "finish_shadow",
             "finish_move",
+            "applied",
             "drop"
         ]
     );
@@ -253,12 +254,35 @@ fn a_failure_before_cutover_aborts_and_after_it_goes_forward() {
     // The source is gone after the flip: the move still completes.
     let mut m = MoveMachine::new(spec(), 0).unwrap();
     run(&mut m, |a, _| match a {
-        Action::AppliedSeq { .. } | Action::DropInstance { at: Side::Source } => {
+        Action::AppliedSeq { at: Side::Source } | Action::DropInstance { at: Side::Source } => {
             Err(Failure::Unreachable("connection refused".into()))
         }
         _ => Ok(healthy(a, &[])),
     });
     assert_eq!(m.phase, Phase::Done, "{m:?}");
+
+    // The destination is gone once the flip happened: the move parks offline (the source
+    // still holds everything below the boundary), it never drops the source.
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    run(&mut m, |a, _| match a {
+        Action::AppliedSeq {
+            at: Side::Destination,
+        } => Err(Failure::Unreachable("connection refused".into())),
+        Action::FinishShadow { .. } => Err(Failure::Refused("unknown instance".into())),
+        _ => Ok(healthy(a, &[])),
+    });
+    assert_eq!(m.phase, Phase::Offline, "{m:?}");
+    assert!(
+        m.action().is_none(),
+        "parked: nothing to do until an operator recovers"
+    );
+    m.recover_on_source(0).unwrap();
+    assert_eq!(
+        m.action(),
+        Some(Action::Recover {
+            owner: Side::Source
+        })
+    );
 
     // An unreachable peer is retried before giving up.
     let mut m = MoveMachine::new(spec(), 0).unwrap();

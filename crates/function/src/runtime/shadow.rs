@@ -537,9 +537,20 @@ impl<F: Function> Shadow<F> {
     pub fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> Vec<SessionKey> {
         let mut keys: Vec<SessionKey> = self.awaiting.drain().collect();
         keys.sort();
+        // With no manifest, nothing is awaited but every stateful signal was buffered: they
+        // apply now too, on whatever this copy holds (its sender's sessions never came).
+        let mut unlisted: Vec<SessionKey> = if self.manifest_known {
+            Vec::new()
+        } else {
+            self.buffers.keys().cloned().collect()
+        };
+        unlisted.sort();
         self.manifest_known = true;
         for key in &keys {
             self.instance.remove_session(key);
+            self.replay(key, 0, out);
+        }
+        for key in &unlisted {
             self.replay(key, 0, out);
         }
         self.stats.awaiting = 0;

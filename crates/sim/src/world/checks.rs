@@ -177,6 +177,53 @@ impl Sim {
                     state_violation = Some(("source_state_except_created", e));
                 }
             }
+            if dest_crash && phase == Phase::Recovered {
+                // Recovered on the source after the destination died past the cutover: the
+                // source holds exactly what every admitted signal and tick but the given-up
+                // ones (stamped from the boundary until the recovery) makes of the instance.
+                let given_up =
+                    m.figures.cutover_seq..m.figures.cutover_seq + m.figures.given_up_seqs;
+                let mut kept = Instance::new(self.func.clone());
+                for a in
+                    (self.log.iter()).filter(|a| self.effective(a) && !given_up.contains(&a.seq))
+                {
+                    let stamp = Stamp {
+                        seq: a.seq,
+                        now_us: a.now_us,
+                    };
+                    kept.apply_signal(stamp, a.kind, &a.key, &a.payload, &mut Vec::new());
+                }
+                let kept = kept.table().dump();
+                // Not abort-safe: the sessions created on the destination during the move
+                // died with it too (the source holds what it had before their create).
+                let created_there: BTreeSet<Bytes> = (self.log.iter())
+                    .filter(|a| {
+                        a.auth == B && a.kind != SignalKind::Tick && a.seq < m.figures.cutover_seq
+                    })
+                    .map(|a| a.key.clone())
+                    .collect();
+                self.checked.push("recovered_source_state");
+                if let Err(e) = faults::compare_state(&self.nodes[A], &kept, &created_there) {
+                    state_violation = Some(("recovered_source_state", e));
+                }
+            }
+            if source_crash && phase == Phase::RolledForward {
+                // Rolled forward: the destination is exact except for the sessions the move
+                // names as lost with the source (every session that existed before the move
+                // when its manifest never arrived).
+                let except: BTreeSet<Bytes> = if m.figures.manifest_lost {
+                    (self.log.iter())
+                        .filter(|a| a.seq < m.figures.first_seq && a.kind != SignalKind::Tick)
+                        .map(|a| a.key.clone())
+                        .collect()
+                } else {
+                    m.figures.lost_keys.iter().cloned().collect()
+                };
+                self.checked.push("rolled_forward_state");
+                if let Err(e) = ok_state(&self.nodes[B], &except) {
+                    state_violation = Some(("rolled_forward_state", e));
+                }
+            }
             if source_crash && phase == Phase::Done {
                 self.checked.push("destination_state");
                 if let Err(e) = ok_state(&self.nodes[B], &BTreeSet::new()) {

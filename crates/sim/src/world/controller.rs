@@ -46,6 +46,14 @@ impl Sim {
             }
         }
         let Some(action) = self.ctl.m.action() else {
+            if self.ctl.m.phase.is_parked() {
+                // Offline: an operator runs `handoff recover` a little later.
+                self.trace(
+                    "controller: the move is parked offline; the operator recovers it".into(),
+                );
+                self.at(self.now + OPERATOR_RECOVERS_US, Ev::OperatorRecover { inc });
+                return;
+            }
             if !self.ctl.ended {
                 self.ctl.ended = true;
                 self.trace(format!(
@@ -203,5 +211,89 @@ impl Sim {
         self.note_phase();
         let inc = self.ctl.inc;
         self.at(self.now, Ev::Step { inc });
+        self.at(self.now + HEALTH_US, Ev::Health { inc });
+    }
+
+    /// The operator's `handoff recover` of a move parked offline (the controller daemon's
+    /// `recover`: the machine goes on from its stored state).
+    pub(super) fn operator_recover(&mut self, inc: u32) {
+        if inc != self.ctl.inc || !self.ctl.alive || !self.ctl.m.phase.is_parked() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        match self.ctl.m.recover_on_source(now_ms) {
+            Ok(()) => {
+                self.persist();
+                self.note_phase();
+                self.at(self.now, Ev::Step { inc });
+            }
+            Err(e) => self.violation("recover_works", e),
+        }
+    }
+
+    /// The health watch (`driver::drive`'s, every [`HEALTH_US`]): the route lost at the steer,
+    /// or a node of the move lost (it hosts another incarnation or none, or has been down for
+    /// [`NODE_LOST_AFTER_US`]) cuts short what the controller waits for (never a steer
+    /// command) and the machine takes the crash's way out (`driver::on_incident`).
+    pub(super) fn ctl_health(&mut self, inc: u32) {
+        if inc != self.ctl.inc || !self.ctl.alive || self.ctl.ended {
+            return;
+        }
+        self.at(self.now + HEALTH_US, Ev::Health { inc });
+        let mut incidents = Vec::new();
+        if self.steer.alive && self.steer.core.route_lost() {
+            incidents.push(Incident::RouteLost);
+        }
+        let inc_of = self.ctl.m.incarnations;
+        for (i, side, want) in [
+            (0, Side::Source, inc_of.source),
+            (1, Side::Destination, inc_of.destination),
+        ] {
+            if side == Side::Destination && want.is_none() {
+                continue;
+            }
+            let n = side_node(side);
+            let node = &self.nodes[n];
+            let lost = if node.alive {
+                self.ext.down_since[i] = None;
+                match &node.inst {
+                    None => Some(format!("{} no longer hosts the instance", node_name(n))),
+                    Some(_) if want.is_some_and(|w| w != node.incarnation(n)) => Some(format!(
+                        "{} hosts another incarnation of the instance",
+                        node_name(n)
+                    )),
+                    Some(_) => None,
+                }
+            } else {
+                let since = *self.ext.down_since[i].get_or_insert(self.now);
+                (self.now - since >= NODE_LOST_AFTER_US)
+                    .then(|| format!("{} has been unreachable", node_name(n)))
+            };
+            if let Some(why) = lost {
+                incidents.push(Incident::NodeLost(side, why));
+            }
+        }
+        for i in incidents {
+            // Steer commands are never cut short: the next tick sees the incident again.
+            let steer_waiting = self
+                .ctl
+                .waiting
+                .as_ref()
+                .is_some_and(|(_, a)| matches!(request_for(&self.ctl.m, a), Request::Steer(_)));
+            if steer_waiting {
+                return;
+            }
+            let now_ms = self.now_ms();
+            let mut m = self.ctl.m.clone();
+            if on_incident(&mut m, i.clone(), now_ms) {
+                self.trace(format!("controller: health watch: {i:?}"));
+                self.ctl.m = m;
+                self.ctl.waiting = None;
+                self.persist();
+                self.note_phase();
+                self.at(self.now, Ev::Step { inc });
+                return;
+            }
+        }
     }
 }

@@ -215,7 +215,7 @@ impl Sim {
             lead_ms: 0,
         };
         let body = serde_json::to_value(&report).unwrap_or_default();
-        let r = outcome_of(&self.ctl.m.spec, &action, body);
+        let r = outcome_of(&self.ctl.m, &action, body);
         self.reply(task.reply, r);
     }
 

@@ -91,6 +91,8 @@ pub(super) struct Extra {
     sent: BTreeMap<usize, Bytes>,
     /// A split steer crash: (run, node written to, seq).
     split: Option<(u32, usize, u64)>,
+    /// Since when the health watch has found each side's node down (source, destination).
+    pub(super) down_since: [Option<u64>; 2],
 }
 
 impl Sim {
@@ -321,8 +323,11 @@ impl Sim {
                 Phase::Aborted => Some(A),
                 _ => None,
             };
-            // A crash once the move had ended loses what any crash without a standby loses.
-            let during = !crashed_in.is_terminal();
+            // A crash once the move had ended loses what any crash without a standby loses; so
+            // does the new owner's crash while the source is being retired (after the retire
+            // checked the new owner): `docs/moves.md`, "When a process crashes".
+            let during = !crashed_in.is_terminal()
+                && !(n == B && crashed_in == Phase::Retire && m.phase == Phase::Done);
             if let Some(owner) = owner.filter(|_| self.sc.control_loss == 0.0 && during) {
                 let except: BTreeSet<Bytes> =
                     if owner == A && (n == B || m.figures.lost_on_abort > 0) {

@@ -191,6 +191,7 @@ impl Sim {
             Action::AppliedSeq { .. } => match &node.inst {
                 Some(i) => Ok(json!({ "instances": [{
                     "instance": "counter-1",
+                    "incarnation": node.incarnation(n),
                     "stats": i.stats(),
                 }] })),
                 None => unknown(),
@@ -286,7 +287,7 @@ impl Sim {
         };
         self.emit(n, out);
         let r = match body {
-            Ok(v) => outcome_of(&self.ctl.m.spec, &action, v),
+            Ok(v) => outcome_of(&self.ctl.m, &action, v),
             Err((c, m)) => Err(refusal(c, &m)),
         };
         self.trace(format!("{}: {action:?} → {r:?}", node_name(n)));

@@ -191,7 +191,7 @@ impl Sim {
         };
         let result = match r {
             Ok(answer) => match reply_body(&req, answer, u64::from(self.steer.inc)) {
-                Some(v) => outcome_of(&self.ctl.m.spec, &action, v),
+                Some(v) => outcome_of(&self.ctl.m, &action, v),
                 None => Err(Failure::Refused(format!("answer out of turn to {req:?}"))),
             },
             Err(e) => Err(refusal(e.code(), &e.to_string())),
