@@ -326,8 +326,8 @@ impl Sim {
             // A crash once the move had ended loses what any crash without a standby loses; so
             // does the new owner's crash while the source is being retired (after the retire
             // checked the new owner): `docs/moves.md`, "When a process crashes".
-            let during = !crashed_in.is_terminal()
-                && !(n == B && crashed_in == Phase::Retire && m.phase == Phase::Done);
+            let retired_under_it = n == B && crashed_in == Phase::Retire && m.phase == Phase::Done;
+            let during = !(crashed_in.is_terminal() || retired_under_it);
             if let Some(owner) = owner.filter(|_| self.sc.control_loss == 0.0 && during) {
                 let except: BTreeSet<Bytes> =
                     if owner == A && (n == B || m.figures.lost_on_abort > 0) {
