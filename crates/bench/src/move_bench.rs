@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Steps of a run: the four loaded contenders, raw TCP, Redis.
-pub const STEPS: usize = 6;
+pub const STEPS: usize = 7;
 /// The function the load generator and the oracle speak.
 pub const LOAD_FUNCTION: &str = "vmme";
 /// How long the move window stays open after a move returns: answers to signals held during
@@ -165,7 +165,12 @@ impl MoveBenchOptions {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mover {
     /// The live move, in this copy order.
-    Live(CopyOrder),
+    Live {
+        /// Copy order.
+        order: CopyOrder,
+        /// Every create and update to both nodes (the default of `handoff migrate`).
+        abort_safe: bool,
+    },
     /// Stop-and-copy (`None`) or iterative pre-copy.
     Baseline(Option<PreCopyRule>),
 }
@@ -183,7 +188,7 @@ pub struct PlanStep {
 
 /// The loaded contenders, in run order: the hot-first live move runs first because its
 /// destination's records are what raw TCP and Redis move afterwards.
-pub fn plan(config: &BenchConfig) -> [PlanStep; 4] {
+pub fn plan(config: &BenchConfig) -> [PlanStep; 5] {
     let step = |step, id, name, mover| PlanStep {
         step,
         id,
@@ -195,22 +200,37 @@ pub fn plan(config: &BenchConfig) -> [PlanStep; 4] {
             1,
             id::HANDOFF,
             "(a) handoff live move, hot-first",
-            Mover::Live(CopyOrder::HotFirst),
+            Mover::Live {
+                order: CopyOrder::HotFirst,
+                abort_safe: false,
+            },
         ),
         step(
             2,
             id::HANDOFF_RANDOM,
             "(a') handoff live move, random order",
-            Mover::Live(CopyOrder::Random { seed: config.seed }),
+            Mover::Live {
+                order: CopyOrder::Random { seed: config.seed },
+                abort_safe: false,
+            },
         ),
         step(
             3,
+            id::HANDOFF_ABORT_SAFE,
+            "(a'') handoff live move, hot-first, abort-safe",
+            Mover::Live {
+                order: CopyOrder::HotFirst,
+                abort_safe: true,
+            },
+        ),
+        step(
+            4,
             id::STOP_AND_COPY,
             "(b) stop-and-copy",
             Mover::Baseline(None),
         ),
         step(
-            4,
+            5,
             id::PRE_COPY,
             "(c) iterative pre-copy",
             Mover::Baseline(Some(config.precopy)),
@@ -425,10 +445,10 @@ impl MoveBench {
     ) -> Result<(MoveDetail, MoveFigures), BenchError> {
         let subject = &self.subject;
         match mover {
-            Mover::Live(order) => {
+            Mover::Live { order, abort_safe } => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let sampler = tokio::spawn(sample_buffered(b, subject.clone(), stop.clone()));
-                let moved = live_move(steer, subject, a, b, order).await;
+                let moved = live_move(steer, subject, a, b, order, abort_safe).await;
                 stop.store(true, Ordering::Relaxed);
                 let samples = sampler.await.unwrap_or_default();
                 let m = moved?;
@@ -552,7 +572,7 @@ impl Measured {
 /// How a mover treats the signals, in a sentence.
 fn mover_note(mover: Mover) -> &'static str {
     match mover {
-        Mover::Live(_) => "no pause: signals keep flowing; hot sessions first unless random",
+        Mover::Live { .. } => "no pause: signals keep flowing; hot sessions first unless random",
         Mover::Baseline(None) => "signals held at the steer while everything is copied",
         Mover::Baseline(Some(_)) => {
             "copy everything while serving, re-copy what changed, then hold and copy the rest"

@@ -71,6 +71,7 @@ pub async fn live_move(
     a: SocketAddr,
     b: SocketAddr,
     order: CopyOrder,
+    abort_safe: bool,
 ) -> Result<MoveReport, BenchError> {
     use handoff_controller::driver::{drive, NetDriver, Progress};
     use handoff_controller::machine::{MoveMachine, MoveSpec, Phase};
@@ -86,7 +87,7 @@ pub async fn live_move(
             steer: control,
             order,
             plan: CopyPlan::default(),
-            abort_safe: false,
+            abort_safe,
             lead_ms: 0,
             origin: "bench".into(),
         },

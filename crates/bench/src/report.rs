@@ -15,6 +15,8 @@ pub mod id {
     pub const HANDOFF: &str = "handoff";
     /// (a') The live move, random copy order.
     pub const HANDOFF_RANDOM: &str = "handoff_random";
+    /// The live move, hot-first, in abort-safe mode (every create and update to both nodes).
+    pub const HANDOFF_ABORT_SAFE: &str = "handoff_abort_safe";
     /// (b) Stop-and-copy.
     pub const STOP_AND_COPY: &str = "stop_and_copy";
     /// (c) Iterative pre-copy.
@@ -247,6 +249,11 @@ pub struct Ratios {
     /// Peak updates buffered waiting for their session's record (after the manifest), random
     /// copy order over hot-first: the effect of the order alone.
     pub buffered_for_records_peak_random_over_hot_first: Option<f64>,
+    /// The cost of abort-safe mode (the default): its move time over the plain hot-first
+    /// move's.
+    pub move_ms_abort_safe_over_handoff: Option<f64>,
+    /// Its largest client response gap during the move over the plain move's.
+    pub pause_abort_safe_over_handoff: Option<f64>,
 }
 
 /// `num / den`, or `None` when that is not a finite number.
@@ -282,6 +289,8 @@ struct RatioInputs {
     random_mean: Option<f64>,
     hot_for_records_peak: Option<f64>,
     random_for_records_peak: Option<f64>,
+    safe_ms: Option<f64>,
+    safe_pause: Option<f64>,
 }
 
 impl RatioInputs {
@@ -298,6 +307,8 @@ impl RatioInputs {
                 self.random_for_records_peak,
                 self.hot_for_records_peak,
             ),
+            move_ms_abort_safe_over_handoff: ratio(self.safe_ms, self.handoff_ms),
+            pause_abort_safe_over_handoff: ratio(self.safe_pause, self.handoff_pause),
         }
     }
 }
@@ -406,6 +417,8 @@ impl MoveBenchReport {
             random_mean: random.and_then(|c| c.buffered_mean),
             hot_for_records_peak: float(hot.and_then(|c| c.buffered_for_records_peak)),
             random_for_records_peak: float(random.and_then(|c| c.buffered_for_records_peak)),
+            safe_ms: by(id::HANDOFF_ABORT_SAFE).map(|c| c.total_ms),
+            safe_pause: by(id::HANDOFF_ABORT_SAFE).and_then(|c| c.pause_ms),
         };
         let ratios = inputs.ratios();
         let hot_first_vs_random = HotFirstVsRandom {

@@ -276,6 +276,14 @@ fn print_human(r: &MoveBenchReport, path: &std::path::Path) {
         "  time, redis MIGRATE / handoff               {}",
         opt_f(q.redis_ms_over_handoff_ms, 3)
     );
+    out!(
+        "  move time, abort-safe / plain hot-first     {}",
+        opt_f(q.move_ms_abort_safe_over_handoff, 3)
+    );
+    out!(
+        "  pause, abort-safe / plain hot-first         {}",
+        opt_f(q.pause_abort_safe_over_handoff, 3)
+    );
     let h = &r.hot_first_vs_random;
     out!(
         "  buffered peak, random / hot-first           {}  ({} vs {})",

@@ -130,7 +130,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_secs_f64(a.duration * a.move_at)).await;
         pb.println("moving mme-1 from node-a to node-b");
         window.store(true, std::sync::atomic::Ordering::Relaxed);
-        let r = live_move(&steer, &subject, node_a.addr, b.addr, order).await;
+        let r = live_move(&steer, &subject, node_a.addr, b.addr, order, true).await;
         window.store(false, std::sync::atomic::Ordering::Relaxed);
         moved = Some(r?);
     }

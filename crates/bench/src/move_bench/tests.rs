@@ -98,16 +98,19 @@ fn the_plan_runs_hot_first_first_and_numbers_its_steps() {
         [
             id::HANDOFF,
             id::HANDOFF_RANDOM,
+            id::HANDOFF_ABORT_SAFE,
             id::STOP_AND_COPY,
             id::PRE_COPY
         ]
     );
-    assert_eq!(p.map(|s| s.step), [1, 2, 3, 4]);
-    assert_eq!(p[0].mover, Mover::Live(CopyOrder::HotFirst));
+    assert_eq!(p.map(|s| s.step), [1, 2, 3, 4, 5]);
+    let live = |order, abort_safe| Mover::Live { order, abort_safe };
+    assert_eq!(p[0].mover, live(CopyOrder::HotFirst, false));
     // The random order is seeded like the load, so a run is repeatable.
-    assert_eq!(p[1].mover, Mover::Live(CopyOrder::Random { seed: 9 }));
-    assert_eq!(p[2].mover, Mover::Baseline(None));
-    assert_eq!(p[3].mover, Mover::Baseline(Some(c.precopy)));
+    assert_eq!(p[1].mover, live(CopyOrder::Random { seed: 9 }, false));
+    assert_eq!(p[2].mover, live(CopyOrder::HotFirst, true));
+    assert_eq!(p[3].mover, Mover::Baseline(None));
+    assert_eq!(p[4].mover, Mover::Baseline(Some(c.precopy)));
     assert!(STEPS > p.len(), "raw TCP and Redis come after");
 }
 
@@ -182,7 +185,13 @@ fn a_loaded_contender_row_comes_from_the_load_the_oracle_and_the_move() {
         (row.buffered_peak, row.buffered_mean),
         (Some(11), Some(0.5))
     );
-    assert_eq!(row.note, mover_note(Mover::Live(CopyOrder::HotFirst)));
+    assert_eq!(
+        row.note,
+        mover_note(Mover::Live {
+            order: CopyOrder::HotFirst,
+            abort_safe: false,
+        })
+    );
     let Detail::Loaded(d) = &row.detail else {
         panic!("{:?}", row.detail)
     };
@@ -212,7 +221,10 @@ fn baseline_reports_get_the_clients_gaps_too() {
 #[test]
 fn each_mover_says_how_it_treats_signals() {
     let notes = [
-        mover_note(Mover::Live(CopyOrder::HotFirst)),
+        mover_note(Mover::Live {
+            order: CopyOrder::HotFirst,
+            abort_safe: false,
+        }),
         mover_note(Mover::Baseline(None)),
         mover_note(Mover::Baseline(Some(PreCopyRule::default()))),
     ];

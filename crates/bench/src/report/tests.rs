@@ -113,6 +113,11 @@ fn contenders() -> Vec<Contender> {
                 version: "7".into(),
             }),
         ),
+        Contender {
+            total_ms: 600.0,
+            pause_ms: Some(3.0),
+            ..live(id::HANDOFF_ABORT_SAFE, 12, 1.0, 5)
+        },
     ]
 }
 
@@ -134,6 +139,8 @@ fn ratios_divide_and_refuse_zero_or_missing_denominators() {
         random_mean: Some(3.0),
         hot_for_records_peak: Some(4.0),
         random_for_records_peak: Some(60.0),
+        safe_ms: Some(750.0),
+        safe_pause: Some(1.0),
     };
     assert_eq!(
         inputs.ratios(),
@@ -146,6 +153,8 @@ fn ratios_divide_and_refuse_zero_or_missing_denominators() {
             buffered_peak_random_over_hot_first: Some(25.0),
             buffered_mean_random_over_hot_first: None,
             buffered_for_records_peak_random_over_hot_first: Some(15.0),
+            move_ms_abort_safe_over_handoff: Some(1.5),
+            pause_abort_safe_over_handoff: Some(0.5),
         }
     );
     assert_eq!(ratio(Some(f64::NAN), Some(1.0)), None);
@@ -168,6 +177,8 @@ fn the_report_takes_each_ratio_from_the_right_contenders() {
             buffered_peak_random_over_hot_first: Some(25.0),
             buffered_mean_random_over_hot_first: Some(3.0),
             buffered_for_records_peak_random_over_hot_first: Some(15.0),
+            move_ms_abort_safe_over_handoff: Some(1.2),
+            pause_abort_safe_over_handoff: Some(1.5),
         }
     );
     let h = &r.hot_first_vs_random;
@@ -398,7 +409,7 @@ fn the_json_report_keeps_its_field_names() {
         keys(&v["machine"]),
         ["cpu_model", "cpus", "kernel", "memory_bytes"]
     );
-    assert_eq!(keys(&v["ratios"]).len(), 8);
+    assert_eq!(keys(&v["ratios"]).len(), 10);
     assert_eq!(keys(&v["hot_first_vs_random"]).len(), 10);
 }
 
