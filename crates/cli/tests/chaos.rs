@@ -279,7 +279,12 @@ fn a_destination_killed_mid_copy_aborts_the_move_within_seconds_and_loses_nothin
         let percent = kill_point_percent(seed);
         c.wait_phase(id, &["copy"], MOVE_TIMEOUT, |s| copied_at_least(s, percent));
         c.kill(Role::NodeB);
+        let killed = Instant::now();
         let end = c.try_wait_move_end(id, ABORT_WITHIN);
+        figure(
+            "destination killed mid-copy -> aborted, source serving",
+            killed,
+        );
         // node-b comes back empty, so the load's check of it can answer.
         c.restart_node(Role::NodeB, false);
         let r = run.finish(LOAD_END_TIMEOUT);
@@ -313,9 +318,14 @@ fn a_source_killed_mid_copy_and_restarted_with_its_instance_rolls_forward_withou
         let percent = kill_point_percent(seed);
         c.wait_phase(id, &["copy"], MOVE_TIMEOUT, |s| copied_at_least(s, percent));
         c.kill(Role::NodeA);
+        let killed = Instant::now();
         // It comes back hosting a fresh, empty mme-1 (a new incarnation, with no sessions).
         c.restart_node(Role::NodeA, true);
         let end = c.try_wait_move_end(id, MOVE_TIMEOUT);
+        figure(
+            "source killed mid-copy, restarted empty -> rolled forward",
+            killed,
+        );
         let _ = migrate.wait(Duration::from_secs(30));
         let r = run.finish(LOAD_END_TIMEOUT);
         let end = match end {
@@ -384,6 +394,7 @@ fn a_destination_killed_after_cutover_shows_offline_and_recover_brings_it_back_o
         c.node_a.pause();
         c.wait_phase(id, &["drain"], Duration::from_secs(10), |_| true);
         c.kill(Role::NodeB);
+        let killed = Instant::now();
         c.node_a.resume();
         let _ = migrate.wait(Duration::from_secs(60));
         let offline = harness::poll(Duration::from_secs(15), || {
@@ -395,6 +406,10 @@ fn a_destination_killed_after_cutover_shows_offline_and_recover_brings_it_back_o
                 .clone();
             entry.to_string().contains("offline").then_some(entry)
         });
+        figure(
+            "destination killed after the cutover -> OFFLINE alarm",
+            killed,
+        );
         if offline.is_none() {
             let status = c.status_json();
             c.restart_node(Role::NodeB, false);
@@ -404,7 +419,15 @@ fn a_destination_killed_after_cutover_shows_offline_and_recover_brings_it_back_o
                 r.summary()
             ));
         }
+        let recovering = Instant::now();
         let mut recover = c.cli(&["recover", INSTANCE, "--json"], Duration::from_secs(60));
+        figure("handoff recover -> served from node-a again", recovering);
+        let report = recover.json();
+        assert_eq!(report["phase"], "recovered", "{ctx}: {report:#}");
+        assert!(
+            report["figures"]["given_up_seqs"].as_u64().is_some(),
+            "{ctx}: the recovery says what it gave up: {report:#}"
+        );
         if !recover.wait(Duration::ZERO).success() {
             c.fail(&format!(
                 "{ctx}: handoff recover failed: {}\n{}",

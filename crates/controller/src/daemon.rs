@@ -542,6 +542,41 @@ impl Controller {
                 format!("unknown instance {instance}"),
             )
         })?;
+        let entry = self.cfg.instances.iter().find(|i| i.name == instance);
+        let steer = entry
+            .and_then(|e| self.cfg.steers.iter().find(|s| s.name == e.steer))
+            .map(|s| s.control)
+            .ok_or_else(|| bad("no steer for the instance"))?;
+        let stuck = v.route.as_deref().is_some_and(|r| r != "serving");
+        if let (true, None, Some(owner)) = (stuck, &v.alarm, &v.owner) {
+            // A move this controller does not drive (source-driven) left the route moving or
+            // cut over, its driver gone: serve from the route's node, the incarnation bound.
+            let node = self
+                .node_addr(owner)
+                .ok_or_else(|| bad(format!("{owner} is not a configured node")))?;
+            let mut c =
+                handoff_wire::client::ControlClient::connect(steer, "controller", &self.cfg.token)
+                    .await
+                    .map_err(|e| (code::NOT_REACHABLE, e.to_string()))?;
+            let b = c
+                .call(&handoff_steer::control::ops::Recover {
+                    instance: instance.clone(),
+                    node,
+                    incarnation: v.incarnation,
+                })
+                .await
+                .map_err(|e| (e.code().unwrap_or(code::BAD_REQUEST), e.to_string()))?;
+            tracing::warn!(%instance, %owner, route = ?v.route, "route of a move this controller does not drive recovered on its node");
+            return Ok(ops::Recovering {
+                instance,
+                move_id: None,
+                message: format!(
+                    "the route was {} with no move of this controller (a source-driven move?): now served from {owner} at seqs from {}; what the move's destination applied since the cutover, if any, is given up",
+                    v.route.clone().unwrap_or_default(),
+                    b.boundary
+                ),
+            });
+        }
         let Some(alarm) = v.alarm.clone() else {
             return Err((
                 code::WRONG_PHASE,
@@ -551,11 +586,6 @@ impl Controller {
                 ),
             ));
         };
-        let entry = self.cfg.instances.iter().find(|i| i.name == instance);
-        let steer = entry
-            .and_then(|e| self.cfg.steers.iter().find(|s| s.name == e.steer))
-            .map(|s| s.control)
-            .ok_or_else(|| bad("no steer for the instance"))?;
         let node_name = v.routed_to.clone().unwrap_or_default();
         let node = self.node_addr(&node_name).ok_or_else(|| {
             bad(format!(
@@ -785,6 +815,16 @@ impl Controller {
                         tracing::warn!(instance = %i.name, recorded, owner = %o, "the controller's view was stale; corrected from the steer and nodes");
                         let _ = store.set_placement(&i.name, o);
                     }
+                }
+            }
+            if let Some(r) = route.as_deref().filter(|r| *r != "serving") {
+                if !moving.contains(&i.name) {
+                    disagreements.push(format!(
+                        "the route is {r} but this controller drives no move of {}: a source-driven move in progress, or one left behind (`handoff recover {}` serves it from {})",
+                        i.name,
+                        i.name,
+                        owner.clone().unwrap_or_else(|| "its node".into())
+                    ));
                 }
             }
             if let Some(m) = unfinished

@@ -201,7 +201,8 @@ pub enum Incident {
 
 /// Whether the health watch may change the course of a move in `phase` (not while it
 /// aborts, re-installs a lost route or takes a crash's way out: those handle their own
-/// failures).
+/// failures; an abort's last step, dropping the destination's copy, ends at once when the
+/// destination is lost).
 pub fn watched(phase: crate::machine::Phase) -> bool {
     !phase.is_terminal()
         && !phase.is_crash_path()
@@ -215,7 +216,6 @@ pub fn watched(phase: crate::machine::Phase) -> bool {
                 | crate::machine::Phase::AbortSettle
                 | crate::machine::Phase::AbortCopyBack
                 | crate::machine::Phase::AbortReturn
-                | crate::machine::Phase::AbortDrop
         )
 }
 

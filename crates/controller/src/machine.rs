@@ -668,7 +668,11 @@ impl MoveMachine {
                 format!("the {what} was lost while preparing: {why}"),
                 now_ms,
             ),
-            (Side::Destination, true) if self.phase == Phase::AbortDrop => return false,
+            (Side::Destination, true) if self.phase == Phase::AbortDrop => {
+                // Nothing left to drop: the destination's copy died with it.
+                self.enter(Phase::Aborted, now_ms);
+            }
+            (Side::Source, true) if self.phase == Phase::AbortDrop => return false,
             (Side::Destination, true) => {
                 self.reason = Some(format!(
                     "the destination was lost before the cutover ({why}): the source serves again{}",
