@@ -111,7 +111,14 @@ impl NetDriver {
         timeout: Duration,
     ) -> Result<serde_json::Value, Failure> {
         let mut c = self.connect(addr, timeout).await?;
-        c.request(req).await.map_err(failure)
+        c.request(req).await.map_err(|e| match (req, e.code()) {
+            // The copy's destination did not answer: not the source's refusal but a node that
+            // may be gone, tried again like one (the health watch decides, within seconds).
+            (AdminRequest::CopyTo(_), Some(handoff_wire::code::NOT_REACHABLE)) => {
+                Failure::Unreachable(e.to_string())
+            }
+            _ => failure(e),
+        })
     }
 
     async fn steer(
