@@ -703,3 +703,40 @@ fn a_destination_killed_after_the_move_is_an_alarm_until_an_operator_accepts_an_
         assert_owner(&c, c.b, "node-b", &ctx);
     }
 }
+
+#[test]
+fn a_destination_killed_while_it_prepares_aborts_the_move_and_loses_nothing() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("destination kill -9 in the prepare, seed {seed}");
+        let mut c = Cluster::start("destination-kill-prepare");
+        let mut run = c.loadgen(&Load {
+            check: vec![c.a],
+            ..load(seed, 5000)
+        });
+        run.wait_measuring(ATTACH_TIMEOUT);
+        // Frozen, node-b accepts the prepare's connection and never answers: the move sits in
+        // the prepare until node-b is killed there.
+        c.node_b.pause();
+        let (mut migrate, id) = c.migrate("node-b", &[]);
+        c.wait_phase(id, &["prepare"], Duration::from_secs(10), |_| true);
+        c.kill(Role::NodeB);
+        let killed = Instant::now();
+        let end = c.try_wait_move_end(id, ABORT_WITHIN);
+        figure("destination killed in the prepare -> aborted", killed);
+        c.restart_node(Role::NodeB, false);
+        let r = run.finish(LOAD_END_TIMEOUT);
+        match end {
+            Ok(end) if phase_name(end.phase) == "aborted" => {}
+            other => c.fail(&format!(
+                "{ctx}: expected an abort within {ABORT_WITHIN:?}, got {other:?}\n{}",
+                r.summary()
+            )),
+        }
+        assert!(!migrate.wait(Duration::from_secs(30)).success(), "{ctx}");
+        // Nothing was routed to node-b: every client was served by node-a throughout.
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_clean(c.a, SESSIONS, &ctx);
+        assert_owner(&c, c.a, "node-a", &ctx);
+    }
+}

@@ -653,20 +653,50 @@ impl Controller {
 
     /// Asks every node and steer for its state.
     async fn observe(&self) -> (Vec<ops::NodeView>, Vec<ops::SteerView>) {
-        let mut nodes = Vec::new();
-        for n in &self.cfg.nodes {
-            let r = async {
-                let mut c = handoff_wire::client::ControlClient::connect(
-                    n.addr,
-                    "controller",
-                    &self.cfg.token,
-                )
-                .await?;
-                c.set_reply_timeout(Duration::from_secs(3));
-                c.call(&handoff_node::ops::Stats {}).await
+        // Every peer at once, each bounded: a frozen node (it accepts connections and never
+        // answers) makes neither `status` nor a move's check wait.
+        let ask_node = |n: &NodeEntry| {
+            let (addr, token) = (n.addr, self.cfg.token.clone());
+            async move {
+                let r = tokio::time::timeout(OBSERVE_TIMEOUT, async {
+                    let mut c =
+                        handoff_wire::client::ControlClient::connect(addr, "controller", &token)
+                            .await?;
+                    c.set_reply_timeout(OBSERVE_TIMEOUT);
+                    c.call(&handoff_node::ops::Stats {}).await
+                })
+                .await;
+                match r {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {OBSERVE_TIMEOUT:?}")),
+                }
             }
-            .await;
-            nodes.push(ops::NodeView {
+        };
+        let ask_steer = |s: &SteerEntry| {
+            let (addr, token) = (s.control, self.cfg.token.clone());
+            async move {
+                let r = tokio::time::timeout(OBSERVE_TIMEOUT, async {
+                    let mut c =
+                        handoff_wire::client::ControlClient::connect(addr, "controller", &token)
+                            .await?;
+                    c.set_reply_timeout(OBSERVE_TIMEOUT);
+                    c.call(&handoff_steer::control::ops::Status {}).await
+                })
+                .await;
+                match r {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {OBSERVE_TIMEOUT:?}")),
+                }
+            }
+        };
+        let (node_answers, steer_answers) = tokio::join!(
+            futures::future::join_all(self.cfg.nodes.iter().map(ask_node)),
+            futures::future::join_all(self.cfg.steers.iter().map(ask_steer)),
+        );
+        let nodes = (self.cfg.nodes.iter().zip(node_answers))
+            .map(|(n, r)| ops::NodeView {
                 name: n.name.clone(),
                 addr: n.addr,
                 up: r.is_ok(),
@@ -675,26 +705,12 @@ impl Controller {
                         instances: s.instances,
                         rss_bytes: s.rss_bytes,
                     },
-                    Err(e) => ops::NodeState::Down {
-                        error: e.to_string(),
-                    },
+                    Err(error) => ops::NodeState::Down { error },
                 },
-            });
-        }
-        let mut steers = Vec::new();
-        for s in &self.cfg.steers {
-            let r = async {
-                let mut c = handoff_wire::client::ControlClient::connect(
-                    s.control,
-                    "controller",
-                    &self.cfg.token,
-                )
-                .await?;
-                c.set_reply_timeout(Duration::from_secs(3));
-                c.call(&handoff_steer::control::ops::Status {}).await
-            }
-            .await;
-            steers.push(ops::SteerView {
+            })
+            .collect();
+        let steers = (self.cfg.steers.iter().zip(steer_answers))
+            .map(|(s, r)| ops::SteerView {
                 name: s.name.clone(),
                 control: s.control,
                 up: r.is_ok(),
@@ -702,12 +718,10 @@ impl Controller {
                     Ok(st) => ops::SteerState::Up {
                         services: st.services,
                     },
-                    Err(e) => ops::SteerState::Down {
-                        error: e.to_string(),
-                    },
+                    Err(error) => ops::SteerState::Down { error },
                 },
-            });
-        }
+            })
+            .collect();
         (nodes, steers)
     }
 
@@ -893,6 +907,9 @@ impl Controller {
         self.stop.cancel();
     }
 }
+
+/// How long the controller waits for one node's or steer's answer when it looks at them.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the controller reconciles its view with the steers and nodes.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);

@@ -277,14 +277,10 @@ impl NetDriver {
                     }
                 }
             };
-            let (source_stats, dest_stats) = tokio::join!(probe(spec.source), async {
-                match inc.destination {
-                    Some(_) => Some(probe(spec.destination).await),
-                    None => None, // Not prepared yet.
-                }
-            });
+            let (source_stats, dest_stats) =
+                tokio::join!(probe(spec.source), probe(spec.destination));
             for (i, (side, addr, want, r)) in [
-                (Side::Source, spec.source, inc.source, Some(source_stats)),
+                (Side::Source, spec.source, inc.source, source_stats),
                 (
                     Side::Destination,
                     spec.destination,
@@ -295,8 +291,14 @@ impl NetDriver {
             .into_iter()
             .enumerate()
             {
-                let Some(r) = r else { continue };
+                // Not prepared yet: the destination hosts nothing of the move's to check, but
+                // a destination that stopped answering is lost all the same.
+                let unprepared = side == Side::Destination && want.is_none();
                 let lost = match r {
+                    Ok(_) if unprepared => {
+                        down_since[i] = None;
+                        None
+                    }
                     Ok(st) => {
                         down_since[i] = None;
                         match st.instances.iter().find(|x| x.instance == spec.instance) {

@@ -249,14 +249,14 @@ impl Sim {
             (0, Side::Source, inc_of.source),
             (1, Side::Destination, inc_of.destination),
         ] {
-            if side == Side::Destination && want.is_none() {
-                continue;
-            }
+            // Not prepared yet: only whether the destination answers at all.
+            let unprepared = side == Side::Destination && want.is_none();
             let n = side_node(side);
             let node = &self.nodes[n];
             let lost = if node.alive {
                 self.ext.down_since[i] = None;
                 match &node.inst {
+                    _ if unprepared => None,
                     None => Some(format!("{} no longer hosts the instance", node_name(n))),
                     Some(_) if want.is_some_and(|w| w != node.incarnation(n)) => Some(format!(
                         "{} hosts another incarnation of the instance",
