@@ -39,6 +39,7 @@ fn bench_move_runs_every_contender_and_reports_ratios() {
         [
             "handoff",
             "handoff_random",
+            "handoff_abort_safe",
             "stop_and_copy",
             "pre_copy",
             "raw_tcp",
@@ -59,7 +60,7 @@ fn bench_move_runs_every_contender_and_reports_ratios() {
             assert_eq!(c["records_missing"], 0, "{c}");
         }
     }
-    for c in &contenders[..2] {
+    for c in &contenders[..3] {
         assert_eq!(
             (c["lost"].as_u64(), c["duplicated"].as_u64()),
             (Some(0), Some(0)),
@@ -74,6 +75,7 @@ fn bench_move_runs_every_contender_and_reports_ratios() {
         "pause_handoff_over_pre_copy",
         "bytes_handoff_over_pre_copy",
         "redis_ms_over_handoff_ms",
+        "move_ms_abort_safe_over_handoff",
     ] {
         assert!(r["ratios"][k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
     }

@@ -132,6 +132,7 @@ pub struct Controller {
     cfg: ControllerConfig,
     store: Arc<Mutex<Store>>,
     running: Mutex<BTreeMap<u64, Running>>,
+    migrating: tokio::sync::Mutex<()>,
     driver: Arc<NetDriver>,
     stop: CancellationToken,
     /// Control connections closed because they stalled.
@@ -167,6 +168,7 @@ impl Controller {
             cfg,
             store: Arc::new(Mutex::new(store)),
             running: Mutex::new(BTreeMap::new()),
+            migrating: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
             stalls: Default::default(),
         });
@@ -294,6 +296,9 @@ impl Controller {
         self: &Arc<Self>,
         req: ops::Migrate,
     ) -> Result<ops::MoveStarted, (u16, String)> {
+        // One migrate at a time: its checks and the move's creation are one step, so two
+        // requests for the same instance cannot both pass the "already moving" check.
+        let _one = self.migrating.lock().await;
         let ops::Migrate {
             instance,
             to,
@@ -504,6 +509,46 @@ impl Controller {
             .into_iter()
             .find(|m| m.spec.instance == instance && m.phase.is_parked());
         if let Some(mut m) = parked {
+            // The destination may only have been unreachable: back with the move's
+            // incarnation, recovering on the source would throw away what it served since the
+            // cutover. The move goes on instead.
+            let back = async {
+                let mut c = handoff_wire::client::ControlClient::connect(
+                    m.spec.destination,
+                    "controller",
+                    &self.cfg.token,
+                )
+                .await?;
+                c.set_reply_timeout(OBSERVE_TIMEOUT);
+                c.call(&handoff_node::ops::Stats {}).await
+            };
+            let back = tokio::time::timeout(OBSERVE_TIMEOUT, back)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|s| {
+                    s.instances.iter().any(|i| {
+                        i.instance == instance && Some(i.incarnation) == m.incarnations.destination
+                    })
+                });
+            if back {
+                m.resume_forward(m.phase_started_ms)
+                    .map_err(|e| (code::WRONG_PHASE, e))?;
+                self.store
+                    .lock()
+                    .put_move(&m)
+                    .map_err(|e| bad(e.to_string()))?;
+                let id = m.spec.id;
+                tracing::warn!(id, %instance, "the offline move's destination is back: the move goes on");
+                self.launch(m);
+                return Ok(ops::Recovering {
+                    instance,
+                    move_id: Some(id),
+                    message: format!(
+                        "the destination is back with the move's incarnation: move {id} goes on to finish there (nothing given up)"
+                    ),
+                });
+            }
             m.recover_on_source(m.phase_started_ms)
                 .map_err(|e| (code::WRONG_PHASE, e))?;
             self.store

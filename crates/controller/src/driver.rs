@@ -127,7 +127,14 @@ impl NetDriver {
         req: &SteerRequest,
     ) -> Result<serde_json::Value, Failure> {
         let mut c = self.connect(addr, Duration::from_secs(30)).await?;
-        c.request(req).await.map_err(failure)
+        c.request(req).await.map_err(|e| match (req, e.code()) {
+            // The new owner's link is down at the finish (a flap, a stall-close): tried again
+            // like an unreachable peer before the move parks offline.
+            (SteerRequest::FinishMove(_), Some(handoff_wire::code::NOT_REACHABLE)) => {
+                Failure::Unreachable(e.to_string())
+            }
+            _ => failure(e),
+        })
     }
 
     /// Performs one action of `m`: its request ([`request_for`]) to the peer that carries
@@ -243,6 +250,8 @@ impl NetDriver {
             if out.is_closed() {
                 return;
             }
+            // Each round reports afresh: a loss that healed is no incident any more.
+            let mut found: Option<Incident> = None;
             let asked = tokio::time::timeout(
                 Duration::from_secs(1),
                 self.steer(spec.steer, &SteerRequest::Status(ops::Status {})),
@@ -253,7 +262,7 @@ impl NetDriver {
                         let lost = (st.services.iter())
                             .any(|s| s.route.instance == spec.instance && s.route.route_lost);
                         if lost {
-                            out.send_replace(Some(Incident::RouteLost));
+                            found = Some(Incident::RouteLost);
                         }
                     }
                     Err(e) => {
@@ -323,7 +332,15 @@ impl NetDriver {
                     }
                 };
                 if let Some(why) = lost {
-                    out.send_replace(Some(Incident::NodeLost(side, why)));
+                    found = found.or(Some(Incident::NodeLost(side, why)));
+                }
+            }
+            match found {
+                Some(i) => {
+                    out.send_replace(Some(i));
+                }
+                None => {
+                    out.send_if_modified(|cur| cur.take().is_some());
                 }
             }
         }
@@ -355,7 +372,9 @@ pub async fn drive(
                 continue;
             }
         }
-        if let Some(i) = incidents.borrow_and_update().clone() {
+        // Only news: an incident the machine already had is not handed to it again.
+        let news = incidents.has_changed().unwrap_or(false);
+        if let Some(i) = incidents.borrow_and_update().clone().filter(|_| news) {
             if on_incident(&mut m, i, now()) {
                 persist(&m);
                 continue;
@@ -650,10 +669,13 @@ pub fn request_for(m: &MoveMachine, action: &Action) -> Request {
         Action::AbortCommit => Request::Steer(SteerRequest::AbortCommit(steer_ops::AbortCommit {
             instance,
         })),
+        // Only the incarnations the move worked with: a node restarted meanwhile is not bound.
         Action::RebindRoute => Request::Steer(SteerRequest::Rebind(steer_ops::Rebind {
             instance,
             source: s.source,
             destination: s.destination,
+            source_incarnation: inc.source,
+            destination_incarnation: inc.destination,
         })),
         Action::CreatedKeys { at: side } => node(
             at(*side),

@@ -162,6 +162,16 @@ pub enum Action {
     },
 }
 
+impl Outcome {
+    /// `Keys` with at least one key, else `Done`.
+    fn filter_keys(self) -> Self {
+        match self {
+            Outcome::Keys(k) if k.is_empty() => Outcome::Done,
+            o => o,
+        }
+    }
+}
+
 /// A successful answer to an [`Action`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
@@ -611,6 +621,11 @@ impl MoveMachine {
                 at: Side::Source,
                 force: true,
             },
+            // The source serves again: it is checked (there, its incarnation) before the
+            // destination's copy is dropped, which may then be the only one.
+            Phase::AbortDrop if self.polls == 0 && self.checks_source_before_drop() => {
+                Action::AppliedSeq { at: Side::Source }
+            }
             Phase::AbortDrop => Action::DropInstance {
                 at: Side::Destination,
             },
@@ -721,6 +736,21 @@ impl MoveMachine {
         true
     }
 
+    /// An offline move whose destination is back with the move's incarnation (it was
+    /// unreachable, not lost) goes on: drain, finish, retire.
+    pub fn resume_forward(&mut self, now_ms: u64) -> Result<(), String> {
+        if self.phase != Phase::Offline {
+            return Err(format!(
+                "move {} is {}, not offline",
+                self.spec.id,
+                self.phase_name()
+            ));
+        }
+        self.reason = None;
+        self.enter(Phase::Drain, now_ms);
+        Ok(())
+    }
+
     /// An operator recovers an offline instance (the destination lost after the cutover) on
     /// the source.
     pub fn recover_on_source(&mut self, now_ms: u64) -> Result<(), String> {
@@ -733,6 +763,12 @@ impl MoveMachine {
         }
         self.enter(Phase::RecoverSource, now_ms);
         Ok(())
+    }
+
+    /// Whether an abort checks the source before it drops the destination's copy: once move
+    /// mode began, the destination may hold what the source lacks (before it, it got nothing).
+    fn checks_source_before_drop(&self) -> bool {
+        self.incarnations.source.is_some() && self.figures.first_seq > 0
     }
 
     /// `Finish` is two actions (destination, then steer); `polls` marks the first as done.
@@ -753,6 +789,7 @@ impl MoveMachine {
         if !self.phase.past_cutover()
             && !self.phase.is_abort()
             && !self.phase.is_terminal()
+            && !self.phase.is_crash_path()
             && self.route_lost.is_none()
         {
             self.abort_requested = true;
@@ -768,8 +805,10 @@ impl MoveMachine {
         if self.phase.past_cutover()
             || self.phase.is_abort()
             || self.phase.is_terminal()
+            || self.phase.is_crash_path()
             || self.route_lost.is_some()
         {
+            // A crash's way out is never aborted: it may be all that keeps the state.
             return false;
         }
         if self.phase == Phase::Cutover && (self.in_flight || self.cutover_sent) {
@@ -1051,16 +1090,21 @@ impl MoveMachine {
             }
             (Phase::AbortReturn, Outcome::Done) if !self.source_settled => self.polls += 1,
             (Phase::AbortReturn, _) => self.enter(Phase::AbortDrop, now_ms),
+            (Phase::AbortDrop, Outcome::Applied(_)) if self.polls == 0 => self.polls = 1,
             (Phase::AbortDrop, _) => self.enter(Phase::Aborted, now_ms),
             (Phase::RollForward, Outcome::Shadow(s)) if self.polls == 0 => {
                 match s {
                     Some(s) if s.manifest_known => self.figures.lost_sessions = s.awaiting,
-                    _ => self.figures.manifest_lost = true,
+                    Some(_) => self.figures.manifest_lost = true,
+                    // Already serving (a step repeated after a restart): what it gave up was
+                    // recorded when it did.
+                    None => {}
                 }
                 self.polls = 1;
             }
             (Phase::RollForward, o) if self.polls == 1 => {
-                if let Outcome::Keys(keys) = o {
+                // A repeat after a restart answers no keys: the first answer's stand.
+                if let Outcome::Keys(keys) = o.clone().filter_keys() {
                     self.figures.lost_sessions = keys.len() as u64;
                     self.figures.lost_keys = keys;
                 }
@@ -1081,9 +1125,12 @@ impl MoveMachine {
             }
             (Phase::AbortRecover, Outcome::Boundary { .. }) => self.enter(Phase::Aborted, now_ms),
             (Phase::RecoverSource, Outcome::Boundary { last_sent, .. }) => {
-                self.figures.given_up_seqs = last_sent
-                    .saturating_add(1)
-                    .saturating_sub(self.figures.cutover_seq);
+                // A repeat after a restart answers 0: the first answer's figure stands.
+                if last_sent > 0 {
+                    self.figures.given_up_seqs = last_sent
+                        .saturating_add(1)
+                        .saturating_sub(self.figures.cutover_seq);
+                }
                 self.reason = Some(format!(
                     "recovered on the source after the destination was lost past the cutover: \
                      {} seqs stamped since the cutover (signals and ticks) were given up",
@@ -1270,9 +1317,15 @@ impl MoveMachine {
                 self.attempts = 0;
             }
             Phase::AbortReturn => self.enter(Phase::AbortDrop, now_ms),
+            Phase::AbortDrop if self.polls == 0 && self.checks_source_before_drop() => {
+                // The source is gone too: the destination's copy is kept, never dropped.
+                self.fail(
+                    format!("the source was lost during the abort ({why}); the destination's copy is kept"),
+                    now_ms,
+                )
+            }
             Phase::AbortDrop => self.enter(Phase::Aborted, now_ms),
             // A crash's way out that fails needs an operator (the reason says which step).
-            Phase::RollForward if self.polls == 1 => self.polls = 2,
             Phase::RollForward | Phase::AbortRecover | Phase::RecoverSource => {
                 self.fail(why, now_ms)
             }

@@ -184,6 +184,14 @@ pub mod ops {
         pub source: SocketAddr,
         /// The move's destination.
         pub destination: SocketAddr,
+        /// Bind only this incarnation at the source (the one the move worked with). Default:
+        /// the first that binds.
+        #[serde(default)]
+        pub source_incarnation: Option<u64>,
+        /// Bind only this incarnation at the destination (the move's shadow). Default: the
+        /// first that binds.
+        #[serde(default)]
+        pub destination_incarnation: Option<u64>,
     }
 
     /// The answer to [`Rebind`].
@@ -443,6 +451,7 @@ impl SteerRequest {
                 Command::Rebind {
                     source: r.source,
                     destination: r.destination,
+                    incarnations: (r.source_incarnation, r.destination_incarnation),
                 },
             ),
             Self::Serve(r) => (&r.instance, Command::Serve { node: r.node }),
@@ -557,6 +566,8 @@ mod tests {
             instance: "mme-1".into(),
             source: "127.0.0.1:1".parse().unwrap(),
             destination: "127.0.0.1:2".parse().unwrap(),
+            source_incarnation: None,
+            destination_incarnation: None,
         };
         let body = request_body(&req).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -195,6 +195,9 @@ pub enum Command {
         source: SocketAddr,
         /// The move's destination.
         destination: SocketAddr,
+        /// The incarnations to bind at each (the ones the move worked with; `None`: the
+        /// first that binds). Another one counts as not bound.
+        incarnations: (Option<u64>, Option<u64>),
     },
     /// After a rebind: `node` owns the instance and signals flow again, at seqs above
     /// everything either node applied. Answers the boundary (and, as `last_sent`, the other
@@ -988,6 +991,7 @@ impl<R> ServiceCore<R> {
             Command::Rebind {
                 source,
                 destination,
+                incarnations,
             } => {
                 if self.lost.is_none() {
                     Err(CommandError::NotLost("rebind"))
@@ -996,10 +1000,13 @@ impl<R> ServiceCore<R> {
                     // each node, and each answers the last seq it applied.
                     self.effects.push(Effect::CloseLink(self.source.id));
                     self.source = self.open(source);
+                    self.source.incarnation = incarnations.0;
                     if let Some(d) = self.dest.take() {
                         self.effects.push(Effect::CloseLink(d.id));
                     }
-                    self.dest = Some(self.open(destination));
+                    let mut d = self.open(destination);
+                    d.incarnation = incarnations.1;
+                    self.dest = Some(d);
                     if let Some(old) = self.rebind.take() {
                         self.reply(old.reply, Err(CommandError::Superseded("rebind")));
                     }

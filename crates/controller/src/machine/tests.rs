@@ -487,3 +487,27 @@ fn an_aborted_source_serves_again_only_after_every_seq_below_the_abort() {
     assert_eq!(m.phase, Phase::Aborted, "{m:?}");
     assert_eq!(asked_below_boundary, 2);
 }
+
+#[test]
+fn a_crash_way_out_is_never_aborted_and_an_abort_keeps_the_destination_if_the_source_is_gone() {
+    // Rolling forward (the source is dead): an operator's abort would put the route back on
+    // the dead source and drop the destination, the only copy left.
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    m.phase = Phase::Copy;
+    assert!(m.node_lost(Side::Source, "gone", 1));
+    assert_eq!(m.phase, Phase::RollForward);
+    assert!(!m.abort_now("operator", 2));
+    m.request_abort("operator");
+    assert!(!m.abort_requested);
+    assert_eq!(m.phase, Phase::RollForward);
+
+    // An abort's last step checks the source before dropping the destination's copy.
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    m.incarnations.source = Some(7);
+    m.figures.first_seq = 10;
+    m.phase = Phase::AbortDrop;
+    assert_eq!(m.action(), Some(Action::AppliedSeq { at: Side::Source }));
+    m.complete(Err(Failure::Refused("incarnation 8, not 7".into())), 3);
+    assert_eq!(m.phase, Phase::Failed, "{m:?}");
+    assert!(m.reason.as_deref().unwrap().contains("kept"), "{m:?}");
+}

@@ -39,6 +39,14 @@ impl Sim {
                     .ext
                     .restarted
                     .is_some_and(|(_, c, _)| c != Comeback::Kept));
+        // The source lost during an abort: the destination's copy is kept, never dropped, and
+        // the move stops for the operator.
+        let failed_allowed = failed_allowed
+            || (phase == Phase::Failed
+                && source_crash
+                && m.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("the destination's copy is kept")));
         self.checked.push("ends_done_or_aborted");
         if phase == Phase::Failed && !failed_allowed {
             self.violation(

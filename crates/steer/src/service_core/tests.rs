@@ -279,6 +279,7 @@ fn a_route_lost_in_a_restart_refuses_moves_until_rebind_and_serve() {
         Command::Rebind {
             source: addr(1),
             destination: addr(2),
+            incarnations: (None, None),
         },
         2,
         0,
@@ -333,6 +334,7 @@ fn a_route_lost_after_the_cutover_is_served_only_by_the_destination() {
         Command::Rebind {
             source: addr(1),
             destination: addr(2),
+            incarnations: (None, None),
         },
         1,
         0,
