@@ -740,3 +740,93 @@ fn a_destination_killed_while_it_prepares_aborts_the_move_and_loses_nothing() {
         assert_owner(&c, c.a, "node-a", &ctx);
     }
 }
+
+/// Holds a move in its retire: the steer frozen holds it in the finish, the source frozen
+/// then holds the retire's drop of it. Returns once the move is in the retire.
+fn hold_in_retire(c: &mut Cluster, id: u64) {
+    c.wait_phase(id, &["cutover", "drain"], MOVE_TIMEOUT, |_| true);
+    c.steer.pause();
+    c.wait_phase(id, &["finish"], Duration::from_secs(20), |_| true);
+    c.node_a.pause();
+    c.steer.resume();
+    c.wait_phase(id, &["retire"], Duration::from_secs(40), |_| true);
+}
+
+#[test]
+fn a_source_killed_in_the_retire_ends_the_move_done_with_nothing_lost() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("source kill -9 in the retire, seed {seed}");
+        let mut c = Cluster::start("source-kill-retire");
+        let mut run = c.loadgen(&Load {
+            check: vec![c.b],
+            ..load(seed, 8000)
+        });
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
+        hold_in_retire(&mut c, id);
+        c.kill(Role::NodeA);
+        let killed = Instant::now();
+        let end = c.try_wait_move_end(id, ABORT_WITHIN);
+        figure("source killed in the retire -> move done", killed);
+        let _ = migrate.wait(Duration::from_secs(30));
+        let r = run.finish(LOAD_END_TIMEOUT);
+        match end {
+            Ok(end) if phase_name(end.phase) == "done" => {}
+            other => c.fail(&format!(
+                "{ctx}: expected the move to end done, got {other:?}\n{}",
+                r.summary()
+            )),
+        }
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_clean(c.b, SESSIONS, &ctx);
+        assert_owner(&c, c.b, "node-b", &ctx);
+    }
+}
+
+#[test]
+fn a_destination_killed_in_the_finish_keeps_the_source_and_recovers_on_it() {
+    for round in 0..harness::rounds() {
+        let seed = harness::seed(round);
+        let ctx = format!("destination kill -9 in the finish, seed {seed}");
+        let mut c = Cluster::start("destination-kill-finish");
+        let mut run = c.loadgen(&Load {
+            check: vec![c.a],
+            ..load(seed, 8000)
+        });
+        run.wait_measuring(ATTACH_TIMEOUT);
+        let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
+        // The steer frozen holds the move in the finish (its finish_move waits).
+        c.wait_phase(id, &["cutover", "drain"], MOVE_TIMEOUT, |_| true);
+        c.steer.pause();
+        c.wait_phase(id, &["finish"], Duration::from_secs(20), |_| true);
+        c.kill(Role::NodeB);
+        let killed = Instant::now();
+        c.steer.resume();
+        // The steer refuses to make a node whose link is down the owner; the move parks
+        // offline and the source, never retired, still holds everything below the boundary.
+        c.wait_phase(id, &["offline"], Duration::from_secs(30), |_| true);
+        figure("destination killed in the finish -> offline", killed);
+        let _ = migrate.wait(Duration::from_secs(30));
+        assert_eq!(c.hosts(c.a), Ok(true), "{ctx}: the source was dropped");
+        let mut recover = c.cli(&["recover", INSTANCE, "--json"], Duration::from_secs(60));
+        let report = recover.json();
+        assert_eq!(report["phase"], "recovered", "{ctx}: {report:#}");
+        assert!(recover.wait(Duration::ZERO).success(), "{ctx}");
+        assert_owner(&c, c.a, "node-a", &ctx);
+        c.restart_node(Role::NodeB, false);
+        let r = run.finish(LOAD_END_TIMEOUT);
+        for f in ["duplicated", "reordered", "wrong_answers", "stray"] {
+            assert_eq!(r.n(f), 0, "{ctx}: {f}: {:#}", r.json);
+        }
+        // Served again by node-a: new subscribers are exact there.
+        let mut fresh = c.loadgen(&Load {
+            imsi_base: Some(2_020_000_000_001),
+            check: vec![c.a],
+            ..load(seed + 1000, 1000)
+        });
+        let r = fresh.finish(LOAD_END_TIMEOUT);
+        r.assert_no_client_visible_fault(&ctx);
+        r.assert_oracle_matches(c.a, SESSIONS, &ctx);
+    }
+}

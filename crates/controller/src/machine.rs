@@ -1264,7 +1264,14 @@ impl MoveMachine {
                 ));
                 self.enter(Phase::Offline, now_ms)
             }
-            Phase::Retire => self.enter(Phase::Done, now_ms),
+            Phase::Retire => {
+                // Moved; what is left behind is said (the source's copy is not routed).
+                self.reason = Some(format!(
+                    "moved, but the source's copy could not be dropped ({why}): it stays on {}, routed to by nothing",
+                    self.spec.source
+                ));
+                self.enter(Phase::Done, now_ms)
+            }
             // The destination cannot leave shadow mode, or the steer will not make it the
             // owner (it lost its incarnation): offline, the source still holds everything
             // below the boundary.

@@ -884,7 +884,11 @@ impl<R> ServiceCore<R> {
                 tracing::info!(instance = %self.instance, first_seq = first, "move mode on");
                 self.reply(p.reply, r.map(Answer::Boundary).map_err(CommandError::from));
             } else if now_us.saturating_sub(p.since_us) > self.timeouts.link_up_us {
-                let node = self.dest.map_or(self.source.node, |d| d.node);
+                // Name the node that did not bind (the source's link may be the one down).
+                let node = match self.dest {
+                    Some(d) if !d.up => d.node,
+                    _ => self.source.node,
+                };
                 if let Some(d) = self.dest.take() {
                     self.effects.push(Effect::CloseLink(d.id));
                 }

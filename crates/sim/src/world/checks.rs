@@ -146,7 +146,11 @@ impl Sim {
                     state_violation = Some(("final_state", format!("{}: {e}", node_name(owner))));
                 }
                 self.checked.push("other_side_dropped");
-                if self.nodes[1 - owner].inst.is_some() {
+                let said = m
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("could not be dropped"));
+                if self.nodes[1 - owner].inst.is_some() && !said {
                     late.push((
                         "other_side_dropped",
                         format!("{} still hosts the instance", node_name(1 - owner)),

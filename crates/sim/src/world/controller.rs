@@ -221,7 +221,18 @@ impl Sim {
             return;
         }
         let now_ms = self.now_ms();
-        match self.ctl.m.recover_on_source(now_ms) {
+        // As the daemon's `recover`: a destination back with the move's incarnation (it was
+        // unreachable, not lost) takes the move forward; otherwise the source serves again.
+        let b = &self.nodes[B];
+        let back = b.alive
+            && b.inst.is_some()
+            && self.ctl.m.incarnations.destination == Some(b.incarnation(B));
+        let r = if back {
+            self.ctl.m.resume_forward(now_ms)
+        } else {
+            self.ctl.m.recover_on_source(now_ms)
+        };
+        match r {
             Ok(()) => {
                 self.persist();
                 self.note_phase();

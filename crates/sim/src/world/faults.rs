@@ -328,7 +328,14 @@ impl Sim {
             // checked the new owner): `docs/moves.md`, "When a process crashes".
             let retired_under_it = n == B && crashed_in == Phase::Retire && m.phase == Phase::Done;
             let during = !(crashed_in.is_terminal() || retired_under_it);
-            if let Some(owner) = owner.filter(|_| self.sc.control_loss == 0.0 && during) {
+            // An aborted move whose source came back with no instance leaves the instance on no
+            // node: what the controller's status raises as an alarm (ON NO NODE), and the
+            // steer's link to it never binds (the chaos suite checks the alarm); the move
+            // itself cannot bring back what died with its source.
+            let on_no_node = m.phase == Phase::Aborted && n == A && comes_back == Comeback::Nothing;
+            if let Some(owner) =
+                owner.filter(|_| self.sc.control_loss == 0.0 && during && !on_no_node)
+            {
                 let except: BTreeSet<Bytes> =
                     if owner == A && (n == B || m.figures.lost_on_abort > 0) {
                         (self.log.iter())
