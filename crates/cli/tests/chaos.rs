@@ -744,12 +744,21 @@ fn a_destination_killed_while_it_prepares_aborts_the_move_and_loses_nothing() {
 /// Holds a move in its retire: the steer frozen holds it in the finish, the source frozen
 /// then holds the retire's drop of it. Returns once the move is in the retire.
 fn hold_in_retire(c: &mut Cluster, id: u64) {
-    c.wait_phase(id, &["cutover", "drain"], MOVE_TIMEOUT, |_| true);
-    c.steer.pause();
-    c.wait_phase(id, &["finish"], Duration::from_secs(20), |_| true);
+    hold_in_finish(c, id);
     c.node_a.pause();
     c.steer.resume();
     c.wait_phase(id, &["retire"], Duration::from_secs(40), |_| true);
+}
+
+/// Holds a move in its finish: the source frozen holds it in the drain, the steer frozen
+/// then holds its finish_move once the source drained. Returns with the steer frozen.
+fn hold_in_finish(c: &mut Cluster, id: u64) {
+    c.wait_phase(id, &["cutover", "drain"], MOVE_TIMEOUT, |_| true);
+    c.node_a.pause();
+    c.wait_phase(id, &["drain"], Duration::from_secs(10), |_| true);
+    c.steer.pause();
+    c.node_a.resume();
+    c.wait_phase(id, &["finish"], Duration::from_secs(20), |_| true);
 }
 
 #[test]
@@ -797,9 +806,7 @@ fn a_destination_killed_in_the_finish_keeps_the_source_and_recovers_on_it() {
         run.wait_measuring(ATTACH_TIMEOUT);
         let (mut migrate, id) = c.migrate("node-b", &["--max-bandwidth", BANDWIDTH]);
         // The steer frozen holds the move in the finish (its finish_move waits).
-        c.wait_phase(id, &["cutover", "drain"], MOVE_TIMEOUT, |_| true);
-        c.steer.pause();
-        c.wait_phase(id, &["finish"], Duration::from_secs(20), |_| true);
+        hold_in_finish(&mut c, id);
         c.kill(Role::NodeB);
         let killed = Instant::now();
         c.steer.resume();
