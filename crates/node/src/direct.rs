@@ -82,6 +82,7 @@ pub async fn serve_direct(
         }
     });
     let mut seq = instance.stats().runtime.last_seq;
+    let mut stopped = false;
     let mut buf = vec![0u8; 65_536];
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,6 +157,14 @@ pub async fn serve_direct(
             .iter()
             .filter(|s| s.kind != SignalKind::Tick as u8)
             .count() as u64;
+        if stopped {
+            // The instance is gone: what still arrives is read and counted, never left
+            // uncounted in the socket, until the path is stopped.
+            stats
+                .instance_stopped
+                .fetch_add(datagrams, Ordering::Relaxed);
+            continue;
+        }
         let batch = Batch {
             signals,
             reply: Reply::Udp(out_tx.clone()),
@@ -166,7 +175,8 @@ pub async fn serve_direct(
             stats
                 .instance_stopped
                 .fetch_add(datagrams, Ordering::Relaxed);
-            return;
+            stopped = true;
+            continue;
         }
         stats.admitted.fetch_add(datagrams, Ordering::Relaxed);
     }

@@ -298,25 +298,42 @@ async fn every_datagram_on_the_direct_path_is_counted_in_stats() {
     let d = &s.direct[0];
     assert_eq!(d.instance, "mme-1");
     assert_eq!((d.admitted, d.malformed), (3, 4), "{d:?}");
-    // A datagram that reaches a stopped instance is counted too.
+    // Datagrams that reach a stopped instance are counted too (one sent while its task winds
+    // down may still count as admitted): every datagram sent is counted exactly once.
     node.drop_instance("mme-1").unwrap();
-    let s = Signal {
-        header: Header {
-            imsi: 1_010_000_000_001,
-            txn_id: 9,
-        },
-        body: SignalBody::Echo { nonce: 9 },
-    };
-    client.send(&s.to_bytes()).await.unwrap();
-    let mut stopped = 0;
+    let mut sent = 7u64;
+    let mut d = stats(addr).await.direct[0].clone();
+    for txn in 10..110u32 {
+        let s = Signal {
+            header: Header {
+                imsi: 1_010_000_000_001,
+                txn_id: txn,
+            },
+            body: SignalBody::Echo { nonce: 9 },
+        };
+        client.send(&s.to_bytes()).await.unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        d = stats(addr).await.direct[0].clone();
+        if d.instance_stopped > 0 && d.admitted + d.malformed + d.instance_stopped == sent {
+            break;
+        }
+    }
+    assert!(d.instance_stopped > 0, "{d:?}");
+    assert_eq!(d.admitted + d.malformed + d.instance_stopped, sent, "{d:?}");
+    // The path goes on reading (and counting) what still arrives for the stopped instance.
+    for junk in [&b"late"[..], b"later", b"latest"] {
+        client.send(junk).await.unwrap();
+        sent += 1;
+    }
     for _ in 0..100 {
-        stopped = stats(addr).await.direct[0].instance_stopped;
-        if stopped > 0 {
+        d = stats(addr).await.direct[0].clone();
+        if d.admitted + d.malformed + d.instance_stopped == sent {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(stopped, 1);
+    assert_eq!(d.admitted + d.malformed + d.instance_stopped, sent, "{d:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
