@@ -512,25 +512,18 @@ impl Controller {
             // The destination may only have been unreachable: back with the move's
             // incarnation, recovering on the source would throw away what it served since the
             // cutover. The move goes on instead.
-            let back = async {
-                let mut c = handoff_wire::client::ControlClient::connect(
-                    m.spec.destination,
-                    "controller",
-                    &self.cfg.token,
-                )
-                .await?;
-                c.set_reply_timeout(OBSERVE_TIMEOUT);
-                c.call(&handoff_node::ops::Stats {}).await
-            };
-            let back = tokio::time::timeout(OBSERVE_TIMEOUT, back)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .is_some_and(|s| {
-                    s.instances.iter().any(|i| {
-                        i.instance == instance && Some(i.incarnation) == m.incarnations.destination
-                    })
-                });
+            let back = ask(
+                m.spec.destination,
+                &self.cfg.token,
+                &handoff_node::ops::Stats {},
+            )
+            .await
+            .ok()
+            .is_some_and(|s| {
+                s.instances.iter().any(|i| {
+                    i.instance == instance && Some(i.incarnation) == m.incarnations.destination
+                })
+            });
             if back {
                 m.resume_forward(m.phase_started_ms)
                     .map_err(|e| (code::WRONG_PHASE, e))?;
@@ -599,18 +592,9 @@ impl Controller {
             let node = self
                 .node_addr(owner)
                 .ok_or_else(|| bad(format!("{owner} is not a configured node")))?;
-            let mut c =
-                handoff_wire::client::ControlClient::connect(steer, "controller", &self.cfg.token)
-                    .await
-                    .map_err(|e| (code::NOT_REACHABLE, e.to_string()))?;
-            let b = c
-                .call(&handoff_steer::control::ops::Recover {
-                    instance: instance.clone(),
-                    node,
-                    incarnation: v.incarnation,
-                })
-                .await
-                .map_err(|e| (e.code().unwrap_or(code::BAD_REQUEST), e.to_string()))?;
+            let b = self
+                .steer_recover(steer, &instance, node, v.incarnation)
+                .await?;
             tracing::warn!(%instance, %owner, route = ?v.route, "route of a move this controller does not drive recovered on its node");
             return Ok(ops::Recovering {
                 instance,
@@ -638,16 +622,10 @@ impl Controller {
             ))
         })?;
         // The incarnation the node hosts now.
-        let hosted = async {
-            let mut c =
-                handoff_wire::client::ControlClient::connect(node, "controller", &self.cfg.token)
-                    .await?;
-            c.set_reply_timeout(Duration::from_secs(3));
-            c.call(&handoff_node::ops::Stats {}).await
-        }
-        .await
-        .ok()
-        .and_then(|s| s.instances.into_iter().find(|i| i.instance == instance));
+        let hosted = ask(node, &self.cfg.token, &handoff_node::ops::Stats {})
+            .await
+            .ok()
+            .and_then(|s| s.instances.into_iter().find(|i| i.instance == instance));
         let Some(hosted) = hosted else {
             return Err((
                 code::OFFLINE,
@@ -663,18 +641,9 @@ impl Controller {
                 ),
             ));
         }
-        let mut c =
-            handoff_wire::client::ControlClient::connect(steer, "controller", &self.cfg.token)
-                .await
-                .map_err(|e| (code::NOT_REACHABLE, e.to_string()))?;
-        let b = c
-            .call(&handoff_steer::control::ops::Recover {
-                instance: instance.clone(),
-                node,
-                incarnation: Some(hosted.incarnation),
-            })
-            .await
-            .map_err(|e| (e.code().unwrap_or(code::BAD_REQUEST), e.to_string()))?;
+        let b = self
+            .steer_recover(steer, &instance, node, Some(hosted.incarnation))
+            .await?;
         tracing::warn!(%instance, node = %node_name, incarnation = hosted.incarnation, sessions = hosted.sessions,
             "instance recovered from a new incarnation (the operator accepted the loss)");
         let _ = self.store.lock().set_placement(&instance, &node_name);
@@ -686,6 +655,24 @@ impl Controller {
                 hosted.incarnation, hosted.sessions, b.boundary
             ),
         })
+    }
+
+    /// Asks the steer to serve `instance` from `node` (see `handoff_steer` `recover`).
+    async fn steer_recover(
+        &self,
+        steer: SocketAddr,
+        instance: &str,
+        node: SocketAddr,
+        incarnation: Option<u64>,
+    ) -> Result<handoff_steer::Boundary, (u16, String)> {
+        let req = handoff_steer::control::ops::Recover {
+            instance: instance.to_owned(),
+            node,
+            incarnation,
+        };
+        ask(steer, &self.cfg.token, &req)
+            .await
+            .map_err(|e| (e.code().unwrap_or(code::NOT_REACHABLE), e.to_string()))
     }
 
     /// Reconciles the controller's record with what the steers and nodes report: corrects a
@@ -700,42 +687,10 @@ impl Controller {
     async fn observe(&self) -> (Vec<ops::NodeView>, Vec<ops::SteerView>) {
         // Every peer at once, each bounded: a frozen node (it accepts connections and never
         // answers) makes neither `status` nor a move's check wait.
-        let ask_node = |n: &NodeEntry| {
-            let (addr, token) = (n.addr, self.cfg.token.clone());
-            async move {
-                let r = tokio::time::timeout(OBSERVE_TIMEOUT, async {
-                    let mut c =
-                        handoff_wire::client::ControlClient::connect(addr, "controller", &token)
-                            .await?;
-                    c.set_reply_timeout(OBSERVE_TIMEOUT);
-                    c.call(&handoff_node::ops::Stats {}).await
-                })
-                .await;
-                match r {
-                    Ok(Ok(s)) => Ok(s),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {OBSERVE_TIMEOUT:?}")),
-                }
-            }
-        };
-        let ask_steer = |s: &SteerEntry| {
-            let (addr, token) = (s.control, self.cfg.token.clone());
-            async move {
-                let r = tokio::time::timeout(OBSERVE_TIMEOUT, async {
-                    let mut c =
-                        handoff_wire::client::ControlClient::connect(addr, "controller", &token)
-                            .await?;
-                    c.set_reply_timeout(OBSERVE_TIMEOUT);
-                    c.call(&handoff_steer::control::ops::Status {}).await
-                })
-                .await;
-                match r {
-                    Ok(Ok(s)) => Ok(s),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {OBSERVE_TIMEOUT:?}")),
-                }
-            }
-        };
+        let token = &self.cfg.token;
+        let ask_node = |n: &NodeEntry| ask(n.addr, token, &handoff_node::ops::Stats {});
+        let ask_steer =
+            |s: &SteerEntry| ask(s.control, token, &handoff_steer::control::ops::Status {});
         let (node_answers, steer_answers) = tokio::join!(
             futures::future::join_all(self.cfg.nodes.iter().map(ask_node)),
             futures::future::join_all(self.cfg.steers.iter().map(ask_steer)),
@@ -750,7 +705,9 @@ impl Controller {
                         instances: s.instances,
                         rss_bytes: s.rss_bytes,
                     },
-                    Err(error) => ops::NodeState::Down { error },
+                    Err(e) => ops::NodeState::Down {
+                        error: e.to_string(),
+                    },
                 },
             })
             .collect();
@@ -763,7 +720,9 @@ impl Controller {
                     Ok(st) => ops::SteerState::Up {
                         services: st.services,
                     },
-                    Err(error) => ops::SteerState::Down { error },
+                    Err(e) => ops::SteerState::Down {
+                        error: e.to_string(),
+                    },
                 },
             })
             .collect();
@@ -951,6 +910,27 @@ impl Controller {
     pub fn shutdown(&self) {
         self.stop.cancel();
     }
+}
+
+/// One operation on a node or steer, answered within [`OBSERVE_TIMEOUT`] (connecting
+/// included): a peer that accepts and never answers fails it rather than stalling.
+async fn ask<O: handoff_wire::rpc::Operation>(
+    addr: SocketAddr,
+    token: &str,
+    req: &O,
+) -> Result<O::Reply, handoff_wire::client::ClientError> {
+    let r = tokio::time::timeout(OBSERVE_TIMEOUT, async {
+        let mut c = handoff_wire::client::ControlClient::connect(addr, "controller", token).await?;
+        c.set_reply_timeout(OBSERVE_TIMEOUT);
+        c.call(req).await
+    })
+    .await;
+    r.unwrap_or_else(|_| {
+        Err(handoff_wire::client::ClientError::Transport {
+            addr,
+            reason: format!("no answer within {OBSERVE_TIMEOUT:?}"),
+        })
+    })
 }
 
 /// How long the controller waits for one node's or steer's answer when it looks at them.
