@@ -1261,6 +1261,13 @@ impl<R> ServiceCore<R> {
         last_sent: u64,
     ) -> Result<Answer, CommandError> {
         let node = owner.node;
+        if let Some(p) = self.recovering.take() {
+            // A recovery onto another node was waiting for its link: this one replaces it.
+            if p.slot.id != owner.id {
+                self.effects.push(Effect::CloseLink(p.slot.id));
+            }
+            self.reply(p.reply, Err(CommandError::Superseded("recover")));
+        }
         if let Some(p) = self.pending.take() {
             self.reply(p.reply, Err(CommandError::Aborted));
         }

@@ -607,3 +607,69 @@ fn a_move_recovers_on_either_side_at_once_in_any_phase() {
     let r = replies(c.take_effects());
     assert!(matches!(&r[0].1, Err(CommandError::NotOnRoute(_))), "{r:?}");
 }
+
+#[test]
+fn a_recovery_off_the_route_binds_only_the_named_incarnation() {
+    // After a finish the route no longer names the old source: recovering there links it
+    // again, bound to the incarnation the move worked with, and answers once it binds.
+    let (mut c, src) = serving(0);
+    routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true));
+    c.command(
+        Command::Recover {
+            node: addr(3),
+            incarnation: None,
+        },
+        1,
+        0,
+    );
+    let r = replies(c.take_effects());
+    assert!(matches!(&r[0].1, Err(CommandError::NotOnRoute(_))), "{r:?}");
+    c.command(
+        Command::Recover {
+            node: addr(3),
+            incarnation: Some(5),
+        },
+        2,
+        0,
+    );
+    let links = opened(&c.take_effects());
+    assert_eq!(links.len(), 1);
+    let (link, node) = links[0];
+    assert_eq!(node, addr(3));
+    // Another incarnation binds: refused, and the route is left as it was.
+    c.link_up(link, 0, 6);
+    c.poll(1, |_| 0);
+    let r = replies(c.take_effects());
+    assert!(
+        matches!(
+            &r[0].1,
+            Err(CommandError::OtherIncarnation { found: 6, .. })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(c.status().node, addr(1));
+    // The named one: the node owns the instance from a seq above everything stamped.
+    c.command(
+        Command::Recover {
+            node: addr(3),
+            incarnation: Some(5),
+        },
+        3,
+        0,
+    );
+    let link = opened(&c.take_effects())[0].0;
+    c.link_up(link, 0, 5);
+    c.poll(2, |_| 0);
+    let effects = c.take_effects();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::RetireLink(l) if *l == src)));
+    let r = replies(effects);
+    let Ok(Answer::Boundary(b)) = &r[0].1 else {
+        panic!("{r:?}")
+    };
+    assert_eq!(b.boundary, 2);
+    let (_, frames) = routed(c.admit(signal(SignalKind::Update, 1), 0, |_| true));
+    assert_eq!(frames[0].0, link);
+    assert_eq!(c.status().node, addr(3));
+}
