@@ -109,9 +109,15 @@ impl NetDriver {
         addr: SocketAddr,
         req: &AdminRequest,
         timeout: Duration,
+        copy_from: Option<Side>,
     ) -> Result<serde_json::Value, Failure> {
         let mut c = self.connect(addr, timeout).await?;
         c.request(req).await.map_err(|e| match (req, e.code()) {
+            // The copy's sender hosts another incarnation than the move's: it restarted.
+            (AdminRequest::CopyTo(_), Some(handoff_wire::code::FOREIGN)) => match copy_from {
+                Some(side) => Failure::NodeLost(side, e.to_string()),
+                None => failure(e),
+            },
             // The copy's destination did not answer: not the source's refusal but a node that
             // may be gone, tried again like one (the health watch decides, within seconds).
             (AdminRequest::CopyTo(_), Some(handoff_wire::code::NOT_REACHABLE)) => {
@@ -145,7 +151,13 @@ impl NetDriver {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 serde_json::Value::Null
             }
-            Request::Node { addr, req, timeout } => self.node(addr, &req, timeout).await?,
+            Request::Node { addr, req, timeout } => {
+                let copy_from = match action {
+                    Action::Copy { from, .. } => Some(*from),
+                    _ => None,
+                };
+                self.node(addr, &req, timeout, copy_from).await?
+            }
             Request::Steer(req) => self.steer(m.spec.steer, &req).await?,
         };
         outcome_of(m, action, v)

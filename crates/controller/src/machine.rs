@@ -279,6 +279,9 @@ pub enum Failure {
         /// Whether the flip had happened.
         cut_over: bool,
     },
+    /// A node of the move no longer hosts the incarnation the move works with (it answered
+    /// so): it restarted, or the instance was created again.
+    NodeLost(Side, String),
 }
 
 impl std::fmt::Display for Failure {
@@ -286,6 +289,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Refused(m) => write!(f, "refused: {m}"),
             Failure::Unreachable(m) => write!(f, "unreachable: {m}"),
+            Failure::NodeLost(_, m) => write!(f, "lost: {m}"),
             Failure::RouteLost { cut_over } => {
                 write!(
                     f,
@@ -1222,6 +1226,12 @@ impl MoveMachine {
 
     fn failed(&mut self, f: Failure, now_ms: u64) {
         self.in_flight = false;
+        if let Failure::NodeLost(side, why) = &f {
+            // Known at once, not after the health watch's next look: the crash's way out.
+            if self.node_lost(*side, why, now_ms) {
+                return;
+            }
+        }
         if let Failure::RouteLost { cut_over } = f {
             if self.route_lost.is_none() {
                 return self.lose_route(cut_over, now_ms);
@@ -1246,7 +1256,9 @@ impl MoveMachine {
             // retry forward).
             Phase::Cutover => match f {
                 Failure::Refused(_) => self.start_abort(why, now_ms),
-                Failure::Unreachable(_) | Failure::RouteLost { .. } => self.fail(why, now_ms),
+                Failure::Unreachable(_) | Failure::RouteLost { .. } | Failure::NodeLost(..) => {
+                    self.fail(why, now_ms)
+                }
             },
             // Past the flip the move only goes forward: a source that cannot be asked has
             // stopped anyway (the destination is still waited for); the destination and steer
@@ -1285,7 +1297,9 @@ impl MoveMachine {
             // The steer refused: the route is not moving (never switched, or already back).
             Phase::AbortBegin => match f {
                 Failure::Refused(_) => self.enter(Phase::AbortDrop, now_ms),
-                Failure::Unreachable(_) | Failure::RouteLost { .. } => self.fail(why, now_ms),
+                Failure::Unreachable(_) | Failure::RouteLost { .. } | Failure::NodeLost(..) => {
+                    self.fail(why, now_ms)
+                }
             },
             Phase::AbortExpect => {
                 // The source cannot take them back: they stay lost with the destination.
@@ -1302,7 +1316,9 @@ impl MoveMachine {
                     let next = self.after_commit();
                     self.enter(next, now_ms)
                 }
-                Failure::Unreachable(_) | Failure::RouteLost { .. } => self.fail(why, now_ms),
+                Failure::Unreachable(_) | Failure::RouteLost { .. } | Failure::NodeLost(..) => {
+                    self.fail(why, now_ms)
+                }
             },
             // The destination cannot learn the returning sessions' old state: it may still
             // send back what it has.

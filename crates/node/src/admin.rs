@@ -188,7 +188,7 @@ pub(crate) async fn session(
                 let now = crate::direct::now_us();
                 let checked = match node.instance(&instance) {
                     Ok(h) if incarnation.is_some_and(|i| i != h.incarnation()) => Err(error(
-                        code::WRONG_PHASE,
+                        code::FOREIGN,
                         format!(
                             "instance {instance} is incarnation {}, not {}: the node restarted or \
                              the instance was created again",

@@ -511,3 +511,19 @@ fn a_crash_way_out_is_never_aborted_and_an_abort_keeps_the_destination_if_the_so
     assert_eq!(m.phase, Phase::Failed, "{m:?}");
     assert!(m.reason.as_deref().unwrap().contains("kept"), "{m:?}");
 }
+
+#[test]
+fn a_copy_refused_because_its_source_restarted_rolls_forward_at_once() {
+    // The retried copy reached the restarted source, which named another incarnation: that is
+    // the source lost, not a reason to abort (the abort would end on a dead source).
+    let mut m = MoveMachine::new(spec(), 0).unwrap();
+    m.phase = Phase::Copy;
+    m.complete(
+        Err(Failure::NodeLost(
+            Side::Source,
+            "incarnation 8, not 7".into(),
+        )),
+        5,
+    );
+    assert_eq!(m.phase, Phase::RollForward, "{m:?}");
+}
