@@ -212,18 +212,9 @@ fn print_human(r: &DemoReport) {
         l.sessions,
         r.config.zipf
     );
-    out!(
-        "  attach phase   {} UEs registered in {} ms (p50 {} us, p99 {} us)",
-        l.attached,
-        l.attach_ms,
-        l.attach_latency_us.p50,
-        l.attach_latency_us.p99
-    );
-    out!(
-        "  measured phase {:.0} procedures/s for {} ms",
-        l.measured_rate,
-        l.measured_ms
-    );
+    let [attach, measured, latency] = crate::report::load_lines(l);
+    out!("{attach}");
+    out!("{measured}");
     out!(
         "  signals sent {}  answered {}  lost {}  duplicated {}  reordered {}  retransmissions {}",
         l.signals_sent,
@@ -233,14 +224,7 @@ fn print_human(r: &DemoReport) {
         l.reordered,
         l.retransmissions
     );
-    out!(
-        "  latency us     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        l.latency_us.p50,
-        l.latency_us.p90,
-        l.latency_us.p99,
-        l.latency_us.p999,
-        l.latency_us.max
-    );
+    out!("{latency}");
     out!(
         "  oracle         checked {}  mismatches {}  answer mismatches {}  unverifiable {}  (expected present {})",
         r.oracle.checked,

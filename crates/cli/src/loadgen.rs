@@ -490,18 +490,9 @@ fn print_human(r: &LoadgenReport) {
         r.target,
         if r.clean { "clean" } else { "NOT clean" }
     );
-    out!(
-        "  attach phase   {} UEs registered in {} ms (p50 {} us, p99 {} us)",
-        l.attached,
-        l.attach_ms,
-        l.attach_latency_us.p50,
-        l.attach_latency_us.p99
-    );
-    out!(
-        "  measured phase {:.0} procedures/s for {} ms",
-        l.measured_rate,
-        l.measured_ms
-    );
+    let [attach, measured, latency] = crate::report::load_lines(l);
+    out!("{attach}");
+    out!("{measured}");
     out!(
         "  signals sent {}  answered {}  lost {}  duplicated {}  reordered {}  wrong {}  stray {}  retransmissions {}",
         l.signals_sent,
@@ -514,12 +505,7 @@ fn print_human(r: &LoadgenReport) {
         l.retransmissions
     );
     out!(
-        "  latency us     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (max gap between answers {:.1} ms)",
-        l.latency_us.p50,
-        l.latency_us.p90,
-        l.latency_us.p99,
-        l.latency_us.p999,
-        l.latency_us.max,
+        "{latency}  (max gap between answers {:.1} ms)",
         l.max_response_gap_ms
     );
     for c in &r.checks {

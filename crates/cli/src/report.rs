@@ -45,3 +45,26 @@ pub(crate) fn config_error(e: handoff_bench::ConfigError) -> anyhow::Error {
         handoff_bench::ConfigError::NoLoadFor { .. } => anyhow::anyhow!("{e}"),
     }
 }
+
+/// The load generator's attach and measured-phase lines and its latency line (the demo's and
+/// `handoff loadgen`'s readable reports share them).
+pub fn load_lines(l: &handoff_loadgen::LoadReport) -> [String; 3] {
+    [
+        format!(
+            "  attach phase   {} UEs registered in {} ms (p50 {} us, p99 {} us)",
+            l.attached, l.attach_ms, l.attach_latency_us.p50, l.attach_latency_us.p99
+        ),
+        format!(
+            "  measured phase {:.0} procedures/s for {} ms",
+            l.measured_rate, l.measured_ms
+        ),
+        format!(
+            "  latency us     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            l.latency_us.p50,
+            l.latency_us.p90,
+            l.latency_us.p99,
+            l.latency_us.p999,
+            l.latency_us.max
+        ),
+    ]
+}

@@ -813,16 +813,7 @@ steer = "steer-1"
 
     /// Whether the node at `node` hosts `mme-1` (asked of the node itself).
     pub fn hosts(&self, node: SocketAddr) -> Result<bool, String> {
-        let stats = self.block_on(async {
-            let mut c = ControlClient::connect(node, "chaos", TOKEN)
-                .await
-                .map_err(|e| e.to_string())?;
-            c.set_reply_timeout(Duration::from_secs(5));
-            c.call(&handoff_node::ops::Stats {})
-                .await
-                .map_err(|e| e.to_string())
-        })?;
-        Ok(stats.instances.iter().any(|i| i.instance == INSTANCE))
+        Ok(self.instance_info(node)?.is_some())
     }
 
     /// Starts `handoff loadgen` against the service, checking `load.check` (both nodes by
