@@ -619,6 +619,9 @@ pub trait Hosted: Send {
     ) -> Result<shadow::RecordOutcome, MoveStepError>;
     /// The shadow's counters, if this is a shadow.
     fn shadow_stats(&self) -> Option<shadow::ShadowStats>;
+    /// Sessions a shadow asks its copy's source to send next ([`shadow::Shadow::take_demands`];
+    /// empty outside shadow mode).
+    fn take_demands(&mut self) -> Vec<SessionKey>;
     /// The keys a shadow got a create it answers for ([`Hosted::claim`]), sorted (empty if
     /// serving). Outside abort-safe mode these are the sessions created on a move's
     /// destination during the move: what an abort must bring back when the steer lost its own
@@ -797,6 +800,12 @@ impl<F: Function> Hosted for Hosting<F> {
                 expected: "shadow",
                 actual: "serving",
             }),
+        }
+    }
+    fn take_demands(&mut self) -> Vec<SessionKey> {
+        match self {
+            Self::Shadow(s) => s.take_demands(),
+            Self::Serving(_) => Vec::new(),
         }
     }
     fn shadow_stats(&self) -> Option<shadow::ShadowStats> {

@@ -18,7 +18,8 @@ use crate::instance::Control;
 use crate::peer::{self, PeerFramed};
 use crate::InstanceHandle;
 use crate::{Node, NodeError};
-use futures::SinkExt;
+use bytes::Bytes;
+use futures::{FutureExt, SinkExt, StreamExt};
 use handoff_function::runtime::shadow::Reawaited;
 use handoff_function::runtime::{DeletionLog, MoveStepError};
 use handoff_function::SessionKey;
@@ -225,7 +226,11 @@ pub async fn copy_to(
         let mut out = Outbound {
             f: &mut f,
             paced,
-            pacer: Pacer::new(if paced { rate } else { u64::MAX }, 256 * 1024, 0),
+            pacer: Pacer::new(
+                if paced { rate } else { u64::MAX },
+                Pacer::burst_for(rate, FLUSH_BYTES as u64),
+                0,
+            ),
             epoch: Instant::now(),
             destination,
         };
@@ -428,24 +433,14 @@ impl Outbound<'_> {
         };
         let paced = self.paced;
         let mut round = outgoing;
-        for key in keys.iter().filter(|k| !skip.contains(*k)) {
-            let buf = self.f.write_buffer_mut();
-            let written = h.table().with(key, |r| {
-                Frame::encode_copy_record(buf, key, r.seq, &r.bytes);
-                round.record(key, r.seq, &r.bytes)
-            });
-            let size = match written {
-                Some(size) => size,
-                None => {
-                    let seq = round.tombstone(key, log)?;
-                    Frame::Tombstone {
-                        key: key.clone(),
-                        seq,
-                    }
-                    .encode(self.f.write_buffer_mut());
-                    key.len() as u64
-                }
-            };
+        for (i, key) in keys.iter().enumerate() {
+            if i % DEMAND_POLL_RECORDS == 0 {
+                self.serve_demands(h, skip, log, &mut round).await?;
+            }
+            if skip.contains(key) || round.sent_early(key) {
+                continue;
+            }
+            let size = self.encode(h, key, log, &mut round)?;
             if paced {
                 let wait = self
                     .pacer
@@ -461,6 +456,13 @@ impl Outbound<'_> {
                 SinkExt::<Frame>::flush(self.f).await.map_err(io)?;
             }
         }
+        if round.early() > 0 || round.demands_ignored > 0 {
+            tracing::info!(
+                demanded = round.early(),
+                ignored = round.demands_ignored,
+                "records sent on demand"
+            );
+        }
         let (sent, digest) = round.end();
         self.f
             .send(Frame::CopyEnd {
@@ -473,6 +475,106 @@ impl Outbound<'_> {
     }
 }
 
+impl Outbound<'_> {
+    /// Encodes `key`'s record (or tombstone) into the connection's buffer and digests it;
+    /// returns its size. A key the table no longer holds is a tombstone; one this copy knows
+    /// no deletion of fails the copy.
+    fn encode(
+        &mut self,
+        h: &InstanceHandle,
+        key: &SessionKey,
+        log: &DeletionLog,
+        round: &mut Outgoing,
+    ) -> Result<u64, CopyError> {
+        let buf = self.f.write_buffer_mut();
+        let written = h.table().with(key, |r| {
+            Frame::encode_copy_record(buf, key, r.seq, &r.bytes);
+            round.record(key, r.seq, &r.bytes)
+        });
+        if let Some(size) = written {
+            return Ok(size);
+        }
+        let seq = round.tombstone(key, log)?;
+        Frame::Tombstone {
+            key: key.clone(),
+            seq,
+        }
+        .encode(self.f.write_buffer_mut());
+        Ok(key.len() as u64)
+    }
+
+    /// Sends at once the records the destination asked for since the last look (it buffers a
+    /// signal for each until the record arrives), then flushes them past the batch buffer.
+    /// Reads only what already arrived: never waits.
+    async fn serve_demands(
+        &mut self,
+        h: &InstanceHandle,
+        skip: &HashSet<SessionKey>,
+        log: &DeletionLog,
+        round: &mut Outgoing,
+    ) -> Result<(), CopyError> {
+        let destination = self.destination;
+        let mut sent = 0usize;
+        while let Some(frame) = self.f.next().now_or_never() {
+            let keys = match frame {
+                Some(Ok(Frame::Demand { keys })) => keys,
+                Some(Ok(Frame::Error { code, message })) => {
+                    return Err(CopyError::Refused {
+                        addr: destination,
+                        code,
+                        message,
+                    })
+                }
+                Some(Ok(other)) => {
+                    return Err(CopyError::Destination {
+                        addr: destination,
+                        reason: format!("unexpected frame while streaming: {other:?}"),
+                    })
+                }
+                Some(Err(e)) => {
+                    return Err(CopyError::Destination {
+                        addr: destination,
+                        reason: e.to_string(),
+                    })
+                }
+                None => {
+                    return Err(CopyError::Destination {
+                        addr: destination,
+                        reason: "connection closed while streaming".into(),
+                    })
+                }
+            };
+            for key in keys {
+                // Only a session this source can send (it holds it, or knows its deletion) is
+                // sent early; anything else keeps its place (or was never listed). A deletion
+                // racing this look is logged before the session leaves the table.
+                let sendable = !skip.contains(&key)
+                    && (h.table().with(&key, |_| ()).is_some() || round.knows_tombstone(&key, log));
+                if round.demand(&key, sendable) {
+                    let size = self.encode(h, &key, log, round)?;
+                    if self.paced {
+                        self.pacer.charge(size);
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        if sent > 0 {
+            SinkExt::<Frame>::flush(self.f)
+                .await
+                .map_err(|e| CopyError::Destination {
+                    addr: destination,
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Records streamed between two looks for the destination's demands (a look that finds
+/// nothing costs one non-blocking read).
+const DEMAND_POLL_RECORDS: usize = 32;
+
 /// The destination side: a peer connection carrying one copy (and its re-send rounds).
 pub(crate) async fn peer_session(
     node: &Node,
@@ -481,7 +583,26 @@ pub(crate) async fn peer_session(
 ) -> Result<(), FrameError> {
     let mut core = CopyReceiver::new(RECORD_BATCH);
     let mut target: Option<InstanceHandle> = None;
-    let mut in_flight = std::collections::VecDeque::new();
+    let mut in_flight = InFlight::default();
+    // Records queued in this socket wait ahead of any record the shadow asks for: a small
+    // receive buffer keeps that queue (and the time a demanded record waits in it) short.
+    let _ =
+        socket2::SockRef::from(reader.get_ref().as_ref()).set_recv_buffer_size(COPY_SOCKET_BUFFER);
+    // The shadow's demands go back to the source on this connection's writer.
+    let (demand_tx, mut demand_rx) = mpsc::channel::<Vec<SessionKey>>(DEMAND_LANE);
+    let writer = tx.clone();
+    let forwarder = AbortOnDrop(tokio::spawn(async move {
+        while let Some(keys) = demand_rx.recv().await {
+            let frames = keys
+                .chunks(MAX_MANIFEST_KEYS)
+                .map(|c| Frame::Demand { keys: c.to_vec() })
+                .collect();
+            if writer.send(frames).await.is_err() {
+                return;
+            }
+        }
+    }));
+    let mut demand_tx = Some(demand_tx);
     let refuse = |r: Refusal| {
         let c = match r {
             Refusal::ManifestTooLarge => code::BAD_REQUEST,
@@ -518,6 +639,7 @@ pub(crate) async fn peer_session(
                         let count = keys.len();
                         let control = Control::Manifest {
                             manifest: keys,
+                            demands: demand_tx.take(),
                             done,
                         };
                         if !h.control(control).await {
@@ -568,9 +690,7 @@ pub(crate) async fn peer_session(
                 };
                 hand_records(h, rest, core.epoch(), &mut in_flight).await?;
                 // Every record is applied before the digests are answered.
-                for applied in in_flight.drain(..) {
-                    let _ = applied.await;
-                }
+                in_flight.drain().await;
                 tracing::info!(
                     records,
                     received = verdict.records,
@@ -597,28 +717,71 @@ pub(crate) async fn peer_session(
             hand_records(h, batch, core.epoch(), &mut in_flight).await?;
         }
     }
+    drop(forwarder);
     Ok(())
 }
 
-/// Batches of copied records queued for the instance at once. The instance's queue is shared
-/// with the steer's signals, so a deep backlog of records would delay the answers of creates
-/// routed to this destination; a few batches keep it busy without that.
-const RECORD_BATCHES_IN_FLIGHT: usize = 8;
+/// Socket buffer of a copy connection at either end (bytes): what the kernel queues between
+/// the source's writes and the destination's reads, ahead of any demanded record.
+pub(crate) const COPY_SOCKET_BUFFER: usize = 1024 * 1024;
+/// Batches of demands queued for the copy connection's writer.
+const DEMAND_LANE: usize = 64;
 
-/// Hands a batch of records to the instance, first waiting for the oldest batch in flight
-/// when [`RECORD_BATCHES_IN_FLIGHT`] are (backpressure reaches the source through TCP).
+/// Aborts a task when dropped (the demand forwarder holds a sender of the connection's
+/// writer, which closes only once every sender is gone).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Record bytes queued for the instance at once. The instance's queue is shared with the
+/// steer's signals, so a deep backlog of records would delay the answers of creates routed to
+/// this destination (and a demanded record waits behind it); this budget keeps the instance
+/// busy without that, and bounds the destination's memory by bytes, whatever the record size.
+const RECORD_BYTES_IN_FLIGHT: usize = 512 * 1024;
+
+/// Batches handed to the instance and not yet applied, with their bytes.
+#[derive(Default)]
+struct InFlight {
+    batches: std::collections::VecDeque<(usize, oneshot::Receiver<()>)>,
+    bytes: usize,
+}
+
+impl InFlight {
+    /// Waits until every batch is applied.
+    async fn drain(&mut self) {
+        for (_, applied) in self.batches.drain(..) {
+            let _ = applied.await;
+        }
+        self.bytes = 0;
+    }
+}
+
+/// Hands a batch of records to the instance, first waiting for the oldest batches in flight
+/// while [`RECORD_BYTES_IN_FLIGHT`] are (backpressure reaches the source through TCP).
 async fn hand_records(
     h: &InstanceHandle,
     records: RecordBatch,
     epoch: u64,
-    in_flight: &mut std::collections::VecDeque<oneshot::Receiver<()>>,
+    in_flight: &mut InFlight,
 ) -> Result<(), FrameError> {
     if records.is_empty() {
         return Ok(());
     }
-    while in_flight.len() >= RECORD_BATCHES_IN_FLIGHT {
-        if let Some(oldest) = in_flight.pop_front() {
-            let _ = oldest.await;
+    let size: usize = records
+        .iter()
+        .map(|(k, _, b)| k.len() + b.as_ref().map_or(0, Bytes::len))
+        .sum();
+    while in_flight.bytes >= RECORD_BYTES_IN_FLIGHT {
+        match in_flight.batches.pop_front() {
+            Some((bytes, oldest)) => {
+                let _ = oldest.await;
+                in_flight.bytes -= bytes;
+            }
+            None => in_flight.bytes = 0,
         }
     }
     let (done, applied) = oneshot::channel();
@@ -632,7 +795,8 @@ async fn hand_records(
     {
         return Err(FrameError::Io("instance stopped".into()));
     }
-    in_flight.push_back(applied);
+    in_flight.batches.push_back((size, applied));
+    in_flight.bytes += size;
     Ok(())
 }
 

@@ -105,6 +105,11 @@ pub struct Outgoing {
     gone: std::collections::HashMap<SessionKey, u64>,
     digest: Digest,
     sent: Streamed,
+    /// Keys sent ahead of their place because the destination asked for them: their place in
+    /// the order is skipped, so each key is still sent once.
+    early: HashSet<SessionKey>,
+    /// Demands for keys this round does not send (not in it, excluded, or sent already).
+    pub demands_ignored: u64,
 }
 
 impl Outgoing {
@@ -115,7 +120,30 @@ impl Outgoing {
             gone: std::collections::HashMap::new(),
             digest: Digest::default(),
             sent: Streamed::default(),
+            early: HashSet::new(),
+            demands_ignored: 0,
         }
+    }
+
+    /// The destination asks for `key` next: whether to send it now. Only a key of this round
+    /// (`in_round`: the shell knows whether it is listed and not skipped) not sent yet is;
+    /// once sent early, [`Outgoing::sent_early`] says to skip its place in the order.
+    pub fn demand(&mut self, key: &SessionKey, in_round: bool) -> bool {
+        if in_round && self.early.insert(key.clone()) {
+            return true;
+        }
+        self.demands_ignored += 1;
+        false
+    }
+
+    /// Whether `key` was already sent on demand (its place in the order is skipped).
+    pub fn sent_early(&self, key: &SessionKey) -> bool {
+        !self.early.is_empty() && self.early.contains(key)
+    }
+
+    /// Keys sent on demand so far.
+    pub fn early(&self) -> usize {
+        self.early.len()
     }
 
     /// A record the table holds: digest it (the shell encodes it).
@@ -140,6 +168,12 @@ impl Outgoing {
         self.sent.records += 1;
         self.sent.tombstones += 1;
         Ok(seq)
+    }
+
+    /// Whether a key the table no longer holds has a tombstone this round can send (a logged
+    /// deletion, or a key gone before the copy began).
+    pub fn knows_tombstone(&self, key: &SessionKey, log: &DeletionLog) -> bool {
+        log.seq_of(key).is_some() || self.gone.contains_key(key)
     }
 
     /// The round's end: what was sent, and the `CopyEnd` count and digest buckets.

@@ -66,6 +66,9 @@ pub enum Control {
     Manifest {
         /// The source's manifest.
         manifest: Vec<SessionKey>,
+        /// Where the sessions the shadow asks for next go (the copy connection's demand
+        /// lane); replaces any earlier one.
+        demands: Option<mpsc::Sender<Vec<SessionKey>>>,
         /// The answer (see `Hosted::take_manifest`).
         done: oneshot::Sender<Result<ManifestTaken, MoveStepError>>,
     },
@@ -297,8 +300,40 @@ impl InstanceHandle {
     }
 }
 
+/// Where a shadow's demands go, and those a full lane could not take yet.
+#[derive(Default)]
+struct DemandLane {
+    tx: Option<mpsc::Sender<Vec<SessionKey>>>,
+    /// Demands not yet taken by the lane (bounded: each awaited session is demanded once
+    /// until its record arrives).
+    pending: Vec<SessionKey>,
+}
+
+impl DemandLane {
+    /// Moves the core's new demands to the lane, without waiting: a full lane keeps them for
+    /// the next round, a closed or missing one drops them (they only reorder a copy).
+    fn forward(&mut self, core: &mut InstanceCore<Reply>) {
+        let new = core.take_demands();
+        let Some(tx) = &self.tx else { return };
+        self.pending.extend(new);
+        if self.pending.is_empty() {
+            return;
+        }
+        match tx.try_send(std::mem::take(&mut self.pending)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(keys)) => self.pending = keys,
+            Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,
+        }
+    }
+}
+
 /// Runs a command on the core; the outputs of signals it replayed go to `out`.
-fn control(core: &mut InstanceCore<Reply>, c: Control, out: &mut Vec<Emit<Reply>>) {
+fn control(
+    core: &mut InstanceCore<Reply>,
+    c: Control,
+    out: &mut Vec<Emit<Reply>>,
+    lane: &mut DemandLane,
+) {
     match c {
         Control::DeletionLog(log) => core.set_deletion_log(log),
         Control::EndSourceCopy(log) => core.end_source_copy(&log),
@@ -311,7 +346,17 @@ fn control(core: &mut InstanceCore<Reply>, c: Control, out: &mut Vec<Emit<Reply>
         Control::ExpectRecords { keys, done } => {
             let _ = done.send(core.expect_records(keys));
         }
-        Control::Manifest { manifest, done } => {
+        Control::Manifest {
+            manifest,
+            demands,
+            done,
+        } => {
+            if demands.is_some() {
+                *lane = DemandLane {
+                    tx: demands,
+                    pending: Vec::new(),
+                };
+            }
             let _ = done.send(core.take_manifest(manifest, out));
         }
         Control::Records {
@@ -395,6 +440,7 @@ async fn run(
     stop: CancellationToken,
 ) {
     let mut out: Vec<Emit<Reply>> = Vec::new();
+    let mut lane = DemandLane::default();
     loop {
         let work = tokio::select! {
             _ = stop.cancelled() => break,
@@ -408,12 +454,13 @@ async fn run(
             Work::Bind(done) => {
                 let _ = done.send(core.bind());
             }
-            Work::Control(c) => control(&mut core, c, &mut out),
+            Work::Control(c) => control(&mut core, c, &mut out, &mut lane),
             Work::Batch(b) => {
                 core.signals(b.binding, &b.signals, &b.reply, &mut out);
                 drained = b.drained;
             }
         }
+        lane.forward(&mut core);
         let failed = deliver(&mut out).await;
         core.undeliverable(failed);
         let stats = core.stats();

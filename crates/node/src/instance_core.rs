@@ -336,6 +336,11 @@ impl<R: Clone> InstanceCore<R> {
         self.hosted.reawait(keys)
     }
 
+    /// The sessions a shadow asks its copy's source for next (see `Shadow::take_demands`).
+    pub fn take_demands(&mut self) -> Vec<SessionKey> {
+        self.hosted.take_demands()
+    }
+
     /// A shadow's counters (`None`: not a shadow).
     pub fn shadow_stats(&self) -> Option<ShadowStats> {
         self.hosted.shadow_stats()

@@ -21,7 +21,15 @@ pub(crate) async fn connect(
     name: &str,
     token: &str,
 ) -> Result<PeerFramed, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
+    let socket = if destination.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    // What the kernel queues ahead of a record the destination asks for is bounded.
+    let _ = socket.set_send_buffer_size(crate::copy::COPY_SOCKET_BUFFER as u32);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
@@ -73,7 +81,8 @@ pub(crate) async fn answer<T: serde::de::DeserializeOwned>(
     let got = tokio::time::timeout(within, async {
         loop {
             match f.next().await {
-                Some(Ok(Frame::HelloAck { .. })) => continue,
+                // A copy's destination may still ask for records after the last was sent.
+                Some(Ok(Frame::HelloAck { .. } | Frame::Demand { .. })) => continue,
                 other => return other,
             }
         }

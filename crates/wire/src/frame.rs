@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// Magic bytes opening every frame: ASCII "hf".
 pub const MAGIC: u16 = 0x6866;
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
 /// Largest body accepted; larger frames are a protocol error (bounded buffers).
@@ -212,6 +212,14 @@ pub enum Frame {
         /// The digest's buckets (see `handoff_state::Digest`).
         digest: Vec<u128>,
     },
+    /// A move's destination asks its source to send these sessions' records next: a signal
+    /// for each is buffered there until its record arrives (destination → source, on the copy
+    /// connection, at any time while records stream; DESIGN.md "Copy order is the heat map
+    /// plus the access pattern").
+    Demand {
+        /// Session keys (at most [`MAX_MANIFEST_KEYS`]).
+        keys: Vec<Bytes>,
+    },
     /// A request failed; `code` is stable, `message` is for people.
     Error {
         /// Stable error code.
@@ -239,6 +247,7 @@ pub(crate) mod kind {
     pub const TOMBSTONE: u8 = 14;
     pub const COPY_END: u8 = 15;
     pub const CONTINUATION: u8 = 16;
+    pub const DEMAND: u8 = 17;
 }
 
 /// Stable error codes carried by [`Frame::Error`].
@@ -298,6 +307,7 @@ impl Frame {
             Frame::CopyRecord { .. } => kind::COPY_RECORD,
             Frame::Tombstone { .. } => kind::TOMBSTONE,
             Frame::CopyEnd { .. } => kind::COPY_END,
+            Frame::Demand { .. } => kind::DEMAND,
         }
     }
 
@@ -393,6 +403,11 @@ impl Frame {
                 let n = digest.len().min(MAX_DIGEST_BUCKETS);
                 dst.put_u32(n as u32);
                 digest[..n].iter().for_each(|b| dst.put_u128(*b));
+            }
+            Frame::Demand { keys } => {
+                let n = keys.len().min(MAX_MANIFEST_KEYS);
+                dst.put_u32(n as u32);
+                keys[..n].iter().for_each(|k| put_bytes16(dst, k));
             }
             Frame::Error { code, message } => {
                 dst.put_u16(*code);
@@ -535,6 +550,16 @@ impl Frame {
                     })
                     .collect::<Result<_, _>>()?;
                 Frame::CopyEnd { records, digest }
+            }
+            kind::DEMAND => {
+                let n = get_u32(r, "demand.count")? as usize;
+                if n > MAX_MANIFEST_KEYS || n * 2 > r.remaining() {
+                    return Err(FrameError::Invalid("demand.count"));
+                }
+                let keys = (0..n)
+                    .map(|_| get_bytes16(r, "demand.key"))
+                    .collect::<Result<_, _>>()?;
+                Frame::Demand { keys }
             }
             kind::CONTINUATION => {
                 return Err(FrameError::Continuation(

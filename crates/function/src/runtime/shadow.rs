@@ -132,6 +132,19 @@ pub struct ShadowStats {
     pub refused: u64,
     /// Whether the whole manifest arrived (so `awaiting` names every session still missing).
     pub manifest_known: bool,
+    /// Sessions this copy asked its source to send next, because a signal for each was
+    /// buffered here waiting for its record (DESIGN.md: the access pattern orders the copy).
+    pub demanded: u64,
+    /// Buffered signals applied once their record (or the manifest) arrived, whose wait is
+    /// in the figures below.
+    pub waited: u64,
+    /// Median wait of those signals (µs of steer time: from the signal's stamp to the latest
+    /// stamp this copy had seen when it applied the signal).
+    pub buffered_wait_p50_us: u64,
+    /// 99th percentile of that wait (µs).
+    pub buffered_wait_p99_us: u64,
+    /// Longest such wait (µs).
+    pub buffered_wait_max_us: u64,
 }
 
 struct Buffered<P> {
@@ -161,6 +174,28 @@ pub struct Shadow<F: Function> {
     epoch: u64,
     limits: ShadowLimits,
     stats: ShadowStats,
+    /// Awaited sessions already asked for (each is asked for once, until its record arrives).
+    demanded: HashSet<SessionKey, SeededState>,
+    /// Sessions to ask the source for, not yet taken by the shell ([`Shadow::take_demands`]).
+    demands: Vec<SessionKey>,
+    /// The latest steer time stamped on a signal or tick seen here: the clock buffered
+    /// signals' waits are measured by (the core reads no clock of its own).
+    latest_us: u64,
+    /// Waits of buffered signals, µs of steer time.
+    waits: Waits,
+}
+
+/// A histogram of waits (µs), bounded in memory whatever the count: 2 significant digits up
+/// to an hour.
+struct Waits(hdrhistogram::Histogram<u64>);
+
+impl Default for Waits {
+    fn default() -> Self {
+        Self(
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .expect("constant, valid histogram bounds"),
+        )
+    }
 }
 
 impl<F: Function> Shadow<F> {
@@ -206,6 +241,25 @@ impl<F: Function> Shadow<F> {
             epoch: 0,
             limits,
             stats: ShadowStats::default(),
+            demanded: HashSet::default(),
+            demands: Vec::new(),
+            latest_us: 0,
+            waits: Waits::default(),
+        }
+    }
+
+    /// Takes the sessions to ask the source for next (see [`ShadowStats::demanded`]): the
+    /// shell sends them on the copy connection; a shell with no copy connection may drop them
+    /// (they only reorder the copy, never change what it delivers).
+    pub fn take_demands(&mut self) -> Vec<SessionKey> {
+        std::mem::take(&mut self.demands)
+    }
+
+    /// Asks for `key` next unless already asked for.
+    fn demand(&mut self, key: &SessionKey) {
+        if self.demanded.insert(key.clone()) {
+            self.demands.push(key.clone());
+            self.stats.demanded += 1;
         }
     }
 
@@ -357,6 +411,17 @@ impl<F: Function> Shadow<F> {
         for key in outside {
             self.replay(&key, 0, out);
         }
+        // Signals buffered before the manifest whose session it lists have waited longest:
+        // ask for those sessions first, oldest signal first.
+        let mut waiting: Vec<(u64, SessionKey)> = self
+            .buffers
+            .iter()
+            .filter_map(|(k, b)| b.first().map(|b| (b.stamp.seq, k.clone())))
+            .collect();
+        waiting.sort();
+        for (_, key) in waiting {
+            self.demand(&key);
+        }
         if self.awaiting.is_empty() {
             self.ticks.clear();
         }
@@ -375,6 +440,7 @@ impl<F: Function> Shadow<F> {
             self.instance.stats.stale += 1;
             return Ok(Applied::StaleSeq);
         }
+        self.latest_us = self.latest_us.max(stamp.now_us);
         if kind == SignalKind::Tick {
             if !self.manifest_known || !self.awaiting.is_empty() {
                 if self.ticks.len() >= self.limits.max_ticks {
@@ -404,6 +470,7 @@ impl<F: Function> Shadow<F> {
             self.stats.buffered += 1;
             self.stats.buffered_peak = self.stats.buffered_peak.max(self.stats.buffered);
             if for_record {
+                self.demand(key);
                 self.stats.buffered_for_records += 1;
                 self.stats.buffered_for_records_peak = self
                     .stats
@@ -438,6 +505,7 @@ impl<F: Function> Shadow<F> {
             self.stats.unexpected_records += 1;
             return Ok(RecordOutcome::Unexpected);
         }
+        self.demanded.remove(&key);
         let size = (key.len() + bytes.as_ref().map_or(0, Bytes::len)) as u64;
         match bytes {
             Some(b) => {
@@ -512,6 +580,8 @@ impl<F: Function> Shadow<F> {
                 .apply_prepared(b.stamp, b.kind, key, &b.prepared, out);
             deadline = self.deadline(key);
             replayed += 1;
+            let waited = self.latest_us.saturating_sub(b.stamp.now_us).max(1);
+            self.waits.0.saturating_record(waited);
         }
         while let Some(t) = self.ticks.get(next_tick).copied() {
             next_tick += 1;
@@ -537,6 +607,8 @@ impl<F: Function> Shadow<F> {
     pub fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> Vec<SessionKey> {
         let mut keys: Vec<SessionKey> = self.awaiting.drain().collect();
         keys.sort();
+        self.demanded.clear();
+        self.demands.clear();
         // With no manifest, nothing is awaited but every stateful signal was buffered: they
         // apply now too, on whatever this copy holds (its sender's sessions never came).
         let mut unlisted: Vec<SessionKey> = if self.manifest_known {
@@ -566,8 +638,20 @@ impl<F: Function> Shadow<F> {
 
     /// Counters.
     pub fn stats(&self) -> ShadowStats {
+        let w = &self.waits.0;
+        let quantile = |q: f64| {
+            if w.is_empty() {
+                0
+            } else {
+                w.value_at_quantile(q)
+            }
+        };
         ShadowStats {
             manifest_known: self.manifest_known,
+            waited: w.len(),
+            buffered_wait_p50_us: quantile(0.5),
+            buffered_wait_p99_us: quantile(0.99),
+            buffered_wait_max_us: if w.is_empty() { 0 } else { w.max() },
             ..self.stats
         }
     }
