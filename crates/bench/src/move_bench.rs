@@ -459,6 +459,8 @@ impl MoveBench {
                     buffered_for_records_peak: Some(m.buffered_for_records_peak),
                     buffered_mean: Some(samples.mean),
                     copy_ms: Some(m.phases_ms.copy),
+                    buffered_wait_us: Some(m.buffered_wait_us),
+                    demanded: Some(m.demanded),
                 };
                 let detail = MoveDetail::Live {
                     report: m,
@@ -507,6 +509,8 @@ struct MoveFigures {
     buffered_for_records_peak: Option<u64>,
     buffered_mean: Option<f64>,
     copy_ms: Option<u64>,
+    buffered_wait_us: Option<crate::moves::WaitLatency>,
+    demanded: Option<u64>,
 }
 
 /// Everything a loaded contender measured.
@@ -549,6 +553,11 @@ impl Measured {
             wrong_answers: Some(load.wrong_answers),
             stray: Some(load.stray),
             retransmissions: Some(load.retransmissions),
+            move_retransmissions: Some(load.move_retransmissions),
+            latency_during_move_us: Some((&load.latency_during_move_us).into()),
+            latency_outside_move_us: Some((&load.latency_outside_move_us).into()),
+            buffered_wait_us: fig.buffered_wait_us,
+            demanded: fig.demanded,
             oracle_checked: Some(oracle.checked),
             oracle_mismatches: Some(oracle.mismatches),
             answer_mismatches: Some(oracle.answer_mismatches),

@@ -19,6 +19,14 @@ use handoff_steer::Steer;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// A wait distribution, µs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WaitLatency {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
 /// What a live move did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct MoveReport {
@@ -36,6 +44,10 @@ pub struct MoveReport {
     pub buffered_peak: u64,
     /// Of those, buffered after the manifest (waiting for a record): the copy order's share.
     pub buffered_for_records_peak: u64,
+    /// Sessions the destination asked for ahead of their place.
+    pub demanded: u64,
+    /// Wait of the signals it buffered (µs of steer time).
+    pub buffered_wait_us: WaitLatency,
     pub first_seq: u64,
     pub cutover_seq: u64,
     pub phases_ms: PhasesMs,
@@ -130,6 +142,12 @@ pub async fn live_move(
         records_resent: f.copy.resends.iter().map(|r| r.records).sum(),
         buffered_peak: f.shadow.buffered_peak,
         buffered_for_records_peak: f.shadow.buffered_for_records_peak,
+        demanded: f.shadow.demanded,
+        buffered_wait_us: WaitLatency {
+            p50: f.shadow.buffered_wait_us[0],
+            p99: f.shadow.buffered_wait_us[1],
+            max: f.shadow.buffered_wait_us[2],
+        },
         first_seq: f.first_seq,
         cutover_seq: f.cutover_seq,
         phases_ms: PhasesMs {

@@ -68,6 +68,24 @@ impl Machine {
     }
 }
 
+/// A latency tail, µs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TailLatency {
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl From<&handoff_loadgen::LatencyReport> for TailLatency {
+    fn from(l: &handoff_loadgen::LatencyReport) -> Self {
+        Self {
+            p99: l.p99,
+            p999: l.p999,
+            max: l.max,
+        }
+    }
+}
+
 /// One contender's figures. Load figures are `None` for contenders run without load.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Contender {
@@ -93,6 +111,18 @@ pub struct Contender {
     pub wrong_answers: Option<u64>,
     pub stray: Option<u64>,
     pub retransmissions: Option<u64>,
+    /// Of those, retransmissions of transactions started or answered during the move: the
+    /// clients' own timer firing because the move held their answer.
+    pub move_retransmissions: Option<u64>,
+    /// Latency of transactions started or answered during the move, µs.
+    pub latency_during_move_us: Option<TailLatency>,
+    /// Latency of the other measured transactions, µs.
+    pub latency_outside_move_us: Option<TailLatency>,
+    /// How long the destination held buffered signals before applying them (µs of steer
+    /// time; live move only).
+    pub buffered_wait_us: Option<crate::moves::WaitLatency>,
+    /// Sessions the destination asked for ahead of their place (live move only).
+    pub demanded: Option<u64>,
     /// The oracle on the destination after the move.
     pub oracle_checked: Option<u64>,
     pub oracle_mismatches: Option<u64>,

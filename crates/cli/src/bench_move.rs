@@ -162,13 +162,32 @@ fn summary(x: &Contender) -> Option<String> {
         Detail::Loaded(d) => d.move_.as_ref(),
         Detail::RawTcp(_) | Detail::Redis(_) | Detail::None => None,
     };
+    let tails = match (x.latency_during_move_us, x.latency_outside_move_us) {
+        (Some(d), Some(o)) => format!(
+            "\n      latency p99/p99.9/max during the move {}/{}/{} us, outside {}/{}/{} us; \
+             retransmissions during the move {}",
+            d.p99,
+            d.p999,
+            d.max,
+            o.p99,
+            o.p999,
+            o.max,
+            opt(x.move_retransmissions)
+        ),
+        _ => String::new(),
+    };
     Some(match (&x.detail, move_) {
         (_, Some(MoveDetail::Live { report: m, .. })) => format!(
-            "copy {} ms, digest match {}, buffered peak {} (mean {:.1}){gap}",
+            "copy {} ms, digest match {}, buffered peak {} (mean {:.1}){gap}{tails}\n      \
+             buffered wait p50/p99/max {}/{}/{} us; {} sessions sent on demand",
             m.phases_ms.copy,
             m.digest_match,
             m.buffered_peak,
-            x.buffered_mean.unwrap_or(0.0)
+            x.buffered_mean.unwrap_or(0.0),
+            m.buffered_wait_us.p50,
+            m.buffered_wait_us.p99,
+            m.buffered_wait_us.max,
+            m.demanded
         ),
         (_, Some(MoveDetail::Baseline(m))) => {
             let rounds: Vec<String> = m
@@ -184,7 +203,7 @@ fn summary(x: &Contender) -> Option<String> {
                 })
                 .collect();
             format!(
-                "records per round {}; signals held {} ms{gap}",
+                "records per round {}; signals held {} ms{gap}{tails}",
                 rounds.join(" -> "),
                 m.held_ms
             )

@@ -807,6 +807,12 @@ fn shadow_view(r: &handoff_function::runtime::shadow::ShadowStats) -> ShadowView
         bytes: r.bytes,
         refused: r.refused,
         manifest_known: r.manifest_known,
+        demanded: r.demanded,
+        buffered_wait_us: [
+            r.buffered_wait_p50_us,
+            r.buffered_wait_p99_us,
+            r.buffered_wait_max_us,
+        ],
     }
 }
 

@@ -257,6 +257,12 @@ pub struct ShadowView {
     /// Whether the whole manifest arrived (`awaiting` then names every missing session).
     #[serde(default)]
     pub manifest_known: bool,
+    /// Sessions the destination asked for ahead of their place.
+    #[serde(default)]
+    pub demanded: u64,
+    /// Wait of the signals it buffered (µs of steer time): median, 99th percentile, max.
+    #[serde(default)]
+    pub buffered_wait_us: [u64; 3],
 }
 
 impl ShadowView {

@@ -154,6 +154,9 @@ pub struct LoadReport {
     pub stray: u64,
     /// Retransmitted datagrams.
     pub retransmissions: u64,
+    /// Of those, retransmissions of transactions started or answered while the move window
+    /// was open: the ones a move can have caused (0 without a window).
+    pub move_retransmissions: u64,
     /// Extra answers explained by retransmissions (one per datagram: not duplicates).
     pub late_answers: u64,
     /// Schedule slots skipped because every UE drawn had a transaction outstanding.
@@ -170,6 +173,11 @@ pub struct LoadReport {
     pub latency_us: LatencyReport,
     /// Latency of the attach phase.
     pub attach_latency_us: LatencyReport,
+    /// Latency of measured transactions started or answered while the move window was open
+    /// (every such transaction, so one stalled session shows, however short the window).
+    pub latency_during_move_us: LatencyReport,
+    /// Latency of the other measured transactions.
+    pub latency_outside_move_us: LatencyReport,
     /// Largest gap between consecutive answers seen by clients in the measured phase (ms).
     pub max_response_gap_ms: f64,
     /// The same statistic outside the move window.
@@ -201,6 +209,8 @@ struct Outstanding {
     bytes: Bytes,
     started: Instant,
     measured: bool,
+    /// Started while the move window was open (see [`crate::Config::move_window`]).
+    during_move: bool,
     attempts: u32,
 }
 
@@ -244,6 +254,8 @@ struct Driver {
     report: LoadReport,
     hist: Histogram<u64>,
     attach_hist: Histogram<u64>,
+    move_hist: Histogram<u64>,
+    outside_hist: Histogram<u64>,
     phase: Phase,
     last_answer: Option<Instant>,
     max_gap: Duration,
@@ -291,6 +303,8 @@ pub async fn run(
         timers: BinaryHeap::new(),
         hist: hist(),
         attach_hist: hist(),
+        move_hist: hist(),
+        outside_hist: hist(),
         phase: Phase::Attach,
         last_answer: None,
         max_gap: Duration::ZERO,
@@ -305,6 +319,8 @@ pub async fn run(
     let mut report = d.report;
     report.latency_us = LatencyReport::from(&d.hist);
     report.attach_latency_us = LatencyReport::from(&d.attach_hist);
+    report.latency_during_move_us = LatencyReport::from(&d.move_hist);
+    report.latency_outside_move_us = LatencyReport::from(&d.outside_hist);
     report.max_response_gap_ms = d.max_gap.as_secs_f64() * 1e3;
     report.baseline_response_gap_ms = d.baseline_gap.as_secs_f64() * 1e3;
     report.move_response_gap_ms = d.move_gap.as_secs_f64() * 1e3;
@@ -443,6 +459,7 @@ impl Driver {
 
     /// Starts the next transaction of UE `i`; `intended` is when it should have left.
     async fn start(&mut self, i: usize, intended: Instant, measured: bool) -> std::io::Result<()> {
+        let during_move = self.moving();
         let slot = &mut self.slots[i];
         let signal = slot.ue.next_signal(&mut self.rng);
         let bytes = Bytes::from(signal.to_bytes());
@@ -453,6 +470,7 @@ impl Driver {
             bytes: bytes.clone(),
             started: intended,
             measured: measured && self.phase == Phase::Measure,
+            during_move,
             attempts: 1,
         });
         self.report.signals_sent += 1;
@@ -504,6 +522,14 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether the move window is open now.
+    fn moving(&self) -> bool {
+        self.cfg
+            .move_window
+            .as_ref()
+            .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     async fn fire_timers(&mut self) {
         let now = Instant::now();
         while let Some(Reverse((at, i, txn))) = self.timers.peek().copied() {
@@ -524,6 +550,9 @@ impl Driver {
                 let attempt = out.attempts;
                 let bytes = out.bytes.clone();
                 self.report.retransmissions += 1;
+                if out.during_move || self.moving() {
+                    self.report.move_retransmissions += 1;
+                }
                 self.send(&bytes).await;
                 self.timers.push(Reverse((
                     Instant::now() + self.retry_timeout(attempt - 1),
@@ -569,12 +598,7 @@ impl Driver {
             if let Some(last) = self.last_answer {
                 let gap = now - last;
                 self.max_gap = self.max_gap.max(gap);
-                let moving = self
-                    .cfg
-                    .move_window
-                    .as_ref()
-                    .is_some_and(|w| w.load(std::sync::atomic::Ordering::Relaxed));
-                if moving {
+                if self.moving() {
                     self.move_gap = self.move_gap.max(gap);
                 } else {
                     self.baseline_gap = self.baseline_gap.max(gap);
@@ -582,6 +606,7 @@ impl Driver {
             }
             self.last_answer = Some(now);
         }
+        let moving = self.moving();
         let slot = &mut self.slots[i];
         let current = slot
             .outstanding
@@ -617,6 +642,11 @@ impl Driver {
         let latency = now.saturating_duration_since(out.started).as_micros() as u64;
         if out.measured {
             let _ = self.hist.record(latency.max(1));
+            if out.during_move || moving {
+                let _ = self.move_hist.record(latency.max(1));
+            } else {
+                let _ = self.outside_hist.record(latency.max(1));
+            }
         } else {
             let _ = self.attach_hist.record(latency.max(1));
         }

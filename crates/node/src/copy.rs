@@ -14,7 +14,7 @@ use crate::copy_core::{
     RecordBatch, Refusal, SenderStep, Streamed,
 };
 use crate::frames::{error, reply, send, Reader};
-use crate::instance::Control;
+use crate::instance::{Control, Demands};
 use crate::peer::{self, PeerFramed};
 use crate::InstanceHandle;
 use crate::{Node, NodeError};
@@ -23,7 +23,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use handoff_function::runtime::shadow::Reawaited;
 use handoff_function::runtime::{DeletionLog, MoveStepError};
 use handoff_function::SessionKey;
-use handoff_state::{manifest, CopyOrder, CopyPlan, Infeasible, Pacer};
+use handoff_state::{CopyOrder, CopyPlan, Infeasible, Pacer, Plan};
 use handoff_wire::{code, Frame, FrameError, MAX_MANIFEST_KEYS};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -32,6 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Records handed to the destination instance at once.
 const RECORD_BATCH: usize = 256;
+/// Record bytes handed to the destination instance at once (whichever bound comes first):
+/// a partial batch waits for the next record, so this stays well below [`COPY_WINDOW`].
+const RECORD_BATCH_BYTES: usize = 64 * 1024;
 pub use crate::copy_core::{ResendRound, MAX_RESEND_ROUNDS};
 /// Longest wait for the source to apply a seq the copy must include.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +61,8 @@ pub struct CopyReport {
     pub resends: Vec<ResendRound>,
     /// Time from the manifest to the destination's answer.
     pub elapsed_ms: u64,
-    /// Time to rank the sessions into the manifest (before `elapsed_ms` starts).
+    /// Time to list the sessions for the manifest (one table scan, before `elapsed_ms`
+    /// starts; the copy order is ranked while the manifest is on its way).
     pub manifest_ms: u64,
     /// Time from the connection to the destination's answer to the manifest.
     pub ready_ms: u64,
@@ -188,6 +192,7 @@ pub async fn copy_to(
     };
     let result = async {
         let began = Instant::now();
+        let mut ranked = None;
         let m = if core.subset() {
             // A subset (sessions going back after an abort) is final: no signal for them
             // reaches this instance any more, so an absent one is gone for good (a tombstone).
@@ -200,12 +205,20 @@ pub async fn copy_to(
                 keys,
             }
         } else {
-            // Ranking every session (hot-first sorts them all) is long, synchronous work:
-            // off the async workers, so the serving path keeps its threads meanwhile.
+            // The destination buffers every stateful signal until it has the manifest, so it
+            // goes out in table order as soon as one scan has listed it; ranking (hot-first
+            // sorts every session) runs meanwhile. Both are long, synchronous work: off the
+            // async workers, so the serving path keeps its threads.
             let table = h.table().clone();
-            tokio::task::spawn_blocking(move || manifest(&table, order, now_us))
+            let plan = tokio::task::spawn_blocking(move || Plan::scan(&table, order, now_us))
                 .await
-                .map_err(|e| dest_err(format!("manifest task failed: {e}")))?
+                .map_err(|e| dest_err(format!("manifest task failed: {e}")))?;
+            let m = handoff_state::Manifest {
+                keys: plan.keys.clone(),
+                bytes: plan.bytes,
+            };
+            ranked = Some(tokio::task::spawn_blocking(move || plan.ordered()));
+            m
         };
         let manifest_ms = began.elapsed().as_millis() as u64;
         let rate = plan.check(m.bytes, CORE_COPY_BPS)?;
@@ -233,6 +246,9 @@ pub async fn copy_to(
             ),
             epoch: Instant::now(),
             destination,
+            sent_bytes: 0,
+            applied_bytes: 0,
+            window_off: false,
         };
         let mut step = core.manifest(m.keys)?;
         let mut first_round = true;
@@ -251,6 +267,12 @@ pub async fn copy_to(
                     // round) needs records that include every signal it applied to the state
                     // it dropped: read them only once this copy has applied as much.
                     wait_applied(&h, seq, destination).await?;
+                    if let Some(ranked) = ranked.take() {
+                        let keys = ranked
+                            .await
+                            .map_err(|e| dest_err(format!("ranking task failed: {e}")))?;
+                        core.order(keys)?;
+                    }
                     if first_round {
                         report.ready_ms = start.elapsed().as_millis() as u64;
                         // Lead K (seed 000 R3): the destination knows its manifest, so it
@@ -406,10 +428,23 @@ struct Outbound<'a> {
     pacer: Pacer,
     epoch: Instant,
     destination: SocketAddr,
+    /// Record bytes written on this connection (every round), and those the destination says
+    /// it applied: at most [`COPY_WINDOW`] apart.
+    sent_bytes: u64,
+    applied_bytes: u64,
+    /// The destination stopped reporting its progress within [`WINDOW_WAIT`]: the window is
+    /// off, TCP's own backpressure paces the rest.
+    window_off: bool,
 }
 
 /// Bytes a copy's source buffers before writing them to the connection.
-const FLUSH_BYTES: usize = 256 * 1024;
+const FLUSH_BYTES: usize = 64 * 1024;
+/// Record bytes a copy keeps in flight beyond what the destination applied. Everything in
+/// flight is ahead of a record the destination asks for, so this bounds a demand's wait
+/// (512 KiB at 130 MB/s: 4 ms) while keeping the destination busy.
+const COPY_WINDOW: u64 = 512 * 1024;
+/// Longest wait for the destination's progress while the window is full.
+const WINDOW_WAIT: Duration = Duration::from_millis(500);
 
 impl Outbound<'_> {
     /// Sends one record (or tombstone) per key not in `skip`, as the table has it now, then
@@ -441,6 +476,9 @@ impl Outbound<'_> {
                 continue;
             }
             let size = self.encode(h, key, log, &mut round)?;
+            if self.sent_bytes.saturating_sub(self.applied_bytes) > COPY_WINDOW {
+                self.await_window(h, skip, log, &mut round).await?;
+            }
             if paced {
                 let wait = self
                     .pacer
@@ -492,6 +530,7 @@ impl Outbound<'_> {
             round.record(key, r.seq, &r.bytes)
         });
         if let Some(size) = written {
+            self.sent_bytes += size;
             return Ok(size);
         }
         let seq = round.tombstone(key, log)?;
@@ -500,6 +539,7 @@ impl Outbound<'_> {
             seq,
         }
         .encode(self.f.write_buffer_mut());
+        self.sent_bytes += key.len() as u64;
         Ok(key.len() as u64)
     }
 
@@ -513,61 +553,115 @@ impl Outbound<'_> {
         log: &DeletionLog,
         round: &mut Outgoing,
     ) -> Result<(), CopyError> {
-        let destination = self.destination;
         let mut sent = 0usize;
         while let Some(frame) = self.f.next().now_or_never() {
-            let keys = match frame {
-                Some(Ok(Frame::Demand { keys })) => keys,
-                Some(Ok(Frame::Error { code, message })) => {
-                    return Err(CopyError::Refused {
-                        addr: destination,
-                        code,
-                        message,
-                    })
-                }
-                Some(Ok(other)) => {
-                    return Err(CopyError::Destination {
-                        addr: destination,
-                        reason: format!("unexpected frame while streaming: {other:?}"),
-                    })
-                }
-                Some(Err(e)) => {
-                    return Err(CopyError::Destination {
-                        addr: destination,
-                        reason: e.to_string(),
-                    })
-                }
-                None => {
-                    return Err(CopyError::Destination {
-                        addr: destination,
-                        reason: "connection closed while streaming".into(),
-                    })
-                }
-            };
-            for key in keys {
-                // Only a session this source can send (it holds it, or knows its deletion) is
-                // sent early; anything else keeps its place (or was never listed). A deletion
-                // racing this look is logged before the session leaves the table.
-                let sendable = !skip.contains(&key)
-                    && (h.table().with(&key, |_| ()).is_some() || round.knows_tombstone(&key, log));
-                if round.demand(&key, sendable) {
-                    let size = self.encode(h, &key, log, round)?;
-                    if self.paced {
-                        self.pacer.charge(size);
+            sent += self.on_frame(frame, h, skip, log, round)?;
+        }
+        if sent > 0 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The window is full: flushes, then waits for the destination's progress (serving its
+    /// demands meanwhile). A destination silent for [`WINDOW_WAIT`] turns the window off.
+    async fn await_window(
+        &mut self,
+        h: &InstanceHandle,
+        skip: &HashSet<SessionKey>,
+        log: &DeletionLog,
+        round: &mut Outgoing,
+    ) -> Result<(), CopyError> {
+        if self.window_off {
+            return Ok(());
+        }
+        self.flush().await?;
+        while self.sent_bytes.saturating_sub(self.applied_bytes) > COPY_WINDOW {
+            match tokio::time::timeout(WINDOW_WAIT, self.f.next()).await {
+                Ok(frame) => {
+                    if self.on_frame(frame, h, skip, log, round)? > 0 {
+                        self.flush().await?;
                     }
-                    sent += 1;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.sent_bytes - self.applied_bytes,
+                        "the destination reports no progress; copy window off"
+                    );
+                    self.window_off = true;
+                    return Ok(());
                 }
             }
         }
-        if sent > 0 {
-            SinkExt::<Frame>::flush(self.f)
-                .await
-                .map_err(|e| CopyError::Destination {
+        Ok(())
+    }
+
+    /// One frame from the destination while records stream: its progress and demands
+    /// (returns how many records it sent for them), or why the copy must stop.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Frame, FrameError>>,
+        h: &InstanceHandle,
+        skip: &HashSet<SessionKey>,
+        log: &DeletionLog,
+        round: &mut Outgoing,
+    ) -> Result<usize, CopyError> {
+        let destination = self.destination;
+        let (applied, keys) = match frame {
+            Some(Ok(Frame::Demand { applied, keys })) => (applied, keys),
+            Some(Ok(Frame::Error { code, message })) => {
+                return Err(CopyError::Refused {
+                    addr: destination,
+                    code,
+                    message,
+                })
+            }
+            Some(Ok(other)) => {
+                return Err(CopyError::Destination {
+                    addr: destination,
+                    reason: format!("unexpected frame while streaming: {other:?}"),
+                })
+            }
+            Some(Err(e)) => {
+                return Err(CopyError::Destination {
                     addr: destination,
                     reason: e.to_string(),
-                })?;
+                })
+            }
+            None => {
+                return Err(CopyError::Destination {
+                    addr: destination,
+                    reason: "connection closed while streaming".into(),
+                })
+            }
+        };
+        self.applied_bytes = self.applied_bytes.max(applied);
+        let mut sent = 0;
+        for key in keys {
+            // Only a session this source can send (it holds it, or knows its deletion) is
+            // sent early; anything else keeps its place (or was never listed). A deletion
+            // racing this look is logged before the session leaves the table.
+            let sendable = !skip.contains(&key)
+                && (h.table().with(&key, |_| ()).is_some() || round.knows_tombstone(&key, log));
+            if round.demand(&key, sendable) {
+                let size = self.encode(h, &key, log, round)?;
+                if self.paced {
+                    self.pacer.charge(size);
+                }
+                sent += 1;
+            }
         }
-        Ok(())
+        Ok(sent)
+    }
+
+    async fn flush(&mut self) -> Result<(), CopyError> {
+        let destination = self.destination;
+        SinkExt::<Frame>::flush(self.f)
+            .await
+            .map_err(|e| CopyError::Destination {
+                addr: destination,
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -581,22 +675,32 @@ pub(crate) async fn peer_session(
     mut reader: Reader,
     tx: &mpsc::Sender<Vec<Frame>>,
 ) -> Result<(), FrameError> {
-    let mut core = CopyReceiver::new(RECORD_BATCH);
+    let mut core = CopyReceiver::new(RECORD_BATCH).with_batch_bytes(RECORD_BATCH_BYTES);
     let mut target: Option<InstanceHandle> = None;
     let mut in_flight = InFlight::default();
     // Records queued in this socket wait ahead of any record the shadow asks for: a small
     // receive buffer keeps that queue (and the time a demanded record waits in it) short.
-    let _ =
-        socket2::SockRef::from(reader.get_ref().as_ref()).set_recv_buffer_size(COPY_SOCKET_BUFFER);
+    let _ = socket2::SockRef::from(reader.get_ref().as_ref())
+        .set_recv_buffer_size(peer::COPY_SOCKET_BUFFER);
     // The shadow's demands go back to the source on this connection's writer.
-    let (demand_tx, mut demand_rx) = mpsc::channel::<Vec<SessionKey>>(DEMAND_LANE);
+    let (demand_tx, mut demand_rx) = mpsc::channel::<Demands>(DEMAND_LANE);
     let writer = tx.clone();
     let forwarder = AbortOnDrop(tokio::spawn(async move {
-        while let Some(keys) = demand_rx.recv().await {
-            let frames = keys
+        while let Some(d) = demand_rx.recv().await {
+            let mut frames: Vec<Frame> = d
+                .keys
                 .chunks(MAX_MANIFEST_KEYS)
-                .map(|c| Frame::Demand { keys: c.to_vec() })
+                .map(|c| Frame::Demand {
+                    applied: d.applied,
+                    keys: c.to_vec(),
+                })
                 .collect();
+            if frames.is_empty() {
+                frames.push(Frame::Demand {
+                    applied: d.applied,
+                    keys: Vec::new(),
+                });
+            }
             if writer.send(frames).await.is_err() {
                 return;
             }
@@ -721,9 +825,6 @@ pub(crate) async fn peer_session(
     Ok(())
 }
 
-/// Socket buffer of a copy connection at either end (bytes): what the kernel queues between
-/// the source's writes and the destination's reads, ahead of any demanded record.
-pub(crate) const COPY_SOCKET_BUFFER: usize = 1024 * 1024;
 /// Batches of demands queued for the copy connection's writer.
 const DEMAND_LANE: usize = 64;
 
@@ -741,7 +842,7 @@ impl Drop for AbortOnDrop {
 /// steer's signals, so a deep backlog of records would delay the answers of creates routed to
 /// this destination (and a demanded record waits behind it); this budget keeps the instance
 /// busy without that, and bounds the destination's memory by bytes, whatever the record size.
-const RECORD_BYTES_IN_FLIGHT: usize = 512 * 1024;
+const RECORD_BYTES_IN_FLIGHT: usize = 256 * 1024;
 
 /// Batches handed to the instance and not yet applied, with their bytes.
 #[derive(Default)]

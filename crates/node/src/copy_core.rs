@@ -108,6 +108,10 @@ pub struct Outgoing {
     /// Keys sent ahead of their place because the destination asked for them: their place in
     /// the order is skipped, so each key is still sent once.
     early: HashSet<SessionKey>,
+    /// Hashes of the keys sent so far: a demand for a key already on its way (sent, not yet
+    /// applied there) is not served again. A hash shared by two keys only ever keeps a key
+    /// from going early, never from going at all.
+    sent_hashes: HashSet<u64, handoff_state::FixedState>,
     /// Demands for keys this round does not send (not in it, excluded, or sent already).
     pub demands_ignored: u64,
 }
@@ -121,6 +125,7 @@ impl Outgoing {
             digest: Digest::default(),
             sent: Streamed::default(),
             early: HashSet::new(),
+            sent_hashes: HashSet::default(),
             demands_ignored: 0,
         }
     }
@@ -129,7 +134,10 @@ impl Outgoing {
     /// (`in_round`: the shell knows whether it is listed and not skipped) not sent yet is;
     /// once sent early, [`Outgoing::sent_early`] says to skip its place in the order.
     pub fn demand(&mut self, key: &SessionKey, in_round: bool) -> bool {
-        if in_round && self.early.insert(key.clone()) {
+        if in_round
+            && !self.sent_hashes.contains(&handoff_state::key_hash(key))
+            && self.early.insert(key.clone())
+        {
             return true;
         }
         self.demands_ignored += 1;
@@ -148,6 +156,7 @@ impl Outgoing {
 
     /// A record the table holds: digest it (the shell encodes it).
     pub fn record(&mut self, key: &SessionKey, seq: u64, bytes: &[u8]) -> u64 {
+        self.sent_hashes.insert(handoff_state::key_hash(key));
         self.digest.add(key, seq, bytes);
         let size = (key.len() + bytes.len()) as u64;
         self.sent.records += 1;
@@ -164,6 +173,7 @@ impl Outgoing {
             (None, None) if self.subset => 0,
             (None, None) => return Err(CopyCoreError::MissingTombstone),
         };
+        self.sent_hashes.insert(handoff_state::key_hash(key));
         self.digest.add(key, seq, TOMBSTONE_BODY);
         self.sent.records += 1;
         self.sent.tombstones += 1;
@@ -323,6 +333,33 @@ impl CopySender {
         Ok(SenderStep::SendManifest(self.manifest.clone()))
     }
 
+    /// The copy order of the first round, ranked while the manifest (sent in table order: the
+    /// destination needs the set, not the order) was on its way: a permutation of the
+    /// manifest's keys. Only before the first round streams.
+    pub fn order(&mut self, keys: Vec<SessionKey>) -> Result<(), CopyCoreError> {
+        let first = self.resends.is_empty() && self.resending.is_empty();
+        if !matches!(
+            self.stage,
+            SenderStage::AwaitReady | SenderStage::AwaitApplied
+        ) || !first
+        {
+            return Err(CopyCoreError::OutOfTurn("order"));
+        }
+        if keys.len() != self.manifest.len() {
+            return Err(CopyCoreError::OutOfTurn(
+                "order of other keys than the manifest's",
+            ));
+        }
+        // Keys a superseded manifest left awaited ([`CopySender::ready`]) follow the manifest.
+        let unlisted = self
+            .round
+            .0
+            .split_off(self.manifest.len().min(self.round.0.len()));
+        self.round.0 = keys;
+        self.round.0.extend(unlisted);
+        Ok(())
+    }
+
     /// The destination's answer to the manifest (or to a re-send round's).
     pub fn ready(&mut self, a: ManifestAnswer) -> Result<SenderStep, CopyCoreError> {
         if self.stage != SenderStage::AwaitReady {
@@ -445,6 +482,8 @@ pub struct CopyReceiver {
     received: u64,
     batch: RecordBatch,
     batch_max: usize,
+    batch_bytes: usize,
+    batch_bytes_max: usize,
     rounds: usize,
     resend_open: bool,
 }
@@ -460,9 +499,18 @@ impl CopyReceiver {
             received: 0,
             batch: Vec::new(),
             batch_max: batch_max.max(1),
+            batch_bytes: 0,
+            batch_bytes_max: usize::MAX,
             rounds: 0,
             resend_open: false,
         }
+    }
+
+    /// Hands batches over once they hold `max` record bytes too (keys and values), whichever
+    /// bound comes first.
+    pub fn with_batch_bytes(mut self, max: usize) -> Self {
+        self.batch_bytes_max = max.max(1);
+        self
     }
 
     /// Whether nothing arrived yet (a push may still open the connection instead).
@@ -543,8 +591,13 @@ impl CopyReceiver {
         self.digest
             .add(&key, seq, bytes.as_deref().unwrap_or(TOMBSTONE_BODY));
         self.received += 1;
+        self.batch_bytes += key.len() + bytes.as_ref().map_or(0, Bytes::len);
         self.batch.push((key, seq, bytes));
-        Ok((self.batch.len() >= self.batch_max).then(|| std::mem::take(&mut self.batch)))
+        if self.batch.len() < self.batch_max && self.batch_bytes < self.batch_bytes_max {
+            return Ok(None);
+        }
+        self.batch_bytes = 0;
+        Ok(Some(std::mem::take(&mut self.batch)))
     }
 
     /// The round's end: the last batch to hand over (the verdict is sent once every record is
@@ -573,6 +626,7 @@ impl CopyReceiver {
         };
         let more = !matched && self.rounds < MAX_RESEND_ROUNDS;
         self.resend_open = more;
+        self.batch_bytes = 0;
         Ok((std::mem::take(&mut self.batch), verdict, more))
     }
 }

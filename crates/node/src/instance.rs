@@ -66,9 +66,9 @@ pub enum Control {
     Manifest {
         /// The source's manifest.
         manifest: Vec<SessionKey>,
-        /// Where the sessions the shadow asks for next go (the copy connection's demand
-        /// lane); replaces any earlier one.
-        demands: Option<mpsc::Sender<Vec<SessionKey>>>,
+        /// Where the copy's progress and the sessions the shadow asks for next go (the copy
+        /// connection's demand lane); replaces any earlier one.
+        demands: Option<mpsc::Sender<Demands>>,
         /// The answer (see `Hosted::take_manifest`).
         done: oneshot::Sender<Result<ManifestTaken, MoveStepError>>,
     },
@@ -300,28 +300,58 @@ impl InstanceHandle {
     }
 }
 
-/// Where a shadow's demands go, and those a full lane could not take yet.
+/// What a shadow tells its copy's source: the record bytes applied so far (cumulative, of
+/// the records handed over since the lane was set) and the sessions it asks for next.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Demands {
+    /// Record bytes (keys and values; a tombstone counts its key) applied.
+    pub applied: u64,
+    /// Sessions to send next.
+    pub keys: Vec<SessionKey>,
+}
+
+/// Where a shadow's demands go, and what a full lane could not take yet.
 #[derive(Default)]
 struct DemandLane {
-    tx: Option<mpsc::Sender<Vec<SessionKey>>>,
+    tx: Option<mpsc::Sender<Demands>>,
     /// Demands not yet taken by the lane (bounded: each awaited session is demanded once
     /// until its record arrives).
     pending: Vec<SessionKey>,
+    applied: u64,
+    /// `applied` moved since the lane last took it.
+    moved: bool,
 }
 
 impl DemandLane {
-    /// Moves the core's new demands to the lane, without waiting: a full lane keeps them for
-    /// the next round, a closed or missing one drops them (they only reorder a copy).
+    /// Counts a batch of records applied.
+    fn applied(&mut self, records: &[(SessionKey, u64, Option<Bytes>)]) {
+        if self.tx.is_none() {
+            return;
+        }
+        self.applied += records
+            .iter()
+            .map(|(k, _, b)| (k.len() + b.as_ref().map_or(0, Bytes::len)) as u64)
+            .sum::<u64>();
+        self.moved = true;
+    }
+
+    /// Moves the progress and the core's new demands to the lane, without waiting: a full lane
+    /// keeps them for the next round (progress is cumulative, so nothing is lost), a closed or
+    /// missing one drops them (they only reorder and pace a copy).
     fn forward(&mut self, core: &mut InstanceCore<Reply>) {
         let new = core.take_demands();
         let Some(tx) = &self.tx else { return };
         self.pending.extend(new);
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !self.moved {
             return;
         }
-        match tx.try_send(std::mem::take(&mut self.pending)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(keys)) => self.pending = keys,
+        let d = Demands {
+            applied: self.applied,
+            keys: std::mem::take(&mut self.pending),
+        };
+        match tx.try_send(d) {
+            Ok(()) => self.moved = false,
+            Err(mpsc::error::TrySendError::Full(d)) => self.pending = d.keys,
             Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,
         }
     }
@@ -354,7 +384,7 @@ fn control(
             if demands.is_some() {
                 *lane = DemandLane {
                     tx: demands,
-                    pending: Vec::new(),
+                    ..DemandLane::default()
                 };
             }
             let _ = done.send(core.take_manifest(manifest, out));
@@ -363,7 +393,10 @@ fn control(
             records,
             epoch,
             done: _done,
-        } => core.records(records, epoch, out),
+        } => {
+            lane.applied(&records);
+            core.records(records, epoch, out)
+        }
         Control::Reawait { keys, done } => {
             let _ = done.send(core.reawait(&keys));
         }

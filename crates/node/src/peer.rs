@@ -11,6 +11,11 @@ use tokio_util::codec::Framed;
 /// A connection to a peer node.
 pub(crate) type PeerFramed = Framed<TcpStream, FrameCodec>;
 
+/// Socket buffer of a copy connection at either end (bytes): what the kernel queues between
+/// the source's writes and the destination's reads (the copy's own window bounds what is in
+/// flight, `copy::COPY_WINDOW`).
+pub(crate) const COPY_SOCKET_BUFFER: usize = 1024 * 1024;
+
 /// Longest wait for the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -28,7 +33,7 @@ pub(crate) async fn connect(
     }
     .map_err(|e| e.to_string())?;
     // What the kernel queues ahead of a record the destination asks for is bounded.
-    let _ = socket.set_send_buffer_size(crate::copy::COPY_SOCKET_BUFFER as u32);
+    let _ = socket.set_send_buffer_size(COPY_SOCKET_BUFFER as u32);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(destination))
         .await
         .map_err(|_| "connect timed out".to_owned())?

@@ -30,40 +30,73 @@ pub struct Manifest {
 
 /// Plans the copy of `table` at steer time `now_us`. Visits one shard at a time, copying
 /// only keys (a refcount each), never record bytes.
-///
-/// Ranking a million sessions is on the move's critical path (the destination buffers every
-/// stateful signal until the manifest arrives), so entries are sorted by two integers (the
-/// order's rank, then the key's hash) and keys are compared only when both tie, which for
-/// distinct keys happens only on a 64-bit hash collision: the order is the same in every run.
 pub fn manifest(table: &SessionTable, order: CopyOrder, now_us: u64) -> Manifest {
-    let half_life = table.half_life_us();
-    let mut keys: Vec<SessionKey> = Vec::with_capacity(table.len());
-    let mut entries: Vec<(u64, u64, u32)> = Vec::with_capacity(table.len());
-    let mut bytes = 0u64;
-    table.scan(|key, rec| {
-        bytes += (key.len() + rec.bytes.len()) as u64;
-        let hash = crate::key_hash(key);
-        let rank = match order {
-            // Non-negative floats order as their bits: the complement puts the hottest first.
-            CopyOrder::HotFirst => !u64::from(rec.freq.at(now_us, half_life).max(0.0).to_bits()),
-            CopyOrder::Random { seed } => mix(seed ^ hash),
-            CopyOrder::Key => key_prefix(key),
-        };
-        let tiebreak = if order == CopyOrder::Key { 0 } else { hash };
-        entries.push((rank, tiebreak, keys.len() as u32));
-        keys.push(key.clone());
-    });
-    entries.sort_unstable_by(|a, b| {
-        (a.0, a.1)
-            .cmp(&(b.0, b.1))
-            .then_with(|| keys[a.2 as usize].cmp(&keys[b.2 as usize]))
-    });
+    let plan = Plan::scan(table, order, now_us);
+    let bytes = plan.bytes;
     Manifest {
-        keys: entries
+        keys: plan.ordered(),
+        bytes,
+    }
+}
+
+/// A copy's sessions as one scan of the table found them, with what ranks them: the keys can
+/// be listed at once (the destination's manifest needs the set, not the order) while
+/// [`Plan::ordered`] sorts them, off the critical path.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Keys in table order.
+    pub keys: Vec<SessionKey>,
+    /// Bytes of records (keys and values) at planning time.
+    pub bytes: u64,
+    /// Per key (by index into `keys`): its rank, then a tiebreak.
+    ranks: Vec<(u64, u64, u32)>,
+}
+
+impl Plan {
+    /// Scans `table` once at steer time `now_us`.
+    pub fn scan(table: &SessionTable, order: CopyOrder, now_us: u64) -> Self {
+        let half_life = table.half_life_us();
+        let mut keys: Vec<SessionKey> = Vec::with_capacity(table.len());
+        let mut ranks: Vec<(u64, u64, u32)> = Vec::with_capacity(table.len());
+        let mut bytes = 0u64;
+        table.scan(|key, rec| {
+            bytes += (key.len() + rec.bytes.len()) as u64;
+            let hash = crate::key_hash(key);
+            let rank = match order {
+                // Non-negative floats order as their bits: the complement puts the hottest
+                // first.
+                CopyOrder::HotFirst => {
+                    !u64::from(rec.freq.at(now_us, half_life).max(0.0).to_bits())
+                }
+                CopyOrder::Random { seed } => mix(seed ^ hash),
+                CopyOrder::Key => key_prefix(key),
+            };
+            let tiebreak = if order == CopyOrder::Key { 0 } else { hash };
+            ranks.push((rank, tiebreak, keys.len() as u32));
+            keys.push(key.clone());
+        });
+        Self { keys, bytes, ranks }
+    }
+
+    /// The keys in copy order. Ranking a million sessions is long, so entries are sorted by
+    /// two integers (the order's rank, then the key's hash) and keys are compared only when
+    /// both tie, which for distinct keys happens only on a 64-bit hash collision: the order is
+    /// the same in every run.
+    pub fn ordered(self) -> Vec<SessionKey> {
+        let Self {
+            mut keys,
+            mut ranks,
+            ..
+        } = self;
+        ranks.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| keys[a.2 as usize].cmp(&keys[b.2 as usize]))
+        });
+        ranks
             .into_iter()
             .map(|e| std::mem::take(&mut keys[e.2 as usize]))
-            .collect(),
-        bytes,
+            .collect()
     }
 }
 

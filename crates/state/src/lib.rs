@@ -16,7 +16,7 @@ mod copy;
 mod digest;
 mod freq;
 
-pub use copy::{manifest, CopyOrder, CopyPlan, Infeasible, Manifest, Pacer, MAX_LEAD_MS};
+pub use copy::{manifest, CopyOrder, CopyPlan, Infeasible, Manifest, Pacer, Plan, MAX_LEAD_MS};
 pub use digest::{bucket_of, Digest, BUCKETS};
 
 pub use freq::ChangeFrequency;

@@ -212,12 +212,16 @@ pub enum Frame {
         /// The digest's buckets (see `handoff_state::Digest`).
         digest: Vec<u128>,
     },
-    /// A move's destination asks its source to send these sessions' records next: a signal
-    /// for each is buffered there until its record arrives (destination → source, on the copy
-    /// connection, at any time while records stream; DESIGN.md "Copy order is the heat map
-    /// plus the access pattern").
+    /// A move's destination reports how far it has applied the copy and asks its source to
+    /// send these sessions' records next: a signal for each is buffered there until its record
+    /// arrives (destination → source, on the copy connection, at any time while records
+    /// stream; DESIGN.md "Copy order is the heat map plus the access pattern").
     Demand {
-        /// Session keys (at most [`MAX_MANIFEST_KEYS`]).
+        /// Record bytes (keys and values; a tombstone counts its key) received on this
+        /// connection and applied so far: the source keeps only a bounded window beyond it in
+        /// flight, so a demanded record never queues behind much.
+        applied: u64,
+        /// Session keys (at most [`MAX_MANIFEST_KEYS`]; may be empty).
         keys: Vec<Bytes>,
     },
     /// A request failed; `code` is stable, `message` is for people.
@@ -404,7 +408,8 @@ impl Frame {
                 dst.put_u32(n as u32);
                 digest[..n].iter().for_each(|b| dst.put_u128(*b));
             }
-            Frame::Demand { keys } => {
+            Frame::Demand { applied, keys } => {
+                dst.put_u64(*applied);
                 let n = keys.len().min(MAX_MANIFEST_KEYS);
                 dst.put_u32(n as u32);
                 keys[..n].iter().for_each(|k| put_bytes16(dst, k));
@@ -552,6 +557,7 @@ impl Frame {
                 Frame::CopyEnd { records, digest }
             }
             kind::DEMAND => {
+                let applied = get_u64(r, "demand.applied")?;
                 let n = get_u32(r, "demand.count")? as usize;
                 if n > MAX_MANIFEST_KEYS || n * 2 > r.remaining() {
                     return Err(FrameError::Invalid("demand.count"));
@@ -559,7 +565,7 @@ impl Frame {
                 let keys = (0..n)
                     .map(|_| get_bytes16(r, "demand.key"))
                     .collect::<Result<_, _>>()?;
-                Frame::Demand { keys }
+                Frame::Demand { applied, keys }
             }
             kind::CONTINUATION => {
                 return Err(FrameError::Continuation(

@@ -84,7 +84,8 @@ fn frame() -> impl Strategy<Value = Frame> {
             bytes
         }),
         (bytes(20), any::<u64>()).prop_map(|(key, seq)| Frame::Tombstone { key, seq }),
-        proptest::collection::vec(bytes(40), 0..50).prop_map(|keys| Frame::Demand { keys }),
+        (any::<u64>(), proptest::collection::vec(bytes(40), 0..50))
+            .prop_map(|(applied, keys)| Frame::Demand { applied, keys }),
         (
             any::<u64>(),
             proptest::collection::vec(any::<u128>(), 0..300)

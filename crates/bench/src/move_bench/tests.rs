@@ -122,6 +122,13 @@ fn load() -> LoadReport {
         wrong_answers: 4,
         stray: 5,
         retransmissions: 6,
+        move_retransmissions: 2,
+        latency_during_move_us: handoff_loadgen::LatencyReport {
+            p99: 7_000,
+            p999: 9_000,
+            max: 11_000,
+            ..Default::default()
+        },
         move_response_gap_ms: 12.5,
         baseline_response_gap_ms: 1.5,
         ..LoadReport::default()
@@ -147,6 +154,12 @@ fn a_loaded_contender_row_comes_from_the_load_the_oracle_and_the_move() {
         buffered_for_records_peak: Some(3),
         buffered_mean: Some(0.5),
         copy_ms: Some(40),
+        buffered_wait_us: Some(crate::moves::WaitLatency {
+            p50: 100,
+            p99: 900,
+            max: 1200,
+        }),
+        demanded: Some(17),
     };
     let detail = MoveDetail::Live {
         report: MoveReport::default(),
@@ -184,6 +197,15 @@ fn a_loaded_contender_row_comes_from_the_load_the_oracle_and_the_move() {
     assert_eq!(
         (row.buffered_peak, row.buffered_mean),
         (Some(11), Some(0.5))
+    );
+    assert_eq!(
+        (row.buffered_wait_us.map(|w| w.p99), row.demanded),
+        (Some(900), Some(17))
+    );
+    assert_eq!(row.move_retransmissions, Some(2));
+    assert_eq!(
+        row.latency_during_move_us.map(|l| (l.p99, l.p999, l.max)),
+        Some((7_000, 9_000, 11_000))
     );
     assert_eq!(
         row.note,

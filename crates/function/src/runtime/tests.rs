@@ -689,6 +689,57 @@ mod shadow {
     }
 
     #[test]
+    fn a_shadow_asks_once_for_each_session_it_buffers_for_and_times_the_wait() {
+        let (a, b, c) = (
+            Bytes::from_static(&[1]),
+            Bytes::from_static(&[2]),
+            Bytes::from_static(&[3]),
+        );
+        let mut shadow = Shadow::pending(Instance::new(Arc::new(Counter)), ShadowLimits::default());
+        let mut out = Vec::new();
+        let mut signal = |shadow: &mut Shadow<Counter>, seq: u64, now_us: u64, k: &Bytes| {
+            shadow
+                .on_signal(
+                    Stamp { seq, now_us },
+                    SignalKind::Update,
+                    k,
+                    &[2, k[0]],
+                    &mut out,
+                )
+                .unwrap();
+        };
+        // Before the manifest nothing is asked for: the shadow cannot tell which keys it
+        // lists. b, then a, wait.
+        signal(&mut shadow, 1, 1_000, &b);
+        signal(&mut shadow, 2, 2_000, &a);
+        assert!(shadow.take_demands().is_empty());
+        // The manifest lists a and b (not c): both are asked for, oldest signal first.
+        shadow.set_manifest([a.clone(), b.clone()], &mut Vec::new());
+        assert_eq!(shadow.take_demands(), vec![b.clone(), a.clone()]);
+        // More updates for a: asked for once only; c is no manifest key: applied, not asked.
+        signal(&mut shadow, 3, 3_000, &a);
+        signal(&mut shadow, 4, 4_000, &c);
+        assert!(shadow.take_demands().is_empty());
+        assert_eq!(shadow.stats().demanded, 2);
+        // a's record arrives at steer time 10 ms: its two signals waited 8 and 7 ms.
+        signal(&mut shadow, 5, 10_000, &c);
+        shadow
+            .on_record(a.clone(), 0, None, &mut Vec::new())
+            .unwrap();
+        let st = shadow.stats();
+        assert_eq!(st.waited, 2, "{st:?}");
+        // (The histogram keeps 2 significant digits.)
+        assert!((7_900..=8_100).contains(&st.buffered_wait_max_us), "{st:?}");
+        assert!((6_900..=7_100).contains(&st.buffered_wait_p50_us), "{st:?}");
+        // Once its record came, a buffered signal for a is no longer possible; b's record
+        // ends the asking too.
+        shadow.on_record(b, 0, None, &mut Vec::new()).unwrap();
+        signal(&mut shadow, 6, 11_000, &a);
+        assert!(shadow.take_demands().is_empty());
+        assert!(shadow.is_settled());
+    }
+
+    #[test]
     fn the_buffer_limit_aborts_instead_of_growing() {
         let key = Bytes::from_static(&[1]);
         let limits = ShadowLimits {
