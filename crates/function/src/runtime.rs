@@ -535,13 +535,19 @@ pub trait Hosted: Send {
     ) -> Result<(), MoveStepError>;
     /// Whether this is a shadow that awaits the records of every key in `keys` (a copy's
     /// manifest matching an earlier [`Hosted::expect_records`]).
-    fn expects(&self, keys: &[SessionKey]) -> bool;
+    fn expects(&self, keys: &shadow::KeySet) -> bool;
     /// Gives a shadow that was begun without one its manifest.
     fn set_manifest(
         &mut self,
-        manifest: Vec<SessionKey>,
+        manifest: shadow::KeySet,
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<(), MoveStepError>;
+    /// A copy connection opened to a shadow still waiting for its manifest, whose source
+    /// answers demands before it ([`shadow::Shadow::open_copy`]). Whether this is such a
+    /// shadow (otherwise records may flow only once a manifest is taken).
+    fn open_copy(&mut self) -> bool {
+        false
+    }
     /// Whether this is a shadow still waiting for its manifest.
     fn awaits_manifest(&self) -> bool;
     /// A copy's manifest arrives: a shadow waiting for one takes it; sessions announced by
@@ -558,7 +564,7 @@ pub trait Hosted: Send {
     /// not list ([`ManifestTaken::unlisted`]).
     fn take_manifest(
         &mut self,
-        manifest: Vec<SessionKey>,
+        manifest: shadow::KeySet,
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<ManifestTaken, MoveStepError> {
         let mut at_seq = 0;
@@ -569,9 +575,11 @@ pub trait Hosted: Send {
             unlisted = self.awaited_unlisted(&manifest);
         } else if self.shadow_stats().is_some() {
             unlisted = self.awaited_unlisted(&manifest);
-            at_seq = self.reawait(&manifest)?.at_seq;
+            let keys: Vec<SessionKey> = manifest.into_iter().collect();
+            at_seq = self.reawait(&keys)?.at_seq;
         } else {
-            self.begin_shadow(Some(manifest), shadow::ShadowLimits::default())?;
+            let keys: Vec<SessionKey> = manifest.into_iter().collect();
+            self.begin_shadow(Some(keys), shadow::ShadowLimits::default())?;
         }
         Ok(ManifestTaken {
             at_seq,
@@ -581,7 +589,7 @@ pub trait Hosted: Send {
         })
     }
     /// The keys a shadow awaits that `manifest` does not list (empty outside shadow mode).
-    fn awaited_unlisted(&self, manifest: &[SessionKey]) -> Vec<SessionKey>;
+    fn awaited_unlisted(&self, manifest: &shadow::KeySet) -> Vec<SessionKey>;
     /// The shadow's copy epoch ([`shadow::Shadow::epoch`]; 0 outside shadow mode): records
     /// handed over with another epoch are dropped.
     fn copy_epoch(&self) -> u64;
@@ -706,7 +714,9 @@ impl<F: Function> Hosted for Hosting<F> {
         keys: Vec<SessionKey>,
         limits: shadow::ShadowLimits,
     ) -> Result<(), MoveStepError> {
-        if keys.is_empty() || self.expects(&keys) {
+        if keys.is_empty()
+            || matches!(self, Self::Shadow(s) if s.manifest_known() && keys.iter().all(|k| s.awaits(k)))
+        {
             return Ok(());
         }
         let Self::Serving(i) = self else {
@@ -720,10 +730,10 @@ impl<F: Function> Hosted for Hosting<F> {
         *self = Self::Shadow(shadow::Shadow::returning(serving, keys, limits));
         Ok(())
     }
-    fn expects(&self, keys: &[SessionKey]) -> bool {
+    fn expects(&self, keys: &shadow::KeySet) -> bool {
         matches!(self, Self::Shadow(s) if s.manifest_known() && keys.iter().all(|k| s.awaits(k)))
     }
-    fn awaited_unlisted(&self, manifest: &[SessionKey]) -> Vec<SessionKey> {
+    fn awaited_unlisted(&self, manifest: &shadow::KeySet) -> Vec<SessionKey> {
         match self {
             Self::Shadow(s) if s.manifest_known() => s.awaited_except(manifest),
             _ => Vec::new(),
@@ -731,7 +741,7 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn set_manifest(
         &mut self,
-        manifest: Vec<SessionKey>,
+        manifest: shadow::KeySet,
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<(), MoveStepError> {
         match self {
@@ -751,6 +761,12 @@ impl<F: Function> Hosted for Hosting<F> {
     }
     fn awaits_manifest(&self) -> bool {
         matches!(self, Self::Shadow(s) if !s.manifest_known())
+    }
+    fn open_copy(&mut self) -> bool {
+        match self {
+            Self::Shadow(s) => s.open_copy(),
+            Self::Serving(_) => false,
+        }
     }
     fn hand_over(&mut self, key: &SessionKey, seq: u64) {
         match self {

@@ -20,7 +20,7 @@ use crate::InstanceHandle;
 use crate::{Node, NodeError};
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
-use handoff_function::runtime::shadow::Reawaited;
+use handoff_function::runtime::shadow::{KeySet, Reawaited};
 use handoff_function::runtime::{DeletionLog, MoveStepError};
 use handoff_function::SessionKey;
 use handoff_state::{CopyOrder, CopyPlan, Infeasible, Pacer, Plan};
@@ -192,6 +192,13 @@ pub async fn copy_to(
     };
     let result = async {
         let began = Instant::now();
+        let mut f = peer::connect(destination, node.name(), node.token())
+            .await
+            .map_err(dest_err)?;
+        let mut out = Outbound::new(&mut f, destination);
+        // The first round's records: those the destination asks for before the manifest
+        // are sent (and digested) with it.
+        let mut first = Some(core.outgoing());
         let mut ranked = None;
         let m = if core.subset() {
             // A subset (sessions going back after an abort) is final: no signal for them
@@ -205,13 +212,19 @@ pub async fn copy_to(
                 keys,
             }
         } else {
-            // The destination buffers every stateful signal until it has the manifest, so it
-            // goes out in table order as soon as one scan has listed it; ranking (hot-first
-            // sorts every session) runs meanwhile. Both are long, synchronous work: off the
-            // async workers, so the serving path keeps its threads.
+            // The copy opens before the manifest: a destination still waiting for one asks at
+            // once for the sessions it buffers signals for, and gets their records (or a
+            // tombstone for a session this source does not hold) while the table is scanned.
+            // The manifest then goes out in table order as soon as one scan has listed it;
+            // ranking (hot-first sorts every session) runs meanwhile. Both are long,
+            // synchronous work: off the async workers, so the serving path keeps its threads.
+            out.open(instance).await?;
             let table = h.table().clone();
-            let plan = tokio::task::spawn_blocking(move || Plan::scan(&table, order, now_us))
-                .await
+            let scan = tokio::task::spawn_blocking(move || Plan::scan(&table, order, now_us));
+            let round = first.as_mut().expect("the first round is not streamed yet");
+            let plan = out
+                .serve_until(&h, &log, round, scan)
+                .await?
                 .map_err(|e| dest_err(format!("manifest task failed: {e}")))?;
             let m = handoff_state::Manifest {
                 keys: plan.keys.clone(),
@@ -224,9 +237,6 @@ pub async fn copy_to(
         let rate = plan.check(m.bytes, CORE_COPY_BPS)?;
         let sessions = m.keys.len() as u64;
         let start = Instant::now();
-        let mut f = peer::connect(destination, node.name(), node.token())
-            .await
-            .map_err(dest_err)?;
         // The core-speed estimate only decides whether a deadline is feasible; the copy is
         // paced only when the plan caps bandwidth or CPU.
         let paced = plan.max_bandwidth_bps.is_some() || plan.max_cpu_percent.is_some();
@@ -236,20 +246,9 @@ pub async fn copy_to(
             manifest_ms,
             ..CopyReport::default()
         };
-        let mut out = Outbound {
-            f: &mut f,
-            paced,
-            pacer: Pacer::new(
-                if paced { rate } else { u64::MAX },
-                Pacer::burst_for(rate, FLUSH_BYTES as u64),
-                0,
-            ),
-            epoch: Instant::now(),
-            destination,
-            sent_bytes: 0,
-            applied_bytes: 0,
-            window_off: false,
-        };
+        if paced {
+            out.pace(rate);
+        }
         let mut step = core.manifest(m.keys)?;
         let mut first_round = true;
         loop {
@@ -257,9 +256,15 @@ pub async fn copy_to(
                 SenderStep::SendManifest(keys) => {
                     send_manifest(out.f, instance, &keys, destination).await?;
                     // The destination answers the manifest once its shadow is ready (or
-                    // refuses).
-                    let ready: ManifestAnswer =
-                        answer(out.f, destination, Duration::from_secs(30), "the manifest").await?;
+                    // refuses); until then it may still ask for sessions.
+                    let within = Duration::from_secs(30);
+                    let ready: ManifestAnswer = match first.as_mut() {
+                        Some(round) => {
+                            out.answer_serving(&h, &log, round, within, "the manifest")
+                                .await?
+                        }
+                        None => answer(out.f, destination, within, "the manifest").await?,
+                    };
                     core.ready(ready)?
                 }
                 SenderStep::WaitApplied(seq) => {
@@ -286,7 +291,11 @@ pub async fn copy_to(
                     core.applied()?
                 }
                 SenderStep::Stream { keys, skip } => {
-                    let sent = out.stream(&h, &keys, &skip, &log, core.outgoing()).await?;
+                    let round = match first.take() {
+                        Some(round) => core.resume(round),
+                        None => core.outgoing(),
+                    };
+                    let sent = out.stream(&h, &keys, &skip, &log, round).await?;
                     if first_round {
                         report.stream_ms = out.epoch.elapsed().as_millis() as u64;
                         first_round = false;
@@ -407,7 +416,14 @@ async fn answer<T: serde::de::DeserializeOwned>(
     within: Duration,
     what: &str,
 ) -> Result<T, CopyError> {
-    peer::answer(f, within, what).await.map_err(|e| match e {
+    peer::answer(f, within, what)
+        .await
+        .map_err(|e| peer_error(destination, e))
+}
+
+/// A peer's refusal or failure as the copy's error.
+fn peer_error(destination: SocketAddr, e: peer::PeerError) -> CopyError {
+    match e {
         peer::PeerError::Refused { code, message } => CopyError::Refused {
             addr: destination,
             code,
@@ -417,7 +433,7 @@ async fn answer<T: serde::de::DeserializeOwned>(
             addr: destination,
             reason,
         },
-    })
+    }
 }
 
 /// The source's side of a copy connection, with its pace.
@@ -435,6 +451,106 @@ struct Outbound<'a> {
     /// The destination stopped reporting its progress within [`WINDOW_WAIT`]: the window is
     /// off, TCP's own backpressure paces the rest.
     window_off: bool,
+    /// Before the first round streams: a demanded session this source does not hold is
+    /// answered with a tombstone (the destination, still without the manifest, cannot tell
+    /// it from one on its way).
+    early: bool,
+}
+
+impl<'a> Outbound<'a> {
+    /// An unpaced copy on `f`.
+    fn new(f: &'a mut PeerFramed, destination: SocketAddr) -> Self {
+        Self {
+            f,
+            paced: false,
+            pacer: Pacer::new(u64::MAX, FLUSH_BYTES as u64, 0),
+            epoch: Instant::now(),
+            destination,
+            sent_bytes: 0,
+            applied_bytes: 0,
+            window_off: false,
+            early: false,
+        }
+    }
+
+    /// Caps the copy at `rate` bytes per second.
+    fn pace(&mut self, rate: u64) {
+        self.paced = true;
+        self.pacer = Pacer::new(rate, Pacer::burst_for(rate, FLUSH_BYTES as u64), 0);
+    }
+
+    /// Opens the copy before its manifest (an empty first chunk): from here on the destination
+    /// may ask for sessions, answered at once ([`Outbound::serve_until`]).
+    async fn open(&mut self, instance: &str) -> Result<(), CopyError> {
+        self.early = true;
+        self.f
+            .send(Frame::Manifest {
+                instance: instance.to_owned(),
+                keys: Vec::new(),
+                last: false,
+            })
+            .await
+            .map_err(|e| CopyError::Destination {
+                addr: self.destination,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Answers the destination's demands until `work` is done; returns its result.
+    async fn serve_until<T>(
+        &mut self,
+        h: &InstanceHandle,
+        log: &DeletionLog,
+        round: &mut Outgoing,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, CopyError> {
+        tokio::pin!(work);
+        let none = HashSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(done),
+                frame = self.f.next() => {
+                    if self.on_frame(frame, h, &none, log, round)? > 0 {
+                        self.flush().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the destination's typed answer to `what` within `within`, answering its demands
+    /// meanwhile.
+    async fn answer_serving<T: serde::de::DeserializeOwned>(
+        &mut self,
+        h: &InstanceHandle,
+        log: &DeletionLog,
+        round: &mut Outgoing,
+        within: Duration,
+        what: &str,
+    ) -> Result<T, CopyError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let none = HashSet::new();
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.f.next())
+                .await
+                .map_err(|_| CopyError::Destination {
+                    addr: self.destination,
+                    reason: format!("no answer to {what}"),
+                })?;
+            match frame {
+                Some(Ok(Frame::Demand { .. } | Frame::HelloAck { .. })) => {
+                    if self.on_frame(frame, h, &none, log, round)? > 0 {
+                        self.flush().await?;
+                    }
+                }
+                other => {
+                    return peer::parse_answer(other, what)
+                        .map_err(|e| peer_error(self.destination, e))
+                }
+            }
+        }
+    }
 }
 
 /// Bytes a copy's source buffers before writing them to the connection.
@@ -467,6 +583,7 @@ impl Outbound<'_> {
             reason: e.to_string(),
         };
         let paced = self.paced;
+        self.early = false;
         let mut round = outgoing;
         for (i, key) in keys.iter().enumerate() {
             if i % DEMAND_POLL_RECORDS == 0 {
@@ -533,7 +650,11 @@ impl Outbound<'_> {
             self.sent_bytes += size;
             return Ok(size);
         }
-        let seq = round.tombstone(key, log)?;
+        let seq = if self.early {
+            round.absent(key, log)
+        } else {
+            round.tombstone(key, log)?
+        };
         Frame::Tombstone {
             key: key.clone(),
             seq,
@@ -606,34 +727,27 @@ impl Outbound<'_> {
         log: &DeletionLog,
         round: &mut Outgoing,
     ) -> Result<usize, CopyError> {
-        let destination = self.destination;
+        let failed = |reason: String| CopyError::Destination {
+            addr: self.destination,
+            reason,
+        };
         let (applied, keys) = match frame {
             Some(Ok(Frame::Demand { applied, keys })) => (applied, keys),
+            // The acknowledgement of the connection's hello.
+            Some(Ok(Frame::HelloAck { .. })) => return Ok(0),
             Some(Ok(Frame::Error { code, message })) => {
-                return Err(CopyError::Refused {
-                    addr: destination,
-                    code,
-                    message,
-                })
+                return Err(peer_error(
+                    self.destination,
+                    peer::PeerError::Refused { code, message },
+                ))
             }
             Some(Ok(other)) => {
-                return Err(CopyError::Destination {
-                    addr: destination,
-                    reason: format!("unexpected frame while streaming: {other:?}"),
-                })
+                return Err(failed(format!(
+                    "unexpected frame while streaming: {other:?}"
+                )))
             }
-            Some(Err(e)) => {
-                return Err(CopyError::Destination {
-                    addr: destination,
-                    reason: e.to_string(),
-                })
-            }
-            None => {
-                return Err(CopyError::Destination {
-                    addr: destination,
-                    reason: "connection closed while streaming".into(),
-                })
-            }
+            Some(Err(e)) => return Err(failed(e.to_string())),
+            None => return Err(failed("connection closed while streaming".into())),
         };
         self.applied_bytes = self.applied_bytes.max(applied);
         let mut sent = 0;
@@ -641,8 +755,11 @@ impl Outbound<'_> {
             // Only a session this source can send (it holds it, or knows its deletion) is
             // sent early; anything else keeps its place (or was never listed). A deletion
             // racing this look is logged before the session leaves the table.
+            // Before the first round, a session not held here is answered too (a tombstone).
             let sendable = !skip.contains(&key)
-                && (h.table().with(&key, |_| ()).is_some() || round.knows_tombstone(&key, log));
+                && (self.early
+                    || h.table().with(&key, |_| ()).is_some()
+                    || round.knows_tombstone(&key, log));
             if round.demand(&key, sendable) {
                 let size = self.encode(h, &key, log, round)?;
                 if self.paced {
@@ -707,6 +824,8 @@ pub(crate) async fn peer_session(
         }
     }));
     let mut demand_tx = Some(demand_tx);
+    // The demand lane was handed to the instance when the copy opened (before the manifest).
+    let mut early_lane = false;
     let refuse = |r: Refusal| {
         let c = match r {
             Refusal::ManifestTooLarge => code::BAD_REQUEST,
@@ -714,22 +833,57 @@ pub(crate) async fn peer_session(
         };
         vec![error(c, r.to_string())]
     };
-    while let Some(frame) = crate::frames::next_request(node, &mut reader).await? {
+    loop {
+        let next = match crate::frames::next_request(node, &mut reader).now_or_never() {
+            Some(next) => next,
+            None => {
+                // Nothing more to read now: what was collected goes to the instance, so a
+                // record it asked for never waits for company.
+                if let Some(h) = &target {
+                    hand_records(h, core.take_batch(), core.epoch(), &mut in_flight).await?;
+                }
+                crate::frames::next_request(node, &mut reader).await
+            }
+        };
+        let Some(frame) = next? else { break };
         let batch = match frame? {
             Frame::Manifest {
                 instance,
                 keys,
                 last,
             } => {
+                let fresh = core.is_fresh();
                 let step = match core.manifest_chunk(keys, last) {
-                    Ok(Some(step)) => step,
-                    Ok(None) => continue,
+                    Ok(step) => step,
                     Err(r) => return send(tx, refuse(r)).await,
                 };
                 let h = match (&target, node.instance(&instance)) {
                     (Some(h), _) => h.clone(),
                     (None, Ok(h)) => h,
                     (None, Err(e)) => return send(tx, vec![error(e.code(), e.to_string())]).await,
+                };
+                let Some(step) = step else {
+                    // The copy's first chunk: a shadow still waiting for its manifest asks this
+                    // source for the sessions it buffers signals for at once, and takes their
+                    // records before the manifest.
+                    if fresh {
+                        if let Some(lane) = &demand_tx {
+                            let (done, open) = oneshot::channel();
+                            let control = Control::OpenCopy {
+                                demands: lane.clone(),
+                                done,
+                            };
+                            if !h.control(control).await {
+                                return Err(FrameError::Io("instance stopped".into()));
+                            }
+                            if open.await.unwrap_or(false) {
+                                core.open_early();
+                                early_lane = true;
+                                target = Some(h);
+                            }
+                        }
+                    }
+                    continue;
                 };
                 let body = match step {
                     ManifestStep::Reawait(keys) => match reawait(&h, keys).await? {
@@ -739,11 +893,22 @@ pub(crate) async fn peer_session(
                         }
                     },
                     ManifestStep::Take(keys) => {
+                        // Records that came on demand go first.
+                        hand_records(&h, core.take_batch(), core.epoch(), &mut in_flight).await?;
+                        // A million keys make a set in a fraction of a second: work for this
+                        // connection, not for the instance serving signals meanwhile.
+                        let manifest = tokio::task::spawn_blocking(move || {
+                            keys.into_iter().collect::<KeySet>()
+                        })
+                        .await
+                        .map_err(|e| FrameError::Io(format!("manifest task failed: {e}")))?;
                         let (done, answer) = oneshot::channel();
-                        let count = keys.len();
+                        let count = manifest.len();
+                        // The lane opened with the copy already counts its progress.
+                        let demands = demand_tx.take().filter(|_| !early_lane);
                         let control = Control::Manifest {
-                            manifest: keys,
-                            demands: demand_tx.take(),
+                            manifest,
+                            demands,
                             done,
                         };
                         if !h.control(control).await {

@@ -180,6 +180,22 @@ impl Outgoing {
         Ok(seq)
     }
 
+    /// A key the table does not hold, asked for before the manifest (the destination could not
+    /// tell it from one still on its way): its tombstone's seq, the logged deletion's, else 0
+    /// (never held here since the copy began: below every signal buffered for it). The shell
+    /// encodes it.
+    pub fn absent(&mut self, key: &SessionKey, log: &DeletionLog) -> u64 {
+        let seq = log
+            .seq_of(key)
+            .or_else(|| self.gone.get(key).copied())
+            .unwrap_or(0);
+        self.sent_hashes.insert(handoff_state::key_hash(key));
+        self.digest.add(key, seq, TOMBSTONE_BODY);
+        self.sent.records += 1;
+        self.sent.tombstones += 1;
+        seq
+    }
+
     /// Whether a key the table no longer holds has a tombstone this round can send (a logged
     /// deletion, or a key gone before the copy began).
     pub fn knows_tombstone(&self, key: &SessionKey, log: &DeletionLog) -> bool {
@@ -299,6 +315,14 @@ impl CopySender {
         let mut o = Outgoing::new(self.subset);
         o.gone = self.gone.iter().cloned().collect();
         o
+    }
+
+    /// The first round's digest again, once the destination answered the manifest (it may
+    /// already hold records sent on demand before the manifest): it learns the tombstones of
+    /// sessions gone before the copy began, as [`CopySender::outgoing`] does.
+    pub fn resume(&self, mut round: Outgoing) -> Outgoing {
+        round.gone = self.gone.iter().cloned().collect();
+        round
     }
 
     /// The manifest (the keys given, for a subset copy, until [`CopySender::manifest`]).
@@ -476,6 +500,9 @@ pub struct CopyReceiver {
     manifest: Vec<SessionKey>,
     /// The manifest was taken by the instance (records may flow).
     taken: bool,
+    /// The instance answers demands before the manifest ([`CopyReceiver::open_early`]):
+    /// records may flow before it too.
+    early: bool,
     /// The shadow's copy epoch the records belong to.
     epoch: u64,
     digest: Digest,
@@ -494,6 +521,7 @@ impl CopyReceiver {
         Self {
             manifest: Vec::new(),
             taken: false,
+            early: false,
             epoch: 0,
             digest: Digest::default(),
             received: 0,
@@ -513,9 +541,26 @@ impl CopyReceiver {
         self
     }
 
+    /// The instance is a shadow still waiting for its manifest that asks this connection's
+    /// source for sessions at once (DESIGN.md "Live move": no update waits for the manifest):
+    /// the records and tombstones that answer it may arrive before the manifest, and are
+    /// digested and counted with the first round's.
+    pub fn open_early(&mut self) {
+        if !self.taken {
+            self.early = true;
+        }
+    }
+
+    /// The records collected but not handed over yet (before the manifest is taken, so the
+    /// instance applies them before it).
+    pub fn take_batch(&mut self) -> RecordBatch {
+        self.batch_bytes = 0;
+        std::mem::take(&mut self.batch)
+    }
+
     /// Whether nothing arrived yet (a push may still open the connection instead).
     pub fn is_fresh(&self) -> bool {
-        !self.taken && self.manifest.is_empty() && self.received == 0
+        !self.taken && !self.early && self.manifest.is_empty() && self.received == 0
     }
 
     /// The copy epoch records are handed over with.
@@ -585,7 +630,7 @@ impl CopyReceiver {
         seq: u64,
         bytes: Option<Bytes>,
     ) -> Result<Option<RecordBatch>, Refusal> {
-        if !self.taken {
+        if !self.taken && !self.early {
             return Err(Refusal::BeforeManifest("records"));
         }
         self.digest

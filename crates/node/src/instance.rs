@@ -65,12 +65,21 @@ pub enum Control {
     /// becomes a shadow with it.
     Manifest {
         /// The source's manifest.
-        manifest: Vec<SessionKey>,
+        manifest: handoff_function::runtime::shadow::KeySet,
         /// Where the copy's progress and the sessions the shadow asks for next go (the copy
         /// connection's demand lane); replaces any earlier one.
         demands: Option<mpsc::Sender<Demands>>,
         /// The answer (see `Hosted::take_manifest`).
         done: oneshot::Sender<Result<ManifestTaken, MoveStepError>>,
+    },
+    /// A copy connection opened whose source answers demands before its manifest: a shadow
+    /// still waiting for one sends its demands to `demands` from here on (see
+    /// `Hosted::open_copy`) and answers true; anything else answers false and keeps its lane.
+    OpenCopy {
+        /// The copy connection's demand lane.
+        demands: mpsc::Sender<Demands>,
+        /// The answer.
+        done: oneshot::Sender<bool>,
     },
     /// Expect the records of these sessions from another node (an aborted move's sessions
     /// coming back); their signals are buffered until they arrive.
@@ -375,6 +384,16 @@ fn control(
         }
         Control::ExpectRecords { keys, done } => {
             let _ = done.send(core.expect_records(keys));
+        }
+        Control::OpenCopy { demands, done } => {
+            let open = core.open_copy();
+            if open {
+                *lane = DemandLane {
+                    tx: Some(demands),
+                    ..DemandLane::default()
+                };
+            }
+            let _ = done.send(open);
         }
         Control::Manifest {
             manifest,

@@ -293,10 +293,16 @@ impl<R: Clone> InstanceCore<R> {
     /// A copy's manifest arrives (see `Hosted::take_manifest`).
     pub fn take_manifest(
         &mut self,
-        manifest: Vec<SessionKey>,
+        manifest: handoff_function::runtime::shadow::KeySet,
         out: &mut Vec<Emit<R>>,
     ) -> Result<ManifestTaken, MoveStepError> {
         self.step(out, |h, r| h.take_manifest(manifest, r))
+    }
+
+    /// A copy connection opened whose source answers demands before the manifest (see
+    /// `Hosted::open_copy`): whether this is a shadow still waiting for its manifest.
+    pub fn open_copy(&mut self) -> bool {
+        self.hosted.open_copy()
     }
 
     /// The shadow's copy epoch (records of another epoch are dropped).

@@ -94,6 +94,15 @@ pub(crate) async fn answer<T: serde::de::DeserializeOwned>(
     })
     .await
     .map_err(|_| failed(format!("no answer to {what}")))?;
+    parse_answer(got, what)
+}
+
+/// The typed answer to `what` in the frame read (see [`answer`]).
+pub(crate) fn parse_answer<T: serde::de::DeserializeOwned>(
+    got: Option<Result<Frame, handoff_wire::FrameError>>,
+    what: &str,
+) -> Result<T, PeerError> {
+    let failed = PeerError::Failed;
     match got {
         Some(Ok(Frame::AdminReply(b))) => {
             serde_json::from_slice(&b).map_err(|e| failed(format!("bad answer to {what}: {e}")))

@@ -17,6 +17,13 @@
 //!   tick with seq > `s` are applied on it, merged in seq order; the rest are discarded. A
 //!   tombstone does the same on an absent session.
 //!
+//! - Before the manifest, once the copy connection is open ([`Shadow::open_copy`]), a signal
+//!   buffered for a session asks the source for it at once: the source answers with its
+//!   record, or with a tombstone when it does not hold it (seq 0: never held, so every signal
+//!   buffered for it applies on nothing). Such a session is *resolved* and needs no manifest:
+//!   its later signals apply at once, and the manifest's listing of it is ignored. A
+//!   re-attach therefore waits one demand round trip, not for the manifest.
+//!
 //! Outputs produced here are those the steer routed to the destination alone (creates and
 //! updates of new sessions) and shadow outputs; the caller knows which is which by route and
 //! never lets a shadow output reach a client.
@@ -26,6 +33,10 @@ use crate::{Function, SessionKey, SignalKind, Stamp};
 use bytes::Bytes;
 use handoff_state::SeededState;
 use std::collections::{HashMap, HashSet};
+
+/// A set of session keys (a manifest, once the copy's receiver has collected it: building a
+/// set of a million keys is work for the receiver, not for the instance serving signals).
+pub type KeySet = HashSet<SessionKey, SeededState>;
 
 /// Limits of a shadow: a move that would exceed one is aborted, never left to grow memory.
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +130,8 @@ pub struct ShadowStats {
     pub bytes: u64,
     /// Records for keys not in the manifest or already received.
     pub unexpected_records: u64,
+    /// Records and tombstones that arrived before the manifest, asked for by this copy.
+    pub early_records: u64,
     /// Buffered signals discarded because their record already included them.
     pub discarded: u64,
     /// Signals skipped because the session's record already included them.
@@ -158,9 +171,14 @@ struct Buffered<P> {
 /// An instance being filled by a move.
 pub struct Shadow<F: Function> {
     instance: Instance<F>,
-    /// Whether the manifest has arrived; until then every stateful signal is buffered.
+    /// Whether the manifest has arrived; until then every stateful signal is buffered (except
+    /// for sessions resolved already).
     manifest_known: bool,
-    awaiting: HashSet<SessionKey, SeededState>,
+    /// The copy connection is open and its source answers demands before the manifest.
+    open: bool,
+    /// Sessions whose record arrived before the manifest (see the module's notes).
+    resolved: KeySet,
+    awaiting: KeySet,
     buffers: HashMap<SessionKey, Vec<Buffered<F::Prepared>>, SeededState>,
     ticks: Vec<Stamp>,
     /// Sessions a create routed to this copy alone (not a shadow copy) has touched: this copy
@@ -207,7 +225,7 @@ impl<F: Function> Shadow<F> {
     ) -> Self {
         let mut s = Self::pending(instance, limits);
         let mut out = Vec::new();
-        s.set_manifest(manifest, &mut out);
+        s.set_manifest(manifest.into_iter().collect(), &mut out);
         s
     }
 
@@ -232,6 +250,8 @@ impl<F: Function> Shadow<F> {
         Self {
             instance,
             manifest_known: false,
+            open: false,
+            resolved: HashSet::default(),
             awaiting: HashSet::default(),
             buffers: HashMap::default(),
             ticks: Vec::new(),
@@ -253,6 +273,33 @@ impl<F: Function> Shadow<F> {
     /// (they only reorder the copy, never change what it delivers).
     pub fn take_demands(&mut self) -> Vec<SessionKey> {
         std::mem::take(&mut self.demands)
+    }
+
+    /// The copy connection opened and its source answers demands before the manifest: from
+    /// here on a signal buffered before the manifest asks for its session at once, and those
+    /// buffered so far are asked for now, oldest first. Whether this shadow still waits for
+    /// its manifest (otherwise nothing changes: its demands wait for the manifest's answer).
+    pub fn open_copy(&mut self) -> bool {
+        if self.manifest_known {
+            return false;
+        }
+        self.open = true;
+        self.demand_buffered();
+        true
+    }
+
+    /// Asks for the session of every buffered signal not asked for yet, oldest signal first.
+    fn demand_buffered(&mut self) {
+        let mut waiting: Vec<(u64, SessionKey)> = self
+            .buffers
+            .iter()
+            .filter(|(k, _)| !self.demanded.contains(*k))
+            .filter_map(|(k, b)| b.first().map(|b| (b.stamp.seq, k.clone())))
+            .collect();
+        waiting.sort();
+        for (_, key) in waiting {
+            self.demand(&key);
+        }
     }
 
     /// Asks for `key` next unless already asked for.
@@ -367,12 +414,11 @@ impl<F: Function> Shadow<F> {
 
     /// The keys whose records are awaited but that `listed` does not name (sorted): after a
     /// repeated full copy's manifest, sessions the source no longer held when it listed it.
-    pub fn awaited_except(&self, listed: &[SessionKey]) -> Vec<SessionKey> {
-        let listed: HashSet<&[u8]> = listed.iter().map(|k| k.as_ref()).collect();
+    pub fn awaited_except(&self, listed: &KeySet) -> Vec<SessionKey> {
         let mut keys: Vec<SessionKey> = self
             .awaiting
             .iter()
-            .filter(|k| !listed.contains(k.as_ref()))
+            .filter(|k| !listed.contains(*k))
             .cloned()
             .collect();
         keys.sort();
@@ -390,15 +436,15 @@ impl<F: Function> Shadow<F> {
     }
 
     /// Takes the source's manifest. Buffered signals of keys outside it will never get a record:
-    /// they are applied now, on absent sessions, with the ticks since, in seq order.
-    pub fn set_manifest(
-        &mut self,
-        manifest: impl IntoIterator<Item = SessionKey>,
-        out: &mut Vec<ClassifiedOutput>,
-    ) {
+    /// they are applied now, on absent sessions, with the ticks since, in seq order. Sessions
+    /// resolved before it (their record came on demand) are not awaited again.
+    pub fn set_manifest(&mut self, manifest: KeySet, out: &mut Vec<ClassifiedOutput>) {
         self.manifest_known = true;
         self.epoch += 1;
-        self.awaiting = manifest.into_iter().collect();
+        self.awaiting = manifest;
+        for key in std::mem::take(&mut self.resolved) {
+            self.awaiting.remove(&key);
+        }
         self.stats.awaiting = self.awaiting.len();
         self.instance.table().reserve(self.awaiting.len());
         let mut outside: Vec<SessionKey> = self
@@ -412,16 +458,8 @@ impl<F: Function> Shadow<F> {
             self.replay(&key, 0, out);
         }
         // Signals buffered before the manifest whose session it lists have waited longest:
-        // ask for those sessions first, oldest signal first.
-        let mut waiting: Vec<(u64, SessionKey)> = self
-            .buffers
-            .iter()
-            .filter_map(|(k, b)| b.first().map(|b| (b.stamp.seq, k.clone())))
-            .collect();
-        waiting.sort();
-        for (_, key) in waiting {
-            self.demand(&key);
-        }
+        // ask for those sessions first (unless asked for already), oldest signal first.
+        self.demand_buffered();
         if self.awaiting.is_empty() {
             self.ticks.clear();
         }
@@ -455,7 +493,12 @@ impl<F: Function> Shadow<F> {
             return Ok(Applied::Malformed);
         };
         self.instance.advance_seq(stamp.seq);
-        if kind != SignalKind::Stateless && (!self.manifest_known || self.awaiting.contains(key)) {
+        let awaited = if self.manifest_known {
+            self.awaiting.contains(key)
+        } else {
+            self.resolved.is_empty() || !self.resolved.contains(key)
+        };
+        if kind != SignalKind::Stateless && awaited {
             if self.stats.buffered >= self.limits.max_buffered {
                 self.stats.refused += 1;
                 return Err(ShadowError::BufferFull(self.limits.max_buffered));
@@ -469,6 +512,9 @@ impl<F: Function> Shadow<F> {
             });
             self.stats.buffered += 1;
             self.stats.buffered_peak = self.stats.buffered_peak.max(self.stats.buffered);
+            if self.open && !for_record {
+                self.demand(key);
+            }
             if for_record {
                 self.demand(key);
                 self.stats.buffered_for_records += 1;
@@ -501,7 +547,14 @@ impl<F: Function> Shadow<F> {
         bytes: Option<Bytes>,
         out: &mut Vec<ClassifiedOutput>,
     ) -> Result<RecordOutcome, ShadowError> {
-        if !self.awaiting.remove(&key) {
+        let early = !self.manifest_known;
+        let expected = if early {
+            // Before the manifest, only a session this copy asked for (and has not resolved).
+            self.open && self.demanded.contains(&key) && !self.resolved.contains(&key)
+        } else {
+            self.awaiting.remove(&key)
+        };
+        if !expected {
             self.stats.unexpected_records += 1;
             return Ok(RecordOutcome::Unexpected);
         }
@@ -511,17 +564,24 @@ impl<F: Function> Shadow<F> {
             Some(b) => {
                 if let Err(e) = self.instance.import_record(key.clone(), seq, b) {
                     // Still awaited: a re-send of its bucket may bring a good copy.
-                    self.awaiting.insert(key);
+                    if !early {
+                        self.awaiting.insert(key);
+                    }
                     return Err(ShadowError::BadRecord(e.reason));
                 }
             }
             None => self.instance.remove_session(&key),
         }
+        if early {
+            self.resolved.insert(key.clone());
+            self.stats.early_records += 1;
+        }
         self.stats.bytes += size;
         self.stats.awaiting = self.awaiting.len();
         self.stats.records += 1;
         let (replayed, discarded) = self.replay(&key, seq, out);
-        if self.awaiting.is_empty() {
+        // Before the manifest every session not resolved may still need the ticks.
+        if !early && self.awaiting.is_empty() {
             self.ticks.clear();
         }
         Ok(RecordOutcome::Applied {
@@ -607,6 +667,7 @@ impl<F: Function> Shadow<F> {
     pub fn abandon_awaited(&mut self, out: &mut Vec<ClassifiedOutput>) -> Vec<SessionKey> {
         let mut keys: Vec<SessionKey> = self.awaiting.drain().collect();
         keys.sort();
+        self.resolved.clear();
         self.demanded.clear();
         self.demands.clear();
         // With no manifest, nothing is awaited but every stateful signal was buffered: they

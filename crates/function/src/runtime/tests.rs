@@ -250,7 +250,7 @@ mod shadow {
     /// source as it stands.
     pub(super) type Step = (u8, u8, u64, usize, usize);
 
-    fn steps(n: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Step>> {
+    pub(super) fn steps(n: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Step>> {
         // Copies are slow next to signals (mostly zero records per step), so timers fire and
         // sessions change many times while their records are still on the way.
         let copy = (0usize..10).prop_map(|c| c.saturating_sub(7));
@@ -667,7 +667,7 @@ mod shadow {
         assert_eq!(shadow.stats().buffered, 1);
         assert_eq!(shadow.stats().buffered_for_records, 0);
         // The manifest names `key` only; a later update of it waits for its record.
-        shadow.set_manifest([key.clone()], &mut out);
+        shadow.set_manifest([key.clone()].into_iter().collect(), &mut out);
         let (s2, d2) = update(2, &key);
         shadow
             .on_signal(s2, SignalKind::Update, &key, &d2, &mut out)
@@ -714,7 +714,10 @@ mod shadow {
         signal(&mut shadow, 2, 2_000, &a);
         assert!(shadow.take_demands().is_empty());
         // The manifest lists a and b (not c): both are asked for, oldest signal first.
-        shadow.set_manifest([a.clone(), b.clone()], &mut Vec::new());
+        shadow.set_manifest(
+            [a.clone(), b.clone()].into_iter().collect(),
+            &mut Vec::new(),
+        );
         assert_eq!(shadow.take_demands(), vec![b.clone(), a.clone()]);
         // More updates for a: asked for once only; c is no manifest key: applied, not asked.
         signal(&mut shadow, 3, 3_000, &a);
@@ -770,6 +773,327 @@ mod shadow {
     }
 }
 
+/// The copy opened before the manifest (DESIGN.md "Live move": no update waits for the
+/// manifest): the destination asks for every session it buffers a signal for at once, and the
+/// source answers from its table as it stands (a tombstone, seq 0, for a session it does not
+/// hold), then lists its sessions later, streams the rest and answers later demands.
+mod early {
+    use super::shadow::Step;
+    use super::*;
+    use crate::runtime::shadow::{KeySet, Shadow, ShadowLimits};
+    use std::collections::{HashSet, VecDeque};
+
+    /// What the copy connection carries to the destination, in order.
+    enum Item {
+        Record(SessionKey, u64, Option<Bytes>),
+        Manifest(KeySet),
+    }
+
+    /// When the copy's phases happen, in steps of the run.
+    #[derive(Clone, Copy, Debug)]
+    struct Phases {
+        /// The connection opens (demands are answered from here on).
+        open: usize,
+        /// The source lists its sessions and sends the manifest.
+        manifest: usize,
+        /// The bulk stream starts (until then a demand for a session not held is answered
+        /// with a tombstone, as while the source waits for the manifest's answer).
+        stream: usize,
+    }
+
+    struct Source {
+        inst: Instance<Counter>,
+        /// Signals routed to the source, applied as it catches up: (seq, now, op, key); op 0 =
+        /// tick, 255 = hand-over marker.
+        backlog: VecDeque<(u64, u64, u8, u8)>,
+        /// Deletion log: the seq that removed a session.
+        deleted: HashMap<SessionKey, u64>,
+        /// Keys sent (on demand or in the stream): each is sent once.
+        sent: HashSet<SessionKey>,
+        /// The bulk order not sent yet.
+        queue: VecDeque<SessionKey>,
+        listed: bool,
+        streaming: bool,
+    }
+
+    impl Source {
+        fn catch_up(&mut self, n: usize) {
+            for _ in 0..n {
+                let Some((seq, now, op, key)) = self.backlog.pop_front() else {
+                    return;
+                };
+                let present: Vec<SessionKey> =
+                    self.inst.table.dump().into_iter().map(|r| r.key).collect();
+                match op {
+                    0 => tick(&mut self.inst, seq, now),
+                    255 => self.inst.hand_over(&Bytes::copy_from_slice(&[key]), seq),
+                    _ => {
+                        apply(&mut self.inst, seq, now, [op, key]);
+                    }
+                }
+                for k in present {
+                    if self.inst.table.get(&k).is_none() {
+                        self.deleted.insert(k, seq);
+                    }
+                }
+            }
+        }
+
+        /// The record (or tombstone) of `key` as the table has it now; `None` for a session
+        /// neither held nor logged once the stream runs (a demand that keeps no place).
+        fn read(&self, key: &SessionKey) -> Option<Item> {
+            if let Some(r) = self.inst.table.get(key) {
+                return Some(Item::Record(key.clone(), r.seq, Some(r.bytes)));
+            }
+            match self.deleted.get(key) {
+                Some(&seq) => Some(Item::Record(key.clone(), seq, None)),
+                None if !self.streaming => Some(Item::Record(key.clone(), 0, None)),
+                None => None,
+            }
+        }
+
+        fn serve(&mut self, demands: &mut VecDeque<SessionKey>, wire: &mut VecDeque<Item>) {
+            while let Some(k) = demands.pop_front() {
+                if self.sent.contains(&k) || (self.streaming && !self.queue.contains(&k)) {
+                    continue;
+                }
+                if let Some(item) = self.read(&k) {
+                    self.sent.insert(k.clone());
+                    self.queue.retain(|q| q != &k);
+                    wire.push_back(item);
+                }
+            }
+        }
+
+        fn list(&mut self, wire: &mut VecDeque<Item>) {
+            self.listed = true;
+            let keys: Vec<SessionKey> = self.inst.table.dump().into_iter().map(|r| r.key).collect();
+            self.queue = keys
+                .iter()
+                .filter(|k| !self.sent.contains(*k))
+                .cloned()
+                .collect();
+            wire.push_back(Item::Manifest(keys.into_iter().collect()));
+        }
+
+        fn stream(&mut self, n: usize, wire: &mut VecDeque<Item>) {
+            if !self.streaming {
+                return;
+            }
+            for _ in 0..n {
+                let Some(k) = self.queue.pop_front() else {
+                    return;
+                };
+                self.sent.insert(k.clone());
+                wire.push_back(self.read(&k).expect("a listed session is held or logged"));
+            }
+        }
+    }
+
+    fn deliver(n: usize, wire: &mut VecDeque<Item>, shadow: &mut Shadow<Counter>) {
+        for _ in 0..n {
+            let Some(item) = wire.pop_front() else { return };
+            let mut out = Vec::new();
+            match item {
+                Item::Record(k, seq, bytes) => {
+                    shadow.on_record(k, seq, bytes, &mut out).unwrap();
+                }
+                Item::Manifest(keys) => shadow.set_manifest(keys, &mut out),
+            }
+        }
+    }
+
+    /// Runs `before` on the source alone, then a move whose copy opens, lists and streams at
+    /// `phases`; the steer's move-mode routing as in the other runs. Returns the destination
+    /// and a reference that applied every signal in seq order.
+    fn run(
+        before: &[Step],
+        during: &[Step],
+        phases: Phases,
+    ) -> (Shadow<Counter>, Instance<Counter>) {
+        let mut reference = Instance::new(Arc::new(Counter));
+        let mut source = Source {
+            inst: Instance::new(Arc::new(Counter)),
+            backlog: VecDeque::new(),
+            deleted: HashMap::new(),
+            sent: HashSet::new(),
+            queue: VecDeque::new(),
+            listed: false,
+            streaming: false,
+        };
+        let (mut now, mut seq) = (0, 0);
+        for &(op, key, dt, _, _) in before {
+            now += dt;
+            seq += 1;
+            for i in [&mut reference, &mut source.inst] {
+                if op == 0 {
+                    tick(i, seq, now)
+                } else {
+                    apply(i, seq, now, [op, key]);
+                }
+            }
+        }
+        let mut shadow = Shadow::pending(Instance::new(Arc::new(Counter)), ShadowLimits::default());
+        let mut created: HashSet<SessionKey> = HashSet::new();
+        let mut demands: VecDeque<SessionKey> = VecDeque::new();
+        let mut wire: VecDeque<Item> = VecDeque::new();
+        let mut open = false;
+        let mut out = Vec::new();
+        let phase = |step: usize,
+                     open: &mut bool,
+                     source: &mut Source,
+                     shadow: &mut Shadow<Counter>,
+                     wire: &mut VecDeque<Item>| {
+            if step >= phases.open && !*open {
+                *open = true;
+                assert!(shadow.open_copy());
+            }
+            if step >= phases.manifest.max(phases.open) && !source.listed {
+                source.list(wire);
+            }
+            if step >= phases.stream.max(phases.manifest).max(phases.open) {
+                source.streaming = true;
+            }
+        };
+        for (step, &(op, key, dt, copy, src)) in during.iter().enumerate() {
+            phase(step, &mut open, &mut source, &mut shadow, &mut wire);
+            now += dt;
+            seq += 1;
+            let stamp = Stamp { seq, now_us: now };
+            let d = [op, key];
+            if op == 0 {
+                tick(&mut reference, seq, now);
+                source.backlog.push_back((seq, now, 0, 0));
+                shadow
+                    .on_signal(stamp, SignalKind::Tick, &Bytes::new(), &[], &mut out)
+                    .unwrap();
+            } else {
+                apply(&mut reference, seq, now, d);
+                let c = Function::classify(&Counter, &d).unwrap();
+                let (to_source, to_dest) = match c.kind {
+                    SignalKind::Create => {
+                        created.insert(c.key.clone());
+                        (false, true)
+                    }
+                    SignalKind::Stateless => (true, false),
+                    _ if created.contains(&c.key) => (false, true),
+                    _ => (true, true),
+                };
+                if to_source {
+                    source.backlog.push_back((seq, now, op, key));
+                } else if c.kind == SignalKind::Create {
+                    source.backlog.push_back((seq, now, 255, key));
+                }
+                if to_dest {
+                    if !to_source && c.kind == SignalKind::Create {
+                        shadow.claim(&c.key);
+                    }
+                    shadow
+                        .on_signal(stamp, c.kind, &c.key, &d, &mut out)
+                        .unwrap();
+                }
+            }
+            source.catch_up(src);
+            if open {
+                demands.extend(shadow.take_demands());
+                source.serve(&mut demands, &mut wire);
+            }
+            source.stream(copy, &mut wire);
+            deliver(copy + 1, &mut wire, &mut shadow);
+        }
+        // The rest of the move: every phase happens, the source catches up, and the copy
+        // runs to its end.
+        phase(usize::MAX, &mut open, &mut source, &mut shadow, &mut wire);
+        let pending = source.backlog.len();
+        source.catch_up(pending);
+        for _ in 0..10_000 {
+            demands.extend(shadow.take_demands());
+            source.serve(&mut demands, &mut wire);
+            source.stream(1, &mut wire);
+            deliver(1, &mut wire, &mut shadow);
+            if wire.is_empty() && source.queue.is_empty() && demands.is_empty() {
+                break;
+            }
+        }
+        (shadow, reference)
+    }
+
+    fn phases() -> impl Strategy<Value = Phases> {
+        (0usize..40, 0usize..120, 0usize..40).prop_map(|(open, manifest, stream)| Phases {
+            open,
+            manifest,
+            stream: manifest + stream,
+        })
+    }
+
+    proptest! {
+        /// Records and tombstones that come on demand before the manifest, whatever their
+        /// interleaving with signals, ticks, the manifest and the stream, leave the
+        /// destination with exactly the reference's sessions.
+        #[test]
+        fn a_copy_answering_demands_before_its_manifest_ends_equal_to_the_reference(
+            before in super::shadow::steps(0..60),
+            during in super::shadow::steps(0..150),
+            phases in phases(),
+        ) {
+            let (shadow, reference) = run(&before, &during, phases);
+            prop_assert!(shadow.is_settled(), "{:?}", shadow.stats());
+            prop_assert_eq!(shadow.instance().table.dump(), reference.table.dump());
+        }
+    }
+
+    /// A re-attach before the manifest waits for one demand round trip: the record of the
+    /// session the source holds arrives on demand, the create applies on it, and the manifest
+    /// that lists the session later does not make the destination await it again.
+    #[test]
+    fn a_reattach_before_the_manifest_is_answered_by_its_record_alone() {
+        let before = [(1, 3, 0, 0, 0), (2, 3, 5, 0, 0)];
+        // Open at once, manifest much later; no bulk stream records per step.
+        let during = [(1, 3, 5, 0, 1), (2, 3, 5, 0, 1), (2, 4, 5, 0, 1)];
+        let phases = Phases {
+            open: 0,
+            manifest: 100,
+            stream: 100,
+        };
+        let (shadow, reference) = run(&before, &during, phases);
+        assert!(shadow.is_settled());
+        assert_eq!(shadow.instance().table.dump(), reference.table.dump());
+        let stats = shadow.stats();
+        assert_eq!(
+            stats.early_records, 2,
+            "key 3 by its record, key 4 by a tombstone"
+        );
+        assert_eq!(stats.unexpected_records, 0);
+        assert_eq!(
+            stats.records, 2,
+            "the manifest's listing of key 3 is not awaited again"
+        );
+    }
+
+    /// Without an open copy, nothing is asked for before the manifest and a record there is
+    /// unexpected (the old order of a copy: manifest first).
+    #[test]
+    fn a_record_before_the_manifest_of_a_copy_not_opened_is_unexpected() {
+        let mut shadow = Shadow::pending(Instance::new(Arc::new(Counter)), ShadowLimits::default());
+        let mut out = Vec::new();
+        let key = Bytes::from_static(&[3]);
+        shadow
+            .on_signal(
+                Stamp { seq: 1, now_us: 1 },
+                SignalKind::Update,
+                &key,
+                &[2, 3],
+                &mut out,
+            )
+            .unwrap();
+        assert!(shadow.take_demands().is_empty());
+        let got = shadow.on_record(key.clone(), 0, None, &mut out).unwrap();
+        assert_eq!(got, crate::runtime::shadow::RecordOutcome::Unexpected);
+        assert!(shadow.open_copy());
+        assert_eq!(shadow.take_demands(), vec![key]);
+    }
+}
+
 /// Found by the property below: a re-attach (create) of a session the source still holds,
 /// routed to the destination, followed by a tick that expires the source's stale copy. Without
 /// the hand-over the source streamed a tombstone newer than the create and the destination
@@ -801,12 +1125,16 @@ fn a_repeated_full_manifest_names_the_awaited_sessions_it_no_longer_lists() {
         Function::encode_session(&Counter, &(v, 0), &mut buf);
         Some(Bytes::from(buf))
     };
-    let first = h.take_manifest(vec![k(1), k(2), k(3)], &mut out).unwrap();
+    let first = h
+        .take_manifest([k(1), k(2), k(3)].into_iter().collect(), &mut out)
+        .unwrap();
     assert!(first.unlisted.is_empty());
     h.on_record(k(1), 5, record(7), &mut out).unwrap();
     // Session 2 is deleted at the source; the copy is repeated with a new manifest.
     apply_hosted(h.as_mut(), 6, [3, 2]);
-    let again = h.take_manifest(vec![k(1), k(3)], &mut out).unwrap();
+    let again = h
+        .take_manifest([k(1), k(3)].into_iter().collect(), &mut out)
+        .unwrap();
     assert_eq!(again.unlisted, vec![k(2)]);
     assert_eq!(again.applied, 6);
     assert!(h.finish_shadow().is_err(), "2 is still awaited");

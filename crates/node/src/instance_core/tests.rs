@@ -116,7 +116,9 @@ fn a_buffered_signal_is_answered_once_when_its_record_arrives() {
     // The destination: a shadow that awaits UE 1.
     let mut dst = core();
     dst.prepare_shadow().unwrap();
-    let taken = dst.take_manifest(vec![session_key(1)], &mut out).unwrap();
+    let taken = dst
+        .take_manifest([session_key(1)].into_iter().collect(), &mut out)
+        .unwrap();
     out.clear();
     // A shadow copy of seq 2 and an authoritative one of seq 3 (as after a re-attach routed
     // here): both wait for the record.
@@ -157,7 +159,9 @@ fn a_refused_finish_keeps_the_answers_owed() {
     let rec = src.hosted().table().get(&session_key(1)).expect("record");
     let mut dst = core();
     dst.prepare_shadow().unwrap();
-    let taken = dst.take_manifest(vec![session_key(1)], &mut out).unwrap();
+    let taken = dst
+        .take_manifest([session_key(1)].into_iter().collect(), &mut out)
+        .unwrap();
     out.clear();
     dst.signals(None, &[attach(3, 1, 0)], &5, &mut out);
     assert!(dst.finish_shadow(false, &mut out).is_err(), "not settled");

@@ -272,7 +272,7 @@ impl Sim {
                 let answer = match (node.inst.as_mut(), step) {
                     (None, _) => Err("unknown instance counter-1".to_owned()),
                     (Some(i), ManifestStep::Take(keys)) => i
-                        .take_manifest(keys, &mut out)
+                        .take_manifest(keys.into_iter().collect(), &mut out)
                         .map(|t| (t, count))
                         .map_err(|e| e.to_string())
                         .map(|(t, c)| {
