@@ -44,7 +44,8 @@ pub const CORE_COPY_BPS: u64 = 200_000_000;
 /// The outcome of a copy, as the source saw it.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct CopyReport {
-    /// Keys in the manifest.
+    /// Sessions the copy delivers: the keys in the manifest, and those sent on demand that it
+    /// does not list (asked for before it; a tombstone for one this source never held).
     pub sessions_at_start: u64,
     /// Records sent (records and tombstones; equals `sessions_at_start`).
     pub records_copied: u64,
@@ -77,7 +78,7 @@ impl CopyReport {
     /// `timed`.
     pub fn of(core: &CopySender, sessions: u64, timed: CopyReport) -> Self {
         Self {
-            sessions_at_start: sessions,
+            sessions_at_start: sessions + core.first.unlisted,
             records_copied: core.first.records,
             tombstones: core.first.tombstones,
             bytes_copied: core.first.bytes,

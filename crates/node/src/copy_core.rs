@@ -80,6 +80,9 @@ pub struct Streamed {
     pub tombstones: u64,
     /// Record bytes (keys and values).
     pub bytes: u64,
+    /// Of the records, those sent on demand for sessions the round's list does not name
+    /// (asked for before the manifest: a session this source does not hold gets a tombstone).
+    pub unlisted: u64,
 }
 
 /// Why a copy cannot go on (the move aborts).
@@ -108,6 +111,8 @@ pub struct Outgoing {
     /// Keys sent ahead of their place because the destination asked for them: their place in
     /// the order is skipped, so each key is still sent once.
     early: HashSet<SessionKey>,
+    /// Keys of the round's list found sent early (the rest of `early` was not listed).
+    early_listed: u64,
     /// Hashes of the keys sent so far: a demand for a key already on its way (sent, not yet
     /// applied there) is not served again. A hash shared by two keys only ever keeps a key
     /// from going early, never from going at all.
@@ -125,6 +130,7 @@ impl Outgoing {
             digest: Digest::default(),
             sent: Streamed::default(),
             early: HashSet::new(),
+            early_listed: 0,
             sent_hashes: HashSet::default(),
             demands_ignored: 0,
         }
@@ -144,9 +150,12 @@ impl Outgoing {
         false
     }
 
-    /// Whether `key` was already sent on demand (its place in the order is skipped).
-    pub fn sent_early(&self, key: &SessionKey) -> bool {
-        !self.early.is_empty() && self.early.contains(key)
+    /// Whether `key`, in its place in the round's order, was already sent on demand (so its
+    /// place is skipped). Call it once per key of the round's list.
+    pub fn sent_early(&mut self, key: &SessionKey) -> bool {
+        let early = !self.early.is_empty() && self.early.contains(key);
+        self.early_listed += u64::from(early);
+        early
     }
 
     /// Keys sent on demand so far.
@@ -203,7 +212,8 @@ impl Outgoing {
     }
 
     /// The round's end: what was sent, and the `CopyEnd` count and digest buckets.
-    pub fn end(self) -> (Streamed, Vec<u128>) {
+    pub fn end(mut self) -> (Streamed, Vec<u128>) {
+        self.sent.unlisted = (self.early.len() as u64).saturating_sub(self.early_listed);
         (self.sent, self.digest.buckets().to_vec())
     }
 }
