@@ -827,6 +827,8 @@ pub(crate) async fn peer_session(
     let mut demand_tx = Some(demand_tx);
     // The demand lane was handed to the instance when the copy opened (before the manifest).
     let mut early_lane = false;
+    // When records last went to the instance.
+    let mut handed = Instant::now();
     let refuse = |r: Refusal| {
         let c = match r {
             Refusal::ManifestTooLarge => code::BAD_REQUEST,
@@ -838,10 +840,16 @@ pub(crate) async fn peer_session(
         let next = match crate::frames::next_request(node, &mut reader).now_or_never() {
             Some(next) => next,
             None => {
-                // Nothing more to read now: what was collected goes to the instance, so a
-                // record it asked for never waits for company.
-                if let Some(h) = &target {
+                // Nothing more to read now. Before the manifest records trickle, one per
+                // demand: what was collected goes to the instance at once. Once the stream
+                // runs, a batch fills in well under a millisecond at full speed (handing each
+                // read over would multiply the instance's work per record), but a paced copy
+                // fills one slowly: a batch older than IDLE_HAND goes over too, so a demanded
+                // record never waits long for company.
+                let stale = core.pending() > 0 && handed.elapsed() >= IDLE_HAND;
+                if let (Some(h), true) = (&target, core.before_manifest() || stale) {
                     hand_records(h, core.take_batch(), core.epoch(), &mut in_flight).await?;
+                    handed = Instant::now();
                 }
                 crate::frames::next_request(node, &mut reader).await
             }
@@ -985,11 +993,15 @@ pub(crate) async fn peer_session(
         };
         if let (Some(batch), Some(h)) = (batch, &target) {
             hand_records(h, batch, core.epoch(), &mut in_flight).await?;
+            handed = Instant::now();
         }
     }
     drop(forwarder);
     Ok(())
 }
+
+/// How long collected records wait for company while the socket is idle once the stream runs.
+const IDLE_HAND: Duration = Duration::from_millis(1);
 
 /// Batches of demands queued for the copy connection's writer.
 const DEMAND_LANE: usize = 64;

@@ -561,6 +561,17 @@ impl CopyReceiver {
         }
     }
 
+    /// Whether records flow before the manifest now (opened early, manifest not taken): they
+    /// trickle, one per demand, rather than stream.
+    pub fn before_manifest(&self) -> bool {
+        self.early && !self.taken
+    }
+
+    /// How many records are collected and not handed over yet.
+    pub fn pending(&self) -> usize {
+        self.batch.len()
+    }
+
     /// The records collected but not handed over yet (before the manifest is taken, so the
     /// instance applies them before it).
     pub fn take_batch(&mut self) -> RecordBatch {
