@@ -108,6 +108,11 @@ impl NodeProcess {
         Ok(c.call(&handoff_node::ops::Stats {}).await?.rss_bytes)
     }
 
+    /// The process id (for its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Stops the process (killed; waited for at most 5 s).
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();

@@ -13,8 +13,10 @@
 //! - [`cluster`]: `handoff node` child processes and an in-process steer on loopback.
 //! - [`move_bench`]: `handoff bench move`: settings, plan, the loaded runs, progress events.
 //! - [`report`]: the move report (its JSON is a stable format) and the ratio computation.
-//! - [`steer_bench`]: `handoff bench steer`: the steer's sustainable rate against the node's
-//!   direct path.
+//! - [`steer_bench`]: `handoff bench steer`: the steer's sustainable rate, latency and CPU
+//!   per signal against the node's direct path and an nginx UDP proxy.
+//! - [`hops`]: the relay processes `bench steer` starts (a `handoff steer`, nginx).
+//! - [`cpu`]: a process's CPU time from `/proc`.
 //!
 //! # Why testkit's clusters are separate
 //!
@@ -28,6 +30,8 @@
 //! call it.
 
 pub mod cluster;
+pub mod cpu;
+pub mod hops;
 pub mod move_bench;
 pub mod moves;
 pub mod report;
@@ -101,6 +105,15 @@ pub enum BenchError {
     /// The steer did not start.
     #[error(transparent)]
     Steer(#[from] handoff_steer::SteerError),
+    /// No nginx executable, or no stream module.
+    #[error(
+        "nginx not found: `handoff bench steer` runs nginx's UDP proxy as a contender; install \
+         it with scripts/setup (Debian packages nginx-light and libnginx-mod-stream)"
+    )]
+    NginxNotFound,
+    /// A relay process (the steer, nginx) did not start serving.
+    #[error("cannot start the {relay}: {reason}")]
+    RelayStart { relay: &'static str, reason: String },
     /// The steer did not reach its node in time.
     #[error("the steer could not reach node {node} within 10 s")]
     SteerUnlinked { node: SocketAddr },

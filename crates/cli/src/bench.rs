@@ -11,7 +11,8 @@ use std::time::Duration;
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum BenchCmd {
-    /// Highest sustainable rate through the steer vs the node's direct path (no steer).
+    /// The steer against the node's direct path (no relay) and nginx's UDP proxy: highest
+    /// sustained rate, latency at fixed rates, CPU per signal.
     Steer(SteerBenchArgs),
     /// The live move side by side with stop-and-copy, iterative pre-copy, raw TCP and Redis
     /// MIGRATE on the same sessions and load.
@@ -41,6 +42,16 @@ pub struct SteerBenchArgs {
     /// Zipf exponent.
     #[arg(long, default_value_t = 1.1)]
     pub zipf: f64,
+    /// Fixed rates (procedures per second, comma-separated) at which every contender's
+    /// latency is measured.
+    #[arg(long, value_delimiter = ',', default_value = "5000,50000")]
+    pub latency_rates: Vec<f64>,
+    /// Load-generator tasks, each with its own socket and share of the UEs and rate.
+    #[arg(long, default_value_t = 2)]
+    pub load_shards: u32,
+    /// Leave out the nginx UDP proxy contender (when nginx is not installed).
+    #[arg(long)]
+    pub no_nginx: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-reports")]
     pub out: PathBuf,
@@ -66,6 +77,9 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
         max_rate: args.max_rate,
         refine: args.refine,
         zipf: args.zipf,
+        latency_rates: args.latency_rates.clone(),
+        load_shards: args.load_shards,
+        nginx: !args.no_nginx,
     };
     options.validate().map_err(config_error)?;
     let pb = progress_bar(0, "{spinner} trial {pos} {msg} [{elapsed_precise}]");
@@ -76,32 +90,86 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
         }
         SteerEvent::TrialDone => pb.inc(1),
     };
-    let report = steer_bench(&options, &crate::node_launcher()?, &crate::catalog(), &show).await;
+    let report = steer_bench(&options, &crate::node_launcher()?, &show).await;
     pb.finish_and_clear();
     let report = report?;
     let path = write_json(&args.out, "bench-steer", &report).context("cannot write the report")?;
     if args.json {
         out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let (s, d) = (&report.via_steer_latency_us, &report.direct_latency_us);
-        out!(
-            "handoff bench steer  (sustained = no loss, p99 <= {} ms)",
-            args.p99_bound_ms
-        );
-        out!("  via steer   {:>9.0} procedures/s", report.via_steer_rate);
-        out!("  direct      {:>9.0} procedures/s", report.direct_rate);
-        out!("  ratio       {:>9.2}", report.ratio);
-        out!(
-            "  at {:.0}/s   p50/p99/max us: steer {}/{}/{}  direct {}/{}/{}",
-            report.common_rate,
-            s.p50,
-            s.p99,
-            s.max,
-            d.p50,
-            d.p99,
-            d.max
-        );
+        print_steer(&report, args.p99_bound_ms);
         out!("  report: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_steer(r: &handoff_bench::steer_bench::SteerBenchReport, p99_bound_ms: f64) {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+    out!("handoff bench steer  (sustained = no loss, p99 <= {p99_bound_ms} ms)");
+    out!("  highest sustained rate, procedures/s");
+    out!("    direct      {:>9.0}", r.direct_rate);
+    out!(
+        "    via steer   {:>9.0}   x{:.2} of direct",
+        r.via_steer_rate,
+        r.ratio
+    );
+    if let Some(n) = r.via_nginx_rate {
+        out!(
+            "    via nginx   {:>9.0}   x{} of direct",
+            n,
+            opt(r.nginx_ratio, 2)
+        );
+    }
+    for p in &r.latency_points {
+        let (d, s) = (&p.direct_latency_us, &p.via_steer_latency_us);
+        out!("  at {:.0}/s  latency p50/p99/max us", p.rate);
+        out!("    direct      {}/{}/{}", d.p50, d.p99, d.max);
+        out!(
+            "    via steer   {}/{}/{}   adds {} us at p50   cpu {} ns/signal",
+            s.p50,
+            s.p99,
+            s.max,
+            p.steer_added_p50_us,
+            opt(p.steer_cpu_ns_per_signal, 0)
+        );
+        if let (Some(n), Some(a)) = (&p.via_nginx_latency_us, p.nginx_added_p50_us) {
+            out!(
+                "    via nginx   {}/{}/{}   adds {} us at p50   cpu {} ns/signal",
+                n.p50,
+                n.p99,
+                n.max,
+                a,
+                opt(p.nginx_cpu_ns_per_signal, 0)
+            );
+            out!(
+                "    steer / nginx: added p50 x{}, cpu per signal x{}",
+                opt(p.steer_vs_nginx_added_p50, 2),
+                opt(p.steer_vs_nginx_cpu, 2)
+            );
+        }
+        out!(
+            "    node on the direct path: cpu {} ns/signal",
+            opt(p.direct_node_cpu_ns_per_signal, 0)
+        );
+    }
+    out!(
+        "  load generator: {} tasks, {} cores in the highest-rate trial, {}",
+        r.load_shards,
+        opt(r.load_generator_cpu_cores_at_max, 2),
+        if r.limited_by_load_generator.is_empty() {
+            "never late when a trial failed".to_owned()
+        } else {
+            format!("late in failed trials of {:?}", r.limited_by_load_generator)
+        }
+    );
+    let g = &r.goals;
+    let yes = |b: bool| if b { "met" } else { "NOT met" };
+    out!(
+        "  goals: rate >= {} x direct {}; steer adds <= {} us at p50 {}; load generator not the limit {}",
+        g.rate_ratio_at_least,
+        yes(g.rate_ratio_met),
+        g.added_p50_at_most_us,
+        yes(g.added_p50_met),
+        yes(g.load_generator_not_the_limit)
+    );
 }

@@ -198,6 +198,9 @@ pub fn load_steer_config(a: &SteerArgs) -> anyhow::Result<SteerConfig> {
     Ok(cfg)
 }
 
+/// How long `handoff steer --ready` waits for its node links before saying it is ready.
+const READY_LINK_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn steer(a: SteerArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_steer_config(&a)?;
     if cfg.control.is_some() && cfg.state_dir.is_none() {
@@ -209,13 +212,25 @@ pub async fn steer(a: SteerArgs) -> anyhow::Result<ExitCode> {
     let catalog = crate::catalog();
     let steer = Steer::start(cfg, |f| catalog.classifier(f)).await?;
     if a.ready {
+        // Ready means serving: wait (bounded) until every service's node link is up, and say
+        // whether it came up.
+        let deadline = tokio::time::Instant::now() + READY_LINK_TIMEOUT;
+        let linked = |s: &Steer| {
+            names
+                .iter()
+                .all(|n| s.stats(n).is_some_and(|st| st.snapshot().link_connects > 0))
+        };
+        while !linked(&steer) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let linked = linked(&steer);
         let addrs: serde_json::Map<String, serde_json::Value> = names
             .iter()
             .map(|n| (n.clone(), serde_json::json!(steer.service_addr(n))))
             .collect();
         out!(
             "{}",
-            serde_json::json!({ "event": "ready", "services": addrs, "control": steer.control_addr() })
+            serde_json::json!({ "event": "ready", "services": addrs, "control": steer.control_addr(), "linked": linked })
         );
     }
     let mut every = tokio::time::interval(Duration::from_secs(10));

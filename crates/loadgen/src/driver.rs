@@ -46,6 +46,12 @@ pub struct LoadConfig {
     /// `move_response_gap_ms`; otherwise towards `baseline_response_gap_ms`.
     #[serde(skip)]
     pub move_window: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Measure a transaction's latency from when its datagram left rather than from the slot
+    /// it was scheduled for. The schedule stays open-loop either way; the load generator's own
+    /// lateness (its timer wakes at millisecond granularity) then shows in `schedule_lag_us`
+    /// instead of in every contender's latency. `bench steer` measures a hop of microseconds
+    /// this way.
+    pub latency_from_send: bool,
 }
 
 impl Default for LoadConfig {
@@ -64,6 +70,7 @@ impl Default for LoadConfig {
             attach_deadline: Duration::from_secs(600),
             skip_attach: false,
             move_window: None,
+            latency_from_send: false,
         }
     }
 }
@@ -184,6 +191,11 @@ pub struct LoadReport {
     pub baseline_response_gap_ms: f64,
     /// The same statistic inside the move window (0 without one).
     pub move_response_gap_ms: f64,
+    /// How late the measured phase's first sends left against their schedule: a load
+    /// generator that keeps up has a small p99 here at every rate it offers.
+    pub schedule_lag_us: LatencyReport,
+    /// Load-generator tasks (each with its own socket and UEs) the figures were merged from.
+    pub shards: u32,
 }
 
 /// Live counters, handed to the progress callback.
@@ -256,6 +268,7 @@ struct Driver {
     attach_hist: Histogram<u64>,
     move_hist: Histogram<u64>,
     outside_hist: Histogram<u64>,
+    lag_hist: Histogram<u64>,
     phase: Phase,
     last_answer: Option<Instant>,
     max_gap: Duration,
@@ -271,6 +284,120 @@ pub async fn run(
     cfg: LoadConfig,
     mut progress: impl FnMut(Progress),
 ) -> std::io::Result<(LoadReport, Vec<UeHistory>)> {
+    let shard = run_shard(cfg, &mut progress).await?;
+    Ok(Shard::merge(vec![shard]))
+}
+
+/// Most load-generator tasks [`run_sharded`] starts.
+pub const MAX_SHARDS: u32 = 16;
+
+/// Runs the load as `shards` independent tasks, each with its own socket, an equal share of
+/// the UEs (consecutive IMSIs) and of the rate, so that no single task or socket limits the
+/// rate offered; the reports and histograms are merged (counters summed, latencies from the
+/// merged histograms, gaps the largest of any shard). Each shard draws its UEs from its own
+/// Zipf distribution. Histories come back in IMSI order.
+pub async fn run_sharded(
+    cfg: LoadConfig,
+    shards: u32,
+) -> std::io::Result<(LoadReport, Vec<UeHistory>)> {
+    cfg.validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let shards = shards.clamp(1, MAX_SHARDS).min(cfg.sessions.max(1));
+    let mut tasks = Vec::with_capacity(shards as usize);
+    let mut first = 0u32;
+    for k in 0..shards {
+        let n = cfg.sessions / shards + u32::from(k < cfg.sessions % shards);
+        let share = if cfg.sessions == 0 {
+            0.0
+        } else {
+            f64::from(n) / f64::from(cfg.sessions)
+        };
+        let c = LoadConfig {
+            sessions: n,
+            rate: cfg.rate * share,
+            imsi_base: cfg.imsi_base + u64::from(first),
+            seed: cfg
+                .seed
+                .wrapping_add(u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            ..cfg.clone()
+        };
+        first += n;
+        tasks.push(tokio::spawn(async move { run_shard(c, &mut |_| {}).await }));
+    }
+    let mut done = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let shard = t.await.map_err(std::io::Error::other)??;
+        done.push(shard);
+    }
+    Ok(Shard::merge(done))
+}
+
+/// One load-generator task's outcome, before merging.
+struct Shard {
+    report: LoadReport,
+    hist: Histogram<u64>,
+    attach_hist: Histogram<u64>,
+    move_hist: Histogram<u64>,
+    outside_hist: Histogram<u64>,
+    lag_hist: Histogram<u64>,
+    max_gap: Duration,
+    baseline_gap: Duration,
+    move_gap: Duration,
+    histories: Vec<UeHistory>,
+}
+
+impl Shard {
+    fn merge(shards: Vec<Shard>) -> (LoadReport, Vec<UeHistory>) {
+        let mut it = shards.into_iter();
+        let Some(mut acc) = it.next() else {
+            return (LoadReport::default(), Vec::new());
+        };
+        let mut n = 1u32;
+        for s in it {
+            n += 1;
+            let (a, b) = (&mut acc.report, &s.report);
+            a.sessions += b.sessions;
+            a.signals_sent += b.signals_sent;
+            a.answered += b.answered;
+            a.lost += b.lost;
+            a.duplicated += b.duplicated;
+            a.reordered += b.reordered;
+            a.wrong_answers += b.wrong_answers;
+            a.stray += b.stray;
+            a.retransmissions += b.retransmissions;
+            a.move_retransmissions += b.move_retransmissions;
+            a.late_answers += b.late_answers;
+            a.skipped_busy += b.skipped_busy;
+            a.attached += b.attached;
+            a.attach_ms = a.attach_ms.max(b.attach_ms);
+            a.measured_ms = a.measured_ms.max(b.measured_ms);
+            a.measured_rate += b.measured_rate;
+            // Histograms with the same bounds always add.
+            let _ = acc.hist.add(&s.hist);
+            let _ = acc.attach_hist.add(&s.attach_hist);
+            let _ = acc.move_hist.add(&s.move_hist);
+            let _ = acc.outside_hist.add(&s.outside_hist);
+            let _ = acc.lag_hist.add(&s.lag_hist);
+            acc.max_gap = acc.max_gap.max(s.max_gap);
+            acc.baseline_gap = acc.baseline_gap.max(s.baseline_gap);
+            acc.move_gap = acc.move_gap.max(s.move_gap);
+            acc.histories.extend(s.histories);
+        }
+        let mut report = acc.report;
+        report.shards = n;
+        report.latency_us = LatencyReport::from(&acc.hist);
+        report.attach_latency_us = LatencyReport::from(&acc.attach_hist);
+        report.latency_during_move_us = LatencyReport::from(&acc.move_hist);
+        report.latency_outside_move_us = LatencyReport::from(&acc.outside_hist);
+        report.schedule_lag_us = LatencyReport::from(&acc.lag_hist);
+        report.max_response_gap_ms = acc.max_gap.as_secs_f64() * 1e3;
+        report.baseline_response_gap_ms = acc.baseline_gap.as_secs_f64() * 1e3;
+        report.move_response_gap_ms = acc.move_gap.as_secs_f64() * 1e3;
+        (report, acc.histories)
+    }
+}
+
+async fn run_shard(cfg: LoadConfig, progress: &mut impl FnMut(Progress)) -> std::io::Result<Shard> {
     cfg.validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let bind: SocketAddr = if cfg.target.is_ipv6() {
@@ -305,6 +432,7 @@ pub async fn run(
         attach_hist: hist(),
         move_hist: hist(),
         outside_hist: hist(),
+        lag_hist: hist(),
         phase: Phase::Attach,
         last_answer: None,
         max_gap: Duration::ZERO,
@@ -313,19 +441,21 @@ pub async fn run(
         registered: 0,
         in_flight: 0,
     };
-    d.attach_phase(&mut progress).await?;
-    d.measure_phase(&mut progress).await?;
-    d.drain_phase(&mut progress).await?;
-    let mut report = d.report;
-    report.latency_us = LatencyReport::from(&d.hist);
-    report.attach_latency_us = LatencyReport::from(&d.attach_hist);
-    report.latency_during_move_us = LatencyReport::from(&d.move_hist);
-    report.latency_outside_move_us = LatencyReport::from(&d.outside_hist);
-    report.max_response_gap_ms = d.max_gap.as_secs_f64() * 1e3;
-    report.baseline_response_gap_ms = d.baseline_gap.as_secs_f64() * 1e3;
-    report.move_response_gap_ms = d.move_gap.as_secs_f64() * 1e3;
-    let histories = d.slots.into_iter().map(|s| s.ue.history).collect();
-    Ok((report, histories))
+    d.attach_phase(progress).await?;
+    d.measure_phase(progress).await?;
+    d.drain_phase(progress).await?;
+    Ok(Shard {
+        report: d.report,
+        hist: d.hist,
+        attach_hist: d.attach_hist,
+        move_hist: d.move_hist,
+        outside_hist: d.outside_hist,
+        lag_hist: d.lag_hist,
+        max_gap: d.max_gap,
+        baseline_gap: d.baseline_gap,
+        move_gap: d.move_gap,
+        histories: d.slots.into_iter().map(|s| s.ue.history).collect(),
+    })
 }
 
 impl Driver {
@@ -464,12 +594,22 @@ impl Driver {
         let signal = slot.ue.next_signal(&mut self.rng);
         let bytes = Bytes::from(signal.to_bytes());
         let txn_id = signal.header.txn_id;
+        let now = Instant::now();
+        let measured = measured && self.phase == Phase::Measure;
+        if measured {
+            let lag = now.saturating_duration_since(intended).as_micros() as u64;
+            let _ = self.lag_hist.record(lag.max(1));
+        }
         slot.outstanding = Some(Outstanding {
             txn_id,
             signal,
             bytes: bytes.clone(),
-            started: intended,
-            measured: measured && self.phase == Phase::Measure,
+            started: if self.cfg.latency_from_send {
+                now
+            } else {
+                intended
+            },
+            measured,
             during_move,
             attempts: 1,
         });

@@ -15,5 +15,5 @@ mod driver;
 pub mod oracle;
 mod ue;
 
-pub use driver::{run, LatencyReport, LoadConfig, LoadReport, Progress};
+pub use driver::{run, run_sharded, LatencyReport, LoadConfig, LoadReport, Progress, MAX_SHARDS};
 pub use ue::{Transaction, UeHistory};

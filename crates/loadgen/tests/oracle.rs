@@ -61,3 +61,44 @@ async fn every_signal_answered_once_and_the_owner_state_matches_the_reference() 
     dump.push(stray);
     assert_eq!(oracle::check(&vmme, &histories, &dump).unknown_records, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_load_merges_into_one_report_and_the_oracle_still_holds() {
+    let (node_addr, _steer, service) = cluster().await;
+    let cfg = LoadConfig {
+        target: service,
+        sessions: 301,
+        rate: 900.0,
+        duration: Duration::from_millis(1000),
+        seed: 11,
+        latency_from_send: true,
+        ..LoadConfig::default()
+    };
+    let (report, histories) = handoff_loadgen::run_sharded(cfg, 3).await.unwrap();
+    assert_eq!(report.shards, 3);
+    assert_eq!((report.sessions, report.attached), (301, 301), "{report:?}");
+    assert_eq!(histories.len(), 301);
+    assert_eq!(report.answered, report.signals_sent);
+    assert_eq!(
+        (
+            report.lost,
+            report.duplicated,
+            report.reordered,
+            report.stray
+        ),
+        (0, 0, 0, 0)
+    );
+    // Every measured transaction's first send was scheduled, so each has a lateness.
+    assert!(report.schedule_lag_us.count > 0, "{report:?}");
+    assert!(report.latency_us.count > 0, "{report:?}");
+    // The three shards' UEs are one contiguous IMSI range: the oracle finds every one.
+    let mut admin = AdminClient::connect(node_addr, "test").await.unwrap();
+    let dump = admin.dump("mme-1").await.unwrap();
+    let r = oracle::check(&Vmme::default(), &histories, &dump);
+    assert_eq!(r.checked, 301, "{r:?}");
+    assert_eq!(
+        (r.mismatches, r.answer_mismatches, r.unknown_records),
+        (0, 0, 0),
+        "{r:?}"
+    );
+}

@@ -119,6 +119,14 @@ pub enum SteerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A service's thread (its data path's runtime) could not be started.
+    #[error("service {service}: cannot start its thread: {source}")]
+    Thread {
+        /// The service's instance.
+        service: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The state directory cannot be created or written.
     #[error("state directory {dir}: {source}")]
     StateDir {
@@ -211,7 +219,12 @@ impl Steer {
                 .state_dir
                 .as_ref()
                 .map(|d| d.join(format!("{}.route.json", svc.instance)));
-            tokio::spawn(service::run(service::ServiceRun {
+            let socket = socket.into_std().map_err(|source| SteerError::Bind {
+                service: svc.instance.clone(),
+                addr,
+                source,
+            })?;
+            service::spawn(service::ServiceRun {
                 cfg: svc.clone(),
                 route_file,
                 identity: identity.clone(),
@@ -223,7 +236,11 @@ impl Steer {
                 commands: cmd_rx,
                 stop: stop.child_token(),
                 frame_timeout: deadlines.frame,
-            }));
+            })
+            .map_err(|source| SteerError::Thread {
+                service: svc.instance.clone(),
+                source,
+            })?;
             tracing::info!(instance = %svc.instance, %addr, node = %svc.node, "service up");
             services.push(ServiceHandle {
                 instance: svc.instance.clone(),

@@ -1,6 +1,11 @@
 //! The framed TCP link from the steer to the node hosting a service's instance. It reports
 //! when it binds (with the node's last applied seq) and when it fails to the service loop,
 //! which hands both to the service core.
+//!
+//! Its writer and its output relay run on the service's own thread (see [`crate::service`]):
+//! the writer takes every frame queued when it runs (so a burst the receive loop drained
+//! leaves in one write) and writes without arming a timer when the socket takes it all at
+//! once; the relay sends each output as soon as its frame is decoded.
 
 use crate::service_core::{LinkId, ROUTE};
 use crate::stats::SteerStats;
@@ -183,6 +188,17 @@ async fn connect(
     Ok((stream, last_seq, incarnation))
 }
 
+/// Writes what the socket takes at once, without waiting or arming a timer (the common case:
+/// a loopback or LAN connection with room in its send buffer). A socket that is not ready
+/// took 0 bytes; any other error is left to the waiting write that follows, which sees it
+/// again.
+fn write_now(wr: &tokio::net::tcp::OwnedWriteHalf, buf: &[u8]) -> std::io::Result<usize> {
+    match wr.try_write(buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        r => r,
+    }
+}
+
 /// Streams queued signals out and relays outputs back until the connection fails.
 async fn serve(
     stream: TcpStream,
@@ -250,13 +266,21 @@ async fn serve(
                 Err(_) => break,
             }
         }
-        let failed = tokio::select! {
-            _ = stop.cancelled() => Some("stopping".to_owned()),
-            r = tokio::time::timeout(WRITE_TIMEOUT, writer.get_mut().write_all(&buf)) => match r {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some("node stopped reading (write timed out)".to_owned()),
-            },
+        let failed = match write_now(writer.get_mut(), &buf) {
+            Ok(n) if n == buf.len() => None,
+            // The socket took part of it (or nothing, or failed): the rest is written with a
+            // deadline, the ordinary way.
+            first => {
+                let done = first.unwrap_or(0);
+                tokio::select! {
+                    _ = stop.cancelled() => Some("stopping".to_owned()),
+                    r = tokio::time::timeout(WRITE_TIMEOUT, writer.get_mut().write_all(&buf[done..])) => match r {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some("node stopped reading (write timed out)".to_owned()),
+                    },
+                }
+            }
         };
         if let Some(reason) = failed {
             stats.lost_in_link.fetch_add(frames, Relaxed);

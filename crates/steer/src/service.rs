@@ -1,6 +1,25 @@
 //! One service's shell: its UDP receive loop, tick injection, node links, the route file and
 //! move commands. Every decision (seqs, where a signal goes, what a command does) is the
 //! service core's ([`crate::service_core`]); this loop only carries out its effects.
+//!
+//! # The signal path (a hot path: look harder at changes here)
+//!
+//! Each service runs on its own thread with a current-thread runtime ([`spawn`]): the receive
+//! loop, its link writers and its output relays share that thread, so handing a frame to a
+//! link is a local wake-up, never a wake-up of another worker thread, and a datagram costs
+//! no cross-thread hop from the socket to the node's TCP connection and back.
+//!
+//! 1. One wake-up of the socket drains it: the first datagram is awaited, then up to
+//!    [`RECV_BATCH`] more are taken with non-blocking receives while the socket has them and
+//!    every link has room. Nothing ever waits for a second datagram: a lone signal is routed
+//!    at once (no batching that waits for company).
+//! 2. Datagrams are received into an arena ([`ARENA_BYTES`]) and handed on as shared slices
+//!    of it, so a signal's payload costs no allocation of its own: a new arena is taken only
+//!    when the spare room falls below one maximal datagram, and the old one is reused in place
+//!    once every signal in it has been written to its node. Memory pinned this way is bounded
+//!    by what the link queues and a hold keep (both in arrival order, so dense) plus one arena.
+//! 3. The link writer runs when the loop yields, so a burst drained in step 1 leaves in one
+//!    TCP write (see [`crate::link`]).
 
 use crate::link::{Link, LinkContext, LinkEvent};
 use crate::service_core::{
@@ -8,7 +27,7 @@ use crate::service_core::{
     ServiceCore, Timeouts,
 };
 use crate::stats::SteerStats;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use handoff_function::runtime::Classifier;
 use handoff_function::SignalKind;
 use std::collections::HashMap;
@@ -98,6 +117,14 @@ const RETIRE_GRACE: Duration = Duration::from_secs(2);
 const HOUSEKEEPING: Duration = Duration::from_millis(5);
 /// Link events queued for the service loop.
 const LINK_EVENTS: usize = 64;
+/// Datagrams taken from the socket per wake-up at most, before the loop looks at its other
+/// sources again (commands, link events, ticks) and lets the link writers run.
+pub(crate) const RECV_BATCH: usize = 64;
+/// Bytes of one receive arena.
+const ARENA_BYTES: usize = 256 * 1024;
+/// The largest UDP datagram: the spare room an arena must have before each receive, so no
+/// datagram is ever truncated.
+const MAX_DATAGRAM: usize = 65_536;
 
 /// What a service needs to run.
 pub(crate) struct ServiceRun {
@@ -107,7 +134,8 @@ pub(crate) struct ServiceRun {
     pub(crate) tick: Duration,
     pub(crate) queue: usize,
     pub(crate) classifier: Arc<dyn Classifier>,
-    pub(crate) socket: UdpSocket,
+    /// The bound service socket (non-blocking), registered with the service's own runtime.
+    pub(crate) socket: std::net::UdpSocket,
     pub(crate) stats: Arc<SteerStats>,
     pub(crate) commands: mpsc::Receiver<MoveCommand>,
     pub(crate) stop: CancellationToken,
@@ -130,6 +158,12 @@ impl Links {
 
     fn room(&self, id: LinkId) -> usize {
         self.open.get(&id).map_or(0, |l| l.tx.capacity())
+    }
+
+    /// Whether every open link can take one more frame: the receive loop drains its socket
+    /// only while this holds, so a burst it drains is not shed for want of a writer's turn.
+    fn room_everywhere(&self) -> bool {
+        self.open.values().all(|l| l.tx.capacity() > 0)
     }
 
     /// Queues a frame the core routed; the core checked there is room, so only a link whose
@@ -171,7 +205,22 @@ impl Links {
     }
 }
 
-pub(crate) async fn run(s: ServiceRun) {
+/// Starts a service on its own thread (named after its instance) with a current-thread
+/// runtime: its receive loop, link writers and output relays all run there, apart from the
+/// control plane and from other services. The thread ends when the service stops.
+pub(crate) fn spawn(s: ServiceRun) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let name = format!("steer-{}", s.cfg.instance);
+    let span = tracing::info_span!("service", instance = %s.cfg.instance);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || rt.block_on(tracing::Instrument::instrument(run(s), span)))?;
+    Ok(())
+}
+
+async fn run(s: ServiceRun) {
     let ServiceRun {
         cfg,
         route_file,
@@ -185,7 +234,13 @@ pub(crate) async fn run(s: ServiceRun) {
         stop,
         frame_timeout,
     } = s;
-    let socket = Arc::new(socket);
+    let socket = match UdpSocket::from_std(socket) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(instance = %cfg.instance, error = %e, "cannot register the service socket: the service does not run");
+            return;
+        }
+    };
     let local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -212,66 +267,131 @@ pub(crate) async fn run(s: ServiceRun) {
     links.carry_out(core.take_effects());
     let start = tokio::time::Instant::now();
     let mono_us = move || start.elapsed().as_micros() as u64;
-    let mut buf = vec![0u8; 65_536];
+    let mut arena = BytesMut::with_capacity(ARENA_BYTES);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut path = SignalPath {
+        core: &mut core,
+        links: &mut links,
+        stats: &stats,
+        classifier: classifier.as_ref(),
+    };
     loop {
-        let inbound = tokio::select! {
+        make_room(&mut arena);
+        let first = tokio::select! {
             _ = stop.cancelled() => return,
             c = commands.recv() => {
                 let Some(c) = c else { return };
-                core.command(c.command, c.done, mono_us());
-                links.carry_out(core.take_effects());
+                path.core.command(c.command, c.done, mono_us());
+                let effects = path.core.take_effects();
+                path.links.carry_out(effects);
                 continue;
             }
             Some(e) = events.recv() => {
                 match e {
-                    LinkEvent::Up(id, base, incarnation) => core.link_up(id, base, incarnation),
-                    LinkEvent::Down(id) => core.link_down(id),
+                    LinkEvent::Up(id, base, incarnation) => path.core.link_up(id, base, incarnation),
+                    LinkEvent::Down(id) => path.core.link_down(id),
                 }
-                core.poll(mono_us(), |id| links.room(id));
-                links.carry_out(core.take_effects());
+                path.poll(mono_us());
                 continue;
             }
-            _ = housekeeping.tick(), if core.needs_poll() || !links.retiring.is_empty() => {
-                core.poll(mono_us(), |id| links.room(id));
-                links.carry_out(core.take_effects());
+            _ = housekeeping.tick(), if path.core.needs_poll() || !path.links.retiring.is_empty() => {
+                path.poll(mono_us());
                 let now = tokio::time::Instant::now();
-                links.retiring.retain(|(l, until)| if now >= *until { l.close(); false } else { true });
+                path.links.retiring.retain(|(l, until)| if now >= *until { l.close(); false } else { true });
                 continue;
             }
             _ = ticker.tick() => {
-                if core.route_lost() {
-                    continue;
+                if !path.core.route_lost() {
+                    path.admit(Inbound { kind: SignalKind::Tick, key: Bytes::new(), payload: Bytes::new(), client: local });
                 }
-                Inbound { kind: SignalKind::Tick, key: Bytes::new(), payload: Bytes::new(), client: local }
+                continue;
             }
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, client)) = r else { continue };
-                let datagram = &buf[..n];
-                match classifier.classify(datagram) {
-                    Ok(c) => Inbound { kind: c.kind, key: c.key, payload: Bytes::copy_from_slice(datagram), client },
-                    Err(e) => {
-                        stats.malformed.fetch_add(1, Relaxed);
-                        tracing::trace!(%client, error = %e, "malformed datagram dropped");
-                        continue;
-                    }
-                }
-            }
+            r = socket.recv_buf_from(&mut arena) => r,
         };
+        // Drain what the socket holds now, without waiting for more.
+        let mut next = Some(first);
+        let mut taken = 0usize;
+        while let Some(r) = next {
+            match r {
+                Ok((_, client)) => path.datagram(arena.split().freeze(), client),
+                Err(_) => {
+                    stats.recv_errors.fetch_add(1, Relaxed);
+                    arena.clear();
+                }
+            }
+            taken += 1;
+            if taken >= RECV_BATCH || !path.links.room_everywhere() {
+                break;
+            }
+            make_room(&mut arena);
+            next = match socket.try_recv_buf_from(&mut arena) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                r => Some(r),
+            };
+        }
+    }
+}
+
+/// Makes sure the arena has room for a maximal datagram: reuses it in place when every
+/// signal received into it has been dropped, otherwise starts a new one (the old one is
+/// freed with its last signal).
+fn make_room(arena: &mut BytesMut) {
+    if arena.capacity() - arena.len() < MAX_DATAGRAM {
+        arena.reserve(ARENA_BYTES);
+    }
+}
+
+/// What routing one signal needs: the core, the links it routes to, the counters, the
+/// function's classifier.
+struct SignalPath<'a> {
+    core: &'a mut ServiceCore<oneshot::Sender<Result<Answer, CommandError>>>,
+    links: &'a mut Links,
+    stats: &'a SteerStats,
+    classifier: &'a dyn Classifier,
+}
+
+impl SignalPath<'_> {
+    /// Classifies one datagram and routes it; a malformed one is counted and dropped.
+    fn datagram(&mut self, payload: Bytes, client: SocketAddr) {
+        match self.classifier.classify(&payload) {
+            Ok(c) => self.admit(Inbound {
+                kind: c.kind,
+                key: c.key,
+                payload,
+                client,
+            }),
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Relaxed);
+                tracing::trace!(%client, error = %e, "malformed datagram dropped");
+            }
+        }
+    }
+
+    /// Stamps and routes one signal (or tick) and counts what became of it.
+    fn admit(&mut self, inbound: Inbound) {
         let kind = inbound.kind;
-        match core.admit(inbound, now_us(), |id| links.has_room(id)) {
+        let links = &*self.links;
+        match self.core.admit(inbound, now_us(), |id| links.has_room(id)) {
             Admission::Routed { seq, frames, .. } => {
                 for (id, f) in frames {
                     links.send(id, f);
                 }
-                stats.stamped(seq, kind);
+                self.stats.stamped(seq, kind);
             }
-            Admission::Held { seq } => stats.stamped(seq, kind),
-            Admission::Dropped(why) => stats.dropped(&why, kind),
+            Admission::Held { seq } => self.stats.stamped(seq, kind),
+            Admission::Dropped(why) => self.stats.dropped(&why, kind),
         }
+    }
+
+    /// Lets the core look at its timers and carries out what it decided.
+    fn poll(&mut self, mono_us: u64) {
+        let links = &*self.links;
+        self.core.poll(mono_us, |id| links.room(id));
+        let effects = self.core.take_effects();
+        self.links.carry_out(effects);
     }
 }
 

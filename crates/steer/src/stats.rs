@@ -39,6 +39,8 @@ pub struct SteerStats {
     /// Datagrams dropped because the instance is offline: the node the route is bound to lost
     /// that incarnation (a crash or restart), and nobody recovered it yet. An alarm.
     pub offline: AtomicU64,
+    /// Receive calls on the service socket that failed (no datagram read).
+    pub recv_errors: AtomicU64,
 }
 
 /// A plain copy of [`SteerStats`] for reports.
@@ -59,6 +61,8 @@ pub struct SteerStatsSnapshot {
     pub last_seq: u64,
     pub unrouted: u64,
     pub offline: u64,
+    #[serde(default)]
+    pub recv_errors: u64,
 }
 
 impl SteerStats {
@@ -101,6 +105,7 @@ impl SteerStats {
             last_seq: self.last_seq.load(Relaxed),
             unrouted: self.unrouted.load(Relaxed),
             offline: self.offline.load(Relaxed),
+            recv_errors: self.recv_errors.load(Relaxed),
         }
     }
 }

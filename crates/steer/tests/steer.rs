@@ -312,3 +312,56 @@ async fn stalled_control_and_link_connections_are_closed_and_counted_a_quiet_lin
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_spanning_many_receive_arenas_reach_the_node_intact_and_are_answered_once() {
+    // Some 40 bytes each, 12 000 echoes fill several 256 KiB receive arenas: an arena reused
+    // or replaced while a queued signal still pointed into it would corrupt that signal, and
+    // its answer would be missing, wrong, or counted malformed.
+    let (_node, steer, service) = cluster().await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket2::SockRef::from(&client)
+        .set_recv_buffer_size(4 << 20)
+        .unwrap();
+    let total = 12_000u32;
+    let burst = 400u32;
+    let base = 1_010_000_000_001u64;
+    let mut seen = vec![false; total as usize];
+    let mut buf = vec![0u8; 65_536];
+    let mut txn = 0u32;
+    while txn < total {
+        let end = (txn + burst).min(total);
+        for t in txn..end {
+            let s = echo(base + u64::from(t % 1000), t);
+            client.send_to(&s.to_bytes(), service).await.unwrap();
+        }
+        for _ in txn..end {
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                    .await
+                    .expect("every echo of a burst is answered within 5 s")
+                    .unwrap();
+            assert_eq!(from, service);
+            let r = Response::decode(&buf[..n]).unwrap();
+            let t = r.header.txn_id;
+            assert!(t < total, "{r:?}");
+            assert_eq!(r.header.imsi, base + u64::from(t % 1000), "{r:?}");
+            assert_eq!(
+                r.body,
+                ResponseBody::EchoResponse {
+                    nonce: u64::from(t) * 7
+                }
+            );
+            assert!(!seen[t as usize], "echo {t} answered twice");
+            seen[t as usize] = true;
+        }
+        txn = end;
+    }
+    assert!(seen.iter().all(|s| *s));
+    let s = steer.stats("mme-1").unwrap().snapshot();
+    assert_eq!(
+        (s.admitted, s.malformed, s.shed, s.recv_errors),
+        (u64::from(total), 0, 0, 0),
+        "{s:?}"
+    );
+}
