@@ -8,6 +8,7 @@
 //! system's nginx configuration or service. `scripts/setup` installs the packages
 //! (`nginx-light`, `libnginx-mod-stream`).
 
+use crate::instructions::Callgrind;
 use crate::{BenchError, NodeLauncher, Subject};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How long a relay may take to start serving.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often nginx's port is checked while it starts.
 const READY_POLL: Duration = Duration::from_millis(20);
 /// How long a stopped relay may take to exit.
@@ -43,11 +44,13 @@ pub struct SteerProcess {
 }
 
 impl SteerProcess {
-    /// Starts a steer for `subject` on `node` and waits until it serves and its link is up.
+    /// Starts a steer for `subject` on `node` (under callgrind when asked) and waits until it
+    /// serves and its link is up.
     pub async fn spawn(
         launcher: &NodeLauncher,
         subject: &Subject,
         node: SocketAddr,
+        under: Option<&Callgrind>,
     ) -> Result<Self, BenchError> {
         let failed = |reason: String| BenchError::RelayStart {
             relay: "steer",
@@ -57,7 +60,11 @@ impl SteerProcess {
             "{}:{}@127.0.0.1:0={node}",
             subject.instance, subject.function
         );
-        let mut child = Command::new(&launcher.exe)
+        let mut command = match under {
+            Some(cg) => cg.command(&launcher.exe).map_err(failed)?,
+            None => Command::new(&launcher.exe),
+        };
+        let mut child = command
             .args([
                 "--log",
                 &launcher.log,
@@ -159,9 +166,12 @@ pub fn nginx_config(
 }
 
 impl NginxProcess {
-    /// Starts nginx proxying UDP from a free loopback port to `upstream` and waits until it
-    /// has bound that port.
-    pub async fn spawn(upstream: SocketAddr) -> Result<Self, BenchError> {
+    /// Starts nginx proxying UDP from a free loopback port to `upstream` (under callgrind when
+    /// asked) and waits until it has bound that port.
+    pub async fn spawn(
+        upstream: SocketAddr,
+        under: Option<&Callgrind>,
+    ) -> Result<Self, BenchError> {
         let exe = find_nginx().ok_or(BenchError::NginxNotFound)?;
         let failed = |reason: String| BenchError::RelayStart {
             relay: "nginx",
@@ -183,7 +193,11 @@ impl NginxProcess {
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_config(&dir, module, listen, upstream))
             .map_err(|e| failed(format!("{}: {e}", conf.display())))?;
-        let mut child = Command::new(&exe)
+        let mut command = match under {
+            Some(cg) => cg.command(&exe).map_err(failed)?,
+            None => Command::new(&exe),
+        };
+        let mut child = command
             .arg("-p")
             .arg(&dir)
             .arg("-e")

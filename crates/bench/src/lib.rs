@@ -32,6 +32,7 @@
 pub mod cluster;
 pub mod cpu;
 pub mod hops;
+pub mod instructions;
 pub mod move_bench;
 pub mod moves;
 pub mod report;

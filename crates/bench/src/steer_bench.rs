@@ -22,6 +22,7 @@
 use crate::cluster::NodeProcess;
 use crate::cpu::{cpu_ns, own_cpu_ns, spent};
 use crate::hops::{NginxProcess, SteerProcess};
+use crate::instructions::Callgrind;
 use crate::move_bench::{ConfigError, LOAD_FUNCTION};
 use crate::report::Machine;
 use crate::{BenchError, NodeLauncher, Subject};
@@ -64,7 +65,14 @@ pub struct SteerBenchOptions {
     pub load_shards: u32,
     /// Run nginx's UDP proxy as a contender.
     pub nginx: bool,
+    /// Count each relay's instructions per signal under callgrind (a trial of its own at
+    /// [`INSTRUCTION_RATE`], after the timed ones).
+    pub instructions: bool,
 }
+
+/// The rate of the trial each relay runs under callgrind: well within what a relay slowed
+/// by valgrind's instrumentation carries.
+pub const INSTRUCTION_RATE: f64 = 500.0;
 
 /// Most fixed latency rates one run measures.
 const MAX_LATENCY_RATES: usize = 8;
@@ -247,6 +255,21 @@ pub struct LatencyPoint {
     pub steer_added_p50_within_goal: bool,
 }
 
+/// Each relay's instructions per signal, counted by callgrind on a trial of its own.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct InstructionCounts {
+    /// The trial's rate (procedures per second).
+    pub rate: f64,
+    /// User-space instructions the steer ran per datagram sent to it (its answer included).
+    pub steer_per_signal: Option<f64>,
+    pub nginx_per_signal: Option<f64>,
+    /// The steer's count over nginx's.
+    pub steer_vs_nginx: Option<f64>,
+    /// Why a count is missing.
+    pub errors: Vec<String>,
+    pub note: &'static str,
+}
+
 /// Issue 10's must-show checks, computed from this run's figures.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Goals {
@@ -284,6 +307,8 @@ pub struct SteerBenchReport {
     pub load_generator_cpu_cores_at_max: Option<f64>,
     pub load_shards: u32,
     pub goals: Goals,
+    /// Instructions per signal of each relay (`None`: not asked for).
+    pub instructions: Option<InstructionCounts>,
     pub trials: Vec<Trial>,
     pub sessions_per_trial: u32,
     pub trial_secs: f64,
@@ -481,7 +506,7 @@ pub async fn steer_bench(
             reason: "no direct address reported".into(),
         });
     };
-    let steer = match SteerProcess::spawn(launcher, &via, node.addr).await {
+    let steer = match SteerProcess::spawn(launcher, &via, node.addr, None).await {
         Ok(s) => s,
         Err(e) => {
             node.stop().await;
@@ -489,7 +514,7 @@ pub async fn steer_bench(
         }
     };
     let nginx = if options.nginx {
-        match NginxProcess::spawn(direct_addr).await {
+        match NginxProcess::spawn(direct_addr, None).await {
             Ok(n) => Some(n),
             Err(e) => {
                 steer.stop().await;
@@ -502,16 +527,109 @@ pub async fn steer_bench(
     };
     let bed = Bed { node, steer, nginx };
     let result = run_contenders(options, &bed, direct_addr, observe).await;
+    let result = match result {
+        Ok((mut report, mut t)) if options.instructions => {
+            report.instructions =
+                Some(instructions(&mut t, launcher, &via, &bed, direct_addr).await);
+            report.trials = t.trials;
+            Ok(report)
+        }
+        Ok((mut report, t)) => {
+            report.trials = t.trials;
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    };
     bed.stop().await;
     result
 }
 
-async fn run_contenders(
-    options: &SteerBenchOptions,
+/// Runs a trial through each relay started anew under callgrind, counting its instructions.
+/// A new steer binds the instance and fences off the bench's first one, which carries nothing
+/// after the timed trials.
+async fn instructions(
+    t: &mut Trials<'_>,
+    launcher: &NodeLauncher,
+    via: &Subject,
     bed: &Bed,
     direct_addr: SocketAddr,
-    observe: &dyn Fn(SteerEvent),
-) -> Result<SteerBenchReport, BenchError> {
+) -> InstructionCounts {
+    let mut counts = InstructionCounts {
+        rate: INSTRUCTION_RATE,
+        note: "user-space instructions per datagram sent to the relay (its answer's relay \
+               included), counted by valgrind's callgrind over a trial of its own; the \
+               kernel's share (sends and receives) is in the CPU time per signal instead",
+        ..InstructionCounts::default()
+    };
+    let mut run = async |name: &'static str, nginx: bool| -> Result<f64, String> {
+        let cg = Callgrind::new()?;
+        let (addr, pid, stop): (SocketAddr, Option<u32>, Relay) = if nginx {
+            let n = NginxProcess::spawn(direct_addr, Some(&cg))
+                .await
+                .map_err(|e| e.to_string())?;
+            (n.addr, n.pid(), Relay::Nginx(n))
+        } else {
+            let s = SteerProcess::spawn(launcher, via, bed.node.addr, Some(&cg))
+                .await
+                .map_err(|e| e.to_string())?;
+            (s.addr, s.pid(), Relay::Steer(s))
+        };
+        let result = async {
+            let pid = pid.ok_or("the relay has no pid")?;
+            cg.start(pid).await?;
+            let c = Contender {
+                name,
+                addr,
+                relay_pid: Some(pid),
+            };
+            let trial = t
+                .trial(c, INSTRUCTION_RATE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ir = cg.dump(pid).await?;
+            per_signal(Some(ir), trial.signals).ok_or_else(|| "no signals sent".to_owned())
+        }
+        .await;
+        stop.stop().await;
+        result
+    };
+    match run("via_steer_under_callgrind", false).await {
+        Ok(v) => counts.steer_per_signal = Some(v),
+        Err(e) => counts.errors.push(format!("steer: {e}")),
+    }
+    if bed.nginx.is_some() {
+        match run("via_nginx_under_callgrind", true).await {
+            Ok(v) => counts.nginx_per_signal = Some(v),
+            Err(e) => counts.errors.push(format!("nginx: {e}")),
+        }
+    }
+    counts.steer_vs_nginx = ratio(counts.steer_per_signal, counts.nginx_per_signal);
+    counts
+}
+
+/// A relay started for a count, stopped after it.
+enum Relay {
+    Steer(SteerProcess),
+    Nginx(NginxProcess),
+}
+
+impl Relay {
+    async fn stop(self) {
+        match self {
+            Relay::Steer(s) => s.stop().await,
+            Relay::Nginx(n) => n.stop().await,
+        }
+    }
+}
+
+/// The timed trials; the trials run so far come back beside the report (its `trials` are
+/// left empty).
+async fn run_contenders<'a>(
+    options: &'a SteerBenchOptions,
+    bed: &Bed,
+    direct_addr: SocketAddr,
+    observe: &'a dyn Fn(SteerEvent),
+) -> Result<(SteerBenchReport, Trials<'a>), BenchError> {
     let via_steer = Contender {
         name: "via_steer",
         addr: bed.steer.addr,
@@ -597,38 +715,42 @@ async fn run_contenders(
         .max_by(|a, b| a.offered_rate.total_cmp(&b.offered_rate))
         .and_then(|t| t.load_generator_cpu_cores);
     let last = points.last();
-    Ok(SteerBenchReport {
-        via_steer_rate,
-        direct_rate,
-        ratio: rate_ratio,
-        via_nginx_rate,
-        nginx_ratio: via_nginx_rate.map(ratio_of),
-        p99_bound_ms: options.p99_bound_ms,
-        common_rate: last.map_or(0.0, |p| p.rate),
-        via_steer_latency_us: last.map(|p| p.via_steer_latency_us).unwrap_or_default(),
-        direct_latency_us: last.map(|p| p.direct_latency_us).unwrap_or_default(),
-        goals: Goals {
-            rate_ratio_at_least: RATE_RATIO_GOAL,
-            rate_ratio_met: rate_ratio >= RATE_RATIO_GOAL,
-            added_p50_at_most_us: ADDED_P50_GOAL_US,
-            added_p50_met: !points.is_empty()
-                && points.iter().all(|p| p.steer_added_p50_within_goal),
-            load_generator_not_the_limit: limited.is_empty(),
-        },
-        latency_points: points,
-        limited_by_load_generator: limited,
-        load_generator_cpu_cores_at_max: at_max,
-        load_shards: options.load_shards,
-        trials: t.trials,
-        sessions_per_trial: options.sessions,
-        trial_secs: options.trial_secs,
-        note: "rates are new procedures per second started open-loop by the load generator's \
+    Ok((
+        SteerBenchReport {
+            via_steer_rate,
+            direct_rate,
+            ratio: rate_ratio,
+            via_nginx_rate,
+            nginx_ratio: via_nginx_rate.map(ratio_of),
+            p99_bound_ms: options.p99_bound_ms,
+            common_rate: last.map_or(0.0, |p| p.rate),
+            via_steer_latency_us: last.map(|p| p.via_steer_latency_us).unwrap_or_default(),
+            direct_latency_us: last.map(|p| p.direct_latency_us).unwrap_or_default(),
+            goals: Goals {
+                rate_ratio_at_least: RATE_RATIO_GOAL,
+                rate_ratio_met: rate_ratio >= RATE_RATIO_GOAL,
+                added_p50_at_most_us: ADDED_P50_GOAL_US,
+                added_p50_met: !points.is_empty()
+                    && points.iter().all(|p| p.steer_added_p50_within_goal),
+                load_generator_not_the_limit: limited.is_empty(),
+            },
+            latency_points: points,
+            limited_by_load_generator: limited,
+            load_generator_cpu_cores_at_max: at_max,
+            load_shards: options.load_shards,
+            instructions: None,
+            trials: Vec::new(),
+            sessions_per_trial: options.sessions,
+            trial_secs: options.trial_secs,
+            note: "rates are new procedures per second started open-loop by the load generator's \
                tasks (one socket each) in this process; the node, the steer and nginx (one \
                worker) are child processes; latency runs from a datagram leaving to its first \
                answer; CPU per signal is the relay process's CPU time over a whole trial \
                divided by the datagrams sent to it; all on loopback",
-        machine: Machine::read(),
-    })
+            machine: Machine::read(),
+        },
+        t,
+    ))
 }
 
 #[cfg(test)]
@@ -745,6 +867,7 @@ mod tests {
             latency_rates: vec![500.0, 1000.0],
             load_shards: 2,
             nginx: true,
+            instructions: false,
         };
         assert_eq!(ok.validate(), Ok(()));
         let bad = |f: fn(&mut SteerBenchOptions)| {

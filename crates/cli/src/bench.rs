@@ -52,6 +52,10 @@ pub struct SteerBenchArgs {
     /// Leave out the nginx UDP proxy contender (when nginx is not installed).
     #[arg(long)]
     pub no_nginx: bool,
+    /// Skip counting each relay's instructions per signal under valgrind's callgrind (counted
+    /// when valgrind is installed).
+    #[arg(long)]
+    pub no_instructions: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-reports")]
     pub out: PathBuf,
@@ -80,6 +84,7 @@ async fn steer(args: SteerBenchArgs) -> anyhow::Result<ExitCode> {
         latency_rates: args.latency_rates.clone(),
         load_shards: args.load_shards,
         nginx: !args.no_nginx,
+        instructions: !args.no_instructions && handoff_bench::instructions::valgrind().is_some(),
     };
     options.validate().map_err(config_error)?;
     let pb = progress_bar(0, "{spinner} trial {pos} {msg} [{elapsed_precise}]");
@@ -151,6 +156,23 @@ fn print_steer(r: &handoff_bench::steer_bench::SteerBenchReport, p99_bound_ms: f
             "    node on the direct path: cpu {} ns/signal",
             opt(p.direct_node_cpu_ns_per_signal, 0)
         );
+    }
+    match &r.instructions {
+        Some(i) => {
+            out!(
+                "  instructions per signal (callgrind, user space, at {:.0}/s): steer {}, nginx {}, steer / nginx x{}",
+                i.rate,
+                opt(i.steer_per_signal, 0),
+                opt(i.nginx_per_signal, 0),
+                opt(i.steer_vs_nginx, 2)
+            );
+            for e in &i.errors {
+                out!("    not counted: {e}");
+            }
+        }
+        None => out!(
+            "  instructions per signal: not counted (valgrind not installed, or --no-instructions)"
+        ),
     }
     out!(
         "  load generator: {} tasks, {} cores in the highest-rate trial, {}",

@@ -905,12 +905,17 @@ pub(crate) async fn peer_session(
                         // Records that came on demand go first.
                         hand_records(&h, core.take_batch(), core.epoch(), &mut in_flight).await?;
                         // A million keys make a set in a fraction of a second: work for this
-                        // connection, not for the instance serving signals meanwhile.
-                        let manifest = tokio::task::spawn_blocking(move || {
+                        // connection, not for the instance serving signals meanwhile. The
+                        // source keeps answering demands until it hears the manifest is
+                        // taken: those records go to the shadow as they come meanwhile.
+                        let build = tokio::task::spawn_blocking(move || {
                             keys.into_iter().collect::<KeySet>()
-                        })
-                        .await
-                        .map_err(|e| FrameError::Io(format!("manifest task failed: {e}")))?;
+                        });
+                        let manifest =
+                            match build_reading(node, &mut reader, &mut core, &h, build).await? {
+                                Ok(m) => m,
+                                Err(refusal) => return send(tx, refusal).await,
+                            };
                         let (done, answer) = oneshot::channel();
                         let count = manifest.len();
                         // The lane opened with the copy already counts its progress.
@@ -998,6 +1003,53 @@ pub(crate) async fn peer_session(
     }
     drop(forwarder);
     Ok(())
+}
+
+/// Waits for the manifest's set (`build`) while the connection keeps bringing the records
+/// the shadow asked for before it: each goes to the instance at once, so a buffered signal
+/// does not wait for a million keys to be hashed. The error frames (`Err`) answer a frame not
+/// allowed before the manifest is taken.
+async fn build_reading(
+    node: &Node,
+    reader: &mut Reader,
+    core: &mut CopyReceiver,
+    h: &InstanceHandle,
+    build: tokio::task::JoinHandle<KeySet>,
+) -> Result<Result<KeySet, Vec<Frame>>, FrameError> {
+    tokio::pin!(build);
+    let mut in_flight = InFlight::default();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            built = &mut build => {
+                // Everything handed meanwhile is applied before the manifest.
+                in_flight.drain().await;
+                return built
+                    .map(Ok)
+                    .map_err(|e| FrameError::Io(format!("manifest task failed: {e}")));
+            }
+            f = crate::frames::next_request(node, reader) => f,
+        };
+        let Some(frame) = frame? else {
+            return Err(FrameError::Io(
+                "the source closed before the manifest was taken".into(),
+            ));
+        };
+        let recorded = match frame? {
+            Frame::CopyRecord { key, seq, bytes } => {
+                core.record(key, seq, Some(node.fault_on_copy_record(bytes)))
+            }
+            Frame::Tombstone { key, seq } => core.record(key, seq, None),
+            other => {
+                let why = format!("frame not allowed before the manifest is answered: {other:?}");
+                return Ok(Err(vec![error(code::WRONG_FRAME, why)]));
+            }
+        };
+        if let Err(r) = recorded {
+            return Ok(Err(vec![error(code::WRONG_FRAME, r.to_string())]));
+        }
+        hand_records(h, core.take_batch(), core.epoch(), &mut in_flight).await?;
+    }
 }
 
 /// How long collected records wait for company while the socket is idle once the stream runs.
