@@ -52,6 +52,7 @@ impl Callgrind {
         let valgrind = valgrind().ok_or("valgrind (with callgrind_control) is not installed")?;
         let mut c = Command::new(valgrind);
         c.arg("--tool=callgrind")
+            .arg("-q")
             .arg("--instr-atstart=no")
             .arg(format!(
                 "--callgrind-out-file={}/callgrind.out.%p",
@@ -89,10 +90,20 @@ impl Callgrind {
 }
 
 impl Drop for Callgrind {
+    /// Removes the dumps, unless `HANDOFF_BENCH_KEEP_CALLGRIND` is set (to read them with
+    /// `callgrind_annotate`; the directory is logged).
     fn drop(&mut self) {
+        if std::env::var_os(KEEP).is_some() {
+            tracing::info!(dir = %self.dir.display(), "callgrind dumps kept");
+            eprintln!("callgrind dumps kept in {}", self.dir.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Set to keep callgrind's dumps after a run.
+const KEEP: &str = "HANDOFF_BENCH_KEEP_CALLGRIND";
 
 async fn control(args: &[&str], pid: u32) -> Result<(), String> {
     let run = Command::new("callgrind_control")
