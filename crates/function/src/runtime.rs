@@ -9,10 +9,11 @@ use crate::{
 };
 use bytes::Bytes;
 use handoff_state::{RecordView, SessionTable};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub mod shadow;
+pub mod timers;
 
 /// An output with the class the ruleset gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,8 +67,8 @@ pub struct Instance<F: Function> {
     function: Arc<F>,
     table: Arc<SessionTable>,
     ruleset: RulesetHandle,
-    /// (deadline, key) for every session with a timer; kept in step with the records.
-    timers: BTreeSet<(u64, SessionKey)>,
+    /// The timer of every session that has one; kept in step with the records.
+    timers: timers::TimerQueue,
     stats: InstanceStats,
     scratch: Vec<Output>,
     encode_buf: Vec<u8>,
@@ -131,7 +132,7 @@ impl<F: Function> Instance<F> {
             function,
             table: Arc::new(SessionTable::default()),
             ruleset,
-            timers: BTreeSet::new(),
+            timers: timers::TimerQueue::default(),
             stats: InstanceStats::default(),
             scratch: Vec::new(),
             encode_buf: Vec::new(),
@@ -145,8 +146,8 @@ impl<F: Function> Instance<F> {
     /// from before the create and the destination applies the create on top.
     pub fn hand_over(&mut self, key: &SessionKey, seq: u64) {
         self.stats.last_seq = self.stats.last_seq.max(seq);
-        if let Some(rec) = self.table.get(key) {
-            self.timers.remove(&(rec.deadline_us, key.clone()));
+        if self.table.with(key, |_| ()).is_some() {
+            self.timers.disarm(key);
         }
         self.frozen.insert(key.clone());
     }
@@ -212,6 +213,7 @@ impl<F: Function> Instance<F> {
                 if let Some(old) = self.table.remove(key) {
                     self.rearm(key, Some(old.deadline_us), None);
                 }
+                self.timers.forget(key);
             }
         }
     }
@@ -219,14 +221,15 @@ impl<F: Function> Instance<F> {
     fn rearm(&mut self, key: &SessionKey, old: Option<u64>, new: Option<u64>) {
         let old = old.filter(|d| *d != u64::MAX);
         let new = new.filter(|d| *d != u64::MAX);
-        if old == new {
-            return;
-        }
-        if let Some(d) = old {
-            self.timers.remove(&(d, key.clone()));
-        }
-        if let Some(d) = new {
-            self.timers.insert((d, key.clone()));
+        self.timers.arm(key, old, new);
+        if self.timers.needs_compaction() && self.timers.must_compact(self.table.len()) {
+            let mut armed = Vec::new();
+            self.table.scan(|k, r| {
+                if r.deadline_us != u64::MAX {
+                    armed.push((r.deadline_us, k.clone()));
+                }
+            });
+            self.timers.compact(armed);
         }
     }
 
@@ -337,8 +340,11 @@ impl<F: Function> Instance<F> {
         bytes: Bytes,
     ) -> Result<(), crate::BadRecord> {
         let session = self.function.decode_session(&bytes)?;
-        // The session comes back (an aborted move): it is live here again.
-        self.frozen.remove(&key);
+        // The session comes back (an aborted move): it is live here again. (Most imports are
+        // a destination's, with nothing frozen: skip hashing the key.)
+        if !self.frozen.is_empty() {
+            self.frozen.remove(&key);
+        }
         let deadline = self.function.deadline_us(&session).unwrap_or(u64::MAX);
         let old = self.table.insert_record(
             key.clone(),
@@ -359,6 +365,7 @@ impl<F: Function> Instance<F> {
         if let Some(old) = self.table.remove(key) {
             self.rearm(key, Some(old.deadline_us), None);
         }
+        self.timers.forget(key);
     }
 
     /// Seq of the record of `key`, if present.
@@ -370,6 +377,13 @@ impl<F: Function> Instance<F> {
     /// outside [`Instance::apply_signal`]).
     pub fn advance_seq(&mut self, seq: u64) {
         self.stats.last_seq = self.stats.last_seq.max(seq);
+    }
+
+    /// Makes room for `additional` more sessions (a move's destination learning how many
+    /// records are coming), so the copy neither rehashes the table nor regrows the timers.
+    pub fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional);
+        self.timers.reserve(additional);
     }
 
     /// The session table.
@@ -388,16 +402,20 @@ impl<F: Function> Instance<F> {
         self.stats.last_seq = stamp.seq;
         self.stats.processed += 1;
         let mut outputs = std::mem::take(&mut self.scratch);
-        while let Some((deadline, key)) = self.timers.first().cloned() {
-            if deadline > stamp.now_us {
+        loop {
+            let table = &self.table;
+            let Some((_, key)) = self
+                .timers
+                .next_due(stamp.now_us, |k| table.with(k, |r| r.deadline_us))
+            else {
                 break;
-            }
+            };
             if self.frozen.contains(&key) {
-                self.timers.remove(&(deadline, key));
+                self.timers.disarm(&key);
                 continue;
             }
             let Some((session, before)) = self.load(&key) else {
-                self.timers.remove(&(deadline, key));
+                self.timers.disarm(&key);
                 continue;
             };
             let mut session = Some(session);
@@ -407,10 +425,13 @@ impl<F: Function> Instance<F> {
             self.stats.timer_outputs += outputs.len() as u64;
             self.store(&key, Some(before), session, stamp);
             // A timer that leaves its deadline at or before now would fire forever: disarm it.
-            if let Some(rec) = self.table.get(&key) {
-                if rec.deadline_us <= stamp.now_us && self.timers.remove(&(rec.deadline_us, key)) {
-                    self.stats.timers_stuck += 1;
-                }
+            if self
+                .table
+                .with(&key, |r| r.deadline_us <= stamp.now_us)
+                .unwrap_or(false)
+            {
+                self.timers.disarm(&key);
+                self.stats.timers_stuck += 1;
             }
         }
         self.scratch = outputs;

@@ -27,6 +27,9 @@ fn signal(seq: u64, imsi: u64, kind: SignalKind, body: SignalBody) -> Frame {
     })
 }
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: u64 = std::env::args()
@@ -59,7 +62,36 @@ async fn main() {
     SinkExt::<Frame>::flush(&mut tx).await.unwrap();
     reader.await.unwrap();
     eprintln!("populated {n} in {:?}", t.elapsed());
+    if let Some(secs) = std::env::var("COPY_PROFILE_SETTLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        // Lets a profiler started with a delay skip the population.
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
     let mut admin_a = AdminClient::connect(a, "").await.unwrap();
+    if std::env::args().nth(2).as_deref() == Some("push") {
+        // The pre-copy baseline's first round, for comparison (node-b hosts mme-1 too).
+        let t = Instant::now();
+        let p = admin_a
+            .call(&ops::Push {
+                instance: "mme-1".into(),
+                destination: b,
+                since_seq: 0,
+                after_seq: 0,
+                last: true,
+            })
+            .await
+            .unwrap();
+        eprintln!(
+            "push {:?}: {} records {} bytes; {:.0} MB/s",
+            t.elapsed(),
+            p.records,
+            p.bytes,
+            p.bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+        );
+        return;
+    }
     let copy = ops::CopyTo {
         instance: "mme-1".into(),
         destination: b,

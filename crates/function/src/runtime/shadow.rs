@@ -446,7 +446,7 @@ impl<F: Function> Shadow<F> {
             self.awaiting.remove(&key);
         }
         self.stats.awaiting = self.awaiting.len();
-        self.instance.table().reserve(self.awaiting.len());
+        self.instance.reserve(self.awaiting.len());
         let mut outside: Vec<SessionKey> = self
             .buffers
             .keys()
