@@ -86,13 +86,6 @@ fn init_logging(filter: Option<&str>, default: &str, json: bool) {
     }
 }
 
-/// mimalloc rather than the system allocator: a node holds a million session records and a
-/// move's destination allocates one per record it imports. glibc's allocator handed freed
-/// memory back to the kernel and faulted it in again (500k page faults in a 1M-session copy,
-/// a quarter of its CPU in the kernel zeroing pages); mimalloc keeps and reuses it (16k).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {

@@ -27,9 +27,6 @@ fn signal(seq: u64, imsi: u64, kind: SignalKind, body: SignalBody) -> Frame {
     })
 }
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: u64 = std::env::args()

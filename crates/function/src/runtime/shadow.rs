@@ -558,7 +558,9 @@ impl<F: Function> Shadow<F> {
             self.stats.unexpected_records += 1;
             return Ok(RecordOutcome::Unexpected);
         }
-        self.demanded.remove(&key);
+        if !self.demanded.is_empty() {
+            self.demanded.remove(&key);
+        }
         let size = (key.len() + bytes.as_ref().map_or(0, Bytes::len)) as u64;
         match bytes {
             Some(b) => {
