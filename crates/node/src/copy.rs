@@ -255,16 +255,7 @@ pub async fn copy_to(
         loop {
             step = match step {
                 SenderStep::SendManifest(keys) => {
-                    match first.as_mut() {
-                        // A million keys take a while to send: the first round keeps
-                        // answering demands between chunks (a buffered signal waits for
-                        // its record, not for the manifest).
-                        Some(round) => {
-                            out.send_manifest_serving(&h, &log, round, instance, &keys)
-                                .await?
-                        }
-                        None => send_manifest(out.f, instance, &keys, destination).await?,
-                    }
+                    send_manifest(out.f, instance, &keys, destination).await?;
                     // The destination answers the manifest once its shadow is ready (or
                     // refuses); until then it may still ask for sessions.
                     let within = Duration::from_secs(30);
@@ -283,13 +274,9 @@ pub async fn copy_to(
                     // it dropped: read them only once this copy has applied as much.
                     wait_applied(&h, seq, destination).await?;
                     if let Some(ranked) = ranked.take() {
-                        // Ranking a million sessions may outlast the manifest's round trip:
-                        // demands are answered meanwhile.
-                        let keys = match first.as_mut() {
-                            Some(round) => out.serve_until(&h, &log, round, ranked).await?,
-                            None => ranked.await,
-                        }
-                        .map_err(|e| dest_err(format!("ranking task failed: {e}")))?;
+                        let keys = ranked
+                            .await
+                            .map_err(|e| dest_err(format!("ranking task failed: {e}")))?;
                         core.order(keys)?;
                     }
                     if first_round {
@@ -531,41 +518,6 @@ impl<'a> Outbound<'a> {
                 }
             }
         }
-    }
-
-    /// Sends the first round's manifest in chunks, answering the destination's demands that
-    /// arrived meanwhile after each chunk (their records go between the chunks: the
-    /// destination takes records before the manifest once the copy is open).
-    async fn send_manifest_serving(
-        &mut self,
-        h: &InstanceHandle,
-        log: &DeletionLog,
-        round: &mut Outgoing,
-        instance: &str,
-        keys: &[SessionKey],
-    ) -> Result<(), CopyError> {
-        let destination = self.destination;
-        let io = |e: FrameError| CopyError::Destination {
-            addr: destination,
-            reason: e.to_string(),
-        };
-        let none = HashSet::new();
-        let chunks = keys.len().div_ceil(MAX_MANIFEST_KEYS).max(1);
-        for i in 0..chunks {
-            let chunk = keys
-                .get(i * MAX_MANIFEST_KEYS..((i + 1) * MAX_MANIFEST_KEYS).min(keys.len()))
-                .unwrap_or_default();
-            self.f
-                .feed(Frame::Manifest {
-                    instance: instance.to_owned(),
-                    keys: chunk.to_vec(),
-                    last: i + 1 == chunks,
-                })
-                .await
-                .map_err(io)?;
-            self.serve_demands(h, &none, log, round).await?;
-        }
-        self.flush().await
     }
 
     /// Reads the destination's typed answer to `what` within `within`, answering its demands
