@@ -209,11 +209,38 @@ mod tests {
     /// What a tick fired, in order, and how many timers it found stuck.
     type Fired = (Vec<(u64, SessionKey)>, u64);
 
+    /// What both timer indexes below are driven through: sessions set and deleted, and what a
+    /// fired timer does to its session.
+    trait Sessions {
+        fn set(&mut self, key: &SessionKey, deadline: Option<u64>);
+        fn delete(&mut self, key: &SessionKey);
+        fn fire(&mut self, key: &SessionKey, now: u64) {
+            match on_fire(key[1], now) {
+                OnFire::Keep => {}
+                OnFire::Later(by) => self.set(key, Some(now + by)),
+                OnFire::Clear => self.set(key, None),
+                OnFire::Delete => self.delete(key),
+            }
+        }
+    }
+
     /// The B-tree index the queue replaces, as the instance drove it.
     #[derive(Default)]
     struct Model {
         table: HashMap<SessionKey, Option<u64>>,
         timers: BTreeSet<(u64, SessionKey)>,
+    }
+
+    impl Sessions for Model {
+        fn set(&mut self, key: &SessionKey, new: Option<u64>) {
+            let old = self.table.insert(key.clone(), new).flatten();
+            self.rearm(key, old, new);
+        }
+        fn delete(&mut self, key: &SessionKey) {
+            if let Some(old) = self.table.remove(key) {
+                self.rearm(key, old, None);
+            }
+        }
     }
 
     impl Model {
@@ -228,15 +255,6 @@ mod tests {
                 self.timers.insert((d, key.clone()));
             }
         }
-        fn set(&mut self, key: &SessionKey, new: Option<u64>) {
-            let old = self.table.insert(key.clone(), new).flatten();
-            self.rearm(key, old, new);
-        }
-        fn delete(&mut self, key: &SessionKey) {
-            if let Some(old) = self.table.remove(key) {
-                self.rearm(key, old, None);
-            }
-        }
         fn hand_over(&mut self, key: &SessionKey) {
             if let Some(Some(d)) = self.table.get(key) {
                 self.timers.remove(&(*d, key.clone()));
@@ -249,12 +267,7 @@ mod tests {
                     break;
                 }
                 fired.0.push((d, key.clone()));
-                match on_fire(key[1], now) {
-                    OnFire::Keep => {}
-                    OnFire::Later(by) => self.set(&key, Some(now + by)),
-                    OnFire::Clear => self.set(&key, None),
-                    OnFire::Delete => self.delete(&key),
-                }
+                self.fire(&key, now);
                 if let Some(Some(d)) = self.table.get(&key).copied() {
                     if d <= now && self.timers.remove(&(d, key.clone())) {
                         fired.1 += 1;
@@ -273,7 +286,7 @@ mod tests {
         peak: usize,
     }
 
-    impl Queue {
+    impl Sessions for Queue {
         fn set(&mut self, key: &SessionKey, new: Option<u64>) {
             let old = self.table.insert(key.clone(), new).flatten();
             self.timers.arm(key, old, new);
@@ -293,6 +306,9 @@ mod tests {
             }
             self.timers.forget(key);
         }
+    }
+
+    impl Queue {
         fn hand_over(&mut self, key: &SessionKey) {
             self.timers.disarm(key);
         }
@@ -304,12 +320,7 @@ mod tests {
                     break;
                 };
                 fired.0.push((d, key.clone()));
-                match on_fire(key[1], now) {
-                    OnFire::Keep => {}
-                    OnFire::Later(by) => self.set(&key, Some(now + by)),
-                    OnFire::Clear => self.set(&key, None),
-                    OnFire::Delete => self.delete(&key),
-                }
+                self.fire(&key, now);
                 if let Some(Some(d)) = self.table.get(&key).copied() {
                     if d <= now {
                         self.timers.disarm(&key);
