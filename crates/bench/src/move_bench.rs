@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Steps of a run: the four loaded contenders, raw TCP, Redis.
-pub const STEPS: usize = 7;
+pub const STEPS: usize = 8;
 /// The function the load generator and the oracle speak.
 pub const LOAD_FUNCTION: &str = "vmme";
 /// How long the move window stays open after a move returns: answers to signals held during
@@ -188,7 +188,7 @@ pub struct PlanStep {
 
 /// The loaded contenders, in run order: the hot-first live move runs first because its
 /// destination's records are what raw TCP and Redis move afterwards.
-pub fn plan(config: &BenchConfig) -> [PlanStep; 5] {
+pub fn plan(config: &BenchConfig) -> [PlanStep; 6] {
     let step = |step, id, name, mover| PlanStep {
         step,
         id,
@@ -225,12 +225,21 @@ pub fn plan(config: &BenchConfig) -> [PlanStep; 5] {
         ),
         step(
             4,
+            id::HANDOFF_CLAIRVOYANT,
+            "(a''') handoff live move, clairvoyant (key) order",
+            Mover::Live {
+                order: CopyOrder::Key,
+                abort_safe: false,
+            },
+        ),
+        step(
+            5,
             id::STOP_AND_COPY,
             "(b) stop-and-copy",
             Mover::Baseline(None),
         ),
         step(
-            5,
+            6,
             id::PRE_COPY,
             "(c) iterative pre-copy",
             Mover::Baseline(Some(config.precopy)),

@@ -17,6 +17,10 @@ pub mod id {
     pub const HANDOFF_RANDOM: &str = "handoff_random";
     /// The live move, hot-first, in abort-safe mode (every create and update to both nodes).
     pub const HANDOFF_ABORT_SAFE: &str = "handoff_abort_safe";
+    /// (a''') The live move in the load's true popularity order, the limit for any ordering:
+    /// the load generator makes UE i the i-th most popular and the vMME's keys are IMSIs in
+    /// big-endian, ascending with i, so this is key order too.
+    pub const HANDOFF_CLAIRVOYANT: &str = "handoff_clairvoyant";
     /// (b) Stop-and-copy.
     pub const STOP_AND_COPY: &str = "stop_and_copy";
     /// (c) Iterative pre-copy.

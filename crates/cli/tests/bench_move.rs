@@ -40,6 +40,7 @@ fn bench_move_runs_every_contender_and_reports_ratios() {
             "handoff",
             "handoff_random",
             "handoff_abort_safe",
+            "handoff_clairvoyant",
             "stop_and_copy",
             "pre_copy",
             "raw_tcp",
@@ -60,7 +61,7 @@ fn bench_move_runs_every_contender_and_reports_ratios() {
             assert_eq!(c["records_missing"], 0, "{c}");
         }
     }
-    for c in &contenders[..3] {
+    for c in &contenders[..4] {
         assert_eq!(
             (c["lost"].as_u64(), c["duplicated"].as_u64()),
             (Some(0), Some(0)),

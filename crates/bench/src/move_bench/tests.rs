@@ -99,18 +99,20 @@ fn the_plan_runs_hot_first_first_and_numbers_its_steps() {
             id::HANDOFF,
             id::HANDOFF_RANDOM,
             id::HANDOFF_ABORT_SAFE,
+            id::HANDOFF_CLAIRVOYANT,
             id::STOP_AND_COPY,
             id::PRE_COPY
         ]
     );
-    assert_eq!(p.map(|s| s.step), [1, 2, 3, 4, 5]);
+    assert_eq!(p.map(|s| s.step), [1, 2, 3, 4, 5, 6]);
     let live = |order, abort_safe| Mover::Live { order, abort_safe };
     assert_eq!(p[0].mover, live(CopyOrder::HotFirst, false));
     // The random order is seeded like the load, so a run is repeatable.
     assert_eq!(p[1].mover, live(CopyOrder::Random { seed: 9 }, false));
     assert_eq!(p[2].mover, live(CopyOrder::HotFirst, true));
-    assert_eq!(p[3].mover, Mover::Baseline(None));
-    assert_eq!(p[4].mover, Mover::Baseline(Some(c.precopy)));
+    assert_eq!(p[3].mover, live(CopyOrder::Key, false));
+    assert_eq!(p[4].mover, Mover::Baseline(None));
+    assert_eq!(p[5].mover, Mover::Baseline(Some(c.precopy)));
     assert!(STEPS > p.len(), "raw TCP and Redis come after");
 }
 
@@ -253,4 +255,25 @@ fn each_mover_says_how_it_treats_signals() {
     assert!(notes[0].starts_with("no pause"));
     assert!(notes[1].contains("held"));
     assert!(notes[2].contains("re-copy"));
+}
+
+/// The clairvoyant contender copies in key order because the load generator's most popular UE
+/// is its first IMSI and the vMME's keys sort as their IMSIs: this pins the second half.
+#[test]
+fn the_vmme_keys_sort_as_their_imsis_so_key_order_is_the_loads_popularity() {
+    let imsis: Vec<u64> = [1, 9, 10, 255, 256, 65_536, 999_999]
+        .iter()
+        .map(|i| handoff_loadgen::LoadConfig::default().imsi_base + i)
+        .collect();
+    let mut keys: Vec<_> = imsis
+        .iter()
+        .rev()
+        .map(|i| handoff_vmme::session_key(*i))
+        .collect();
+    keys.sort();
+    let sorted: Vec<_> = imsis
+        .iter()
+        .map(|i| handoff_vmme::session_key(*i))
+        .collect();
+    assert_eq!(keys, sorted);
 }
