@@ -291,6 +291,13 @@ pub async fn run(
 /// Most load-generator tasks [`run_sharded`] starts.
 pub const MAX_SHARDS: u32 = 16;
 
+/// The UE (slot index, of `slots`) that Zipf rank `rank` picks (1: the most popular): UE i is
+/// the i-th most popular, so popularity falls as the IMSI rises. `bench move`'s clairvoyant
+/// contender copies in key order on the strength of this.
+pub fn popularity_slot(rank: u64, slots: usize) -> usize {
+    (rank.saturating_sub(1) as usize).min(slots.saturating_sub(1))
+}
+
 /// Runs the load as `shards` independent tasks, each with its own socket, an equal share of
 /// the UEs (consecutive IMSIs) and of the rate, so that no single task or socket limits the
 /// rate offered; the reports and histograms are merged (counters summed, latencies from the
@@ -532,8 +539,7 @@ impl Driver {
             while next_slot <= now && next_slot < end {
                 let mut picked = None;
                 for _ in 0..8 {
-                    let rank = zipf.sample(&mut self.rng) as usize;
-                    let i = rank.saturating_sub(1).min(self.slots.len() - 1);
+                    let i = popularity_slot(zipf.sample(&mut self.rng) as u64, self.slots.len());
                     if self.slots[i].outstanding.is_none() {
                         picked = Some(i);
                         break;

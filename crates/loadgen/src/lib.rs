@@ -15,5 +15,7 @@ mod driver;
 pub mod oracle;
 mod ue;
 
-pub use driver::{run, run_sharded, LatencyReport, LoadConfig, LoadReport, Progress, MAX_SHARDS};
+pub use driver::{
+    popularity_slot, run, run_sharded, LatencyReport, LoadConfig, LoadReport, Progress, MAX_SHARDS,
+};
 pub use ue::{Transaction, UeHistory};

@@ -258,9 +258,13 @@ fn each_mover_says_how_it_treats_signals() {
 }
 
 /// The clairvoyant contender copies in key order because the load generator's most popular UE
-/// is its first IMSI and the vMME's keys sort as their IMSIs: this pins the second half.
+/// is its first IMSI and the vMME's keys sort as their IMSIs: this pins both.
 #[test]
 fn the_vmme_keys_sort_as_their_imsis_so_key_order_is_the_loads_popularity() {
+    let ranks: Vec<usize> = (1..=5)
+        .map(|r| handoff_loadgen::popularity_slot(r, 5))
+        .collect();
+    assert_eq!(ranks, [0, 1, 2, 3, 4], "rank r picks UE r - 1");
     let imsis: Vec<u64> = [1, 9, 10, 255, 256, 65_536, 999_999]
         .iter()
         .map(|i| handoff_loadgen::LoadConfig::default().imsi_base + i)
